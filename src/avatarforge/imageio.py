@@ -1,0 +1,100 @@
+"""Image arrays <-> files, and sample grids.
+
+Conventions used across AvatarForge:
+- NumPy images are ``(H, W, C)`` uint8, C = 3 (RGB) or 4 (RGBA, straight alpha).
+- Torch images are ``(B, C, H, W)`` float in [-1, 1] (what generators output).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from avatarforge.fileio import atomic_write_bytes
+
+__all__ = ["checkerboard", "from_uint8", "make_grid", "save_image", "to_uint8"]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) float in [-1, 1] -> (B, H, W, C) uint8 (rounded, clamped)."""
+    x = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, C) or (H, W, C) uint8 -> (B, C, H, W) float32 in [-1, 1]."""
+    a = np.asarray(images)
+    if a.ndim == 3:
+        a = a[None]
+    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float()
+    return t.div(127.5).sub(1)
+
+
+def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:
+    """(H, W, 3) uint8 light-grey checkerboard, the usual backdrop for transparent images."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    board = ((yy // cell + xx // cell) % 2).astype(np.uint8)
+    return np.where(board[..., None] == 1, 204, 255).astype(np.uint8).repeat(3, axis=2)
+
+
+def make_grid(
+    images: np.ndarray | torch.Tensor,
+    nrow: int | None = None,
+    padding: int = 2,
+    pad_value: int = 255,
+    alpha_backdrop: str = "keep",
+) -> np.ndarray:
+    """Tile images into one (H, W, C) uint8 grid.
+
+    Args:
+        images: (N, H, W, C) uint8 or (N, C, H, W) float tensor in [-1, 1].
+        nrow: images per row (default: near-square).
+        alpha_backdrop: for RGBA input, ``"keep"`` keeps the alpha channel, ``"checker"``
+            composites onto a checkerboard so transparency is visible in any viewer.
+    """
+    arr = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images)
+    if arr.ndim != 4 or arr.dtype != np.uint8:
+        raise ValueError(f"expected (N, H, W, C) uint8 images, got {arr.dtype} {arr.shape}")
+    n, h, w, c = arr.shape
+    if c == 4 and alpha_backdrop == "checker":
+        a = arr[..., 3:4].astype(np.float32) / 255.0
+        board = checkerboard(h, w)[None].astype(np.float32)
+        arr = (arr[..., :3] * a + board * (1 - a)).round().astype(np.uint8)
+        c = 3
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    ncol_rows = math.ceil(n / nrow)
+    gh = ncol_rows * h + (ncol_rows + 1) * padding
+    gw = nrow * w + (nrow + 1) * padding
+    grid = np.full((gh, gw, c), pad_value, dtype=np.uint8)
+    if c == 4:
+        grid[..., 3] = 0 if pad_value == 0 else 255
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y = padding + r * (h + padding)
+        x = padding + col * (w + padding)
+        grid[y : y + h, x : x + w] = arr[i]
+    return grid
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray, **pil_kwargs) -> Path:
+    """Write an (H, W, C) uint8 array as PNG/WebP/JPEG (by suffix), atomically."""
+    path = Path(path)
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[..., None].repeat(3, axis=2)
+    mode = {3: "RGB", 4: "RGBA", 1: "L"}[arr.shape[2]]
+    img = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode)
+    fmt = {".png": "PNG", ".webp": "WEBP", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF"}.get(
+        path.suffix.lower(), "PNG"
+    )
+    if fmt == "JPEG" and mode == "RGBA":
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **pil_kwargs)
+    return atomic_write_bytes(path, buf.getvalue())
