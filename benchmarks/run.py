@@ -1,0 +1,98 @@
+"""Run every benchmark: ``python -m benchmarks.run [--quick] [--only NAME ...]``.
+
+Writes ``benchmarks/results/<module>.json`` per module and ``benchmarks/REPORT.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import torch
+
+from avatarforge.fileio import atomic_write_json, atomic_write_text
+from benchmarks.common import RESULTS, ROOT, Result
+
+
+def discover() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+
+
+def fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smaller workloads (finishes in under 10 minutes)")
+    ap.add_argument("--only", nargs="*", default=None, help="module names, e.g. bench_render")
+    args = ap.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    mods = [m for m in discover() if not args.only or m in args.only]
+    info = machine()
+    failed = []
+    for name in mods:
+        print(f"== {name}", flush=True)
+        t0 = time.time()
+        try:
+            results: list[Result] = importlib.import_module(f"benchmarks.{name}").run(quick=args.quick)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        for r in results:
+            status = {True: "ok", False: "BELOW TARGET", None: ""}[r.passed]
+            print(f"   {r.name}: {fmt(r.value)} {r.unit} (target {r.target}) {status}", flush=True)
+        atomic_write_json(
+            RESULTS / f"{name}.json",
+            {"module": name, "quick": args.quick, "machine": info, "seconds": round(time.time() - t0, 1),
+             "results": [r.to_json() for r in results]},
+        )
+    write_report(info)
+    if failed:
+        print(f"benchmarks that raised: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_report(info: dict[str, str]) -> None:
+    lines = ["# Benchmark report", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), ""]
+    for path in sorted(RESULTS.glob("bench_*.json")):
+        data = json.loads(path.read_text())
+        lines += [f"## {data['module']}" + (" (quick)" if data.get("quick") else ""), "",
+                  "| figure | value | unit | target | status | notes |", "|---|---|---|---|---|---|"]
+        for r in data["results"]:
+            tgt = "" if r["target"] is None else ("≥ " if r["higher_is_better"] else "≤ ") + fmt(r["target"])
+            status = {True: "pass", False: "**below target**", None: ""}[r["passed"]]
+            lines.append(f"| {r['name']} | {fmt(r['value'])} | {r['unit']} | {tgt} | {status} | {r['notes']} |")
+        lines.append("")
+    atomic_write_text(ROOT / "benchmarks" / "REPORT.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
