@@ -27,10 +27,11 @@ def discover() -> list[str]:
 def machine() -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     return {
@@ -70,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {r.name}: {fmt(r.value)} {r.unit} (target {r.target}) {status}", flush=True)
         atomic_write_json(
             RESULTS / f"{name}.json",
-            {"module": name, "quick": args.quick, "machine": info, "seconds": round(time.time() - t0, 1),
-             "results": [r.to_json() for r in results]},
+            {
+                "module": name,
+                "quick": args.quick,
+                "machine": info,
+                "seconds": round(time.time() - t0, 1),
+                "results": [r.to_json() for r in results],
+            },
         )
     write_report(info)
     if failed:
@@ -84,12 +90,18 @@ def write_report(info: dict[str, str]) -> None:
     lines = ["# Benchmark report", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), ""]
     for path in sorted(RESULTS.glob("bench_*.json")):
         data = json.loads(path.read_text())
-        lines += [f"## {data['module']}" + (" (quick)" if data.get("quick") else ""), "",
-                  "| figure | value | unit | target | status | notes |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {data['module']}" + (" (quick)" if data.get("quick") else ""),
+            "",
+            "| figure | value | unit | target | status | notes |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in data["results"]:
             tgt = "" if r["target"] is None else ("≥ " if r["higher_is_better"] else "≤ ") + fmt(r["target"])
             status = {True: "pass", False: "**below target**", None: ""}[r["passed"]]
-            lines.append(f"| {r['name']} | {fmt(r['value'])} | {r['unit']} | {tgt} | {status} | {r['notes']} |")
+            lines.append(
+                f"| {r['name']} | {fmt(r['value'])} | {r['unit']} | {tgt} | {status} | {r['notes']} |"
+            )
         lines.append("")
     atomic_write_text(ROOT / "benchmarks" / "REPORT.md", "\n".join(lines) + "\n")
 

@@ -76,9 +76,13 @@ class LabelField:
 
     def __post_init__(self) -> None:
         if self.kind not in ("categorical", "continuous"):
-            raise ValueError(f"label field {self.name!r}: kind must be 'categorical' or 'continuous', got {self.kind!r}")
+            raise ValueError(
+                f"label field {self.name!r}: kind must be 'categorical' or 'continuous', got {self.kind!r}"
+            )
         if self.kind == "categorical" and not self.values:
-            raise ValueError(f"label field {self.name!r}: a categorical field needs a non-empty 'values' list")
+            raise ValueError(
+                f"label field {self.name!r}: a categorical field needs a non-empty 'values' list"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -150,7 +154,9 @@ class LabelSchema:
         for i, f in enumerate(self.fields):
             if f.name == name:
                 return i
-        raise KeyError(f"no label named {name!r}; labels in this data set: {', '.join(self.names) or '(none)'}")
+        raise KeyError(
+            f"no label named {name!r}; labels in this data set: {', '.join(self.names) or '(none)'}"
+        )
 
     def __getitem__(self, name: str) -> LabelField:
         return self.fields[self.index(name)]
@@ -244,7 +250,7 @@ class PackedWriter:
 
     def __enter__(self) -> PackedWriter:
         self._tmp = self._ctx.__enter__()
-        self._fh = open(self._tmp / "images.npy", "wb")  # noqa: SIM115 - closed in __exit__
+        self._fh = open(self._tmp / "images.npy", "wb")
         self._fh.write(_npy_header((0, self.size, self.size, self.channels)))
         return self
 
@@ -266,7 +272,9 @@ class PackedWriter:
         assert self._fh is not None, "use PackedWriter as a context manager"
         expected = (self.size, self.size, self.channels)
         if image.dtype != np.uint8 or tuple(image.shape) != expected:
-            raise ValueError(f"image must be uint8 with shape {expected}, got {image.dtype} {tuple(image.shape)}")
+            raise ValueError(
+                f"image must be uint8 with shape {expected}, got {image.dtype} {tuple(image.shape)}"
+            )
         image = np.ascontiguousarray(image)
         self._fh.write(image.tobytes())
         self._labels.append(self.schema.encode(labels))
