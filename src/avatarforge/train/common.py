@@ -1,0 +1,109 @@
+"""Small pieces every training loop shares: device choice, speed settings, AMP, schedules.
+
+Kept as plain functions so a loop reads top to bottom (no callback hierarchy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+
+from avatarforge.config import PerfConfig
+
+__all__ = [
+    "amp_dtype",
+    "apply_perf_settings",
+    "autocast",
+    "crossed",
+    "derive_seed",
+    "make_generator",
+    "resolve_device",
+]
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA if available (this process's local GPU under torchrun), else CPU.
+
+    Raises:
+        ValueError: CUDA was asked for but is not available.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        if name == "cuda":
+            return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    return torch.device(name)
+
+
+def apply_perf_settings(perf: PerfConfig, device: torch.device) -> None:
+    """Thread count, TF32, cuDNN autotuning and determinism, as configured."""
+    if perf.num_threads is not None:
+        torch.set_num_threads(perf.num_threads)
+    if perf.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        # TF32 keeps fp32 range with a 10-bit mantissa: ~2x faster convs/matmuls on Ampere+
+        # with no visible effect on GAN training.
+        torch.backends.cuda.matmul.allow_tf32 = perf.tf32
+        torch.backends.cudnn.allow_tf32 = perf.tf32
+        # Fixed shapes every step: let cuDNN pick the fastest kernels once.
+        torch.backends.cudnn.benchmark = not perf.deterministic
+        torch.backends.cudnn.deterministic = perf.deterministic
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``perf.amp`` on ``device`` (None = full fp32).
+
+    ``auto`` is bf16 on CUDA GPUs that support it and off on CPU: CPU bf16 autocast is
+    slower than fp32 for these small convolutions on most machines.
+    """
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp == "auto":
+            return None
+        if amp == "fp16":
+            raise ValueError("perf.amp=fp16 needs a CUDA device; use perf.amp=bf16 or off on CPU")
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (SplitMix64), so streams of nearby seeds are unrelated."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 29
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def make_generator(device: torch.device, *seed_parts: int) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with :func:`derive_seed` of ``seed_parts``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(*seed_parts))
+    return g
+
+
+def crossed(prev_nimg: int, nimg: int, every_kimg: float) -> bool:
+    """True if a multiple of ``every_kimg`` thousand images lies in ``(prev_nimg, nimg]``."""
+    if every_kimg <= 0:
+        return False
+    every = every_kimg * 1000.0
+    return math.floor(nimg / every) > math.floor(prev_nimg / every)
