@@ -244,6 +244,12 @@ class PackedWriter:
         self._items: list[dict[str, Any]] = []
         self._labels: list[np.ndarray] = []
         self._extra: dict[str, Any] = {}
+        if self.path.exists() and not overwrite:
+            # atomic_directory checks this too, but only on __enter__; refuse at construction
+            # so a caller learns before it prepares any items.
+            raise FileExistsError(
+                f"{self.path} already exists; pass overwrite=True (CLI: --overwrite) to replace it"
+            )
         self._ctx = atomic_directory(self.path, overwrite=overwrite)
         self._tmp: Path | None = None
         self._fh = None
@@ -276,8 +282,12 @@ class PackedWriter:
                 f"image must be uint8 with shape {expected}, got {image.dtype} {tuple(image.shape)}"
             )
         image = np.ascontiguousarray(image)
+        # Validate the labels before writing any pixels: a bad label raising after the write
+        # would leave orphan bytes in images.npy and shift every later image if the caller
+        # catches the error and carries on (ingest skips bad items).
+        row = self.schema.encode(labels)
         self._fh.write(image.tobytes())
-        self._labels.append(self.schema.encode(labels))
+        self._labels.append(row)
         self._items.append({"source": str(source), "sha256": content_hash or pixel_hash(image)})
         self.count += 1
         return self.count - 1
