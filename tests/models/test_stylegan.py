@@ -330,3 +330,9 @@ def test_style_affine_weights_and_hparams() -> None:
     assert hp["lr"] == 0.0025 and hp["betas"] == (0.0, 0.99)
     assert hp["r1_gamma"] == pytest.approx(0.0002 * 128**2 / 16)
     assert DEFAULT_OPTIM["r1_interval"] == 16 and DEFAULT_OPTIM["r1_gamma"] > 0
+
+
+def test_output_is_contiguous() -> None:
+    G = make_g().eval()
+    with torch.no_grad():
+        assert G(G.sample_z(2)).is_contiguous()

@@ -587,7 +587,9 @@ class SynthesisNetwork(nn.Module):
         for block in self.blocks:
             x, img = block(x, img, ws[:, idx : idx + block.num_conv + 1], noise_mode, generator)
             idx += block.num_conv
-        return img  # (B, C, R, R), linear (no tanh), roughly in [-1, 1] once trained
+        # (B, C, R, R), linear (no tanh), roughly in [-1, 1] once trained; NCHW-contiguous even when
+        # the convolutions ran channels-last, so callers may .view() it.
+        return img.contiguous()
 
 
 # ----------------------------------------------------------------------------- generator
@@ -609,8 +611,8 @@ class StyleGANGenerator(ConfigModule):
         w_avg_beta: EMA decay of the tracked ``w_avg`` (StyleGAN: 0.995).
         modconv: ``"scaled"`` or ``"grouped"`` modulated-conv implementation (same function;
             "scaled" is ~3.5x faster for forward+backward on CPU at 64 px).
-        channels_last: run the "scaled" convolutions in NHWC layout (~20% faster on CPU; output
-            tensors are then channels-last strided, values unaffected).
+        channels_last: run the "scaled" convolutions in NHWC layout (~20% faster on CPU; values
+            unaffected, images are returned NCHW-contiguous).
 
     The common GAN interface: ``resolution``, ``channels``, ``z_dim``, ``label_dims``,
     ``code_dims`` (no latent codes: ``{"categorical": [], "continuous": 0}``), :meth:`sample_z`
