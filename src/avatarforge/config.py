@@ -352,8 +352,8 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return out
 
 
-def _unknown_key(key: str, cls: type, root: type | None = None) -> ConfigError:
-    candidates = _all_keys(root or cls)
+def _unknown_key(key: str, cls: type, root: type | None = None, prefix: str = "") -> ConfigError:
+    candidates = _all_keys(root, "") if root is not None else _all_keys(cls, f"{prefix}." if prefix else "")
     close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
     # Also match on the last component, so "glr" finds "optim.g_lr".
     last = key.rsplit(".", 1)[-1]
@@ -373,7 +373,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in hints:
-            raise _unknown_key(f"{prefix}.{key}" if prefix else str(key), cls)
+            raise _unknown_key(f"{prefix}.{key}" if prefix else str(key), cls, prefix=prefix)
         where = f"{prefix}.{key}" if prefix else key
         kwargs[key] = coerce(value, hints[key], where)
     return cls(**kwargs)

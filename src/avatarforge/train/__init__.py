@@ -1,1 +1,48 @@
-"""avatarforge.train"""
+"""Training: the GAN loop and the reusable pieces every model family's loop is built from.
+
+* :class:`GANTrainer` (``avatarforge.train.gan``): ``GANTrainer(config).fit() -> run_dir``.
+* :func:`load_generator`: a trained generator (EMA weights) from a run directory or checkpoint.
+* :func:`train_main` / :func:`add_train_arguments`: the ``avatarforge train`` command.
+* Generic pieces: :mod:`.rundir`, :mod:`.checkpoint`, :mod:`.ema`, :mod:`.losses`,
+  :mod:`.guard`, :mod:`.metrics_log`, :mod:`.distributed`, :mod:`.common`.
+
+Attributes are imported lazily so ``import avatarforge.train`` (done by the CLI to build its
+parser) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "GANTrainer",
+    "TrainConfig",
+    "TrainingDiverged",
+    "add_train_arguments",
+    "build_train_config",
+    "load_generator",
+    "load_network",
+    "train_main",
+]
+
+_LAZY = {
+    "GANTrainer": "avatarforge.train.gan",
+    "TrainingDiverged": "avatarforge.train.guard",
+    "load_generator": "avatarforge.train.loading",
+    "load_network": "avatarforge.train.loading",
+    "train_main": "avatarforge.train.cli",
+    "add_train_arguments": "avatarforge.train.cli",
+    "TrainConfig": "avatarforge.config",
+    "build_train_config": "avatarforge.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'avatarforge.train' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

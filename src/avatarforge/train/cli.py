@@ -1,0 +1,193 @@
+"""The ``avatarforge train`` command: flags -> :class:`~avatarforge.config.TrainConfig` -> :class:`GANTrainer`.
+
+``add_train_arguments(parser)`` adds the flags to any ``argparse`` parser (the main CLI's
+``train`` sub-command, or this module's own parser for ``python -m avatarforge.train``);
+``train_main(args)`` runs it and returns the exit code:
+
+* 0: finished, or stopped by ``--minutes`` / SIGINT / SIGTERM with a checkpoint written;
+* 2: a usage or configuration error (message names the key/flag and what is accepted);
+* 3: training diverged (NaN/Inf kept coming back, see ``max_nan_events``).
+
+Only this module's light imports run when the parser is built; torch is imported by
+``train_main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from avatarforge.config import ConfigError, build_train_config, list_presets, parse_overrides, to_yaml
+
+__all__ = ["add_train_arguments", "build_parser", "config_from_args", "main", "train_main"]
+
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``avatarforge train``'s flags and the trailing ``KEY=VALUE`` overrides to ``parser``.
+
+    ``--a.b=c`` style overrides are accepted too: the parser's ``parse_known_args`` is wrapped
+    to rewrite them as ``a.b=c`` (and to move overrides after the flags, where argparse's
+    positional ``nargs='*'`` can collect them wherever they were typed).
+    """
+    presets = ", ".join(f"{m} ({'/'.join(map(str, r))}px)" for m, r in list_presets().items())
+    parser.description = parser.description or (
+        "Train a GAN on a packed data set. Settings come from the preset for the model and the data "
+        "set's resolution, then --config FILE, then the flags, then KEY=VALUE overrides "
+        "(e.g. optim.g_lr=1e-3 loss.kind=hinge; --dry-run shows the result)."
+    )
+    parser.add_argument("--data", metavar="DATASET", help="packed data set directory")
+    parser.add_argument("--model", metavar="NAME", help=f"model family; presets: {presets}")
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML config file (overrides the preset)")
+    parser.add_argument("--minutes", type=float, metavar="M", help="stop after M minutes (this session)")
+    parser.add_argument("--kimg", type=float, metavar="K", help="stop after K thousand images")
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run (its config and latest checkpoint)"
+    )
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA if available)")
+    parser.add_argument("--runs-dir", metavar="DIR", help="where run directories are created (default: runs)")
+    parser.add_argument("--desc", metavar="TEXT", help="run directory suffix (default: <model>-<resolution>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config (YAML) and exit")
+    parser.add_argument(
+        "--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. batch_size=16 optim.g_lr=1e-3",
+    )
+    _install_override_normalizer(parser)
+    return parser
+
+
+def _install_override_normalizer(parser: argparse.ArgumentParser) -> None:
+    original = parser.parse_known_args
+
+    def parse_known_args(args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        return original(_normalize_argv(argv, parser), namespace)
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def _normalize_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Flags first, then every override as ``key=value`` (``--a.b=c``, ``--a.b c`` and ``a.b=c``)."""
+    known = {s for a in parser._actions for s in a.option_strings}
+    takes_value = {s for a in parser._actions for s in a.option_strings if a.nargs != 0}
+    flags: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        name = tok.split("=", 1)[0]
+        if tok == "--":
+            overrides.extend(argv[i + 1 :])
+            break
+        if tok in takes_value and i + 1 < len(argv):
+            flags += [tok, argv[i + 1]]
+            i += 2
+            continue
+        if tok.startswith("--") and name not in known and len(name) > 2:
+            if "=" in tok:
+                overrides.append(tok[2:])
+            elif "." in name and i + 1 < len(argv):
+                overrides.append(f"{tok[2:]}={argv[i + 1]}")
+                i += 1
+            else:
+                flags.append(tok)  # argparse reports the unknown flag
+        elif not tok.startswith("-") and "=" in tok:
+            overrides.append(tok)
+        else:
+            flags.append(tok)
+        i += 1
+    return flags + overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The standalone parser of ``python -m avatarforge.train``."""
+    return add_train_arguments(argparse.ArgumentParser(prog="avatarforge train"))
+
+
+def config_from_args(args: argparse.Namespace, notes: list[str] | None = None) -> Any:
+    """Resolve the :class:`~avatarforge.config.TrainConfig` the flags describe.
+
+    Raises:
+        ConfigError: a bad flag, key or value (the message says which and what is accepted).
+    """
+    cli: dict[str, Any] = {}
+    if args.data:
+        cli.setdefault("data", {})["path"] = args.data
+    if args.model:
+        cli.setdefault("model", {})["name"] = args.model
+    if args.minutes is not None:
+        cli["minutes"] = args.minutes
+    if args.kimg is not None:
+        cli["kimg"] = args.kimg
+    for key in ("device", "runs_dir", "desc"):
+        if getattr(args, key, None):
+            cli[key] = getattr(args, key)
+    if args.tensorboard:
+        cli.setdefault("log", {})["tensorboard"] = True
+    overrides = parse_overrides(args.overrides or [])
+    config_file = args.config
+    if args.resume:
+        from avatarforge.train.checkpoint import find_checkpoint
+
+        run_dir = find_checkpoint(args.resume).parent.parent
+        saved = run_dir / "config.yaml"
+        if config_file is None and saved.is_file():
+            config_file = saved
+        if notes is not None:
+            notes.append(f"resuming {run_dir} (config: {config_file})")
+        return build_train_config(
+            config_file=config_file, cli=cli, overrides=overrides, use_preset=False, notes=notes
+        )
+    if not args.model and not (config_file and _file_names_model(config_file)):
+        models = ", ".join(list_presets()) or "see 'avatarforge models'"
+        raise ConfigError(f"--model is required ({models})")
+    if not args.data and not any(k == "data.path" for k, _ in overrides) and not config_file:
+        raise ConfigError("--data is required: a packed data set directory (see 'avatarforge data builtin')")
+    return build_train_config(config_file=config_file, cli=cli, overrides=overrides, notes=notes)
+
+
+def _file_names_model(path: str | Path) -> bool:
+    from avatarforge.config import load_yaml
+
+    model = load_yaml(path).get("model")
+    return isinstance(model, dict) and bool(model.get("name"))
+
+
+def train_main(args: argparse.Namespace) -> int:
+    """Run ``avatarforge train`` for parsed ``args``; returns the process exit code."""
+    from avatarforge.data.packed import PackedFormatError
+    from avatarforge.train.guard import TrainingDiverged
+    from avatarforge.train.metrics_log import MissingDependencyError
+
+    try:
+        notes: list[str] = []
+        cfg = config_from_args(args, notes)
+        if args.dry_run:
+            print("".join(f"# {n}\n" for n in notes) + to_yaml(cfg), end="")
+            return EXIT_OK
+        for n in notes:
+            print(n, file=sys.stderr)
+        from avatarforge.train.gan import GANTrainer
+
+        GANTrainer(cfg, resume=args.resume).fit()
+        return EXIT_OK
+    except (ConfigError, PackedFormatError, MissingDependencyError, FileNotFoundError) as e:
+        print(f"avatarforge train: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as e:
+        print(f"avatarforge train: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m avatarforge.train``."""
+    return train_main(build_parser().parse_args(argv))
