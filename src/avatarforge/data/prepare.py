@@ -68,6 +68,8 @@ _MAX_BYTES_PER_PIXEL = 8
 # Separator between an archive and a member in source names: "faces.zip::a/b.png".
 ZIP_SEP = "::"
 _REASON_CRASHED = "crashed"
+# Fewer files than this are processed in-process: starting a pool costs more than it saves.
+_SERIAL_BELOW = 64
 REPORT_REASONS = {
     **REASONS,
     _REASON_CRASHED: "the decoder crashed the worker process on this file",
@@ -129,8 +131,6 @@ class PrepareReport:
                 f"{e} {n:,}" for e, n in sorted(self.ignored.items(), key=lambda kv: -kv[1])[:6]
             )
             lines.append(f"Ignored {sum(self.ignored.values()):,} files that are not images by name: {parts}")
-        if self.skipped or self.duplicates:
-            lines.append(f"Details (every skipped file and duplicate): {Path(self.out) / 'report.json'}")
         return "\n".join(lines)
 
 
@@ -610,7 +610,7 @@ def _lost_worker(pool: multiprocessing.pool.Pool, pids: set[int]) -> bool:
 
 def _results(tasks: list[tuple[str, str | None]], opts: dict[str, Any], workers: int) -> Iterator[tuple]:
     """Yield one result per task, in task order."""
-    if workers <= 1 or len(tasks) < 64:
+    if workers <= 1 or len(tasks) < _SERIAL_BELOW:
         _set_options(opts)
         try:
             for t in tasks:
