@@ -427,7 +427,8 @@ def _decode(fp: io.IOBase, *, max_pixels: int, draft_size: int | None) -> Image.
         # Unreadable EXIF: keep the pixels as stored rather than reject the image.
         with contextlib.suppress(Exception):
             orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
-            ImageOps.exif_transpose(img, in_place=True)
+            if orientation != 1:  # (exif_transpose would parse the EXIF again)
+                ImageOps.exif_transpose(img, in_place=True)
             if orientation in (5, 6, 7, 8):  # transposed: width and height swap
                 original_size = (original_size[1], original_size[0])
         try:

@@ -743,6 +743,8 @@ def _validate(
         )
     out_real = os.path.realpath(out)
     for s in sources:
+        if not os.path.isdir(s):
+            continue  # only a folder can be, or be inside, OUT
         s_real = os.path.realpath(s)
         if s_real == out_real or s_real.startswith(out_real + os.sep):
             raise ValueError(
