@@ -44,6 +44,7 @@ __all__ = [
     "PART_NAMES",
     "SCHEMA",
     "SKIN_TONES",
+    "check_size",
     "nearest_color",
     "random_expression",
     "render",
@@ -260,9 +261,9 @@ def _check_value(name: str, value: Any) -> Any:
                     f"attribute {name!r}: unknown value {value!r}; valid values: {', '.join(field.values)}"
                 )
             return value
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            if 0 <= int(value) < len(field.values):
-                return field.values[int(value)]
+        is_index = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        if is_index and 0 <= int(value) < len(field.values):
+            return field.values[int(value)]
         raise ValueError(
             f"attribute {name!r}: invalid value {value!r}; valid values: {', '.join(field.values)}"
         )
@@ -451,6 +452,10 @@ def _taper(n: int, w0: float, w_mid: float, w1: float) -> np.ndarray:
     return out
 
 
+def _offset(pts: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    return pts + np.array([dx, dy])
+
+
 def _mirror(pts: np.ndarray) -> np.ndarray:
     out = pts.copy()
     out[:, 0] = 1.0 - out[:, 0]
@@ -500,13 +505,25 @@ class _Canvas:
             self.ldraw.polygon(xy, fill=_P[part])
 
     def outline(
-        self, pts: np.ndarray, color: tuple, width: float, depth: float = 0.0, head: bool = True
+        self,
+        pts: np.ndarray,
+        color: tuple,
+        part: str,
+        width: float,
+        depth: float = 0.0,
+        head: bool = True,
     ) -> None:
-        """A closed outline (line art) along a polygon; does not change part labels."""
+        """A closed line of constant width along a polygon (line art, glasses rims).
+
+        Drawn into the part map as well: half the line lies outside the polygon, and
+        those pixels must not count as background (alpha > 0 there).
+        """
         xy = self.xf(pts, depth, head)
         xy = np.concatenate([xy, xy[:1]]).ravel().tolist()
         px = max(1, round(width * self.S))
         self.draw.line(xy, fill=color, width=px, joint="curve")
+        if self.ldraw is not None:
+            self.ldraw.line(xy, fill=_P[part], width=px, joint="curve")
 
     def line(
         self,
@@ -554,13 +571,17 @@ class _Canvas:
         return out
 
     def part_masks(self) -> dict[str, np.ndarray]:
-        """Boolean (size, size) mask per part: the part covers at least half the pixel."""
+        """Boolean (size, size) mask per part; the masks partition the image.
+
+        ``background`` is exactly the fully transparent pixels (alpha 0); every other pixel
+        goes to the part covering most of it (ties to the earlier name in PART_NAMES).
+        """
         assert self.lab is not None
         lab = np.asarray(self.lab).reshape(self.size, self.ss, self.size, self.ss)
-        half = self.ss * self.ss / 2.0
-        return {
-            name: (lab == i).sum(axis=(1, 3), dtype=np.int32) >= half for i, name in enumerate(PART_NAMES)
-        }
+        counts = np.stack([(lab == i).sum(axis=(1, 3), dtype=np.int32) for i in range(len(PART_NAMES))])
+        winner = counts[1:].argmax(axis=0) + 1
+        winner[counts[0] == self.ss * self.ss] = 0
+        return {name: winner == i for i, name in enumerate(PART_NAMES)}
 
 
 # --------------------------------------------------------------------------- body parts
@@ -656,12 +677,14 @@ def _draw_body(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
         cv.outline(
             np.array([[0.5, 0.80], [0.445, 0.765], [0.43, 0.805], [0.47, 0.835]]),
             (170, 176, 196, 255),
+            "outfit",
             0.003,
             head=False,
         )
         cv.outline(
             np.array([[0.5, 0.80], [0.555, 0.765], [0.57, 0.805], [0.53, 0.835]]),
             (170, 176, 196, 255),
+            "outfit",
             0.003,
             head=False,
         )
@@ -711,12 +734,12 @@ def _draw_body(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
                 head=False,
             )
         cv.line(np.array([[0.43, 0.79], [0.57, 0.79]]), 0.004, pal.outfit_line, "outfit", head=False)
-    cv.outline(body, pal.outfit_line, 0.004, head=False)
+    cv.outline(body, pal.outfit_line, "outfit", 0.004, head=False)
 
 
 def _draw_neck_shadow(cv: _Canvas, pal: _Palette) -> None:
     neck = np.array([[0.455, 0.58], [0.545, 0.58], [0.552, 0.80], [0.448, 0.80]])
-    shadow = np.concatenate([[[0.43, 0.60], [0.57, 0.60]], _JAW + (0.0, 0.04)])
+    shadow = np.concatenate([[[0.43, 0.60], [0.57, 0.60]], _offset(_JAW, 0.0, 0.04)])
     cv.clipped(neck, [(shadow, pal.skin_shadow, "skin")], depth=0.0)
 
 
@@ -791,7 +814,7 @@ def _draw_eyes(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
             top = iris.copy()
             top[:, 1] = np.minimum(top[:, 1], iy - 0.25 * ry)
             light = _ellipse(ix, iy + 0.42 * ry, 0.72 * rx, 0.5 * ry, 20)
-            lid_shadow = np.concatenate([up, (up + (0.0, 0.3 * h))[::-1]])
+            lid_shadow = np.concatenate([up, _offset(up, 0.0, 0.3 * h)[::-1]])
             hx = ix - 0.38 * rx
             items = [
                 (_ellipse(cx, cy, w * 2.0, h * 2.0, 8), pal.eye_white, "eye_white"),
@@ -919,7 +942,7 @@ def _draw_mouth(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
                 )
             )
         cv.clipped(shape, items, depth=1.0)
-        cv.outline(shape, pal.mouth_line, 0.003, depth=1.0)
+        cv.outline(shape, pal.mouth_line, "mouth", 0.003, depth=1.0)
     else:
         pts = np.stack([x, top], 1)
         cv.line(pts, _taper(n, 0.002, 0.0045, 0.002), pal.mouth_line, "mouth", depth=1.0)
@@ -935,6 +958,7 @@ def _draw_mouth(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
             cv.outline(
                 np.array([[fx - 0.006, fy], [fx + 0.006, fy], [fx + 0.001, fy + 0.010]]),
                 pal.mouth_line,
+                "mouth",
                 0.002,
                 depth=1.0,
             )
@@ -1003,7 +1027,7 @@ def _bangs_edge(style: str) -> tuple[np.ndarray, list[np.ndarray]]:
         c1 = (v1 * 0.35 + tip * 0.65) + np.array([(v1[0] - tip[0]) * 0.15, -0.35 * (tip[1] - v1[1])])
         c0[1] = max(c0[1], v0[1])
         c1[1] = max(c1[1], v1[1])
-        pts.append(_bez(v0, c0, tip, 6)[:-1] if i else _bez(v0, c0, tip, 6)[:-1])
+        pts.append(_bez(v0, c0, tip, 6)[:-1])
         pts.append(_bez(tip, c1, v1, 6)[:-1])
         valleys.append(v0)
     pts.append(np.array([[val_x[-1], val_y[-1]]]))
@@ -1063,7 +1087,7 @@ def _back_hair(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
         side = _bez3((ox, _HAIR_CY), (ox + 0.005, 0.52), (0.70, 0.62), (0.60, 0.64), 10)
         poly = np.concatenate([cap, side[1:], _mirror(side[::-1])[:-1]])
         cv.poly(poly, pal.hair, "hair", depth=d)
-    cv.outline(poly, pal.hair_line, 0.004, depth=d)
+    cv.outline(poly, pal.hair_line, "hair", 0.004, depth=d)
 
 
 def _tails(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
@@ -1082,10 +1106,10 @@ def _tails(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
             if side < 0:
                 streak = _mirror(streak)
             cv.line(streak, _taper(10, 0.002, 0.006, 0.001), pal.hair_shadow, "hair", depth=d)
-            cv.outline(tail, pal.hair_line, 0.004, depth=d)
+            cv.outline(tail, pal.hair_line, "hair", 0.004, depth=d)
     elif style == "ponytail":
         outer = _bez3((0.60, 0.14), (0.86, 0.12), (0.90, 0.45), (0.84, 0.86), 16)
-        inner = _bez3((0.84, 0.86), (0.80, 0.60), (0.78, 0.40), (0.70, 0.30), 12)
+        inner = _bez3((0.84, 0.86), (0.79, 0.62), (0.75, 0.42), (0.66, 0.30), 12)
         tail = np.concatenate([outer, inner[1:]])
         cv.poly(tail, pal.hair, "hair", depth=d)
         cv.line(
@@ -1095,12 +1119,12 @@ def _tails(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
             "hair",
             depth=d,
         )
-        cv.outline(tail, pal.hair_line, 0.004, depth=d)
+        cv.outline(tail, pal.hair_line, "hair", 0.004, depth=d)
     elif style == "buns":
         for side in (-1.0, 1.0):
             bun = _ellipse(0.5 + side * 0.19, 0.155, 0.078, 0.074, 22)
             cv.poly(bun, pal.hair, "hair", depth=d)
-            cv.outline(bun, pal.hair_line, 0.004, depth=d)
+            cv.outline(bun, pal.hair_line, "hair", 0.004, depth=d)
             cv.line(
                 _ellipse(0.5 + side * 0.19, 0.16, 0.045, 0.042, 9, math.pi * 1.1, math.pi * 1.6),
                 0.005,
@@ -1123,7 +1147,7 @@ def _draw_front_hair(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
     d = 0.6
     poly, valleys = _front_hair(a)
     # Shadow the fringe casts on the forehead and cheeks, clipped to the face.
-    shadow = poly + (0.0, 0.022)
+    shadow = _offset(poly, 0.0, 0.022)
     cv.clipped(_FACE, [(shadow, pal.skin_shadow, "skin")], depth=0.25)
     cv.poly(poly, pal.hair, "hair", depth=d)
     # Strand lines from the crown into the valleys of the fringe.
@@ -1138,7 +1162,7 @@ def _draw_front_hair(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
     zig = lower.copy()
     zig[1:-1:2, 1] += 0.016
     cv.poly(np.concatenate([upper, zig]), pal.hair_light, "hair", depth=d)
-    cv.outline(poly, pal.hair_line, 0.004, depth=d)
+    cv.outline(poly, pal.hair_line, "hair", 0.004, depth=d)
 
 
 # ---- accessories
@@ -1152,7 +1176,7 @@ def _draw_accessory_back(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> No
         if side > 0:
             ear, inner = _mirror(ear), _mirror(inner)
         cv.poly(ear, pal.hair, "accessory", depth=0.3)
-        cv.outline(ear, pal.hair_line, 0.004, depth=0.3)
+        cv.outline(ear, pal.hair_line, "accessory", 0.004, depth=0.3)
         cv.poly(inner, (250, 180, 196, 255), "accessory", depth=0.3)
 
 
@@ -1165,14 +1189,14 @@ def _draw_accessory_front(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> N
         loop_l = np.array([[cx, cy], [cx - 0.085, cy - 0.07], [cx - 0.095, cy + 0.03]])
         for loop in (loop_r, loop_l):
             cv.poly(loop, pal.accent, "accessory", depth=d)
-            cv.outline(loop, pal.accent_dark, 0.004, depth=d)
+            cv.outline(loop, pal.accent_dark, "accessory", 0.004, depth=d)
         for tail in (
             np.array([[cx, cy], [cx + 0.05, cy + 0.1], [cx + 0.025, cy + 0.095]]),
             np.array([[cx, cy], [cx - 0.02, cy + 0.1], [cx - 0.045, cy + 0.085]]),
         ):
             cv.poly(tail, pal.accent_dark, "accessory", depth=d)
         cv.poly(_ellipse(cx, cy, 0.022, 0.02, 12), pal.accent, "accessory", depth=d)
-        cv.outline(_ellipse(cx, cy, 0.022, 0.02, 12), pal.accent_dark, 0.003, depth=d)
+        cv.outline(_ellipse(cx, cy, 0.022, 0.02, 12), pal.accent_dark, "accessory", 0.003, depth=d)
     elif acc == "beret":
         d = 0.5
         body = _ellipse(0.0, 0.0, 0.255, 0.085, 28)
@@ -1182,7 +1206,7 @@ def _draw_accessory_front(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> N
         col = pal.accent if a["outfit_color"] in ("white", "grey", "yellow") else pal.outfit
         dark = _rgba(_mix(col[:3], _SHADE, 0.35))
         cv.poly(body, col, "accessory", depth=d)
-        cv.outline(body, dark, 0.004, depth=d)
+        cv.outline(body, dark, "accessory", 0.004, depth=d)
         band = _bez((0.31, 0.205), (0.52, 0.235), (0.76, 0.145), 10)
         cv.line(band, 0.01, dark, "accessory", depth=d)
         cv.poly(
@@ -1193,12 +1217,12 @@ def _draw_accessory_front(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> N
         )
     elif acc == "hairclip":
         d = 0.65
-        cx, cy, r = 0.355, 0.30, 0.034
+        cx, cy, r = 0.355, 0.30, 0.044
         ang = np.linspace(-math.pi / 2, 1.5 * math.pi, 10, endpoint=False)
         rad = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
         star = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1)
         cv.poly(star, (252, 214, 80, 255), "accessory", depth=d)
-        cv.outline(star, (214, 150, 40, 255), 0.003, depth=d)
+        cv.outline(star, (214, 150, 40, 255), "accessory", 0.003, depth=d)
     elif acc == "headphones":
         d = 0.4
         band = _ellipse(
@@ -1213,11 +1237,7 @@ def _draw_accessory_front(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> N
         d = 1.0
         for side in (-1.0, 1.0):
             rim = _ellipse(0.5 + side * _EYE_DX, _EYE_Y + 0.004, 0.068, 0.058, 24)
-            cv.outline(rim, pal.frame, 0.0055, depth=d)
-            # The rim is an outline only; label it with a thin stroke polygon.
-            if cv.ldraw is not None:
-                xy = cv.xf(rim, d).ravel().tolist()
-                cv.ldraw.line(xy + xy[:2], fill=_P["accessory"], width=max(1, round(0.0055 * cv.S)))
+            cv.outline(rim, pal.frame, "accessory", 0.011, depth=d)
         cv.line(
             _bez((0.5 - _EYE_DX + 0.068, 0.50), (0.5, 0.49), (0.5 + _EYE_DX - 0.068, 0.50), 6),
             0.005,
@@ -1228,7 +1248,8 @@ def _draw_accessory_front(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> N
 
 
 # --------------------------------------------------------------------------- public API
-def _check_size(size: int) -> int:
+def check_size(size: int) -> int:
+    """Validate an image size: an integer from MIN_SIZE to MAX_SIZE, else ValueError."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise ValueError(f"size must be an integer from {MIN_SIZE} to {MAX_SIZE}, got {size!r}")
     if not MIN_SIZE <= int(size) <= MAX_SIZE:
@@ -1248,7 +1269,7 @@ def _supersample(size: int) -> int:
 def render_background(attrs: Mapping[str, Any], size: int) -> np.ndarray:
     """The background of an avatar: (size, size, 3) uint8 RGB, from ``background_kind`` and
     ``background_color``."""
-    size = _check_size(size)
+    size = check_size(size)
     kind = _check_value("background_kind", attrs["background_kind"])
     base = np.array(
         BACKGROUND_COLORS[_check_value("background_color", attrs["background_color"])], dtype=np.float32
@@ -1315,7 +1336,7 @@ def render(
     Raises:
         ValueError: size out of range, or an invalid/missing attribute.
     """
-    size = _check_size(size)
+    size = check_size(size)
     a = _resolve(attrs)
     pal = _Palette(a)
     cv = _Canvas(size, _supersample(size), float(a["head_yaw"]), float(a["head_tilt"]), return_parts)
@@ -1365,7 +1386,7 @@ def render_expressions(
         if isinstance(seed_or_attrs, (int, np.integer))
         else dict(seed_or_attrs)
     )
-    size = _check_size(size)
+    size = check_size(size)
     frames = []
     for expr in expressions:
         bad = set(expr) - set(EXPRESSION_ATTRIBUTES)
