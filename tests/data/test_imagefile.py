@@ -231,3 +231,13 @@ def test_bad_options():
         normalize_image(img, 32, fit="stretch")
     with pytest.raises(ValueError, match="size"):
         normalize_image(img, 0)
+
+
+def test_alpha_colour_string_composites_onto_it():
+    a = np.zeros((20, 20, 4), np.uint8)
+    a[:, :10] = (255, 0, 0, 255)  # right half transparent
+    out = normalize_image(Image.fromarray(a, "RGBA"), 20, alpha="#0000ff")
+    assert out.shape == (20, 20, 3)
+    assert (out[:, 12:] == (0, 0, 255)).all() and (out[:, :8] == (255, 0, 0)).all()
+    with pytest.raises(ValueError, match="alpha must be"):
+        normalize_image(Image.fromarray(a, "RGBA"), 20, alpha="blurple")

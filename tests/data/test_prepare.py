@@ -299,7 +299,7 @@ def test_rerun_refuses_before_work_and_overwrite_replaces(tmp_path, monkeypatch)
             prepare_dataset([src], out, SIZE, progress=False)
     assert read_manifest(out)["size"] == SIZE
 
-    prepare_dataset([src], out, 16, overwrite=True, progress=False)
+    prepare_dataset([src], out, np.int64(16), overwrite=True, progress=False)  # numpy ints are fine
     assert read_manifest(out)["size"] == 16 and np.load(out / "images.npy").shape == (3, 16, 16, 4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src"]  # no temp dirs left
 

@@ -488,10 +488,11 @@ def normalize_image(
         fit: ``"crop"`` centre-crops to a square; ``"pad"`` keeps the whole image and pads
             the short side (transparent when alpha is kept, else ``background``).
         alpha: ``"keep"`` -> ``(size, size, 4)`` RGBA (opaque images get alpha 255; fully
-            transparent pixels are stored as (0, 0, 0, 0)); anything else (``"white"``, a
-            colour, ``"composite"``) -> ``(size, size, 3)`` RGB composited onto
-            ``background``.
-        background: RGB colour used when compositing and for padding without alpha.
+            transparent pixels are stored as (0, 0, 0, 0)). ``"composite"`` -> ``(size,
+            size, 3)`` RGB composited onto ``background``. A colour (``"white"``,
+            ``"#00ff00"``, ``"0,255,0"``, see :func:`parse_color`) -> RGB composited onto
+            that colour (it overrides ``background``), as ``--alpha COLOR`` does.
+        background: RGB colour for ``alpha="composite"`` (compositing and padding).
         min_side: reject images whose shorter side is below this (``too_small``); default
             half of ``size``; 0 disables the check. Measured on the image as stored, before
             any JPEG draft.
@@ -501,7 +502,7 @@ def normalize_image(
 
     Raises:
         ImageRejected: ``too_small``.
-        ValueError: invalid ``size`` / ``fit``.
+        ValueError: invalid ``size`` / ``fit`` / ``alpha`` / ``background``.
     """
     if int(size) < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
@@ -509,9 +510,15 @@ def normalize_image(
         raise ValueError(f"fit must be one of {', '.join(_FITS)}, got {fit!r}")
     size = int(size)
     keep = alpha == "keep"
-    bg = tuple(int(c) for c in background)[:3]
-    if len(bg) != 3:
-        raise ValueError(f"background must be an (r, g, b) colour, got {background!r}")
+    if keep or alpha == "composite":
+        bg = tuple(int(c) for c in background)[:3]
+        if len(bg) != 3 or not all(0 <= c <= 255 for c in bg):
+            raise ValueError(f"background must be an (r, g, b) colour with 0-255 values, got {background!r}")
+    else:
+        try:
+            bg = parse_color(alpha)
+        except ValueError as e:
+            raise ValueError(f"alpha must be 'keep', 'composite' or a colour: {e}") from None
     if img.mode not in ("RGB", "RGBA"):
         img = _to_rgb_or_rgba(img)
     min_side = default_min_side(size) if min_side is None else int(min_side)

@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing
 import multiprocessing.pool
+import numbers
 import os
 import signal
 import sys
@@ -684,6 +685,10 @@ def _write_preview(path: Path, images: list[np.ndarray], size: int) -> None:
 # ----------------------------------------------------------------------------- main entry
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def _validate(
     sources: Sequence[str | os.PathLike],
     out: Path,
@@ -707,7 +712,7 @@ def _validate(
             raise ValueError(
                 f"source {os.fspath(s)!r} does not exist; pass folders, .zip archives or image files"
             )
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+    if not _is_int(size) or not 1 <= size <= MAX_SIZE:
         raise ValueError(f"--size must be an integer from 1 to {MAX_SIZE} pixels (e.g. 64), got {size!r}")
     if fit not in FITS:
         raise ValueError(f"--fit must be one of: {', '.join(FITS)} (got {fit!r})")
@@ -729,15 +734,15 @@ def _validate(
         raise ValueError(
             f"near_threshold must be an integer from 0 to 32 bits of 64 (default 4), got {near_threshold!r}"
         )
-    if min_side is not None and (not isinstance(min_side, int) or min_side < 0):
+    if min_side is not None and (not _is_int(min_side) or min_side < 0):
         raise ValueError(
             f"--min-side must be a non-negative integer (0 disables the check), got {min_side!r}"
         )
-    if not isinstance(max_pixels, int) or max_pixels < 1:
+    if not _is_int(max_pixels) or max_pixels < 1:
         raise ValueError(
             f"--max-pixels must be a positive integer (default {DEFAULT_MAX_PIXELS:,}), got {max_pixels!r}"
         )
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
+    if workers is not None and (not _is_int(workers) or workers < 1):
         raise ValueError(
             f"--workers must be a positive integer (or omitted for one per CPU core), got {workers!r}"
         )
@@ -814,6 +819,10 @@ def prepare_dataset(
     channels, background = _validate(
         src_list, out, size, fit, alpha, dedupe, near_threshold, min_side, max_pixels, workers, overwrite
     )
+    # (numpy integers pass validation; plain ints go into the JSON manifest)
+    size, near_threshold, max_pixels = int(size), int(near_threshold), int(max_pixels)
+    min_side = None if min_side is None else int(min_side)
+    workers = None if workers is None else int(workers)
     schema, label_entries = load_labels(labels) if labels is not None else (LabelSchema(), {})
     lookup = _LabelLookup(label_entries)
     eff_min_side = default_min_side(size) if min_side is None else min_side
