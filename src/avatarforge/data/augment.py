@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import overload
 
 import torch
 
@@ -215,6 +216,24 @@ class DiffAugment:
             x = self._geometric(x, params)
         return x
 
+    @overload
+    def __call__(
+        self,
+        x: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        params: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def __call__(
+        self,
+        x: Sequence[torch.Tensor],
+        *,
+        generator: torch.Generator | None = None,
+        params: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, ...]: ...
+
     def __call__(
         self,
         x: torch.Tensor | Sequence[torch.Tensor],
@@ -330,6 +349,4 @@ def diff_augment(
     x: torch.Tensor, policy: str = "color,translation,cutout", generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Functional form: ``DiffAugment(policy)(x, generator=generator)``."""
-    out = DiffAugment(policy)(x, generator=generator)
-    assert isinstance(out, torch.Tensor)
-    return out
+    return DiffAugment(policy)(x, generator=generator)
