@@ -372,7 +372,12 @@ class _Palette:
         self.outfit_line = _rgba(_mix(outfit, _SHADE, 0.5))
         self.outfit_trim = (250, 250, 252, 255) if sum(outfit) < 480 else (52, 62, 110, 255)
         self.shirt = (250, 250, 252, 255) if sum(outfit) < 700 else (214, 220, 236, 255)
-        accent = ACCENT_COLORS[a["outfit_color"]]
+        # The outfit's accent, unless it would vanish against the hair (ribbons, ties).
+        accent = next(
+            c
+            for c in (ACCENT_COLORS[a["outfit_color"]], (224, 60, 80), (110, 170, 240))
+            if sum((x - y) ** 2 for x, y in zip(c, hair)) >= 110**2
+        )
         self.accent = _rgba(accent)
         self.accent_dark = _rgba(_mix(accent, _SHADE, 0.35))
         self.frame = (64, 56, 72, 255)
@@ -1001,9 +1006,9 @@ def _bangs_edge(style: str) -> tuple[np.ndarray, list[np.ndarray]]:
         val_y = np.array([0.37, 0.355, 0.355, 0.36, 0.37, 0.38, 0.39])
         lean = -0.028
     elif style == "parted":
-        tips_x = np.array([0.658, 0.6, 0.40, 0.342])
+        tips_x = np.array([0.658, 0.605, 0.395, 0.342])
         tips_y = np.array([0.46, 0.452, 0.452, 0.46])
-        val_y = np.array([0.40, 0.41, 0.27, 0.41, 0.40])
+        val_y = np.array([0.40, 0.40, 0.30, 0.40, 0.40])
         lean = 0.0
     else:  # short: a high fringe that shows the forehead
         tips_x = np.linspace(0.655, 0.345, 7)
@@ -1034,9 +1039,10 @@ def _bangs_edge(style: str) -> tuple[np.ndarray, list[np.ndarray]]:
     return np.concatenate(pts), valleys
 
 
-def _front_hair(a: Mapping[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The front hair mass: crown, sidelocks and fringe, as one polygon."""
-    style = a["hair_style"]
+@functools.lru_cache(maxsize=64)
+def _front_hair(style: str, bangs: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The front hair mass: crown, sidelocks and fringe, as one polygon (cached: it only
+    depends on the two styles)."""
     tip_y, flare = _SIDELOCKS[style]
     cap = _ellipse(0.5, _HAIR_CY, _HAIR_RX, _HAIR_RY, 26, math.pi, 2.0 * math.pi)  # left -> top -> right
     ox = 0.5 + _HAIR_RX
@@ -1050,10 +1056,11 @@ def _front_hair(a: Mapping[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
     else:
         outer = _bez3((ox, _HAIR_CY), (ox, 0.50), (0.73, 0.56), (0.695, tip_y), 10)
         inner = _bez3((0.695, tip_y), (0.672, tip_y - 0.06), (0.675, 0.50), (0.685, 0.44), 10)
-    edge, valleys = _bangs_edge(a["bangs"])
+    edge, valleys = _bangs_edge(bangs)
     right = np.concatenate([outer[1:], inner[1:]])
     left = _mirror(right[::-1])
     poly = np.concatenate([cap, right, edge[1:-1], left[:-1]])
+    poly.flags.writeable = False
     return poly, valleys
 
 
@@ -1145,7 +1152,7 @@ def _hair_ties(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
 
 def _draw_front_hair(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
     d = 0.6
-    poly, valleys = _front_hair(a)
+    poly, valleys = _front_hair(a["hair_style"], a["bangs"])
     # Shadow the fringe casts on the forehead and cheeks, clipped to the face.
     shadow = _offset(poly, 0.0, 0.022)
     cv.clipped(_FACE, [(shadow, pal.skin_shadow, "skin")], depth=0.25)
@@ -1156,6 +1163,14 @@ def _draw_front_hair(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
         mid = (v[0], (v[1] + 0.2) * 0.5)
         pts = _bez(top, mid, (v[0], v[1] - 0.002), 8)
         cv.line(pts, _taper(8, 0.0005, 0.0045, 0.0015), pal.hair_shadow, "hair", depth=d)
+    # A strand line down each sidelock.
+    tip_y = _SIDELOCKS[a["hair_style"]][0]
+    if a["hair_style"] == "long":
+        lock = _bez((0.728, 0.46), (0.735, 0.70), (0.742, tip_y - 0.06), 10)
+    else:
+        lock = _bez((0.722, 0.46), (0.722, tip_y - 0.06), (0.706, tip_y - 0.025), 10)
+    for pts in (lock, _mirror(lock)):
+        cv.line(pts, _taper(10, 0.001, 0.0045, 0.0005), pal.hair_shadow, "hair", depth=d)
     # The shiny "angel ring" across the crown.
     upper = _ellipse(0.5, _HAIR_CY - 0.01, 0.20, 0.165, 14, math.pi * 1.18, math.pi * 1.82)
     lower = _ellipse(0.5, _HAIR_CY - 0.01, 0.205, 0.128, 14, math.pi * 1.82, math.pi * 1.18)
@@ -1199,18 +1214,18 @@ def _draw_accessory_front(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> N
         cv.outline(_ellipse(cx, cy, 0.022, 0.02, 12), pal.accent_dark, "accessory", 0.003, depth=d)
     elif acc == "beret":
         d = 0.5
-        body = _ellipse(0.0, 0.0, 0.255, 0.085, 28)
+        body = _ellipse(0.0, 0.0, 0.26, 0.095, 28)
         ang = math.radians(-10.0)
         rot = np.array([[math.cos(ang), -math.sin(ang)], [math.sin(ang), math.cos(ang)]])
-        body = body @ rot.T + (0.54, 0.155)
+        body = body @ rot.T + np.array([0.54, 0.168])
         col = pal.accent if a["outfit_color"] in ("white", "grey", "yellow") else pal.outfit
         dark = _rgba(_mix(col[:3], _SHADE, 0.35))
         cv.poly(body, col, "accessory", depth=d)
         cv.outline(body, dark, "accessory", 0.004, depth=d)
-        band = _bez((0.31, 0.205), (0.52, 0.235), (0.76, 0.145), 10)
+        band = _bez((0.305, 0.225), (0.52, 0.255), (0.775, 0.16), 10)
         cv.line(band, 0.01, dark, "accessory", depth=d)
         cv.poly(
-            np.array([[0.53, 0.078], [0.55, 0.078], [0.548, 0.058], [0.535, 0.058]]),
+            np.array([[0.53, 0.082], [0.55, 0.082], [0.548, 0.062], [0.535, 0.062]]),
             dark,
             "accessory",
             depth=d,
@@ -1221,8 +1236,15 @@ def _draw_accessory_front(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> N
         ang = np.linspace(-math.pi / 2, 1.5 * math.pi, 10, endpoint=False)
         rad = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
         star = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1)
-        cv.poly(star, (252, 214, 80, 255), "accessory", depth=d)
-        cv.outline(star, (214, 150, 40, 255), "accessory", 0.003, depth=d)
+        # Yellow star, pink on hair too close to yellow to show it.
+        warm = a["hair_color"] in ("blonde", "orange", "silver")
+        fill, edge = (
+            ((255, 128, 170, 255), (214, 70, 120, 255))
+            if warm
+            else ((252, 214, 80, 255), (214, 150, 40, 255))
+        )
+        cv.poly(star, fill, "accessory", depth=d)
+        cv.outline(star, edge, "accessory", 0.003, depth=d)
     elif acc == "headphones":
         d = 0.4
         band = _ellipse(
