@@ -181,21 +181,27 @@ def test_dedupe_exact_near_off(tmp_path):
     (src / "b.png").write_bytes(encode(a, "PNG", compress_level=1))  # same pixels, other bytes
     (src / "c.jpg").write_bytes(encode(a, "JPEG", quality=85))  # re-encoded: near, not exact
     (src / "d.png").write_bytes(encode(smooth(6, 96), "PNG"))  # unrelated
+    # Same structure (flat), different colours: pHash alone cannot tell them apart.
+    (src / "e.png").write_bytes(encode(solid((200, 30, 30), size=(96, 96)), "PNG"))
+    (src / "f.png").write_bytes(encode(solid((30, 30, 200), size=(96, 96)), "PNG"))
+    recolour = np.asarray(a).copy()
+    recolour[:, :48] = recolour[:, :48, ::-1]  # swap red and blue in half the picture
+    (src / "g.png").write_bytes(encode(Image.fromarray(recolour), "PNG"))
 
     r = prepare_dataset([src], tmp_path / "exact", SIZE, dedupe="exact", progress=False)
-    assert r.kept == 3
+    assert r.kept == 6
     assert r.duplicates == [
         {"path": str(src / "b.png"), "duplicate_of": str(src / "a.png"), "kind": "exact", "distance": 0}
     ]
 
     r = prepare_dataset([src], tmp_path / "near", SIZE, dedupe="near", progress=False)
-    assert r.kept == 2
+    assert r.kept == 5  # a, d, e, f, g
     kinds = {Path(d["path"]).name: (Path(d["duplicate_of"]).name, d["kind"]) for d in r.duplicates}
     assert kinds == {"b.png": ("a.png", "exact"), "c.jpg": ("a.png", "near")}
     assert 0 <= r.duplicates[1]["distance"] <= 4
 
     r = prepare_dataset([src], tmp_path / "off", SIZE, dedupe="off", progress=False)
-    assert r.kept == 4 and r.duplicates == []
+    assert r.kept == 7 and r.duplicates == []
 
     ha, hd = (perceptual_hash(np.asarray(smooth(s, 32))) for s in (5, 6))
     assert hamming(ha, hd) > 12  # unrelated pictures are far apart

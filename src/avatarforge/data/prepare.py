@@ -30,7 +30,7 @@ import time
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ __all__ = [
     "DEDUPE_MODES",
     "PrepareReport",
     "hamming",
+    "image_signature",
     "load_labels",
     "perceptual_hash",
     "prepare_dataset",
@@ -150,23 +151,39 @@ def _dct_matrix(n: int) -> np.ndarray:
 _DCT32 = _dct_matrix(32)
 
 
-def perceptual_hash(image: np.ndarray) -> int:
-    """64-bit pHash of an (H, W, 3|4) uint8 image.
+# Near duplicates must also agree in colour: mean absolute difference of their 8x8 colour
+# thumbnails at most this many levels (of 255). Re-encoded or resized copies differ by ~1;
+# recoloured variants (a hair-colour swap, which a colour label needs) by 10 and more.
+NEAR_COLOR_TOLERANCE = 8.0
 
-    Grey (alpha composited onto mid grey) -> 32x32 area average -> 2-D DCT -> the 8x8
-    lowest frequencies -> one bit each: above the median of the 63 non-DC coefficients.
-    Survives re-encoding, mild resizing and colour tweaks; unrelated images differ in
-    ~32 bits, near-copies in a handful.
+
+def image_signature(image: np.ndarray) -> tuple[int, bytes]:
+    """(64-bit pHash, 8x8 RGB thumbnail bytes) of an (H, W, 3|4) uint8 image.
+
+    pHash: alpha composited onto mid grey -> 32x32 area average -> luminance -> 2-D DCT ->
+    the 8x8 lowest frequencies -> one bit each: above the median of the 63 non-DC
+    coefficients. Survives re-encoding and mild resizing; unrelated images differ in ~32
+    bits, near-copies in a handful. It sees structure, not colour: the thumbnail is the
+    colour check.
     """
-    a = np.asarray(image, dtype=np.float32)
-    luma = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
-    if a.shape[-1] == 4:
-        w = a[..., 3] / 255.0
-        luma = luma * w + 128.0 * (1.0 - w)
-    small = np.asarray(Image.fromarray(luma, "F").resize((32, 32), Image.Resampling.BOX), dtype=np.float32)
-    coeffs = (_DCT32 @ small @ _DCT32.T)[:8, :8].ravel()
-    bits = coeffs > np.median(coeffs[1:])
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+    a = np.asarray(image)
+    if a.shape[-1] == 4:  # integer "over" mid grey: cheap, and exact enough for a hash
+        alpha = a[..., 3:4].astype(np.uint16)
+        rgb = ((a[..., :3] * alpha + 128 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    else:
+        rgb = np.ascontiguousarray(a[..., :3])
+    small = np.asarray(Image.fromarray(rgb, "RGB").resize((32, 32), Image.Resampling.BOX), dtype=np.float32)
+    luma = small @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    coeffs = (_DCT32 @ luma @ _DCT32.T)[:8, :8].ravel()
+    median = np.sort(coeffs[1:])[31]  # of the 63 AC coefficients
+    bits = coeffs > median
+    thumb = small.reshape(8, 4, 8, 4, 3).mean(axis=(1, 3))
+    return int.from_bytes(np.packbits(bits).tobytes(), "big"), np.rint(thumb).astype(np.uint8).tobytes()
+
+
+def perceptual_hash(image: np.ndarray) -> int:
+    """64-bit pHash of an (H, W, 3|4) uint8 image (see :func:`image_signature`)."""
+    return image_signature(image)[0]
 
 
 def hamming(a: int, b: int) -> int:
@@ -190,18 +207,19 @@ class _NearIndex:
         self.tables: list[dict[int, list[int]]] = [{} for _ in self.bands]
         self.hashes: list[int] = []
 
-    def query(self, h: int) -> tuple[int, int] | None:
+    def query(self, h: int, accept: Callable[[int], bool] | None = None) -> tuple[int, int] | None:
         """(index, distance) of the closest stored hash within the threshold (lowest index on
-        ties), or None."""
+        ties) for which ``accept(index)`` holds, or None."""
         cand: set[int] = set()
         for (shift, mask), table in zip(self.bands, self.tables):
             cand.update(table.get((h >> shift) & mask, ()))
-        best: tuple[int, int] | None = None
-        for idx in cand:
-            d = hamming(h, self.hashes[idx])
-            if d <= self.threshold and (best is None or (d, idx) < (best[1], best[0])):
-                best = (idx, d)
-        return best
+        hits = sorted((hamming(h, self.hashes[i]), i) for i in cand)
+        for d, idx in hits:
+            if d > self.threshold:
+                break
+            if accept is None or accept(idx):
+                return idx, d
+        return None
 
     def add(self, h: int) -> int:
         idx = len(self.hashes)
@@ -219,16 +237,23 @@ class _Deduper:
         self.exact: dict[str, str] = {}
         self.near = _NearIndex(threshold) if mode == "near" else None
         self.near_sources: list[str] = []
+        self.thumbs: list[np.ndarray] = []
 
-    def check(self, source: str, sha: str, phash: int) -> dict[str, Any] | None:
+    def check(self, source: str, sha: str, signature: tuple[int, bytes] | None) -> dict[str, Any] | None:
         """None (and remember the item) if new, else the duplicate's report row."""
         if self.mode == "off":
             return None
         first = self.exact.get(sha)
         if first is not None:
             return {"path": source, "duplicate_of": first, "kind": "exact", "distance": 0}
-        if self.near is not None:
-            hit = self.near.query(phash)
+        if self.near is not None and signature is not None:
+            phash, thumb_bytes = signature
+            thumb = np.frombuffer(thumb_bytes, dtype=np.uint8).astype(np.int16)
+
+            def same_colours(idx: int) -> bool:
+                return float(np.abs(self.thumbs[idx] - thumb).mean()) <= NEAR_COLOR_TOLERANCE
+
+            hit = self.near.query(phash, same_colours)
             if hit is not None:
                 return {
                     "path": source,
@@ -238,6 +263,7 @@ class _Deduper:
                 }
             self.near.add(phash)
             self.near_sources.append(source)
+            self.thumbs.append(thumb)
         self.exact[sha] = source
         return None
 
@@ -566,7 +592,7 @@ def _read_member(path: str, member: str, max_bytes: int) -> bytes:
 
 
 def _process(task: tuple[str, str | None]) -> tuple:
-    """Worker: one candidate -> ("ok", array, sha256, phash) or ("skip", reason, message).
+    """Worker: one candidate -> ("ok", array, sha256, signature) or ("skip", reason, message).
 
     Never raises: a bad file is a result like any other.
     """
@@ -578,8 +604,8 @@ def _process(task: tuple[str, str | None]) -> tuple:
         arr = normalize_image(
             img, o["size"], fit=o["fit"], alpha=o["alpha"], background=o["background"], min_side=o["min_side"]
         )
-        phash = perceptual_hash(arr) if o["near"] else 0
-        return ("ok", arr, pixel_hash(arr), phash)
+        signature = image_signature(arr) if o["near"] else None
+        return ("ok", arr, pixel_hash(arr), signature)
     except ImageRejected as e:
         return ("skip", e.reason, e.message)
     except MemoryError:
@@ -893,8 +919,8 @@ def prepare_dataset(
                     if res[0] == "skip":
                         skipped.append({"path": cand.source, "reason": res[1], "message": res[2]})
                         continue
-                    _, arr, sha, phash = res
-                    dup = deduper.check(cand.source, sha, phash)
+                    _, arr, sha, signature = res
+                    dup = deduper.check(cand.source, sha, signature)
                     if dup is not None:
                         duplicates.append(dup)
                         continue
