@@ -340,6 +340,8 @@ class PackedDataset(Dataset):
         """Batches per epoch on each rank (the same on every rank)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
         per_rank = _per_rank(len(self), world_size, drop_last=False)
         return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
 
