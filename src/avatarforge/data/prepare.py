@@ -662,7 +662,7 @@ def _results(tasks: list[tuple[str, str | None]], opts: dict[str, Any], workers:
             i = start
             while i < len(tasks):
                 try:
-                    chunk_results = it.next(timeout=1.0)
+                    chunk_results = it.next(timeout=0.5)
                 except multiprocessing.TimeoutError:
                     if _lost_worker(pool, pids):
                         crashed_at = i
