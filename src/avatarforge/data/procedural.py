@@ -348,7 +348,7 @@ class _Palette:
         self.hair_light = _rgba(_mix(hair, light_target, 0.42 if sum(hair) < 250 else 0.5))
         skin = SKIN_TONES[a["skin_tone"]]
         self.skin = _rgba(skin)
-        self.skin_shadow = _rgba(_mix(skin, (200, 90, 110), 0.2))
+        self.skin_shadow = _rgba(_mix(skin, (200, 90, 110), 0.16))
         self.skin_line = _rgba(_mix(skin, (120, 40, 50), 0.45))
         self.blush = _rgba(_mix(skin, (255, 96, 128), 0.28))
         self.blush_strong = _rgba(_mix(skin, (255, 80, 118), 0.48))
@@ -1154,7 +1154,7 @@ def _draw_front_hair(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
     d = 0.6
     poly, valleys = _front_hair(a["hair_style"], a["bangs"])
     # Shadow the fringe casts on the forehead and cheeks, clipped to the face.
-    shadow = _offset(poly, 0.0, 0.022)
+    shadow = _offset(poly, 0.0, 0.018)
     cv.clipped(_FACE, [(shadow, pal.skin_shadow, "skin")], depth=0.25)
     cv.poly(poly, pal.hair, "hair", depth=d)
     # Strand lines from the crown into the valleys of the fringe.
