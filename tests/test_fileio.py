@@ -43,3 +43,33 @@ def test_atomic_directory_success_failure_and_overwrite(tmp_path):
         (tmp / "g").write_text("3")
     assert sorted(os.listdir(out)) == ["g"]
     assert sorted(os.listdir(tmp_path)) == ["ds"]  # no temp or old directories left behind
+
+
+def test_written_files_follow_umask_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "x", "1")
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_stale_partial_of_a_dead_process_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(proc.stdout)
+    stale = tmp_path / f".ds.{dead_pid}.abc123.partial"
+    stale.mkdir()
+    (stale / "images.npy").write_bytes(b"half")
+    live = tmp_path / f".ds.{os.getpid()}.zzz.partial"  # another build by a live process: untouched
+    live.mkdir()
+    with atomic_directory(tmp_path / "ds"):
+        pass
+    assert not stale.exists() and live.exists()
