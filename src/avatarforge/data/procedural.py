@@ -211,7 +211,8 @@ def _probabilities(field: LabelField) -> np.ndarray:
     return w / w.sum()
 
 
-_PROBS = {f.name: _probabilities(f) for f in SCHEMA.categorical}
+# (name, values, cumulative probabilities) per categorical attribute, in schema order.
+_CDFS = [(f.name, f.values, np.cumsum(_probabilities(f))) for f in SCHEMA.categorical]
 
 # Head turn: horizontal shift (unit coordinates) per unit of depth at |yaw| = 1.
 _YAW_SHIFT = 0.045
@@ -293,9 +294,11 @@ def sample_attributes(seed: int, **fixed: Any) -> dict[str, Any]:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     checked = {name: _check_value(name, value) for name, value in fixed.items()}
     rng = np.random.Generator(np.random.PCG64(int(seed)))
-    attrs: dict[str, Any] = {}
-    for field in SCHEMA.categorical:
-        attrs[field.name] = field.values[int(rng.choice(len(field.values), p=_PROBS[field.name]))]
+    u = rng.random(len(_CDFS))
+    attrs: dict[str, Any] = {
+        name: values[min(int(np.searchsorted(cdf, x, side="right")), len(values) - 1)]
+        for (name, values, cdf), x in zip(_CDFS, u)
+    }
     attrs.update(random_expression(rng))
     attrs.update(checked)
     return attrs
@@ -475,7 +478,10 @@ class _Canvas:
         self.size = size
         self.ss = ss
         self.S = size * ss
-        self.img = Image.new("RGBA", (self.S, self.S), (0, 0, 0, 0))
+        # Every shape is opaque, so each supersampled pixel is (0, 0, 0, 0) or has alpha
+        # 255: the picture is already premultiplied. Drawing in "RGBa" lets the box filter
+        # run without Pillow's premultiply pass; only the small result is converted.
+        self.img = Image.new("RGBa", (self.S, self.S), (0, 0, 0, 0))
         self.draw = ImageDraw.Draw(self.img)
         self.lab = Image.new("L", (self.S, self.S), 0) if parts else None
         self.ldraw = ImageDraw.Draw(self.lab) if self.lab is not None else None
@@ -571,7 +577,7 @@ class _Canvas:
     def finish(self) -> np.ndarray:
         """Box-filter down to the output size: (size, size, 4) uint8, straight alpha."""
         small = self.img.resize((self.size, self.size), Image.Resampling.BOX) if self.ss > 1 else self.img
-        out = np.asarray(small, dtype=np.uint8).copy()
+        out = np.asarray(small.convert("RGBA"), dtype=np.uint8).copy()
         out[out[..., 3] == 0, :3] = 0
         return out
 
@@ -1150,33 +1156,46 @@ def _hair_ties(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
         cv.poly(_ellipse(0.70, 0.18, 0.02, 0.028, 12), pal.accent, "hair_tie", depth=-0.3)
 
 
-def _draw_front_hair(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
-    d = 0.6
-    poly, valleys = _front_hair(a["hair_style"], a["bangs"])
-    # Shadow the fringe casts on the forehead and cheeks, clipped to the face.
-    shadow = _offset(poly, 0.0, 0.018)
-    cv.clipped(_FACE, [(shadow, pal.skin_shadow, "skin")], depth=0.25)
-    cv.poly(poly, pal.hair, "hair", depth=d)
+@functools.lru_cache(maxsize=256)
+def _front_hair_art(style: str, bangs: str, min_w: float) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Front hair polygon, its strand-line polygons and the highlight band. Cached: the
+    geometry depends only on the styles (and, through the minimum line width, the size)."""
+    poly, valleys = _front_hair(style, bangs)
+    strands = []
     # Strand lines from the crown into the valleys of the fringe.
     for v in valleys[1:]:
         top = (0.5 + (v[0] - 0.5) * 0.5, 0.2)
         mid = (v[0], (v[1] + 0.2) * 0.5)
         pts = _bez(top, mid, (v[0], v[1] - 0.002), 8)
-        cv.line(pts, _taper(8, 0.0005, 0.0045, 0.0015), pal.hair_shadow, "hair", depth=d)
+        strands.append(_stroke(pts, np.maximum(_taper(8, 0.0005, 0.0045, 0.0015), min_w)))
     # A strand line down each sidelock.
-    tip_y = _SIDELOCKS[a["hair_style"]][0]
-    if a["hair_style"] == "long":
+    tip_y = _SIDELOCKS[style][0]
+    if style == "long":
         lock = _bez((0.728, 0.46), (0.735, 0.70), (0.742, tip_y - 0.06), 10)
     else:
         lock = _bez((0.722, 0.46), (0.722, tip_y - 0.06), (0.706, tip_y - 0.025), 10)
     for pts in (lock, _mirror(lock)):
-        cv.line(pts, _taper(10, 0.001, 0.0045, 0.0005), pal.hair_shadow, "hair", depth=d)
-    # The shiny "angel ring" across the crown.
+        strands.append(_stroke(pts, np.maximum(_taper(10, 0.001, 0.0045, 0.0005), min_w)))
+    # The shiny "angel ring" across the crown, with a jagged lower edge.
     upper = _ellipse(0.5, _HAIR_CY - 0.01, 0.20, 0.165, 14, math.pi * 1.18, math.pi * 1.82)
     lower = _ellipse(0.5, _HAIR_CY - 0.01, 0.205, 0.128, 14, math.pi * 1.82, math.pi * 1.18)
-    zig = lower.copy()
-    zig[1:-1:2, 1] += 0.016
-    cv.poly(np.concatenate([upper, zig]), pal.hair_light, "hair", depth=d)
+    lower[1:-1:2, 1] += 0.016
+    shine = np.concatenate([upper, lower])
+    for arr in (*strands, shine):
+        arr.flags.writeable = False
+    return poly, strands, shine
+
+
+def _draw_front_hair(cv: _Canvas, a: Mapping[str, Any], pal: _Palette) -> None:
+    d = 0.6
+    poly, strands, shine = _front_hair_art(a["hair_style"], a["bangs"], cv.min_w)
+    # Shadow the fringe casts on the forehead and cheeks, clipped to the face.
+    shadow = _offset(poly, 0.0, 0.018)
+    cv.clipped(_FACE, [(shadow, pal.skin_shadow, "skin")], depth=0.25)
+    cv.poly(poly, pal.hair, "hair", depth=d)
+    for strand in strands:
+        cv.poly(strand, pal.hair_shadow, "hair", depth=d)
+    cv.poly(shine, pal.hair_light, "hair", depth=d)
     cv.outline(poly, pal.hair_line, "hair", 0.004, depth=d)
 
 
