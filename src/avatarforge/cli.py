@@ -198,7 +198,8 @@ def _cmd_models(a: argparse.Namespace) -> int:
 
     for name in list_models():
         roles = [r for r in ("generator", "discriminator", "encoder") if _has(get_model_class, name, r)]
-        doc = (get_model_class(name, roles[0]).__doc__ or "").strip().splitlines()[0] if roles else ""
+        doc_lines = (get_model_class(name, roles[0]).__doc__ or "").strip().splitlines() if roles else []
+        doc = doc_lines[0] if doc_lines else ""
         print(f"{name:<12} {'/'.join(roles):<28} {doc}")
     return 0
 
