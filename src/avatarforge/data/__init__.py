@@ -7,7 +7,13 @@ The main entry points::
 
 from avatarforge.data.augment import DiffAugment, diff_augment, hflip
 from avatarforge.data.builtin import build_builtin_dataset
-from avatarforge.data.dataset import PackedDataset, ShardedSampler, infinite_batches, label_indices, shard_indices
+from avatarforge.data.dataset import (
+    PackedDataset,
+    ShardedSampler,
+    infinite_batches,
+    label_indices,
+    shard_indices,
+)
 from avatarforge.data.packed import (
     LabelField,
     LabelSchema,
