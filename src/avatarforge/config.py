@@ -136,7 +136,7 @@ class PerfConfig:
 
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
     tf32: bool = True  # TF32 matmuls/convs on CUDA
-    channels_last: bool = False  # NHWC memory format (CUDA only, see docs)
+    channels_last: bool = True  # NHWC memory format: measured +5-10% img/s on CPU (docs/training.md)
     num_threads: int | None = None  # torch intra-op threads; None = torch default
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
 

@@ -209,7 +209,8 @@ def _corrupt_at(step: int, times: int):
         if trainer.step == step and len(fired) < times:
             fired.append(trainer.step)
             with torch.no_grad():
-                next(trainer.G.parameters()).view(-1)[0] = float("nan")
+                w = next(trainer.G.parameters())
+                w[(0,) * w.dim()] = float("nan")
 
     return hook, fired
 
@@ -296,3 +297,27 @@ def test_sigterm_checkpoints_and_exits_zero(blobs, tmp_path):
     assert step >= 1 and ckpt.name == f"ckpt-{step:08d}"
     text = out + err
     assert "SIGTERM" in text and f"--resume {run}" in text
+
+
+def test_minutes_limit_stops_at_a_step_boundary_with_checkpoint(blobs, tmp_path):
+    cfg = _config("dcgan", blobs, tmp_path, *TINY_DCGAN, "kimg=1000", "minutes=0.0001")
+    trainer = GANTrainer(cfg)
+    run = trainer.fit()
+    assert trainer.stopped_by == "time" and trainer.step >= 1
+    assert find_checkpoint(run).name == f"ckpt-{trainer.step:08d}"
+
+
+def test_tensorboard_request_without_package_is_a_clear_error(blobs, tmp_path, capsys):
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    runs = tmp_path / "runs"
+    args = build_parser().parse_args(
+        ["--data", str(blobs), "--model", "dcgan", "--tensorboard", "--runs-dir", str(runs), *QUIET]
+    )
+    assert train_main(args) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+    assert not any(runs.glob("0*"))  # failed before creating a run directory

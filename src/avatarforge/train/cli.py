@@ -164,7 +164,6 @@ def _file_names_model(path: str | Path) -> bool:
 
 def train_main(args: argparse.Namespace) -> int:
     """Run ``avatarforge train`` for parsed ``args``; returns the process exit code."""
-    from avatarforge.data.packed import PackedFormatError
     from avatarforge.train.guard import TrainingDiverged
     from avatarforge.train.metrics_log import MissingDependencyError
 
@@ -180,7 +179,9 @@ def train_main(args: argparse.Namespace) -> int:
 
         GANTrainer(cfg, resume=args.resume).fit()
         return EXIT_OK
-    except (ConfigError, PackedFormatError, MissingDependencyError, FileNotFoundError) as e:
+    except (ConfigError, MissingDependencyError, FileNotFoundError, ValueError) as e:
+        # User errors (bad key/value, missing data set, batch larger than the data set, ...)
+        # carry messages naming the problem and the fix: no traceback.
         print(f"avatarforge train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as e:

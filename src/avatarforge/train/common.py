@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from avatarforge.config import PerfConfig
+from avatarforge.config import ConfigError, PerfConfig
 
 __all__ = [
     "amp_dtype",
@@ -28,13 +28,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA if available (this process's local GPU under torchrun), else CPU.
 
     Raises:
-        ValueError: CUDA was asked for but is not available.
+        ConfigError: CUDA was asked for but is not available.
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+            raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
         if name == "cuda":
             return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device(name)
@@ -68,7 +68,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         if amp == "auto":
             return None
         if amp == "fp16":
-            raise ValueError("perf.amp=fp16 needs a CUDA device; use perf.amp=bf16 or off on CPU")
+            raise ConfigError("perf.amp=fp16 needs a CUDA device; use perf.amp=bf16 or off on CPU")
         return torch.bfloat16
     if amp == "fp16":
         return torch.float16

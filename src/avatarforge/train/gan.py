@@ -63,7 +63,7 @@ from avatarforge.train.common import (
 from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.guard import NaNEvents, StopSignal, TrainingDiverged, all_finite, nonfinite_names
 from avatarforge.train.losses import d_loss, g_loss, info_loss, r1_penalty, r1_weight
-from avatarforge.train.metrics_log import MetricsLog, truncate_metrics
+from avatarforge.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
 from avatarforge.train.rundir import allocate_run_dir
 
 __all__ = ["GANTrainer", "MetricFn", "StepHook", "TrainingDiverged", "build_gan"]
@@ -203,13 +203,15 @@ class GANTrainer:
     def setup(self) -> None:
         """Build everything: process group, device, data, models, optimizers, run dir, resume."""
         cfg = self.cfg
+        if cfg.log.tensorboard:
+            require_tensorboard()  # fail before any work (and before a run directory exists)
         want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
         self.dist = D_.init_distributed("cuda" if want_cuda else "cpu")
         self.is_main = self.dist.is_main
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         apply_perf_settings(cfg.perf, self.device)
         self.amp = amp_dtype(cfg.perf.amp, self.device)
-        self.channels_last = cfg.perf.channels_last and self.device.type == "cuda"
+        self.channels_last = cfg.perf.channels_last
         if cfg.batch_size % self.dist.world_size:
             raise ConfigError(
                 f"batch_size {cfg.batch_size} is the global batch; it must be divisible by the number of "

@@ -18,7 +18,14 @@ from typing import Any
 
 from avatarforge.fileio import atomic_write_text
 
-__all__ = ["METRICS_NAME", "MetricsLog", "MissingDependencyError", "read_metrics", "truncate_metrics"]
+__all__ = [
+    "METRICS_NAME",
+    "MetricsLog",
+    "MissingDependencyError",
+    "read_metrics",
+    "require_tensorboard",
+    "truncate_metrics",
+]
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -34,7 +41,8 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _tensorboard_writer(log_dir: Path) -> Any:
+def require_tensorboard() -> Any:
+    """``SummaryWriter``, or :class:`MissingDependencyError` saying how to install it."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:  # the tensorboard package is missing
@@ -42,7 +50,11 @@ def _tensorboard_writer(log_dir: Path) -> Any:
             "TensorBoard logging (--tensorboard / log.tensorboard=true) needs the 'tensorboard' package: "
             "pip install tensorboard  (metrics.jsonl is written either way)"
         ) from e
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter
+
+
+def _tensorboard_writer(log_dir: Path) -> Any:
+    return require_tensorboard()(log_dir=str(log_dir))
 
 
 class MetricsLog:
