@@ -137,6 +137,8 @@ def test_cli_errors_exit_2_with_message(tmp_path, capsys):
     assert code == 2 and "optim.lrr" in err and "did you mean" in err
     code, _, err = _run_cli(["--data", str(ds), "--dry-run"], capsys)
     assert code == 2 and "--model is required" in err
+    code, _, err = _run_cli(["--data", str(ds), "--model", "dcgna", "--dry-run"], capsys)
+    assert code == 2 and "unknown model 'dcgna'; did you mean: dcgan" in err
 
 
 def test_add_train_arguments_works_as_a_subcommand():

@@ -152,7 +152,22 @@ def config_from_args(args: argparse.Namespace, notes: list[str] | None = None) -
         raise ConfigError(f"--model is required ({models})")
     if not args.data and not any(k == "data.path" for k, _ in overrides) and not config_file:
         raise ConfigError("--data is required: a packed data set directory (see 'avatarforge data builtin')")
-    return build_train_config(config_file=config_file, cli=cli, overrides=overrides, notes=notes)
+    cfg = build_train_config(config_file=config_file, cli=cli, overrides=overrides, notes=notes)
+    _check_model_name(cfg.model.name)
+    return cfg
+
+
+def _check_model_name(name: str) -> None:
+    """Reject a model name the registry does not know, suggesting close ones."""
+    import difflib
+
+    from avatarforge.models.registry import list_models
+
+    trainable = [m for m in list_models("discriminator") if m in list_models("generator")]
+    if name not in trainable:
+        close = difflib.get_close_matches(name, trainable, n=2)
+        hint = f"; did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown model {name!r}{hint} (trainable models: {', '.join(trainable)})")
 
 
 def _file_names_model(path: str | Path) -> bool:
