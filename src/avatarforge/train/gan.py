@@ -366,16 +366,18 @@ class GANTrainer:
                 if self.step_hook is not None:
                     self.step_hook(self)
 
-                # Host syncs happen only here: every log.every_steps steps ...
+                # Host syncs happen only here: every log.every_steps steps and at the end ...
                 stop = "kimg" if self._kimg_done() else None
-                if self.step % cfg.log.every_steps == 0:
+                if not self.dist.enabled:
+                    # Single process: react to signals/--minutes after any step. Under
+                    # torch.distributed ranks must agree, which _log_step does.
+                    stop = stop or self._local_stop_reason()
+                if self.step % cfg.log.every_steps == 0 or stop:
                     healthy, agreed_stop = self._log_step()
                     if not healthy:
                         batches = self._recover("losses or weights")
                         continue
                     stop = stop or agreed_stop
-                if not self.dist.enabled:
-                    stop = stop or self._local_stop_reason()
                 # ... and before anything is written from the weights.
                 due_sample = crossed(prev_nimg, self.nimg, cfg.log.sample_every_kimg)
                 due_metric = self.metric_fn is not None and crossed(
