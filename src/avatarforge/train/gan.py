@@ -387,11 +387,13 @@ class GANTrainer:
                 if (due_sample or due_metric or due_ckpt or stop) and not self._weights_finite():
                     batches = self._recover("weights")
                     continue
-                if due_sample or stop:
-                    self.save_samples()
+                # Checkpoint first: after a signal the process may have little time left.
                 if due_ckpt or stop:
                     self.save_checkpoint()
-                if due_metric or (stop and self.metric_fn is not None):
+                if due_sample or stop:
+                    self.save_samples()
+                final_metric = stop is not None and not stop.startswith("signal")
+                if self.metric_fn is not None and (due_metric or final_metric):
                     self.run_metrics()
                 if stop:
                     self.stopped_by = stop
