@@ -525,7 +525,9 @@ class MappingNetwork(nn.Module):
             x = layer(x)  # (B, w_dim)
         if update_w_avg and self.training and self.w_avg_beta is not None:
             with torch.no_grad():
-                self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+                self.w_avg.copy_(
+                    x.detach().float().mean(dim=0).lerp(self.w_avg, self.w_avg_beta)
+                )  # fp32 running mean under bf16 autocast
         ws = x[:, None].expand(-1, self.num_ws, -1)  # (B, num_ws, w_dim)
         if truncation_psi != 1.0:
             cutoff = self.num_ws if truncation_cutoff is None else int(truncation_cutoff)
