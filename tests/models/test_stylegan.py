@@ -336,3 +336,16 @@ def test_output_is_contiguous() -> None:
     G = make_g().eval()
     with torch.no_grad():
         assert G(G.sample_z(2)).is_contiguous()
+
+
+def test_training_forward_under_bf16_autocast_keeps_w_avg_fp32():
+    """GPU training defaults to bf16 autocast; the w_avg running mean must stay fp32."""
+    from avatarforge.models import create_model
+
+    G = create_model("stylegan", "generator", resolution=32)
+    G.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = G(G.sample_z(4, generator=torch.Generator().manual_seed(0)))
+    y.float().mean().backward()
+    assert G.w_avg.dtype == torch.float32 and torch.isfinite(G.w_avg).all() and G.w_avg.abs().sum() > 0
+    assert torch.isfinite(y.float()).all()
