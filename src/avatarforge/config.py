@@ -83,6 +83,9 @@ class DataConfig:
     # data set; []: unconditional.
     condition_on: list[str] | None = None
     augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
+    # VAE trainer: probability of replacing each conditioning label by "unknown" in a
+    # training step, so a conditional VAE also works when a label is not given.
+    label_dropout: float = 0.0
 
 
 @dataclass
@@ -103,6 +106,11 @@ class LossConfig:
     r1_gamma: float = 0.0  # R1 penalty weight on real images; 0 = off
     r1_interval: int = 16  # lazy regularisation: apply R1 every N steps (scaled by N)
     info_lambda: float = 1.0  # InfoGAN mutual-information weight (models with codes only)
+    # VAE family (docs/vae.md): loss = recon + beta * ramp(kimg) * KL (with free bits).
+    recon: Literal["mse", "l1"] = "mse"  # per-image sum of squared / absolute errors in [-1, 1] units
+    beta: float = 1.0  # KL weight after warm-up (beta-VAE when > 1)
+    kl_warmup_kimg: float = 0.0  # linear ramp of the KL weight from 0 to beta over this many kimg
+    free_bits: float = 0.0  # per-latent-dimension KL floor in nats (batch mean); 0 = off
 
 
 @dataclass
@@ -112,6 +120,7 @@ class EMAConfig:
     kimg: float = 10.0  # half-life in thousands of images
     rampup: float | None = 0.05  # early on, half-life <= rampup * images seen; None = no ramp-up
     beta: float | None = None  # fixed per-step decay; overrides kimg/rampup when set
+    enabled: bool = True  # VAE trainer: keep an EMA copy (presets: off); GAN trainers always do
 
 
 @dataclass
@@ -172,6 +181,10 @@ class TrainConfig:
             (self.model.z_dim >= 1, "model.z_dim must be >= 1"),
             (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),
             (self.loss.r1_interval >= 1, "loss.r1_interval must be >= 1"),
+            (self.loss.beta >= 0, "loss.beta must be >= 0"),
+            (self.loss.kl_warmup_kimg >= 0, "loss.kl_warmup_kimg must be >= 0"),
+            (self.loss.free_bits >= 0, "loss.free_bits must be >= 0 (nats per latent dimension)"),
+            (0 <= self.data.label_dropout < 1, "data.label_dropout must be in [0, 1)"),
             (self.optim.g_lr > 0 and self.optim.d_lr > 0, "optim.g_lr and optim.d_lr must be > 0"),
             (all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be in [0, 1)"),
             (self.ema.kimg >= 0, "ema.kimg must be >= 0"),

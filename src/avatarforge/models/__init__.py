@@ -10,4 +10,4 @@ from avatarforge.models.registry import create_model, get_model_class, list_mode
 __all__ = ["ConfigModule", "create_model", "get_model_class", "list_models", "load_pretrained", "register_model"]
 
 # Importing an architecture module registers it. Added as architectures land.
-from avatarforge.models import cgan, dcgan, infogan, stylegan  # noqa: F401
+from avatarforge.models import cgan, dcgan, infogan, stylegan, vae  # noqa: F401

@@ -1,4 +1,9 @@
-"""The ``avatarforge train`` command: flags -> :class:`~avatarforge.config.TrainConfig` -> :class:`GANTrainer`.
+"""The ``avatarforge train`` command: flags -> :class:`~avatarforge.config.TrainConfig` -> a trainer.
+
+GAN families (``dcgan``, ``cgan``, ``infogan``, ``stylegan``) train with
+:class:`~avatarforge.train.gan.GANTrainer`, VAE families (``vae``, ``cvae``: models
+registered with role ``"vae"``) with :class:`~avatarforge.train.vae.VAETrainer`; both write
+the same run directory layout and resume the same way.
 
 ``add_train_arguments(parser)`` adds the flags to any ``argparse`` parser (the main CLI's
 ``train`` sub-command, or this module's own parser for ``python -m avatarforge.train``);
@@ -36,7 +41,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """
     presets = ", ".join(f"{m} ({'/'.join(map(str, r))}px)" for m, r in list_presets().items())
     parser.description = parser.description or (
-        "Train a GAN on a packed data set. Settings come from the preset for the model and the data "
+        "Train a GAN or VAE on a packed data set. Settings come from the preset for the model and the data "
         "set's resolution, then --config FILE, then the flags, then KEY=VALUE overrides "
         "(e.g. optim.g_lr=1e-3 loss.kind=hinge; --dry-run shows the result)."
     )
@@ -163,11 +168,25 @@ def _check_model_name(name: str) -> None:
 
     from avatarforge.models.registry import list_models
 
-    trainable = [m for m in list_models("discriminator") if m in list_models("generator")]
+    gans = [m for m in list_models("discriminator") if m in list_models("generator")]
+    trainable = sorted({*gans, *list_models("vae")})
     if name not in trainable:
         close = difflib.get_close_matches(name, trainable, n=2)
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown model {name!r}{hint} (trainable models: {', '.join(trainable)})")
+
+
+def _trainer_class(model_name: str) -> type:
+    """:class:`VAETrainer` for models registered with role ``"vae"``, else :class:`GANTrainer`."""
+    from avatarforge.models.registry import list_models
+
+    if model_name in list_models("vae"):
+        from avatarforge.train.vae import VAETrainer
+
+        return VAETrainer
+    from avatarforge.train.gan import GANTrainer
+
+    return GANTrainer
 
 
 def _file_names_model(path: str | Path) -> bool:
@@ -190,9 +209,8 @@ def train_main(args: argparse.Namespace) -> int:
             return EXIT_OK
         for n in notes:
             print(n, file=sys.stderr)
-        from avatarforge.train.gan import GANTrainer
-
-        GANTrainer(cfg, resume=args.resume).fit()
+        trainer_class = _trainer_class(cfg.model.name)
+        trainer_class(cfg, resume=args.resume).fit()
         return EXIT_OK
     except (ConfigError, MissingDependencyError, FileNotFoundError, ValueError) as e:
         # User errors (bad key/value, missing data set, batch larger than the data set, ...)

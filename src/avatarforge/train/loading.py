@@ -6,19 +6,28 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from avatarforge.models.base import CONFIG_NAME, ConfigModule, load_pretrained
 from avatarforge.train.checkpoint import find_checkpoint
 
-__all__ = ["load_generator", "load_network"]
+__all__ = ["is_vae_checkpoint", "load_generator", "load_network", "load_vae"]
 
 _PREFIXES = {"ema": "g_ema_", "g_ema": "g_ema_", "g": "g_", "d": "d_"}
+_VAE_PREFIXES = {"ema": "vae_ema_", "vae_ema": "vae_ema_", "vae": "vae_", "raw": "vae_"}
+
+
+def _checkpoint_dir(path: str | os.PathLike, prefix: str) -> Path:
+    """``path`` itself if it holds ``{prefix}config.json`` (e.g. ``checkpoints/best``), else
+    its latest checkpoint."""
+    p = Path(path)
+    return p if (p / f"{prefix}{CONFIG_NAME}").is_file() else find_checkpoint(p)
 
 
 def load_network(
     path: str | os.PathLike, which: str = "ema", device: str | torch.device = "cpu"
 ) -> ConfigModule:
-    """One network of a checkpoint: ``which`` = ``"ema"`` (G_ema), ``"g"`` or ``"d"``.
+    """One network of a GAN checkpoint: ``which`` = ``"ema"`` (G_ema), ``"g"`` or ``"d"``.
 
     ``path`` may be a run directory (its latest checkpoint), its ``checkpoints`` directory,
     a ``ckpt-*`` directory or ``checkpoints/best``. Returned in eval mode without gradients.
@@ -26,16 +35,57 @@ def load_network(
     if which not in _PREFIXES:
         raise ValueError(f"which must be one of {', '.join(_PREFIXES)}, got {which!r}")
     prefix = _PREFIXES[which]
+    model = load_pretrained(_checkpoint_dir(path, prefix), prefix=prefix, map_location=device)
+    return model.eval().requires_grad_(False)
+
+
+def is_vae_checkpoint(path: str | os.PathLike) -> bool:
+    """True if ``path`` (run directory or checkpoint) holds a VAE (``vae_config.json``)."""
     p = Path(path)
-    ckpt = p if (p / f"{prefix}{CONFIG_NAME}").is_file() else find_checkpoint(p)
+    if (p / f"vae_{CONFIG_NAME}").is_file():
+        return True
+    try:
+        return (find_checkpoint(p) / f"vae_{CONFIG_NAME}").is_file()
+    except FileNotFoundError:
+        return False
+
+
+def load_vae(
+    run_dir_or_checkpoint: str | os.PathLike, which: str = "auto", device: str | torch.device = "cpu"
+) -> ConfigModule:
+    """A trained VAE (``vae`` / ``cvae``), in eval mode without gradients.
+
+    ``which``: ``"auto"`` (the EMA weights when the run kept them, else the trained ones),
+    ``"ema"`` (required EMA) or ``"vae"`` (the trained weights). ``run_dir_or_checkpoint``
+    may be a run directory, a ``ckpt-*`` directory or ``checkpoints/best``.
+
+    Example::
+
+        vae = load_vae("runs/00007-vae-64")
+        mu, logvar = vae.encode(images)        # (B, C, 64, 64) in [-1, 1] -> 2 x (B, z_dim)
+        x = vae.decode(vae.sample_z(16))       # (16, C, 64, 64) in [-1, 1]
+    """
+    if which != "auto" and which not in _VAE_PREFIXES:
+        raise ValueError(f"which must be auto, {', '.join(_VAE_PREFIXES)}; got {which!r}")
+    ckpt = _checkpoint_dir(run_dir_or_checkpoint, "vae_")
+    if which == "auto":
+        which = "ema" if (ckpt / f"vae_ema_{CONFIG_NAME}").is_file() else "vae"
+    prefix = _VAE_PREFIXES[which]
+    if not (ckpt / f"{prefix}{CONFIG_NAME}").is_file():
+        what = "an EMA VAE (train with ema.enabled=true)" if prefix == "vae_ema_" else "a VAE"
+        raise FileNotFoundError(f"{ckpt} holds no {what} ({prefix}{CONFIG_NAME})")
     model = load_pretrained(ckpt, prefix=prefix, map_location=device)
     return model.eval().requires_grad_(False)
 
 
 def load_generator(
     run_dir_or_checkpoint: str | os.PathLike, which: str = "ema", device: str | torch.device = "cpu"
-) -> ConfigModule:
+) -> nn.Module:
     """The generator for sampling: the EMA weights by default (``which="g"`` for the raw ones).
+
+    For a VAE run this is the VAE's decoder, which follows the same interface
+    (``G(z, labels=None)``, ``G.sample_z(n)``); ``which="ema"`` then falls back to the
+    trained weights when the run kept no EMA.
 
     Example::
 
@@ -44,4 +94,7 @@ def load_generator(
     """
     if which == "d":
         raise ValueError("load_generator loads a generator; use load_network(path, which='d')")
+    if is_vae_checkpoint(run_dir_or_checkpoint):
+        vae = load_vae(run_dir_or_checkpoint, which="auto" if which == "ema" else "vae", device=device)
+        return vae.decoder
     return load_network(run_dir_or_checkpoint, which=which, device=device)
