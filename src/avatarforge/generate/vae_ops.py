@@ -123,6 +123,8 @@ def to_model_input(vae: nn.Module, images: ImagesLike) -> Tensor:
         if images.dtype != np.uint8:
             raise ValueError(f"image arrays must be uint8 (H, W, C) or (N, H, W, C), got {images.dtype}")
         a = images[None] if images.ndim == 3 else images
+        if not a.flags.writeable:  # e.g. np.asarray(PIL image): torch warns about read-only memory
+            a = a.copy()
         if a.ndim != 4:
             raise ValueError(f"image arrays must be (H, W, C) or (N, H, W, C), got shape {images.shape}")
         x = from_uint8(_adapt_channels_uint8(a, channels))
