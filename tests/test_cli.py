@@ -20,6 +20,9 @@ SUBCOMMANDS = [
     ["data", "grid"],
     ["data", "render"],
     ["train"],
+    ["vae"],
+    ["vae", "sample"],
+    ["post"],
     ["models"],
     ["demo"],
 ]

@@ -187,9 +187,25 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from avatarforge.train.cli import add_train_arguments, train_main
 
-    p = sub.add_parser("train", help="train a model (GAN family) on a packed data set")
+    p = sub.add_parser("train", help="train a model (GAN or VAE family) on a packed data set")
     add_train_arguments(p)
     p.set_defaults(func=train_main)
+
+
+def _add_vae(sub: argparse._SubParsersAction) -> None:
+    from avatarforge.generate.vae_cli import add_vae_arguments, vae_main
+
+    p = sub.add_parser("vae", help="use a trained VAE: encode, decode, reconstruct, sample, interpolate, edit")
+    add_vae_arguments(p)
+    p.set_defaults(func=vae_main)
+
+
+def _add_post(sub: argparse._SubParsersAction) -> None:
+    from avatarforge.postprocess.cli import add_post_arguments, post_main
+
+    p = sub.add_parser("post", help="alpha-preserving post-processing chains, sprite sheets, APNG")
+    add_post_arguments(p)
+    p.set_defaults(func=post_main)
 
 
 # --------------------------------------------------------------------------- misc
@@ -229,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_data(sub)
     _add_train(sub)
+    _add_vae(sub)
+    _add_post(sub)
     m = sub.add_parser("models", help="list the registered model architectures")
     m.set_defaults(func=_cmd_models)
     demo = sub.add_parser("demo", help="the main job on built-in data (what `make demo` runs)")
