@@ -111,7 +111,7 @@ def recon_loss(x_hat: Tensor, x: Tensor, kind: str = "mse") -> Tensor:
         raise ValueError(f"recon kind must be 'mse' or 'l1', got {kind!r}")
     diff = x_hat - x  # (B, C, H, W)
     per_value = diff.square() if kind == "mse" else diff.abs()
-    return per_value.flatten(1).sum(1).mean()
+    return per_value.sum(dim=(1, 2, 3)).mean()  # no flatten: it would copy a channels_last tensor
 
 
 def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
