@@ -325,3 +325,61 @@ def test_vae_config_values_are_validated():
     ):
         with pytest.raises(ConfigError, match=msg):
             build_train_config(cli={"model": {"name": "vae"}}, overrides=[bad])
+
+
+# ----------------------------------------------------------------------------- 2 processes
+_WORKER = """
+import os, sys
+import torch
+from safetensors.torch import save_file
+from avatarforge.config import build_train_config
+from avatarforge.train.vae import VAETrainer
+
+data, runs, out, *extra = sys.argv[1:]
+torch.set_num_threads(1)
+cfg = build_train_config(
+    cli={"model": {"name": "cvae"}, "data": {"path": data}},
+    overrides=[f"runs_dir={runs}", "batch_size=8", "kimg=0.032", "device=cpu", "data.label_dropout=0.3",
+               "log.every_steps=2", "log.sample_every_kimg=0", "log.checkpoint_every_kimg=0",
+               "log.progress=false", "log.num_samples=4", *extra],
+)
+trainer = VAETrainer(cfg)
+trainer.fit()
+state = {k: v.detach().contiguous() for k, v in trainer.vae.state_dict().items()}
+save_file(state, os.path.join(out, f"rank{os.environ['RANK']}.safetensors"))
+"""
+
+
+@pytest.mark.slow  # ~14 s (two processes start torch); keeps this file under 30 s
+def test_two_process_gloo_training(blobs, tmp_path):
+    """torchrun, 2 CPU processes: gradients all-reduced, so both ranks end with the weights
+    rank 0 checkpointed; every rank's random streams are in the checkpoint."""
+    import subprocess
+    import sys
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(_WORKER)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(worker), str(blobs), str(runs), str(out), *TINY]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    (run,) = runs.glob("0*")
+    ckpt = find_checkpoint(run)
+    state = json.loads((ckpt / "training_state.json").read_text())
+    assert (state["step"], state["world_size"], state["nimg"]) == (4, 2, 32)
+    tensors = load_file(str(ckpt / "training_state.safetensors"))
+    assert {"rng/reparam", "rank1/rng/reparam", "rank1/rng/label_dropout"} <= tensors.keys()
+    assert not torch.equal(tensors["rng/reparam"], tensors["rank1/rng/reparam"])  # own noise per rank
+    r0, r1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    saved = load_file(str(ckpt / "vae_model.safetensors"))
+    assert r0.keys() == r1.keys() == saved.keys()
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"{k} differs between ranks"
+        assert torch.equal(r0[k], saved[k]), f"{k} differs from the checkpoint"
+    assert [r["step"] for r in read_metrics(run, kind="train")] == [2, 4]  # rank 0 logs alone
