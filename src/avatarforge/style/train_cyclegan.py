@@ -1,0 +1,863 @@
+"""Unpaired image-to-image translation (CycleGAN) between two packed data sets.
+
+``CycleGANTrainer(config).fit() -> run_dir`` trains two generators (``G_ab``: A -> B,
+``G_ba``: B -> A) and two PatchGAN discriminators (``D_a``, ``D_b``). One step, top to
+bottom (:meth:`CycleGANTrainer.train_step`)::
+
+    G step (D frozen):  fake_b = G_ab(a), rec_a = G_ba(fake_b); fake_a = G_ba(b), rec_b = G_ab(fake_a)
+                        loss_G = gan(D_b(fake_b)) + gan(D_a(fake_a))
+                               + cycle * (|rec_a - a| + |rec_b - b|)
+                               + identity * cycle * (|G_ab(b) - b| + |G_ba(a) - a|)
+    D step:             loss_D = 0.5 * [gan_real(D_a(a)) + gan_fake(D_a(pool_a(fake_a)))] + (same for D_b)
+
+with LSGAN (default, as in the paper) or hinge losses, L1 cycle weight 10, identity weight
+0.5 x cycle, and a 50-image history pool of fakes for D (Shrivastava et al. 2017).
+
+Everything around the step reuses the generic training pieces (see docs/training.md):
+the run directory ``runs/NNNNN-cyclegan-<res>/`` (:mod:`avatarforge.train.rundir`),
+safetensors + JSON checkpoints holding the four networks, both Adam states, every RNG and
+the two image pools (:mod:`avatarforge.train.checkpoint`), exact resume, the SIGINT/SIGTERM
+guard and the NaN/Inf roll-back (:mod:`avatarforge.train.guard`), ``metrics.jsonl``
+(:mod:`avatarforge.train.metrics_log`) and sample grids of fixed images A -> B -> A and
+B -> A -> B. Every random number (flips, pool decisions) comes from a checkpointed
+``torch.Generator`` and the data order is a pure function of ``(seed, step)``, so on CPU a
+stopped and resumed run is bit-identical to an uninterrupted one.
+
+The configuration is its own dataclass tree (:class:`CycleGANConfig`) built with the
+generic machinery of :mod:`avatarforge.config` (``key=value`` overrides, typed errors).
+RGBA data sets are composited onto white for training (the networks are RGB);
+:func:`translate_image` puts the input's alpha back on the output.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avatarforge.config import (
+    ConfigError,
+    PerfConfig,
+    apply_overrides,
+    deep_merge,
+    from_dict,
+    load_yaml,
+    to_dict,
+    to_yaml,
+)
+from avatarforge.fileio import atomic_write_json, atomic_write_text
+from avatarforge.imageio import make_grid, save_image
+from avatarforge.models.base import load_pretrained
+from avatarforge.style.cyclegan import CycleGANGenerator, PatchDiscriminator
+from avatarforge.train.checkpoint import (
+    Snapshot,
+    capture_rng,
+    find_checkpoint,
+    load_snapshot,
+    optimizer_state,
+    prune_checkpoints,
+    restore_optimizer,
+    restore_rng,
+    save_checkpoint,
+)
+from avatarforge.train.common import (
+    amp_dtype,
+    apply_perf_settings,
+    autocast,
+    crossed,
+    derive_seed,
+    make_generator,
+    resolve_device,
+)
+from avatarforge.train.guard import NaNEvents, StopSignal, TrainingDiverged, all_finite, nonfinite_names
+from avatarforge.train.metrics_log import MetricsLog, truncate_metrics
+from avatarforge.train.rundir import allocate_run_dir
+
+__all__ = [
+    "CycleDataConfig",
+    "CycleGANConfig",
+    "CycleGANTrainer",
+    "CycleLogConfig",
+    "CycleLossConfig",
+    "CycleModelConfig",
+    "CycleOptimConfig",
+    "ImagePool",
+    "TrainingDiverged",
+    "build_cyclegan_config",
+    "load_translator",
+    "translate_image",
+]
+
+_MODEL_PREFIXES = ("g_ab", "g_ba", "d_a", "d_b")
+DIRECTIONS = ("a2b", "b2a")
+
+
+# =============================================================================== config
+@dataclass
+class CycleModelConfig:
+    """Network sizes (see :mod:`avatarforge.style.cyclegan`)."""
+
+    ngf: int = 32  # generator base width (paper: 64)
+    n_blocks: int = 6  # residual blocks (paper: 9 at 256 px)
+    n_downsampling: int = 2
+    upsample: Literal["nearest", "transpose"] = "nearest"
+    ndf: int = 32  # discriminator base width (paper: 64)
+    d_layers: int = 3  # PatchGAN stride-2 layers (3: 70x70 patches)
+    norm: Literal["instance", "none"] = "instance"
+
+
+@dataclass
+class CycleDataConfig:
+    """The two packed data sets."""
+
+    a: str = ""  # domain A (e.g. procedural avatars)
+    b: str = ""  # domain B (e.g. real anime faces from `avatarforge data prepare`)
+    resolution: int | None = None  # training size; None = data set A's (B is resized to it)
+    flip: bool = True  # random horizontal flips (seeded, part of the checkpointed state)
+
+
+@dataclass
+class CycleOptimConfig:
+    """Adam for both generators (one optimizer) and both discriminators (another)."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_start_kimg: float | None = None  # linear decay of the lr to 0 from here to `kimg`; null = constant
+
+
+@dataclass
+class CycleLossConfig:
+    """Loss kinds and weights (paper values by default)."""
+
+    gan: Literal["lsgan", "hinge"] = "lsgan"
+    cycle: float = 10.0  # L1 cycle-consistency weight (lambda)
+    identity: float = 0.5  # identity weight as a fraction of `cycle` (0 = off)
+    pool_size: int = 50  # history of generated images shown to D; 0 = off
+
+
+@dataclass
+class CycleLogConfig:
+    """Logging, samples and checkpoints."""
+
+    every_steps: int = 50  # metrics.jsonl line, NaN/Inf check
+    sample_every_kimg: float = 2.0  # sample grid; 0 = only at the end
+    num_samples: int = 8  # images per direction in a grid
+    checkpoint_every_kimg: float = 10.0  # 0 = only at the end (and on signals)
+    keep_last: int = 3
+    progress: bool = True
+
+
+@dataclass
+class CycleGANConfig:
+    """Everything ``avatarforge style train`` needs (``key=value`` overrides address these)."""
+
+    model: CycleModelConfig = field(default_factory=CycleModelConfig)
+    data: CycleDataConfig = field(default_factory=CycleDataConfig)
+    optim: CycleOptimConfig = field(default_factory=CycleOptimConfig)
+    loss: CycleLossConfig = field(default_factory=CycleLossConfig)
+    log: CycleLogConfig = field(default_factory=CycleLogConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    seed: int = 0
+    batch_size: int = 4  # images of each domain per step (paper: 1)
+    kimg: float | None = 20.0  # stop after this many thousand images per domain; null = no limit
+    minutes: float | None = None  # stop after this many minutes (this session)
+    device: str = "auto"
+    runs_dir: str = "runs"
+    desc: str = ""  # run directory suffix; default cyclegan-<resolution>
+    max_nan_events: int = 3
+
+    def validate(self) -> CycleGANConfig:
+        """Check ranges the types cannot express; returns self. Raises ConfigError."""
+        o, lo, lg = self.optim, self.loss, self.log
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.kimg is None or self.kimg > 0, "kimg must be > 0 (or null with minutes set)"),
+            (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
+            (self.kimg is not None or self.minutes is not None, "set kimg or minutes (or both)"),
+            (o.lr > 0, "optim.lr must be > 0"),
+            (all(0 <= b < 1 for b in o.betas), "optim.betas must be in [0, 1)"),
+            (
+                o.decay_start_kimg is None or (self.kimg is not None and 0 <= o.decay_start_kimg < self.kimg),
+                "optim.decay_start_kimg needs kimg set and must be in [0, kimg)",
+            ),
+            (lo.cycle >= 0 and lo.identity >= 0, "loss.cycle and loss.identity must be >= 0"),
+            (lo.pool_size >= 0, "loss.pool_size must be >= 0"),
+            (self.model.ngf >= 1 and self.model.ndf >= 1, "model.ngf and model.ndf must be >= 1"),
+            (self.model.n_blocks >= 0 and self.model.n_downsampling >= 0, "model sizes must be >= 0"),
+            (self.model.d_layers >= 1, "model.d_layers must be >= 1"),
+            (self.data.resolution is None or self.data.resolution >= 8, "data.resolution must be >= 8"),
+            (lg.every_steps >= 1 and lg.keep_last >= 1 and lg.num_samples >= 1, "log values must be >= 1"),
+            (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
+            (
+                self.perf.amp != "fp16",
+                "perf.amp=fp16 is not supported by the CycleGAN trainer; use bf16 or off",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        return self
+
+
+def build_cyclegan_config(
+    *,
+    config_file: str | os.PathLike | None = None,
+    cli: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> CycleGANConfig:
+    """Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``."""
+    layered = load_yaml(config_file) if config_file else {}
+    layered = deep_merge(layered, dict(cli or {}))
+    layered = apply_overrides(layered, CycleGANConfig, list(overrides))
+    return from_dict(CycleGANConfig, layered).validate()
+
+
+# =============================================================================== image pool
+class ImagePool:
+    """History of generated images (Shrivastava et al. 2017), deterministic given its generator.
+
+    While not full, every query image is stored and returned. When full, each image is,
+    with probability 1/2, swapped with a random stored one (the stored image is returned),
+    else returned as is. D therefore sees a mix of current and older fakes, which damps
+    oscillations between G and D.
+    """
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = int(size)
+        self.generator = generator  # a CPU generator: decisions are made on the host
+        self.images: list[Tensor] = []
+
+    def query(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) detached fakes -> (B, C, H, W) images for D."""
+        if self.size == 0:
+            return images
+        out = []
+        for img in images.detach():
+            if len(self.images) < self.size:
+                self.images.append(img.clone())
+                out.append(img)
+                continue
+            u = float(torch.rand((), generator=self.generator))
+            if u < 0.5:
+                j = int(torch.randint(self.size, (), generator=self.generator))
+                out.append(self.images[j].clone())
+                self.images[j] = img.clone()
+            else:
+                out.append(img)
+        return torch.stack(out)
+
+    def state(self) -> Tensor | None:
+        """(N, C, H, W) stored images (CPU), or None when empty."""
+        if not self.images:
+            return None
+        return torch.stack([t.detach().to("cpu", copy=True) for t in self.images])
+
+    def load(self, images: Tensor | None, device: torch.device, memory_format: torch.memory_format) -> None:
+        self.images = (
+            [] if images is None else [t.to(device).contiguous(memory_format=memory_format) for t in images]
+        )
+
+
+# =============================================================================== losses
+def gan_d_loss(real_logits: Tensor, fake_logits: Tensor, kind: str) -> Tensor:
+    """Discriminator loss, halved as in CycleGAN (D learns at half G's rate)."""
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    if kind == "lsgan":
+        return 0.5 * ((real_logits - 1).square().mean() + fake_logits.square().mean())
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def gan_g_loss(fake_logits: Tensor, kind: str) -> Tensor:
+    """Generator adversarial loss."""
+    fake_logits = fake_logits.float()
+    if kind == "lsgan":
+        return (fake_logits - 1).square().mean()
+    return -fake_logits.mean()
+
+
+# =============================================================================== the trainer
+StepHook = Callable[["CycleGANTrainer"], None]
+
+
+class CycleGANTrainer:
+    """Train CycleGAN between ``config.data.a`` and ``config.data.b``.
+
+    Args:
+        config: the resolved configuration (:func:`build_cyclegan_config`).
+        resume: a run directory or checkpoint to continue (training continues in that run).
+        step_hook: ``step_hook(trainer)`` after every step (tests inject faults with it).
+
+    Attributes useful to hooks: ``G_ab``, ``G_ba``, ``D_a``, ``D_b``, ``step``, ``nimg``,
+    ``run_dir``, ``cfg``, ``stop`` (``trainer.stop.request()`` stops after the step).
+    """
+
+    def __init__(
+        self,
+        config: CycleGANConfig,
+        *,
+        resume: str | os.PathLike | None = None,
+        step_hook: StepHook | None = None,
+    ) -> None:
+        self.cfg = config.validate()
+        self.resume_from = Path(resume) if resume else None
+        self.step_hook = step_hook
+        self.step = 0
+        self.nimg = 0
+        self.run_dir: Path | None = None
+        self.stopped_by: str | None = None
+        self.stop = StopSignal()
+
+    # ------------------------------------------------------------------ public API
+    def fit(self) -> Path:
+        """Train until ``kimg`` / ``minutes`` / a signal; returns the run directory.
+
+        Raises:
+            TrainingDiverged: NaN/Inf kept coming back (``max_nan_events``).
+        """
+        self.setup()
+        try:
+            with self.stop:
+                self._loop()
+        finally:
+            if hasattr(self, "metrics"):
+                self.metrics.close()
+        assert self.run_dir is not None
+        return self.run_dir
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        """Data, models, optimizers, generators, run directory; restores ``resume``."""
+        from avatarforge.data.dataset import PackedDataset
+
+        cfg = self.cfg
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("avatarforge style train runs in a single process; start it without torchrun")
+        self.device = resolve_device(cfg.device)
+        apply_perf_settings(cfg.perf, self.device)
+        self.amp = amp_dtype(cfg.perf.amp, self.device)
+        self.memory_format = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
+        for key in ("a", "b"):
+            if not getattr(cfg.data, key):
+                raise ConfigError(f"data.{key} is empty: give two packed data sets (style train A B)")
+        # RGB networks: RGBA sets are composited onto white, as anime art usually is.
+        self.ds_a = PackedDataset(cfg.data.a, channels=3)
+        self.ds_b = PackedDataset(cfg.data.b, channels=3)
+        self.resolution = int(cfg.data.resolution or self.ds_a.size)
+        multiple = 2**cfg.model.n_downsampling
+        if self.resolution % multiple:
+            raise ConfigError(
+                f"the resolution ({self.resolution}) must be a multiple of {multiple} (2^model.n_downsampling)"
+            )
+        for name, ds in (("A", self.ds_a), ("B", self.ds_b)):
+            if len(ds) < cfg.batch_size:
+                raise ConfigError(
+                    f"data set {name} ({ds.path}) has {len(ds)} images, fewer than batch_size={cfg.batch_size}"
+                )
+
+        # -- models (seeded on the global RNG, then the global RNG is reseeded: nothing in
+        # the step draws from it, but user hooks might)
+        m = cfg.model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, 0xC7C1E))
+            g_kw = {
+                "channels": 3,
+                "ngf": m.ngf,
+                "n_blocks": m.n_blocks,
+                "n_downsampling": m.n_downsampling,
+                "norm": m.norm,
+                "upsample": m.upsample,
+            }
+            d_kw = {"channels": 3, "ndf": m.ndf, "n_layers": m.d_layers, "norm": m.norm}
+            nets = [
+                CycleGANGenerator(**g_kw),
+                CycleGANGenerator(**g_kw),
+                PatchDiscriminator(**d_kw),
+                PatchDiscriminator(**d_kw),
+            ]
+        for net in nets:
+            net.to(self.device, memory_format=self.memory_format).train()
+        self.G_ab, self.G_ba, self.D_a, self.D_b = nets
+        betas = (float(cfg.optim.betas[0]), float(cfg.optim.betas[1]))
+        g_params = [*self.G_ab.parameters(), *self.G_ba.parameters()]
+        d_params = [*self.D_a.parameters(), *self.D_b.parameters()]
+        self.opt_g = torch.optim.Adam(g_params, lr=cfg.optim.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(d_params, lr=cfg.optim.lr, betas=betas)
+
+        # -- randomness: every stream a checkpointed generator
+        self.gens = {
+            "augment": make_generator(self.device, cfg.seed, 1),
+            "pool": make_generator(torch.device("cpu"), cfg.seed, 2),
+        }
+        self.pool_a = ImagePool(cfg.loss.pool_size, self.gens["pool"])
+        self.pool_b = ImagePool(cfg.loss.pool_size, self.gens["pool"])
+
+        self.nan = NaNEvents(cfg.max_nan_events)
+        self.elapsed_before = 0.0
+        self.last_ckpt: Path | None = None
+        self.start_snapshot: Snapshot | None = None
+        self._setup_run_dir()
+        if self.resume_from is not None:
+            ckpt = find_checkpoint(self.resume_from)
+            self._restore(load_snapshot(ckpt), counters=True)
+            self.last_ckpt = ckpt
+            self._print(f"resumed from {ckpt} at step {self.step} ({self.nimg / 1000:.3f} kimg)")
+        else:
+            self.start_snapshot = self._capture(with_models=True)
+        truncate_metrics(self.run_dir, self.step)  # drop lines of work about to be redone
+        self.metrics = MetricsLog(self.run_dir)
+        self._fixed_a = self._fixed(self.ds_a)
+        self._fixed_b = self._fixed(self.ds_b)
+
+    def _setup_run_dir(self) -> None:
+        cfg = self.cfg
+        if self.resume_from is not None:
+            run_dir = find_checkpoint(self.resume_from).parent.parent  # run/checkpoints/<ckpt>
+        else:
+            run_dir = allocate_run_dir(cfg.runs_dir, cfg.desc or f"cyclegan-{self.resolution}")
+        saved = to_dict(cfg)
+        for key in ("a", "b"):
+            saved["data"][key] = str(Path(saved["data"][key]).resolve())
+        atomic_write_text(run_dir / "config.yaml", to_yaml(saved))
+        atomic_write_json(run_dir / "config.json", saved)
+        (run_dir / "samples").mkdir(exist_ok=True)
+        self.run_dir = run_dir
+        self.ckpt_root = run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ data
+    def _prepare(self, x: Tensor) -> Tensor:
+        """A batch from a data set -> the training resolution, memory format, device."""
+        x = x.to(self.device, non_blocking=True)
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            x = F.interpolate(
+                x,
+                size=(self.resolution, self.resolution),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Pairs of (A batch, B batch) from ``self.step`` on; each domain has its own order."""
+        from avatarforge.data.dataset import infinite_batches
+
+        cfg = self.cfg
+        it_a = infinite_batches(
+            self.ds_a, cfg.batch_size, seed=derive_seed(cfg.seed, 0xA), start_step=self.step
+        )
+        it_b = infinite_batches(
+            self.ds_b, cfg.batch_size, seed=derive_seed(cfg.seed, 0xB), start_step=self.step
+        )
+        for (a, _), (b, _) in zip(it_a, it_b):
+            yield self._prepare(a), self._prepare(b)
+
+    def _flip(self, x: Tensor) -> Tensor:
+        if not self.cfg.data.flip:
+            return x
+        flip = torch.rand(x.shape[0], generator=self.gens["augment"], device=x.device) < 0.5
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+    def _fixed(self, ds: Any) -> Tensor:
+        """The first ``log.num_samples`` images of a data set (the grids' fixed inputs)."""
+        n = min(self.cfg.log.num_samples, len(ds))
+        x, _ = ds._load(np.arange(n, dtype=np.int64))
+        return self._prepare(x)
+
+    # ------------------------------------------------------------------ the loop
+    def _kimg_done(self) -> bool:
+        return self.cfg.kimg is not None and self.nimg >= self.cfg.kimg * 1000
+
+    def _local_stop_reason(self) -> str | None:
+        if self.stop.requested:
+            return f"signal:{self.stop.signal_name}"
+        if self.cfg.minutes is not None and time.monotonic() - self._t_start >= self.cfg.minutes * 60:
+            return "time"
+        return None
+
+    def _loop(self) -> None:
+        cfg = self.cfg
+        self._t_start = time.monotonic()
+        if self._kimg_done():
+            self._print(f"already trained to {cfg.kimg} kimg (step {self.step}); raise --kimg to continue")
+            return
+        from tqdm.auto import tqdm
+
+        self._t_log, self._nimg_log = time.perf_counter(), self.nimg
+        self._reset_accumulators()
+        batches = self._batches()
+        self.bar = tqdm(
+            total=int(cfg.kimg * 1000) if cfg.kimg else None,
+            initial=self.nimg,
+            unit="img",
+            unit_scale=True,
+            dynamic_ncols=True,
+            smoothing=0.05,
+            desc=self.run_dir.name if self.run_dir else "cyclegan",
+            disable=not cfg.log.progress,
+        )
+        try:
+            while True:
+                a, b = next(batches)
+                self._set_lr()
+                stats = self.train_step(a, b)
+                prev_nimg = self.nimg
+                self.step += 1
+                self.nimg += cfg.batch_size
+                self._accumulate(stats)
+                self.bar.update(cfg.batch_size)
+                if self.step_hook is not None:
+                    self.step_hook(self)
+                stop = "kimg" if self._kimg_done() else self._local_stop_reason()
+                logging_due = self.step % cfg.log.every_steps == 0 or stop is not None
+                if logging_due and not self._log_step():  # _log_step is the only host sync
+                    batches = self._recover("losses or weights")
+                    continue
+                due_sample = crossed(prev_nimg, self.nimg, cfg.log.sample_every_kimg)
+                due_ckpt = crossed(prev_nimg, self.nimg, cfg.log.checkpoint_every_kimg)
+                if (due_sample or due_ckpt or stop) and not self._weights_finite():
+                    batches = self._recover("weights")
+                    continue
+                # Checkpoint first: after a signal the process may have little time left.
+                if due_ckpt or stop:
+                    self.save_checkpoint()
+                if due_sample or stop:
+                    self.save_samples()
+                if stop:
+                    self.stopped_by = stop
+                    break
+        finally:
+            self.bar.close()
+        self._final_message()
+
+    def train_step(self, real_a: Tensor, real_b: Tensor) -> dict[str, Tensor]:
+        """One generator step (both G) and one discriminator step (both D). Returns detached losses."""
+        cfg = self.cfg
+        kind = cfg.loss.gan
+        lam_c = cfg.loss.cycle
+        lam_i = cfg.loss.identity * cfg.loss.cycle
+        a, b = self._flip(real_a), self._flip(real_b)
+
+        # -- generators: D frozen (its weight gradients would be thrown away)
+        self.D_a.requires_grad_(False)
+        self.D_b.requires_grad_(False)
+        with self._autocast():
+            fake_b = self.G_ab(a)
+            fake_a = self.G_ba(b)
+            rec_a = self.G_ba(fake_b)
+            rec_b = self.G_ab(fake_a)
+            adv = gan_g_loss(self.D_b(fake_b), kind) + gan_g_loss(self.D_a(fake_a), kind)
+            cycle = F.l1_loss(rec_a.float(), a.float()) + F.l1_loss(rec_b.float(), b.float())
+            loss_g = adv + lam_c * cycle
+            stats = {"adv_g": adv.detach(), "cycle": cycle.detach()}
+            if lam_i > 0:
+                idt = F.l1_loss(self.G_ab(b).float(), b.float()) + F.l1_loss(self.G_ba(a).float(), a.float())
+                loss_g = loss_g + lam_i * idt
+                stats["identity"] = idt.detach()
+        stats["loss_g"] = loss_g.detach()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.D_a.requires_grad_(True)
+        self.D_b.requires_grad_(True)
+
+        # -- discriminators: reals vs. (pooled) detached fakes
+        pooled_a = self.pool_a.query(fake_a.detach())
+        pooled_b = self.pool_b.query(fake_b.detach())
+        with self._autocast():
+            loss_da = gan_d_loss(self.D_a(a), self.D_a(pooled_a), kind)
+            loss_db = gan_d_loss(self.D_b(b), self.D_b(pooled_b), kind)
+            loss_d = loss_da + loss_db
+        stats["loss_d"] = loss_d.detach()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        return stats
+
+    def _autocast(self) -> Any:
+        return autocast(self.device, self.amp)
+
+    def _lr(self) -> float:
+        """The learning rate now: base x NaN-event scale x linear decay."""
+        o = self.cfg.optim
+        lr = o.lr * self.nan.lr_scale
+        if o.decay_start_kimg is not None and self.cfg.kimg is not None:
+            kimg = self.nimg / 1000
+            span = self.cfg.kimg - o.decay_start_kimg
+            lr *= min(1.0, max(0.0, 1.0 - (kimg - o.decay_start_kimg) / span))
+        return lr
+
+    def _set_lr(self) -> None:
+        lr = self._lr()
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    # ------------------------------------------------------------------ logging and the NaN guard
+    def _reset_accumulators(self) -> None:
+        self._acc: dict[str, Tensor] = {}
+        self._acc_n: dict[str, int] = {}
+
+    def _accumulate(self, stats: Mapping[str, Tensor]) -> None:
+        # Running sums on the device: no host sync until _log_step.
+        for k, v in stats.items():
+            self._acc[k] = self._acc[k] + v.float() if k in self._acc else v.float().clone()
+            self._acc_n[k] = self._acc_n.get(k, 0) + 1
+
+    def _log_step(self) -> bool:
+        """Read and check the accumulated losses (one host sync), log them. False on NaN/Inf."""
+        keys = list(self._acc)
+        values = torch.stack([self._acc[k] for k in keys]).tolist() if keys else []
+        losses = {k: values[i] / self._acc_n[k] for i, k in enumerate(keys)}
+        if not all(math.isfinite(v) for v in losses.values()) or not self._weights_finite():
+            return False
+        now = time.perf_counter()
+        rate = (self.nimg - self._nimg_log) / max(now - self._t_log, 1e-9)
+        self._t_log, self._nimg_log = now, self.nimg
+        self.metrics.append(
+            {
+                "kind": "train",
+                "step": self.step,
+                "kimg": round(self.nimg / 1000, 6),
+                "time_s": round(self.elapsed_before + time.monotonic() - self._t_start, 3),
+                "img_per_s": round(rate, 2),
+                "lr": self.opt_g.param_groups[0]["lr"],
+                **{k: round(v, 6) for k, v in losses.items()},
+            }
+        )
+        self.bar.set_postfix(
+            {k: f"{losses[k]:.3f}" for k in ("loss_g", "loss_d", "cycle") if k in losses}, refresh=False
+        )
+        self._reset_accumulators()
+        return True
+
+    def _networks(self) -> tuple[nn.Module, ...]:
+        return (self.G_ab, self.G_ba, self.D_a, self.D_b)
+
+    def _weights_finite(self) -> bool:
+        return all_finite([p for net in self._networks() for p in net.parameters()])
+
+    def _recover(self, what: str) -> Iterator[tuple[Tensor, Tensor]]:
+        """Roll back to the last checkpoint (or the start), halve the lr; returns fresh batches."""
+        named = [
+            (f"{pre}.{n}", p)
+            for pre, net in zip(_MODEL_PREFIXES, self._networks())
+            for n, p in net.named_parameters()
+        ]
+        bad = nonfinite_names(named)
+        what = f"{what}{': ' + ', '.join(bad) if bad else ''}"
+        bad_step = self.step
+        self.metrics.append(
+            {"kind": "event", "event": "nonfinite", "step": bad_step, "kimg": self.nimg / 1000, "what": what}
+        )
+        self.nan.record(what, bad_step)  # warns, or raises TrainingDiverged
+        snap = load_snapshot(self.last_ckpt) if self.last_ckpt is not None else self.start_snapshot
+        assert snap is not None
+        self._restore(snap, counters=False)
+        self._reset_accumulators()
+        self.bar.reset(total=self.bar.total)
+        self.bar.update(self.nimg)
+        self._print(
+            f"non-finite values at step {bad_step}: restored step {self.step}, lr x{self.nan.lr_scale:g}"
+        )
+        return self._batches()
+
+    # ------------------------------------------------------------------ samples
+    @torch.no_grad()
+    def translate_fixed(self) -> Tensor:
+        """(6n, 3, H, W) rows: a, G_ab(a), G_ba(G_ab(a)), b, G_ba(b), G_ab(G_ba(b)) (CPU, [-1, 1])."""
+        a, b = self._fixed_a, self._fixed_b
+        fake_b, fake_a = self.G_ab(a), self.G_ba(b)
+        rec_a, rec_b = self.G_ba(fake_b), self.G_ab(fake_a)
+        return torch.cat([t.float().cpu() for t in (a, fake_b, rec_a, b, fake_a, rec_b)])
+
+    def save_samples(self) -> Path:
+        """Write ``samples/cycle_KKKKKK.png`` (KKKKKK = kimg): A -> B -> A rows, then B -> A -> B."""
+        assert self.run_dir is not None
+        rows = self.translate_fixed()
+        n = min(self._fixed_a.shape[0], self._fixed_b.shape[0])
+        if self._fixed_a.shape[0] != self._fixed_b.shape[0]:  # keep whole rows
+            na = self._fixed_a.shape[0]
+            nb = self._fixed_b.shape[0]
+            rows = torch.cat(
+                [rows[i * na : i * na + n] for i in range(3)]
+                + [rows[3 * na + i * nb : 3 * na + i * nb + n] for i in range(3)]
+            )
+        grid = make_grid(rows, nrow=n)
+        return save_image(self.run_dir / "samples" / f"cycle_{self.nimg // 1000:06d}.png", grid)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/ckpt-SSSSSSSS`` (four networks + the training state)."""
+        snap = self._capture(with_models=False)
+        models = dict(zip(_MODEL_PREFIXES, self._networks()))
+        path = save_checkpoint(self.ckpt_root, self.step, models=models, tensors=snap.tensors, meta=snap.meta)
+        prune_checkpoints(self.ckpt_root, self.cfg.log.keep_last)
+        self.last_ckpt = path
+        self.start_snapshot = None  # the checkpoint replaces the in-memory fallback
+        return path
+
+    def _capture(self, *, with_models: bool) -> Snapshot:
+        tensors: dict[str, Tensor] = {}
+        meta: dict[str, Any] = {"optimizers": {}}
+        for name, opt in (("g", self.opt_g), ("d", self.opt_d)):
+            t, m = optimizer_state(opt, name)
+            tensors.update(t)
+            meta["optimizers"][name] = m
+        t, rng_meta = capture_rng(self.gens)
+        tensors.update(t)
+        meta["rng"] = rng_meta
+        pools = {}
+        for name, pool in (("a", self.pool_a), ("b", self.pool_b)):
+            state = pool.state()
+            pools[name] = 0 if state is None else int(state.shape[0])
+            if state is not None:
+                tensors[f"pool/{name}"] = state.contiguous()
+        meta.update(
+            {
+                "pools": pools,
+                "step": self.step,
+                "nimg": self.nimg,
+                "kimg": self.nimg / 1000,
+                "nan_events": self.nan.count,
+                "lr_scale": self.nan.lr_scale,
+                "elapsed_s": self.elapsed_before
+                + (time.monotonic() - self._t_start if hasattr(self, "_t_start") else 0.0),
+                "batch_size": self.cfg.batch_size,
+                "resolution": self.resolution,
+                "data": {"a": str(self.cfg.data.a), "b": str(self.cfg.data.b), "seed": self.cfg.seed},
+                "config": to_dict(self.cfg),
+            }
+        )
+        models: dict[str, dict[str, Tensor]] = {}
+        if with_models:
+            for prefix, net in zip(_MODEL_PREFIXES, self._networks()):
+                models[prefix] = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        return Snapshot(models=models, tensors=tensors, meta=meta)
+
+    def _restore(self, snap: Snapshot, *, counters: bool) -> None:
+        meta = snap.meta
+        for prefix, net in zip(_MODEL_PREFIXES, self._networks()):
+            if prefix not in snap.models:
+                raise ValueError(
+                    f"checkpoint {meta.get('path', '(memory)')} has no {prefix}_model.safetensors "
+                    "(is it a CycleGAN checkpoint?)"
+                )
+            net.load_state_dict(snap.models[prefix], strict=True)
+        restore_optimizer(self.opt_g, "g", snap.tensors, meta["optimizers"]["g"])
+        restore_optimizer(self.opt_d, "d", snap.tensors, meta["optimizers"]["d"])
+        restore_rng(self.gens, snap.tensors, meta["rng"])
+        for name, pool in (("a", self.pool_a), ("b", self.pool_b)):
+            pool.load(snap.tensors.get(f"pool/{name}"), self.device, self.memory_format)
+        self.step = int(meta["step"])
+        self.nimg = int(meta.get("nimg", self.step * self.cfg.batch_size))
+        if counters:
+            self.nan.count = int(meta.get("nan_events", 0))
+            self.elapsed_before = float(meta.get("elapsed_s", 0.0))
+            if int(meta.get("batch_size", self.cfg.batch_size)) != self.cfg.batch_size:
+                warnings.warn(
+                    f"resuming with batch_size {self.cfg.batch_size}, the checkpoint used {meta.get('batch_size')}; "
+                    "the data order changes",
+                    stacklevel=2,
+                )
+            if int(meta.get("resolution", self.resolution)) != self.resolution:
+                raise ConfigError(
+                    f"the checkpoint was trained at {meta.get('resolution')} px, this config says {self.resolution}"
+                )
+
+    # ------------------------------------------------------------------ misc
+    def _final_message(self) -> None:
+        assert self.run_dir is not None
+        how = {"kimg": "finished", "time": "stopped (--minutes)"}.get(self.stopped_by or "", "stopped")
+        if self.stopped_by and self.stopped_by.startswith("signal"):
+            how = f"stopped by {self.stopped_by.split(':', 1)[1]}"
+        self._print(
+            f"{how} at step {self.step} ({self.nimg / 1000:.3f} kimg); run directory: {self.run_dir}\n"
+            f"apply with: avatarforge style apply {self.run_dir} IMAGES... --out DIR"
+        )
+        if self.stopped_by != "kimg":
+            self._print(f"resume with: avatarforge style train --resume {self.run_dir}")
+
+    def _print(self, msg: str) -> None:
+        bar = getattr(self, "bar", None)
+        if bar is not None and not bar.disable:
+            bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+
+# =============================================================================== applying a model
+def load_translator(
+    path: str | os.PathLike, direction: str = "a2b", device: str | torch.device = "cpu"
+) -> CycleGANGenerator:
+    """The generator for ``direction`` (``"a2b"`` = G_ab, ``"b2a"`` = G_ba) of a run or checkpoint.
+
+    ``path`` may be a run directory (its latest checkpoint), its ``checkpoints`` directory or
+    a ``ckpt-*`` directory. Returned in eval mode without gradients. Nothing is unpickled.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    ckpt = find_checkpoint(path)
+    prefix = "g_ab_" if direction == "a2b" else "g_ba_"
+    model = load_pretrained(ckpt, prefix=prefix, map_location=device)
+    if not isinstance(model, CycleGANGenerator):
+        raise ValueError(f"{ckpt} holds a {type(model).__name__} under {prefix}, not a CycleGAN generator")
+    return model.eval().requires_grad_(False)
+
+
+def checkpoint_resolution(path: str | os.PathLike) -> int | None:
+    """The training resolution recorded in a run's latest checkpoint (None if unknown)."""
+    import json
+
+    from avatarforge.train.checkpoint import STATE_JSON
+
+    meta = json.loads((find_checkpoint(path) / STATE_JSON).read_text("utf-8"))
+    res = meta.get("resolution")
+    return int(res) if res else None
+
+
+@torch.no_grad()
+def translate_image(
+    generator: CycleGANGenerator,
+    image: np.ndarray,
+    size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Translate one (H, W, 3|4) uint8 image; returns the same shape with the input's alpha.
+
+    RGBA input is composited onto white (what the network was trained on), translated at a
+    working size whose longer side is ``size`` (default: the image's own; sides rounded to
+    the generator's stride), resized back, and the input's alpha is put back exactly
+    (fully transparent pixels keep their RGB).
+    """
+    from avatarforge.style.classical import as_image_array, merge_alpha, split_alpha
+    from avatarforge.style.neural import _resize, _working_size
+
+    image = as_image_array(image)
+    rgb8, a8 = split_alpha(image)
+    rgb = torch.from_numpy(np.array(rgb8, copy=True)).permute(2, 0, 1)[None].float() / 255.0
+    if a8 is not None:
+        a = torch.from_numpy(np.array(a8, copy=True))[None, None].float() / 255.0
+        rgb = rgb * a + (1.0 - a)  # straight alpha over white
+    h, w = rgb.shape[-2:]
+    target = _working_size(h, w, size, generator.multiple)
+    x = _resize(rgb, target).clamp(0, 1).mul(2).sub(1).to(device)
+    y = generator(x).float().cpu()
+    y = _resize(y, (h, w)).clamp(-1, 1)
+    u8 = y.add(1).mul(127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    return merge_alpha(u8, image)
+
+
+def copy_config(cfg: CycleGANConfig) -> CycleGANConfig:
+    """A deep copy (tests and tools tweak configs without aliasing)."""
+    return copy.deepcopy(cfg)
