@@ -90,9 +90,9 @@ def unpremultiply(p: np.ndarray) -> np.ndarray:
         return to_uint8(p * 255.0)
     a = np.clip(p[..., 3:4], 0.0, 1.0)
     a8 = np.rint(a * 255.0)
-    # Divide by the *quantised* alpha that is stored, so re-premultiplying reproduces p.
-    aq = a8 / 255.0
-    rgb = np.clip(p[..., :3], 0.0, aq) / np.maximum(aq, 1e-6) * 255.0
+    # Divide by the exact alpha, not the stored 8-bit one: at faint edges (alpha ~ 1/255)
+    # the quantised value can differ by 2x and would darken or brighten the colour.
+    rgb = np.clip(p[..., :3], 0.0, a) / np.maximum(a, 1e-6) * 255.0
     out = np.empty(p.shape, np.uint8)
     out[..., :3] = to_uint8(np.where(a8 > 0, rgb, 0.0))
     out[..., 3] = a8[..., 0].astype(np.uint8)

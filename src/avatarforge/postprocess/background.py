@@ -32,7 +32,7 @@ import os
 import cv2
 import numpy as np
 
-from avatarforge.postprocess.alpha import has_transparency, to_uint8
+from avatarforge.postprocess.alpha import check_image, fill_transparent, has_transparency, to_uint8
 from avatarforge.postprocess.detail import guided_filter
 from avatarforge.postprocess.registry import Param, register_op
 
@@ -76,6 +76,14 @@ def _connected_to_border(mask: np.ndarray) -> np.ndarray:
     return keep[labels]
 
 
+def _large_regions(mask: np.ndarray, min_area: float) -> np.ndarray:
+    """The 8-connected parts of ``mask`` with at least ``min_area`` pixels."""
+    _n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= max(min_area, 1.0)
+    keep[0] = False
+    return keep[labels]
+
+
 def _grabcut(rgb: np.ndarray, gc_mask: np.ndarray | None, iterations: int) -> np.ndarray | None:
     """Run GrabCut (from a mask, or a rectangle inset 3 % when ``gc_mask`` is None), at
     most ``_GRABCUT_MAX_SIDE`` px; returns a float32 foreground map at full size in [0, 1]
@@ -94,6 +102,9 @@ def _grabcut(rgb: np.ndarray, gc_mask: np.ndarray | None, iterations: int) -> np
     fgd = np.zeros((1, 65), np.float64)
     # GrabCut wants BGR only by convention; its colour models are order-agnostic.
     img = np.ascontiguousarray(small)
+    # GrabCut seeds its colour models with k-means on OpenCV's global RNG: fix the seed so
+    # the same image always gives the same cut.
+    cv2.setRNGSeed(0)
     try:
         if gc_mask is None:
             m = max(1, round(0.03 * min(sh, sw)))
@@ -189,11 +200,12 @@ def remove_background(
     if method == "auto" and has_transparency(image):
         return image.copy()
     h, w = image.shape[:2]
-    rgb8 = np.ascontiguousarray(image[..., :3])
+    # Hidden colour under alpha 0 must not become the key: use the nearest visible colour.
+    rgb8 = fill_transparent(image)
     rgb = rgb8.astype(np.float32)
-    key = np.asarray(key_color if key_color is not None else estimate_key_color(image), np.float32)
+    key = np.asarray(key_color if key_color is not None else estimate_key_color(rgb8), np.float32)
     dist = np.sqrt(((rgb - key) ** 2).sum(axis=-1)).astype(np.float32)
-    border_d = np.sqrt(((_border(image).astype(np.float32) - key) ** 2).sum(axis=-1))
+    border_d = np.sqrt(((_border(rgb8).astype(np.float32) - key) ** 2).sum(axis=-1))
     uniform = key_color is not None or float((border_d <= max(tolerance, 1.0)).mean()) >= 0.6
     if uniform:
         bg = dist <= tolerance
@@ -204,6 +216,10 @@ def remove_background(
             gc = np.full((h, w), cv2.GC_PR_FGD, np.uint8)
             gc[bg & (dist > 0.5 * tolerance)] = cv2.GC_PR_BGD
             gc[bg & (dist <= 0.5 * tolerance)] = cv2.GC_BGD
+            # Large enclosed key-coloured areas (gaps between arm and body, between twin
+            # tails) are "probably background"; small ones (eye highlights on a white
+            # backdrop) stay foreground.
+            gc[_large_regions(~bg & (dist <= 0.5 * tolerance), 0.0025 * h * w)] = cv2.GC_PR_BGD
             r = max(1, round(0.01 * min(h, w)))
             solid = cv2.erode(fg.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
             gc[solid & (dist > 3.0 * tolerance)] = cv2.GC_FGD
@@ -291,8 +307,6 @@ def composite(
             from avatarforge.data.imagefile import load_image
 
             background = np.asarray(load_image(background))
-        from avatarforge.postprocess.alpha import check_image
-
         bg = _fit_background(check_image(background, "background"), h, w)
     if image.shape[2] == 3:
         return image.copy()

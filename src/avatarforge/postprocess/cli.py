@@ -206,9 +206,11 @@ def post_main(args: argparse.Namespace) -> int:
     if args.sr_model:
         from avatarforge.postprocess.resample import load_sr_model
 
-        model = load_sr_model(args.sr_model)  # fail now, not after the first image
+        load_sr_model(args.sr_model)  # fail now, not after the first image (then cached)
         chain = Chain(
-            op.with_params(model=model) if op.name == "upscale" and op.params.get("model") is None else op
+            op.with_params(model=args.sr_model)
+            if op.name == "upscale" and op.params.get("model") is None
+            else op
             for op in chain
         )
     inputs = _collect(args.paths[:-1])

@@ -1,0 +1,120 @@
+"""Parsing and applying op chains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avatarforge.postprocess import (
+    DEFAULT_CHAIN,
+    Chain,
+    Op,
+    apply_chain,
+    denoise,
+    describe_ops,
+    list_ops,
+    parse_chain,
+    saturation,
+    unsharp_mask,
+    upscale,
+    white_balance,
+)
+
+
+def test_valid_chain_applies_in_order(avatar):
+    out = apply_chain(avatar, "white_balance,saturation=1.2,sharpen=0.5,upscale=2")
+    manual = upscale(unsharp_mask(saturation(white_balance(avatar), 1.2), 0.5), 2)
+    assert np.array_equal(out, manual)
+    # Order matters: the same ops reversed give another image.
+    rev = apply_chain(avatar, "upscale=2,sharpen=0.5,saturation=1.2,white_balance")
+    assert rev.shape == out.shape and not np.array_equal(rev, out)
+
+
+def test_syntax_forms_are_equivalent():
+    a = Chain.parse("denoise(strength=0.4, method=guided)")
+    b = Chain.parse("denoise(0.4, guided)")
+    c = Chain.parse("  Denoise ( 0.4 , method = 'guided' ) ,")
+    assert a == b == c and len(a) == 1
+    assert a.ops[0].params == {"strength": 0.4, "method": "guided"}
+    assert Chain.parse("sharpen=0.5") == Chain.parse("unsharp-mask(amount=0.5)")  # alias + dash
+    assert parse_chain("") == [] and parse_chain(" , ") == []
+
+
+def test_quoted_values_may_contain_commas(avatar):
+    chain = Chain.parse("composite(color='0,255,0')")
+    assert chain.ops[0].params["color"] == (0, 255, 0)
+    assert np.array_equal(chain(avatar), apply_chain(avatar, "composite=#00ff00"))
+
+
+def test_canonical_text_round_trips():
+    chain = Chain.parse(
+        "cel(3, outline=2, outline_color=red), hue=-90, remove_bg(key_color=auto, connected=no)"
+    )
+    assert Chain.parse(str(chain)) == chain
+    assert str(chain).startswith("cel_shade(levels=3, outline=2, outline_color=#ff0000)")
+
+
+def test_bad_op_name_lists_valid_ops_and_suggests():
+    with pytest.raises(ValueError) as ei:
+        parse_chain("white_balance,satration=1.2")
+    msg = str(ei.value)
+    assert "unknown operation 'satration'" in msg and "did you mean 'saturation'" in msg
+    for name in list_ops():
+        assert name in msg
+
+
+@pytest.mark.parametrize(
+    "text, parts",
+    [
+        ("saturation=9", ["saturation", "'factor'", "from 0 to 4", "'9'"]),
+        ("upscale=5", ["upscale", "'factor'", "one of 2, 3, 4"]),
+        ("sharpen(threshold=1.5)", ["sharpen", "'threshold'", "integer from 0 to 255"]),
+        (
+            "denoise(method=bilaterl)",
+            ["denoise", "'method'", "bilateral, edge_preserving, guided", "did you mean 'bilateral'"],
+        ),
+        (
+            "denoise(strenght=1)",
+            ["denoise", "unknown parameter 'strenght'", "did you mean 'strength'", "strength, method"],
+        ),
+        ("cel_shade(smooth=maybe)", ["cel_shade", "'smooth'", "true or false"]),
+        ("hue=abc", ["hue", "'degrees'", "-360 to 360"]),
+        ("denoise(0.5, guided, 3)", ["denoise takes 2 parameters"]),
+        ("denoise(method=guided, 0.5)", ["positional value follows"]),
+        ("denoise(0.5, strength=0.2)", ["given twice"]),
+        ("sharpen(amount=1", ["unbalanced '('"]),
+        ("composite(color='0,0,0)", ["unterminated quote"]),
+        ("sharpen 0.5", ["cannot parse"]),
+    ],
+)
+def test_bad_values_name_op_parameter_and_range(text, parts):
+    with pytest.raises(ValueError) as ei:
+        parse_chain(text)
+    for p in parts:
+        assert p in str(ei.value), (p, str(ei.value))
+
+
+def test_op_objects(avatar):
+    op = Op.create("saturation", factor=0.0)
+    assert str(op) == "saturation(factor=0)"
+    grey = op(avatar)
+    assert np.abs(grey[..., 0].astype(int) - grey[..., 1]).max() <= 1
+    assert op.with_params(factor=2.0).params == {"factor": 2.0}
+    with pytest.raises(ValueError, match="from 0 to 4"):
+        op.with_params(factor=-1)
+    assert np.array_equal(apply_chain(avatar, [op]), grey)
+
+
+def test_default_chain_and_listing(avatar):
+    out = apply_chain(avatar, DEFAULT_CHAIN)
+    assert out.shape == avatar.shape and np.array_equal(out[..., 3], avatar[..., 3])
+    assert np.array_equal(out, unsharp_mask(denoise(avatar, 0.3), 0.5))
+    text = describe_ops()
+    for name in list_ops():
+        assert f"\n{name}(" in f"\n{text}"
+    assert "a number from 0 to 4" in text
+
+
+def test_empty_chain_returns_a_copy(avatar):
+    out = apply_chain(avatar, "")
+    assert np.array_equal(out, avatar) and out is not avatar
