@@ -64,22 +64,36 @@ def test_guided_filter_smooths_flat_and_keeps_edges():
     assert out[:, 14].mean() < 0.2 and out[:, 17].mean() > 0.8
 
 
-def test_cel_shading_limits_colours_and_draws_outlines(avatar):
+@pytest.mark.parametrize("method", ["palette", "posterize"])
+def test_cel_shading_limits_colours_and_draws_outlines(avatar, method):
     levels = 3
-    out = cel_shade(avatar, levels=levels, outline=1, outline_color=(255, 0, 255))
+    out = cel_shade(avatar, levels=levels, outline=1, outline_color=(255, 0, 255), method=method)
     vis = avatar[..., 3] > 0
     colours = {tuple(c) for c in out[vis, :3]}
     assert len(colours) <= levels**3 + 1
-    tones = {0, 128, 255}  # posterised levels for levels=3
+    if method == "posterize":
+        tones = {0, 128, 255}  # the evenly spaced tones for levels=3
+        assert all(set(c) <= tones for c in colours - {(255, 0, 255)})
+    else:
+        assert len(colours) > 8  # the palette is used, not collapsed
     outline = (out[..., :3] == (255, 0, 255)).all(axis=2) & vis
-    assert all(set(c) <= tones for c in colours - {(255, 0, 255)})
-    # Outline pixels exist along the silhouette: most visible pixels next to transparency.
+    # Outline pixels cover the whole silhouette (visible pixels next to transparency).
     solid = avatar[..., 3] >= 128
     border = solid & ~ndimage.binary_erosion(solid, np.ones((3, 3)), border_value=1)
     assert border.sum() > 50 and outline[border].all()
     # ...and none when outline=0.
-    plain = cel_shade(avatar, levels=levels, outline=0)
+    plain = cel_shade(avatar, levels=levels, outline=0, method=method)
     assert not ((plain[..., :3] == (255, 0, 255)).all(axis=2) & vis).any()
+
+
+def test_cel_palette_keeps_hues():
+    """Palette colours come from the image: a dark skin tone does not turn olive or grey."""
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:, :16] = (120, 80, 60)
+    img[:, 16:] = (60, 140, 90)
+    out = cel_shade(img, levels=2, outline=0)
+    assert np.abs(out[5, 5].astype(int) - (120, 80, 60)).max() <= 3
+    assert np.abs(out[5, 25].astype(int) - (60, 140, 90)).max() <= 3
 
 
 def test_cel_outline_follows_interior_edges():

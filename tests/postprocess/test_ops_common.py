@@ -21,7 +21,7 @@ ACTIVE = {
     "clahe": {"clip_limit": 3.0},
     "sharpen": {"amount": 1.0},
     "denoise": {"strength": 0.6},
-    "cel_shade": {"levels": 3},
+    "cel_shade": {"levels": 4},
     "upscale": {"factor": 2},
     "remove_background": {"method": "grabcut"},
     "composite": {"color": (0, 0, 255)},

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from avatarforge.postprocess.alpha import fill_transparent, masked_filter, merge_alpha, to_uint8
 from avatarforge.postprocess.registry import Param, register_op
 
-__all__ = ["DENOISE_METHODS", "cel_shade", "denoise", "guided_filter", "unsharp_mask"]
+__all__ = ["CEL_METHODS", "DENOISE_METHODS", "cel_shade", "denoise", "guided_filter", "unsharp_mask"]
 
 DENOISE_METHODS = ("bilateral", "edge_preserving", "guided")
+CEL_METHODS = ("palette", "posterize")
 
 
 def _restore_hidden(out: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -132,38 +134,63 @@ def denoise(image: np.ndarray, strength: float = 0.5, method: str = "bilateral")
     return _restore_hidden(out, image)
 
 
+def _palette(rgb: np.ndarray, visible: np.ndarray, colors: int) -> np.ndarray:
+    """Map ``rgb`` to a median-cut palette of at most ``colors`` colours, built from the
+    visible pixels only (the filled-in transparent area would skew it)."""
+    src = rgb[visible] if visible.any() else rgb.reshape(-1, 3)
+    pal = Image.fromarray(np.ascontiguousarray(src.reshape(1, -1, 3))).quantize(
+        colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+    )
+    mapped = Image.fromarray(rgb).quantize(palette=pal, dither=Image.Dither.NONE)
+    return np.asarray(mapped.convert("RGB")).copy()
+
+
 @register_op(
     "cel_shade",
-    Param("levels", "int", 2, 16, help="tones per channel (at most levels³ colours)"),
+    Param(
+        "levels",
+        "int",
+        2,
+        16,
+        help="colour budget: at most levels³ colours (tones per channel for posterize)",
+    ),
     Param("outline", "int", 0, 5, help="outline width in px; 0 = no outline"),
     Param("outline_color", "color", help="outline colour"),
     Param("edge_threshold", "float", 1.0, 255.0, help="Canny upper threshold; lower = more lines"),
-    Param("smooth", "bool", help="flatten regions with a bilateral filter before posterising"),
+    Param("smooth", "bool", help="flatten regions with a bilateral filter before quantising"),
+    Param("method", "choice", choices=CEL_METHODS, help="palette (keeps hues) or per-channel posterize"),
     aliases=("cel", "toon"),
     group="detail",
 )
 def cel_shade(
     image: np.ndarray,
-    levels: int = 4,
+    levels: int = 3,
     outline: int = 1,
     outline_color: tuple[int, int, int] = (0, 0, 0),
     edge_threshold: float = 100.0,
     smooth: bool = True,
+    method: str = "palette",
 ) -> np.ndarray:
-    """Cartoon look: posterise each channel to ``levels`` tones and draw outlines.
+    """Cartoon look: flat colour areas (at most ``levels**3`` colours) and outlines.
 
-    - ``levels`` 2-16: every visible pixel gets one of ``levels**3`` colours (or the
-      outline colour);
+    - ``method="palette"`` (default): a median-cut palette of ``levels**3`` colours taken
+      from the image itself, so hues survive (skin stays skin-coloured);
+      ``method="posterize"``: each channel rounded to ``levels`` evenly spaced tones (the
+      classic filter; dark, low-saturation colours may shift hue);
     - ``outline`` 0-5 px: lines along colour edges (Canny with upper threshold
       ``edge_threshold``, lower half of it) and along the silhouette (where alpha crosses
       128), drawn inside visible pixels only;
-    - ``smooth``: a bilateral pass first so flat regions posterise into clean areas.
+    - ``smooth``: a bilateral pass first so regions quantise into clean flat areas.
     """
     rgb = fill_transparent(image)
     if smooth:
         rgb = cv2.bilateralFilter(rgb, d=5, sigmaColor=40.0, sigmaSpace=5.0)
-    step = 255.0 / (levels - 1)
-    out = to_uint8(np.rint(rgb.astype(np.float32) / step) * step)
+    visible = image[..., 3] > 0 if image.shape[2] == 4 else np.ones(image.shape[:2], bool)
+    if method == "palette":
+        out = _palette(rgb, visible, int(levels) ** 3)
+    else:
+        step = 255.0 / (levels - 1)
+        out = to_uint8(np.rint(rgb.astype(np.float32) / step) * step)
     if outline > 0:
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         edges = cv2.Canny(grey, float(edge_threshold) / 2.0, float(edge_threshold)) > 0
@@ -173,7 +200,5 @@ def cel_shade(
             edges |= (solid > 0) & (inner == 0)
         if outline > 1:
             edges = cv2.dilate(edges.astype(np.uint8), np.ones((outline, outline), np.uint8)) > 0
-        if image.shape[2] == 4:
-            edges &= image[..., 3] > 0
-        out[edges] = np.asarray(outline_color, np.uint8)
+        out[edges & visible] = np.asarray(outline_color, np.uint8)
     return _restore_hidden(out, image)
