@@ -130,6 +130,9 @@ def test_composite_on_image_scales_to_cover(avatar, tmp_path):
     path = tmp_path / "bg.png"
     Image.fromarray(bg).save(path)
     assert np.array_equal(composite(avatar, background=path), out)
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(ValueError, match="bad.png: not_an_image"):
+        composite(avatar, background=tmp_path / "bad.png")
 
 
 def test_composite_of_rgb_is_a_copy(avatar_rgb):

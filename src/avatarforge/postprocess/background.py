@@ -304,9 +304,12 @@ def composite(
         bg: np.ndarray = np.broadcast_to(np.asarray(color, np.uint8), (h, w, 3))
     else:
         if not isinstance(background, np.ndarray):
-            from avatarforge.data.imagefile import load_image
+            from avatarforge.data.imagefile import ImageRejected, load_image
 
-            background = np.asarray(load_image(background))
+            try:  # the same validated decoding as every other user image
+                background = np.asarray(load_image(background))
+            except ImageRejected as e:
+                raise ValueError(f"composite: background {os.fspath(background)}: {e}") from None
         bg = _fit_background(check_image(background, "background"), h, w)
     if image.shape[2] == 3:
         return image.copy()
