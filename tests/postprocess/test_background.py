@@ -131,7 +131,7 @@ def test_composite_on_image_scales_to_cover(avatar, tmp_path):
     Image.fromarray(bg).save(path)
     assert np.array_equal(composite(avatar, background=path), out)
     (tmp_path / "bad.png").write_text("not an image")
-    with pytest.raises(ValueError, match="bad.png: not_an_image"):
+    with pytest.raises(ValueError, match=r"bad\.png: not_an_image"):
         composite(avatar, background=tmp_path / "bad.png")
 
 

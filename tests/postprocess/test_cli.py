@@ -89,6 +89,9 @@ def test_user_errors(frames_dir, tmp_path):
         run(str(tmp_path / "missing.png"), str(tmp_path / "o"))
     with pytest.raises(ValueError, match="3 inputs"):
         run(str(src), str(tmp_path / "one.png"))
+    with pytest.raises(ValueError, match="--apng FPS"):
+        run(str(src), str(tmp_path / "o3"), "--apng", "0")
+    assert not (tmp_path / "o3").exists()  # rejected before any work
     odd = tmp_path / "odd.png"
     Image.fromarray(np.zeros((40, 40, 4), np.uint8)).save(odd)
     with pytest.raises(ValueError, match="same size"):

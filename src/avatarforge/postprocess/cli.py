@@ -34,8 +34,8 @@ def add_post_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "paths",
         nargs="*",
-        metavar="IN... OUT",
-        help="input image files and/or folders (searched recursively), then the output folder; "
+        metavar="PATH",
+        help="IN... OUT: input image files and/or folders (searched recursively), then the output folder; "
         "OUT may be an image file (.png/.webp/.jpg) when there is one input file",
     )
     parser.add_argument(
@@ -113,7 +113,9 @@ def add_post_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         metavar="N",
         help="training steps (default 2000, about 1-2 min on a CPU)",
     )
-    s.add_argument("--sr-seed", type=int, default=0, help="seed of the training data and initialisation")
+    s.add_argument(
+        "--sr-seed", type=int, default=0, metavar="S", help="seed of the training data and initialisation"
+    )
     return parser
 
 
@@ -241,6 +243,14 @@ def post_main(args: argparse.Namespace) -> int:
             raise FileExistsError(
                 f"output exists: {', '.join(existing[:3])}{more}; pass --overwrite to replace"
             )
+    # Check the export flags now, not after every image has been processed.
+    for kind, fps in animations.items():
+        if not 0.1 <= fps <= 100:
+            raise ValueError(f"--{kind} FPS must be from 0.1 to 100, got {fps:g}")
+    if args.loop < 0:
+        raise ValueError(f"--loop must be >= 0 (0 = forever), got {args.loop}")
+    if not 0 <= args.padding <= 64 or (args.columns is not None and args.columns < 1):
+        raise ValueError("--padding must be from 0 to 64 and --columns >= 1")
     keep = args.sprite_sheet or bool(animations)
     frames: list[np.ndarray] = []
     names: list[str] = []
