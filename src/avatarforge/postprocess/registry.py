@@ -299,7 +299,7 @@ def register_op(
             aliases=tuple(aliases),
             alpha=alpha,
             group=group,
-            summary=" ".join(doc.split("\n\n")[0].split()),
+            summary=" ".join(doc.split("\n\n")[0].split()).replace("``", ""),
             _by_name=by_name,
         )
         for key in (name, *aliases):
