@@ -43,6 +43,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -260,7 +261,7 @@ class VAE(ConfigModule):
         return bool(self.label_dims)
 
     @property
-    def code_dims(self) -> dict:
+    def code_dims(self) -> dict[str, Any]:
         return self.decoder.code_dims
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -268,7 +269,7 @@ class VAE(ConfigModule):
         labels = gan_api.check_labels(labels, self.label_dims, x.shape[0])
         return self.encoder(x, labels)
 
-    def decode(self, z: Tensor, labels: Tensor | None = None, **kwargs) -> Tensor:
+    def decode(self, z: Tensor, labels: Tensor | None = None, **kwargs: Any) -> Tensor:
         """``(B, z_dim)`` -> ``(B, C, H, W)`` in [-1, 1] (keyword arguments: see :class:`VAEDecoder`)."""
         return self.decoder(z, labels, **kwargs)
 

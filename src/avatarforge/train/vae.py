@@ -35,7 +35,7 @@ import inspect
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +157,8 @@ def build_vae(
     resolution: int,
     channels: int,
     label_dims: list[int],
-    label_names: list[str] = (),  # type: ignore[assignment]
-    label_values: list[list[str]] = (),  # type: ignore[assignment]
+    label_names: Sequence[str] = (),
+    label_values: Sequence[Sequence[str]] = (),
 ) -> nn.Module:
     """Create the VAE from the registry (role ``"vae"``) with ``model.kwargs``.
 
