@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     ["vae"],
     ["vae", "sample"],
     ["post"],
+    ["eval"],
     ["models"],
     ["demo"],
 ]

@@ -200,6 +200,14 @@ def _add_vae(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=vae_main)
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from avatarforge.eval.cli import add_eval_arguments, eval_main
+
+    p = sub.add_parser("eval", help="evaluate a model or image set: FID, KID, precision/recall, SWD, ...")
+    add_eval_arguments(p)
+    p.set_defaults(func=eval_main)
+
+
 def _add_post(sub: argparse._SubParsersAction) -> None:
     from avatarforge.postprocess.cli import add_post_arguments, post_main
 
@@ -246,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_vae(sub)
+    _add_eval(sub)
     _add_post(sub)
     m = sub.add_parser("models", help="list the registered model architectures")
     m.set_defaults(func=_cmd_models)
