@@ -39,10 +39,10 @@ relu4_2    8                    content (Gatys)
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import pickle
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -169,9 +169,16 @@ class VGG19Features(FeatureNet):
 
     kind = "vgg19"
 
-    def __init__(self) -> None:
+    def __init__(self, init: bool = True) -> None:
         super().__init__()
-        self.features = build_vgg19_features()
+        if init:
+            self.features = build_vgg19_features()
+        else:
+            # Weights about to be loaded: allocate without running the (slow, RNG-consuming)
+            # random initialisation of 20 M parameters.
+            with torch.device("meta"):
+                meta = build_vgg19_features()
+            self.features = meta.to_empty(device="cpu")
         # Not persistent: the state dict must hold exactly torchvision's keys.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -236,8 +243,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             f"loading never runs code from a file). Save a plain state dict, e.g. "
             f"torch.save(model.state_dict(), path). Details: {str(e).splitlines()[0]}"
         ) from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise ValueError(f"{p}: not a readable PyTorch weights file ({e})") from e
+    except Exception as e:  # the safe unpickler reports junk as IndexError, KeyError, ...
+        raise ValueError(f"{p}: not a readable PyTorch weights file ({type(e).__name__}: {e})") from e
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -265,7 +272,7 @@ def load_vgg19(path: str | os.PathLike, device: str | torch.device = "cpu") -> V
         FileNotFoundError, ValueError: see :func:`read_state_dict`; missing or mis-shaped keys.
     """
     state = read_state_dict(path)
-    net = VGG19Features()
+    net = VGG19Features(init=False)
     expected = net.features.state_dict()
     found: dict[str, Tensor] = {}
     for k, v in state.items():
@@ -325,15 +332,12 @@ class RandomMultiScaleCNN(FeatureNet):
         self.widths = tuple(int(w) for w in widths)
         g = torch.Generator().manual_seed(self.seed)
         w1, w2, w3, w4 = self.widths
-        self.convs = nn.ModuleList(
-            [
-                self._conv(3, w1, g),
-                self._conv(w1 + 3, w2, g),
-                self._conv(w2 + 3, w3, g),
-                self._conv(w3 + 3, w4, g),
-                self._conv(w4, w4, g),
+        with torch.device("meta"):  # no default init: it would consume the global RNG
+            convs = [
+                nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="reflect")
+                for c_in, c_out in ((3, w1), (w1 + 3, w2), (w2 + 3, w3), (w3 + 3, w4), (w4, w4))
             ]
-        )
+        self.convs = nn.ModuleList([self._init(conv.to_empty(device="cpu"), g) for conv in convs])
         self.layer_names = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2")
         self.channels = dict(zip(self.layer_names, (w1, w2, w3, w4, w4)))
         self.scales = dict(zip(self.layer_names, (1, 2, 4, 8, 8)))
@@ -345,20 +349,25 @@ class RandomMultiScaleCNN(FeatureNet):
         with torch.no_grad():
             # The probe looks like flat-shaded art: 8x8-pixel blocks of random full-range
             # colours, i.e. flat regions separated by hard edges.
-            probe = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1
+            probe = torch.rand(1, 3, 8, 8, generator=g).double() * 2 - 1
             probe = F.interpolate(probe, scale_factor=8, mode="nearest")  # (1, 3, 64, 64)
+            # Measured in float64 and rounded to 4 significant digits: the result must not
+            # depend on the thread count or the CPU (a float32 convolution's summation order
+            # does), or the fingerprint an AdaIN decoder records would not be reproducible.
+            calib = copy.deepcopy(self).double()
             for i, name in enumerate(self.layer_names):
                 # Layer by layer: layer i's gain is measured with layers < i already scaled.
-                rms = self.forward(probe, [name])[name].square().mean().sqrt()
-                self.gains[i] = rms.clamp_min(1e-6)
+                rms = float(calib.forward(probe, [name])[name].square().mean().sqrt())
+                calib.gains[i] = float(f"{max(rms, 1e-6):.4g}")
+            self.gains.copy_(calib.gains.float())
 
     @staticmethod
-    def _conv(c_in: int, c_out: int, g: torch.Generator) -> nn.Conv2d:
-        conv = nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="reflect")
+    def _init(conv: nn.Conv2d, g: torch.Generator) -> nn.Conv2d:
+        fan_in = conv.in_channels * 9
         with torch.no_grad():
             # He init: keeps the ReLU activations' variance roughly constant with depth.
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2.0 / (c_in * 9)) ** 0.5)
-            conv.bias.copy_(torch.randn(c_out, generator=g) * 0.1)
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+            conv.bias.copy_(torch.randn(conv.out_channels, generator=g) * 0.1)
         return conv
 
     def describe(self) -> str:

@@ -601,8 +601,8 @@ def load_image_set(source: ImageSet, size: int, max_images: int = 1000, seed: in
     """Images for decoder training as a (N, 3, size, size) uint8 tensor (RGBA on white).
 
     ``source`` may be a packed data set directory, a folder of images (searched
-    recursively), one image file, a list of image files, a uint8 array (N, H, W, C) or a
-    float tensor (N, 3, H, W) in [-1, 1]. Files are decoded with
+    recursively), one image file, a list of image files, a uint8 array (N, H, W, C), or a
+    tensor (N, 3, H, W): uint8 (e.g. this function's own output) or float in [-1, 1]. Files are decoded with
     :func:`avatarforge.data.imagefile.load_image` (validated; unreadable files are skipped
     with a warning) and centre-cropped to a square. At most ``max_images`` are kept (a
     seeded random subset), so memory stays bounded.
@@ -625,8 +625,12 @@ def load_image_set(source: ImageSet, size: int, max_images: int = 1000, seed: in
 
     if isinstance(source, Tensor):
         if source.ndim != 4 or source.shape[1] != 3:
-            raise ValueError(f"an image tensor must be (N, 3, H, W) in [-1, 1], got {tuple(source.shape)}")
-        u8 = source.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+            raise ValueError(
+                f"an image tensor must be (N, 3, H, W), uint8 or float in [-1, 1], got {tuple(source.shape)}"
+            )
+        u8 = source.detach().cpu()
+        if u8.dtype != torch.uint8:  # float images in [-1, 1]
+            u8 = u8.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
         return to_tensor(u8[torch.from_numpy(pick(len(u8)))].permute(0, 2, 3, 1).cpu().numpy())
     if isinstance(source, np.ndarray):
         if source.ndim != 4 or source.dtype != np.uint8 or source.shape[-1] not in (3, 4):
@@ -757,7 +761,7 @@ def train_adain_decoder(
             loss.backward()
             opt.step()
             if callback is not None or bar is not None:
-                values = {"loss": float(loss), "content": float(lc), "style": float(ls)}
+                values = {"loss": float(loss.detach()), "content": float(lc.detach()), "style": float(ls.detach())}
                 if callback is not None:
                     callback(step, values)
                 if bar is not None:

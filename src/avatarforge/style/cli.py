@@ -1,0 +1,451 @@
+"""The ``avatarforge style`` command: transfer, train, apply, train-decoder.
+
+``add_style_arguments(parser)`` adds the sub-commands to any ``argparse`` parser (the main
+CLI's ``style`` command); ``style_main(args)`` runs the chosen one and returns the exit code:
+
+* 0: done (``train``: finished, or stopped by ``--minutes`` / SIGINT / SIGTERM with a checkpoint);
+* 1: ``apply`` translated some images but could not read others (each one is reported);
+* 2: a usage, configuration or input error (the message names it and the fix);
+* 3: ``train`` diverged (NaN/Inf kept coming back).
+
+Building the parser imports nothing heavy; torch is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METHODS", "add_style_arguments", "build_parser", "main", "style_main"]
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
+METHODS = ("colour", "histogram", "gatys", "adain")
+_METHOD_ALIASES = {"color": "colour", "hist": "histogram"}
+_OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*=")
+
+
+class StyleCLIError(Exception):
+    """A user error of ``avatarforge style`` (printed without a traceback, exit code 2)."""
+
+
+# ----------------------------------------------------------------------------- parser
+def add_style_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``transfer``, ``train``, ``apply`` and ``train-decoder`` sub-commands to ``parser``."""
+    parser.description = parser.description or (
+        "Style transfer for avatars: weight-free colour/histogram transfer, neural (Gatys, AdaIN) "
+        "transfer, and CycleGAN translation between two data sets. See docs/style.md."
+    )
+    sub = parser.add_subparsers(dest="style_cmd", metavar="COMMAND", required=True)
+
+    t = sub.add_parser(
+        "transfer",
+        help="restyle one image after another (colour, histogram, gatys, adain)",
+        description="Restyle CONTENT after STYLE. Only the RGB changes: the output keeps CONTENT's alpha and size.",
+    )
+    t.add_argument(
+        "content", metavar="CONTENT", help="the image to restyle (PNG with alpha is kept transparent)"
+    )
+    t.add_argument("style", metavar="STYLE", help="the image whose colours/texture to take")
+    t.add_argument("--out", required=True, metavar="OUT.png", help="output image (.png keeps transparency)")
+    t.add_argument(
+        "--method",
+        default="colour",
+        type=_method,
+        help="colour (Reinhard Lab statistics, default), histogram (CDF matching), gatys (optimisation), "
+        "adain (with --decoder: one pass; without: optimisation)",
+    )
+    t.add_argument("--strength", type=float, default=1.0, help="0..1, 0 = unchanged content (default 1)")
+    t.add_argument(
+        "--space", choices=["rgb", "lab"], default="rgb", help="histogram: colour space (default rgb)"
+    )
+    t.add_argument("--steps", type=int, default=200, help="gatys/adain optimisation steps (default 200)")
+    t.add_argument(
+        "--size", type=int, default=256, help="gatys/adain working size, longer side (default 256)"
+    )
+    t.add_argument("--content-weight", type=float, default=1.0, help="gatys/adain content weight (default 1)")
+    t.add_argument(
+        "--style-weight",
+        type=float,
+        default=None,
+        help="gatys/adain style weight (default: gatys 1e5, adain optimisation 1)",
+    )
+    t.add_argument(
+        "--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="gatys/adain (default lbfgs)"
+    )
+    t.add_argument(
+        "--vgg",
+        metavar="PATH",
+        help="torchvision vgg19 weights (.pth state dict or .safetensors); default: the random-weights CNN",
+    )
+    t.add_argument("--decoder", metavar="DIR", help="adain: a decoder from 'style train-decoder'")
+    t.add_argument("--seed", type=int, default=0, help="seed of the random-weights CNN (default 0)")
+    t.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(style_func=_cmd_transfer)
+
+    r = sub.add_parser(
+        "train",
+        help="train CycleGAN between two packed data sets",
+        description="Train unpaired translation A <-> B (CycleGAN). Runs go to RUNS/NNNNN-cyclegan-<res>/. "
+        "Config keys (KEY=VALUE): see docs/style.md or --dry-run.",
+    )
+    r.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="A B [KEY=VALUE ...]",
+        help="two packed data sets (domain A, domain B), then config overrides, e.g. batch_size=8 loss.gan=hinge",
+    )
+    r.add_argument("--minutes", type=float, metavar="M", help="stop after M minutes (this session)")
+    r.add_argument("--kimg", type=float, metavar="K", help="stop after K thousand images per domain")
+    r.add_argument("--resume", metavar="RUN", help="continue a run (its config and latest checkpoint)")
+    r.add_argument("--config", metavar="FILE.yaml", help="YAML config file")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
+    r.add_argument("--runs-dir", metavar="DIR", help="where run directories are created (default: runs)")
+    r.add_argument("--desc", metavar="TEXT", help="run directory suffix (default: cyclegan-<resolution>)")
+    r.add_argument("--dry-run", action="store_true", help="print the resolved config (YAML) and exit")
+    r.set_defaults(style_func=_cmd_train)
+    _install_override_normalizer(r)
+
+    a = sub.add_parser(
+        "apply",
+        help="translate images with a trained CycleGAN run",
+        description="Translate IMAGES with RUN's latest checkpoint; writes OUT/<name>.png with each input's alpha.",
+    )
+    a.add_argument("run", metavar="RUN", help="run directory (or checkpoint directory)")
+    a.add_argument(
+        "images", nargs="+", metavar="IMAGES", help="image files or folders (searched recursively)"
+    )
+    a.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    a.add_argument("--direction", choices=["a2b", "b2a"], default="a2b", help="a2b (default) or b2a")
+    a.add_argument(
+        "--size", type=int, default=None, help="working size, longer side (default: the training resolution)"
+    )
+    a.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    a.set_defaults(style_func=_cmd_apply)
+
+    d = sub.add_parser(
+        "train-decoder",
+        help="train an AdaIN decoder (for 'transfer --method adain --decoder DIR')",
+        description="Train an AdaIN decoder for the feature network (--vgg file, or the random CNN) on a content "
+        "set and a style set (packed data sets, folders or image files).",
+    )
+    d.add_argument("content", metavar="CONTENT_SET", help="packed data set, folder or image")
+    d.add_argument("style", metavar="STYLE_SET", help="packed data set, folder or image")
+    d.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (config.json + model.safetensors)"
+    )
+    d.add_argument("--vgg", metavar="PATH", help="torchvision vgg19 weights; default: the random-weights CNN")
+    d.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    d.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
+    d.add_argument("--size", type=int, default=128, help="training image size, multiple of 8 (default 128)")
+    d.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4)")
+    d.add_argument(
+        "--style-weight", type=float, default=10.0, help="style loss weight (default 10, the paper's)"
+    )
+    d.add_argument(
+        "--max-images", type=int, default=1000, help="images kept in memory per set (default 1000)"
+    )
+    d.add_argument("--seed", type=int, default=0, help="seed (random CNN, init, batches)")
+    d.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(style_func=_cmd_train_decoder)
+    return parser
+
+
+def _method(text: str) -> str:
+    m = _METHOD_ALIASES.get(text.lower(), text.lower())
+    if m not in METHODS:
+        raise argparse.ArgumentTypeError(f"invalid method {text!r}; choose from {', '.join(METHODS)}")
+    return m
+
+
+def _install_override_normalizer(parser: argparse.ArgumentParser) -> None:
+    """Let ``style train`` take ``--a.b=c`` / ``--a.b c`` overrides and flags anywhere.
+
+    argparse's ``nargs='*'`` positional stops at the first flag, so flags are moved before
+    the positional tokens; ``--a.b=c`` and ``--a.b c`` become ``a.b=c``.
+    """
+    original = parser.parse_known_args
+
+    def parse_known_args(args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        return original(_normalize_argv(argv, parser), namespace)
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def _normalize_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    known = {s for act in parser._actions for s in act.option_strings}
+    takes_value = {s for act in parser._actions for s in act.option_strings if act.nargs != 0}
+    flags: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        name = tok.split("=", 1)[0]
+        if tok == "--":
+            rest.extend(argv[i + 1 :])
+            break
+        if tok in takes_value and i + 1 < len(argv):
+            flags += [tok, argv[i + 1]]
+            i += 2
+            continue
+        if tok.startswith("--") and name not in known and "." in name:
+            if "=" in tok:
+                rest.append(tok[2:])
+            elif i + 1 < len(argv):
+                rest.append(f"{tok[2:]}={argv[i + 1]}")
+                i += 1
+            else:
+                rest.append(tok[2:])  # parse_overrides names the missing value
+        elif tok.startswith("-"):
+            flags.append(tok)
+        else:
+            rest.append(tok)
+        i += 1
+    return [*flags, *rest]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A standalone ``avatarforge style`` parser (tests, ``python -m avatarforge.style.cli``)."""
+    return add_style_arguments(argparse.ArgumentParser(prog="avatarforge style"))
+
+
+# ----------------------------------------------------------------------------- helpers
+def _device(name: str) -> Any:
+    from avatarforge.train.common import resolve_device
+
+    return resolve_device(name)
+
+
+def _read_image(path: str, what: str) -> Any:
+    """A validated RGB/RGBA uint8 array from a file (raises StyleCLIError naming ``what``)."""
+    import numpy as np
+
+    from avatarforge.data.imagefile import ImageRejected, load_image
+
+    try:
+        img = load_image(path)
+    except ImageRejected as e:
+        raise StyleCLIError(f"{what} {path}: {e.message}") from None
+    return np.asarray(img)
+
+
+def _write_image(path: str | Path, image: Any) -> Path:
+    """Save; a JPEG output gets the image composited on white (JPEG has no alpha)."""
+    import numpy as np
+
+    from avatarforge.imageio import save_image
+
+    path = Path(path)
+    if path.suffix.lower() in (".jpg", ".jpeg") and image.shape[2] == 4:
+        print(f"note: {path.name} is a JPEG, which has no transparency: composited on white", file=sys.stderr)
+        a = image[..., 3:4].astype(np.uint16)
+        image = ((image[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_image(path, image)
+
+
+# ----------------------------------------------------------------------------- transfer
+def _cmd_transfer(a: argparse.Namespace) -> int:
+    from avatarforge.style import classical, neural
+
+    content = _read_image(a.content, "content image")
+    style = _read_image(a.style, "style image")
+    t0 = time.perf_counter()
+    if a.method == "colour":
+        out = classical.colour_transfer(content, style, strength=a.strength)
+    elif a.method == "histogram":
+        out = classical.histogram_match(content, style, space=a.space, strength=a.strength)
+    else:
+        from avatarforge.style.features import load_feature_net
+
+        device = _device(a.device)
+        net = (
+            load_feature_net(a.vgg, seed=a.seed, device=device)
+            if (a.vgg or a.method == "gatys" or not a.decoder)
+            else None
+        )
+        common: dict[str, Any] = {
+            "size": a.size,
+            "steps": a.steps,
+            "content_weight": a.content_weight,
+            "strength": a.strength,
+            "optimizer": a.optimizer,
+            "device": device,
+            "seed": a.seed,
+            "progress": not a.quiet,
+        }
+        if a.style_weight is not None:
+            common["style_weight"] = a.style_weight
+        if a.method == "gatys":
+            if a.decoder:
+                raise StyleCLIError("--decoder is for --method adain")
+            out = neural.gatys_transfer(content, style, net=net, **common)
+        else:
+            decoder = neural.load_adain_decoder(a.decoder, device=device) if a.decoder else None
+            out = neural.adain_transfer(content, style, net=net, decoder=decoder, **common)
+    dt = time.perf_counter() - t0
+    path = _write_image(a.out, out)
+    print(f"wrote {path} ({a.method}, {out.shape[1]}x{out.shape[0]}, {dt:.2f} s)")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- train
+def _cmd_train(a: argparse.Namespace) -> int:
+    from avatarforge.config import ConfigError, parse_overrides, to_yaml
+    from avatarforge.style.train_cyclegan import CycleGANTrainer, build_cyclegan_config
+
+    data = [t for t in a.inputs if not _OVERRIDE_RE.match(t)]
+    overrides = parse_overrides([t for t in a.inputs if _OVERRIDE_RE.match(t)])
+    cli: dict[str, Any] = {}
+    if data:
+        if len(data) != 2:
+            raise ConfigError(
+                f"style train takes two data sets (A B), got {len(data)}: {' '.join(data)} "
+                "(overrides look like key=value)"
+            )
+        cli["data"] = {"a": data[0], "b": data[1]}
+    elif not a.resume:
+        raise ConfigError("give two packed data sets: avatarforge style train A B (or --resume RUN)")
+    if a.minutes is not None:
+        cli["minutes"] = a.minutes
+    if a.kimg is not None:
+        cli["kimg"] = a.kimg
+    for key in ("device", "runs_dir", "desc"):
+        if getattr(a, key, None):
+            cli[key] = getattr(a, key)
+    config_file = a.config
+    if a.resume:
+        from avatarforge.train.checkpoint import find_checkpoint
+
+        saved = find_checkpoint(a.resume).parent.parent / "config.yaml"
+        if config_file is None and saved.is_file():
+            config_file = saved
+    cfg = build_cyclegan_config(config_file=config_file, cli=cli, overrides=overrides)
+    if a.dry_run:
+        print(to_yaml(cfg), end="")
+        return EXIT_OK
+    CycleGANTrainer(cfg, resume=a.resume).fit()
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- apply
+def _collect_images(items: Sequence[str]) -> list[Path]:
+    from avatarforge.data.imagefile import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            files.append(p)  # a missing file is reported by the loop below, with the others
+    return files
+
+
+def _cmd_apply(a: argparse.Namespace) -> int:
+    from avatarforge.data.imagefile import ImageRejected, load_image
+    from avatarforge.style.train_cyclegan import checkpoint_resolution, load_translator, translate_image
+
+    device = _device(a.device)
+    generator = load_translator(a.run, a.direction, device=device)
+    size = a.size or checkpoint_resolution(a.run)
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = _collect_images(a.images)
+    if not files:
+        raise StyleCLIError(f"no images found in {', '.join(a.images)}")
+    used: set[str] = set()
+    failed = 0
+    import numpy as np
+
+    for f in files:
+        try:
+            image = np.asarray(load_image(f))
+        except ImageRejected as e:
+            print(f"skipped {f}: {e.message}", file=sys.stderr)
+            failed += 1
+            continue
+        name = f.stem
+        k = 1
+        while name in used:  # the same file name from two folders: keep both
+            name = f"{f.stem}_{k}"
+            k += 1
+        used.add(name)
+        out = translate_image(generator, image, size=size, device=device)
+        _write_image(out_dir / f"{name}.png", out)
+    print(
+        f"translated {len(files) - failed} image(s) {a.direction} into {out_dir}"
+        + (f"; {failed} skipped" if failed else "")
+    )
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+# ----------------------------------------------------------------------------- train-decoder
+def _cmd_train_decoder(a: argparse.Namespace) -> int:
+    from avatarforge.style.features import load_feature_net
+    from avatarforge.style.neural import train_adain_decoder
+
+    device = _device(a.device)
+    net = load_feature_net(a.vgg, seed=a.seed, device=device)
+    decoder = train_adain_decoder(
+        a.content,
+        a.style,
+        net=net,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        size=a.size,
+        lr=a.lr,
+        style_weight=a.style_weight,
+        max_images=a.max_images,
+        device=device,
+        seed=a.seed,
+        progress=not a.quiet,
+    )
+    out = decoder.save_pretrained(a.out)
+    print(f"wrote AdaIN decoder for {net.describe()} to {out}; use: --method adain --decoder {out}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- entry points
+def style_main(args: argparse.Namespace) -> int:
+    """Run the ``avatarforge style`` sub-command in ``args``; returns the process exit code."""
+    from avatarforge.config import ConfigError
+    from avatarforge.data.packed import PackedFormatError
+    from avatarforge.train.guard import TrainingDiverged
+    from avatarforge.train.metrics_log import MissingDependencyError
+
+    try:
+        return int(args.style_func(args))
+    except (
+        StyleCLIError,
+        ConfigError,
+        PackedFormatError,
+        MissingDependencyError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
+        # User errors carry messages that name the problem and the fix: no traceback.
+        print(f"avatarforge style: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyError as e:
+        print(f"avatarforge style: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as e:
+        print(f"avatarforge style: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m avatarforge.style.cli ...`` (the same as ``avatarforge style ...``)."""
+    return style_main(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
