@@ -218,22 +218,18 @@ def _add_post(sub: argparse._SubParsersAction) -> None:
 
 # --------------------------------------------------------------------------- misc
 def _cmd_models(a: argparse.Namespace) -> int:
-    from avatarforge.models import get_model_class, list_models
+    from avatarforge.models.registry import registered_models
 
-    for name in list_models():
-        roles = [r for r in ("generator", "discriminator", "encoder") if _has(get_model_class, name, r)]
-        doc_lines = (get_model_class(name, roles[0]).__doc__ or "").strip().splitlines() if roles else []
-        doc = doc_lines[0] if doc_lines else ""
-        print(f"{name:<12} {'/'.join(roles):<28} {doc}")
+    by_name: dict[str, list[tuple[str, type]]] = {}
+    for name, role, cls in registered_models():
+        if not name.startswith("test-"):
+            by_name.setdefault(name, []).append((role, cls))
+    for name, entries in by_name.items():
+        entries.sort(key=lambda e: e[0] != "generator")  # describe a family by its generator
+        doc_lines = (entries[0][1].__doc__ or "").strip().splitlines()
+        roles = "/".join(r for r, _ in entries)
+        print(f"{name:<12} {roles:<28} {doc_lines[0] if doc_lines else ''}")
     return 0
-
-
-def _has(getter, name: str, role: str) -> bool:
-    try:
-        getter(name, role)
-        return True
-    except KeyError:
-        return False
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:

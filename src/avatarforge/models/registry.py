@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["create_model", "get_model_class", "list_models", "register_model"]
+__all__ = ["create_model", "get_model_class", "list_models", "register_model", "registered_models"]
 
 _REGISTRY: dict[tuple[str, str], type] = {}
 T = TypeVar("T", bound=type)
@@ -31,15 +31,36 @@ def register_model(name: str, role: str = "generator") -> Callable[[T], T]:
     return deco
 
 
+# Modules outside avatarforge.models that define registered networks (imported lazily so
+# that loading a checkpoint of, say, the upscaler works without importing it first).
+_EXTRA_MODULES = (
+    "avatarforge.eval.avatar_net",
+    "avatarforge.postprocess.resample",
+    "avatarforge.style.cyclegan",
+    "avatarforge.style.neural",
+)
+
+
 def _ensure_loaded() -> None:
     # Importing the package registers every built-in architecture.
+    import importlib
+
     import avatarforge.models  # noqa: F401
+
+    for mod in _EXTRA_MODULES:
+        importlib.import_module(mod)
 
 
 def list_models(role: str | None = None) -> list[str]:
     """Registered short names (optionally only those having ``role``), sorted."""
     _ensure_loaded()
     return sorted({n for (n, r) in _REGISTRY if role is None or r == role})
+
+
+def registered_models() -> list[tuple[str, str, type]]:
+    """Every ``(name, role, class)`` in the registry, sorted by name then role."""
+    _ensure_loaded()
+    return sorted(((n, r, c) for (n, r), c in _REGISTRY.items()), key=lambda t: (t[0], t[1]))
 
 
 def get_model_class(name: str, role: str = "generator") -> type:
