@@ -228,7 +228,7 @@ def _cmd_models(a: argparse.Namespace) -> int:
         entries.sort(key=lambda e: e[0] != "generator")  # describe a family by its generator
         doc_lines = (entries[0][1].__doc__ or "").strip().splitlines()
         roles = "/".join(r for r, _ in entries)
-        print(f"{name:<12} {roles:<28} {doc_lines[0] if doc_lines else ''}")
+        print(f"{name:<18} {roles:<24} {doc_lines[0] if doc_lines else ''}")
     return 0
 
 
