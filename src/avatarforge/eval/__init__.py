@@ -48,5 +48,10 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        # Importing the submodule avatarforge.eval.evaluate binds the package attribute
+        # `evaluate` to the module; rebind it to the function, as an eager
+        # `from .evaluate import evaluate` would.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'avatarforge.eval' has no attribute {name!r}")

@@ -24,7 +24,7 @@ Network (64x64 RGB in ``[-1, 1]``; other sizes are resized with antialiasing)::
     Conv 3x3/2  w -> 2w         (B, 2w, 16, 16)
     Conv 3x3/2  2w -> 4w        (B, 4w, 8, 8)
     Conv 3x3/2  4w -> 8w        (B, 8w, 4, 4)
-    flatten -> Linear -> ReLU   (B, embed_dim)     <- the feature vector
+    flatten -> Linear -> ReLU   (B, embed_dim)     <- the feature vector (x feature_scale)
     Linear                      (B, sum(classes) + continuous)   one head per attribute
 
 The trunk ends in a flattened 4x4 map rather than global pooling because the attributes
@@ -106,7 +106,7 @@ class AvatarNetRecipe:
     max_shift: int = 3
     white_background: float = 0.25
     seed: int = 0
-    version: int = 1
+    version: int = 2
 
     def hash(self) -> str:
         """16 hex digits identifying the recipe (the cache directory name)."""
@@ -181,6 +181,10 @@ class AvatarAttributeNet(ConfigModule):
         self.embed = nn.Sequential(nn.Linear(8 * w * side * side, embed_dim), nn.ReLU(inplace=True))
         self.num_classes = [len(v) for v in self.categorical_values]
         self.heads = nn.Linear(embed_dim, sum(self.num_classes) + len(self.continuous_names))
+        # Set after training to 1 / RMS of the embedding on held-out avatars, so features
+        # have unit RMS: the cubic KID kernel (x.y/D + 1)^3 then sees values of order 1, as
+        # with Inception features, instead of thousands.
+        self.register_buffer("feature_scale", torch.ones(()))
 
     def prepare(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [-1, 1] -> ``(B, 3, size, size)`` (antialiased resize if needed)."""
@@ -193,6 +197,10 @@ class AvatarAttributeNet(ConfigModule):
     def embedding(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [-1, 1] -> ``(B, embed_dim)``: the feature vector."""
         return self.embed(self.trunk(self.prepare(x)))
+
+    def features(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in [-1, 1] -> ``(B, embed_dim)`` scaled embedding (the FID features)."""
+        return self.embedding(x) * self.feature_scale
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, 3, H, W)`` in [-1, 1] -> ``(embedding (B, E), head outputs (B, sum K + C))``."""
@@ -357,6 +365,14 @@ def _train(
     t_train = time.perf_counter() - t1
     net.eval().requires_grad_(False)
     report = evaluate_avatar_net(net, x_test, y_test)
+    with torch.no_grad():
+        emb = torch.cat(
+            [
+                net.embedding(_to_input(torch.from_numpy(x_test[s : s + 256])))
+                for s in range(0, len(x_test), 256)
+            ]
+        )
+        net.feature_scale.fill_(1.0 / emb.pow(2).mean().sqrt().clamp_min(1e-6))
     report.update(
         {
             "recipe": asdict(recipe),
@@ -516,7 +532,7 @@ class AvatarExtractor(FeatureExtractor):
         return self
 
     def features(self, x: Tensor) -> Tensor:
-        return self.net.embedding(x * 2 - 1)
+        return self.net.features(x * 2 - 1)
 
     @torch.no_grad()
     def attribute_predictions(

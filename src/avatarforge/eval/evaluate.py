@@ -559,7 +559,12 @@ def _sample_count_notes(
                 "KID is the more reliable distance at this size"
             )
     if "kid" in metrics and min(n_src, n_ref) < 1000:
-        notes.append(f"KID subsets have {min(n_src, n_ref)} items (fewer than 1000): a larger std")
+        spread = (
+            "both sets fit one subset, so kid_std is 0 (no spread estimate)"
+            if n_src == n_ref
+            else "expect a larger spread"
+        )
+        notes.append(f"KID subsets have {min(n_src, n_ref)} items (fewer than 1000): {spread}")
     return notes
 
 

@@ -164,7 +164,9 @@ def kid(
 
     Returns:
         ``(mean, std)`` over the subsets. The mean can be slightly negative when the sets
-        come from the same distribution (the estimator is unbiased, not non-negative).
+        come from the same distribution (the estimator is unbiased, not non-negative). When
+        both sets have at most ``subset_size`` items every subset is the whole set: one
+        estimate, std 0.
     """
     x_all = torch.as_tensor(np.asarray(fake, np.float32) if not isinstance(fake, Tensor) else fake).float()
     y_all = torch.as_tensor(np.asarray(real, np.float32) if not isinstance(real, Tensor) else real).float()
@@ -178,6 +180,9 @@ def kid(
             f"KID needs at least 2 items in each set, got {len(y_all)} real and {len(x_all)} fake"
         )
     d = x_all.shape[1]
+    if m == len(x_all) == len(y_all):
+        # Every subset would be the whole of both sets: one estimate, no spread.
+        num_subsets = 1
     rng = np.random.default_rng(seed)
     # Gram matrices once (float32 BLAS), then cubes and sums per subset in float64; when the
     # sets are large, per-subset products are cheaper than full Gram matrices.
