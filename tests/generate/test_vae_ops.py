@@ -1,9 +1,10 @@
 """The VAE API (avatarforge.generate.vae_ops) and the ``avatarforge vae`` CLI.
 
 Most tests use a VAE trained for a few steps (the API's plumbing does not need a good
-model). The attribute-arithmetic test trains a small VAE on procedural avatars long enough
-to learn hair colour (~25 s, marked slow) and checks that adding the "-> blonde" direction makes held-out
-avatars blonde, read from the pixels of the hair region.
+model). The attribute-arithmetic tests (slow) train a small VAE on procedural avatars long
+enough to learn hair colour (~25 s) and check that adding the "-> blonde" direction makes
+held-out avatars blonde, read from the pixels of the hair region and by
+avatarforge.eval's avatar attribute classifier (trained on first use, ~1 min).
 """
 
 from __future__ import annotations
@@ -294,6 +295,38 @@ def test_adding_the_blonde_direction_makes_held_out_avatars_blonde(hair_vae):
     assert blonde_share(edited) >= blonde_share(plain) + 0.15
     assert distance(edited) < 0.75 * distance(plain)
     assert distance(away) > distance(edited) and blonde_share(away) <= blonde_share(plain) + 0.02
+
+
+@pytest.mark.slow  # the avatar attribute net trains on first use (~1 min on 2 cores)
+def test_adding_the_blonde_direction_raises_the_classifiers_blonde_probability(hair_vae, tmp_path_factory):
+    """The same edit judged by avatarforge.eval's avatar attribute classifier."""
+    from avatarforge.eval.avatar_net import AvatarExtractor
+
+    vae, ds = hair_vae
+    held = np.stack(
+        [
+            _on_white(P.render(attrs, SIZE))
+            for attrs in (P.sample_attributes(i, accessory="none") for i in range(100_000, 100_300))
+            if attrs["hair_color"] != "blonde"
+        ][:80]
+    )
+    ext = AvatarExtractor(cache_dir=tmp_path_factory.mktemp("avatarforge-cache"))
+    col = ext.class_names("hair_color").index("blonde")
+
+    def p_blonde(images: np.ndarray) -> float:
+        return float(ext.attribute_predictions(images, include_continuous=False)["hair_color"][:, col].mean())
+
+    direction = V.attribute_vector(vae, ds, "hair_color", "*", "blonde")
+    plain = V.reconstruct(vae, held)
+    edited = V.apply_attribute(vae, held, direction, strength=1.0)
+    away = V.apply_attribute(vae, held, direction, strength=-1.0)
+    p_held, p_plain, p_edit, p_away = p_blonde(held), p_blonde(plain), p_blonde(edited), p_blonde(away)
+    print(
+        f"classifier P(blonde): originals {p_held:.3f}, reconstructions {p_plain:.3f}, "
+        f"+direction {p_edit:.3f}, -direction {p_away:.3f}"
+    )
+    assert p_edit > p_plain + 0.1 and p_edit > 2 * p_plain
+    assert p_away <= p_plain + 0.02
 
 
 # ----------------------------------------------------------------------------- the CLI
