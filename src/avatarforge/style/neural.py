@@ -761,7 +761,11 @@ def train_adain_decoder(
             loss.backward()
             opt.step()
             if callback is not None or bar is not None:
-                values = {"loss": float(loss.detach()), "content": float(lc.detach()), "style": float(ls.detach())}
+                values = {
+                    "loss": float(loss.detach()),
+                    "content": float(lc.detach()),
+                    "style": float(ls.detach()),
+                }
                 if callback is not None:
                     callback(step, values)
                 if bar is not None:

@@ -233,9 +233,14 @@ class ImagePool:
     oscillations between G and D.
     """
 
-    def __init__(self, size: int, generator: torch.Generator) -> None:
+    def __init__(
+        self, size: int, generator: torch.Generator, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> None:
         self.size = int(size)
         self.generator = generator  # a CPU generator: decisions are made on the host
+        # Output layout is fixed, so D's kernels (and their rounding) never depend on whether
+        # the stored images came from this session or from a checkpoint.
+        self.memory_format = memory_format
         self.images: list[Tensor] = []
 
     def query(self, images: Tensor) -> Tensor:
@@ -255,7 +260,7 @@ class ImagePool:
                 self.images[j] = img.clone()
             else:
                 out.append(img)
-        return torch.stack(out)
+        return torch.stack(out).contiguous(memory_format=self.memory_format)
 
     def state(self) -> Tensor | None:
         """(N, C, H, W) stored images (CPU), or None when empty."""
@@ -263,10 +268,9 @@ class ImagePool:
             return None
         return torch.stack([t.detach().to("cpu", copy=True) for t in self.images])
 
-    def load(self, images: Tensor | None, device: torch.device, memory_format: torch.memory_format) -> None:
-        self.images = (
-            [] if images is None else [t.to(device).contiguous(memory_format=memory_format) for t in images]
-        )
+    def load(self, images: Tensor | None, device: torch.device) -> None:
+        """Replace the stored images with ``images`` (N, C, H, W) (or empty for None)."""
+        self.images = [] if images is None else [t.to(device, copy=True) for t in images]
 
 
 # =============================================================================== losses
@@ -399,8 +403,8 @@ class CycleGANTrainer:
             "augment": make_generator(self.device, cfg.seed, 1),
             "pool": make_generator(torch.device("cpu"), cfg.seed, 2),
         }
-        self.pool_a = ImagePool(cfg.loss.pool_size, self.gens["pool"])
-        self.pool_b = ImagePool(cfg.loss.pool_size, self.gens["pool"])
+        self.pool_a = ImagePool(cfg.loss.pool_size, self.gens["pool"], self.memory_format)
+        self.pool_b = ImagePool(cfg.loss.pool_size, self.gens["pool"], self.memory_format)
 
         self.nan = NaNEvents(cfg.max_nan_events)
         self.elapsed_before = 0.0
@@ -758,7 +762,7 @@ class CycleGANTrainer:
         restore_optimizer(self.opt_d, "d", snap.tensors, meta["optimizers"]["d"])
         restore_rng(self.gens, snap.tensors, meta["rng"])
         for name, pool in (("a", self.pool_a), ("b", self.pool_b)):
-            pool.load(snap.tensors.get(f"pool/{name}"), self.device, self.memory_format)
+            pool.load(snap.tensors.get(f"pool/{name}"), self.device)
         self.step = int(meta["step"])
         self.nimg = int(meta.get("nimg", self.step * self.cfg.batch_size))
         if counters:
