@@ -223,3 +223,24 @@ def test_make_metric_fn_with_a_trainer_like_object(blobs, monkeypatch):
     )
     out = make_metric_fn(b, metrics="swd,recon", num_images=8)(vae_trainer)
     assert {"swd", "mse", "psnr", "ssim"} <= set(out)
+
+
+def test_metric_fn_in_a_real_training_run(tmp_path):
+    """GANTrainer calls the hook, logs its numbers and keeps checkpoints/best/ by swd."""
+    from avatarforge.config import build_train_config
+    from avatarforge.train.gan import GANTrainer
+    from avatarforge.train.metrics_log import read_metrics
+
+    data = make_packed(tmp_path / "blobs", n=16, size=32)
+    cfg = build_train_config(
+        cli={"model": {"name": "dcgan"}, "data": {"path": str(data)}},
+        overrides=[
+            "batch_size=8", f"runs_dir={tmp_path / 'runs'}", "kimg=0.032", "model.kwargs.base_channels=8",
+            "log.progress=false", "perf.num_threads=1", "log.num_samples=4", "log.sample_every_kimg=0",
+            "log.checkpoint_every_kimg=0", "log.metric_every_kimg=0.016", "log.best_metric=swd",
+        ],
+    )  # fmt: skip
+    run = GANTrainer(cfg, metric_fn=make_metric_fn(metrics="swd", num_images=16)).fit()
+    rows = read_metrics(run, kind="metric")
+    assert len(rows) >= 2 and all({"swd", "swd_32", "swd_16"} <= set(r) for r in rows)
+    assert (run / "checkpoints" / "best").is_dir()
