@@ -2,9 +2,10 @@
 
 One step, top to bottom (:meth:`GANTrainer.train_step`)::
 
-    D step:  fakes = G(z) without grad; loss_D = d_loss(D(aug(reals)), D(aug(fakes)))
+    fakes:   fakes = G(z), once per step, graph kept for the G step
+    D step:  loss_D = d_loss(D(aug(reals)), D(aug(fakes.detach())))
              (+ lazy R1 on reals every r1_interval steps, + InfoGAN's MI term for the Q head)
-    G step:  D frozen; loss_G = g_loss(D(aug(G(z)))) (+ InfoGAN's MI term for G)
+    G step:  D (just updated) frozen; loss_G = g_loss(D(aug(fakes))) (+ InfoGAN's MI term for G)
     EMA:     G_ema <- lerp(G, G_ema, beta)
 
 Everything around the step is generic and lives in sibling modules: the run directory
@@ -412,13 +413,16 @@ class GANTrainer:
         do_r1 = cfg.loss.r1_gamma > 0 and self.step % cfg.loss.r1_interval == 0
         stats: dict[str, Tensor] = {}
 
-        # -- discriminator: reals vs. detached fakes (+ lazy R1, + the Q head's MI term)
-        with torch.no_grad(), self._autocast():
+        # -- one batch of fakes serves both steps (as in the classic DCGAN recipe): G's graph
+        # is kept for the G step, D trains on a detached view. G does not change in between.
+        with self._autocast():
             z, codes = self._latents(batch)
             fakes = G(z, **self._g_inputs(y, codes))
+
+        # -- discriminator: reals vs. detached fakes (+ lazy R1, + the Q head's MI term)
         reals_in = reals.detach().requires_grad_(do_r1)  # R1 needs d D(x) / d x
         with self._autocast():
-            fake_logits, q = self._discriminate(fakes, y, with_q=self.has_codes)
+            fake_logits, q = self._discriminate(fakes.detach(), y, with_q=self.has_codes)
             real_logits, _ = self._discriminate(reals_in, y)
             loss_d = d_loss(real_logits, fake_logits, cfg.loss.kind)
             stats["loss_d"] = loss_d.detach()
@@ -431,11 +435,10 @@ class GANTrainer:
             stats["r1"] = r1.detach()
         self._optimize(self.opt_d, self.scaler_d, Dn, loss_d)
 
-        # -- generator: D frozen (its weight gradients would be thrown away)
+        # -- generator: through the updated D, which is frozen (its weight gradients would
+        # be thrown away)
         Dn.requires_grad_(False)
         with self._autocast():
-            z, codes = self._latents(batch)
-            fakes = G(z, **self._g_inputs(y, codes))
             fake_logits, q = self._discriminate(fakes, y, with_q=self.has_codes)
             loss_g = g_loss(fake_logits, cfg.loss.kind)
             stats["loss_g"] = loss_g.detach()

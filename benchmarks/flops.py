@@ -1,0 +1,68 @@
+"""FLOP counting and the machine's matmul rate, for model FLOP utilisation (MFU) figures.
+
+MFU = (FLOPs of the model's matmuls/convolutions that a training step executes) / (step
+time) / (the fp32 ``torch.mm`` rate measured on the same machine, same thread count, in the
+same run). FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode`, which
+counts what actually runs: ``convolution_backward`` is charged only for the gradients it
+computes (input and/or weight, per its ``output_mask``), so a frozen discriminator costs no
+weight-gradient FLOPs and a detached input costs no input-gradient FLOPs. Element-wise work
+(BatchNorm, activations, Adam, augmentation) is not counted: it is overhead, as in every
+MFU figure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_flops", "matmul_rate", "trainer_step_flops"]
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
+    """Run ``fn()`` once under a FLOP counter; returns ``(total, {op name: flops})``.
+
+    A multiply-add counts as 2 FLOPs (torch's convention).
+    """
+    mode = FlopCounterMode(display=False)
+    with mode:
+        fn()
+    by_op = {str(op).split(".")[-1]: int(n) for op, n in mode.get_flop_counts()["Global"].items()}
+    return int(mode.get_total_flops()), by_op
+
+
+def matmul_rate(
+    n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32, min_seconds: float = 0.0
+) -> float:
+    """Best-of-``repeats`` rate of an ``n x n @ n x n`` ``torch.mm`` in FLOP/s.
+
+    Uses the current ``torch.get_num_threads()``. ``min_seconds`` > 0 keeps repeating until
+    that much time was spent (best single matmul still wins): on a shared machine more
+    tries find a quieter moment.
+    """
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    b = torch.randn(n, n, generator=gen).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    torch.mm(a, b, out=out)  # warm-up (thread pool, page faults)
+    best = float("inf")
+    t_start = time.perf_counter()
+    k = 0
+    while k < repeats or time.perf_counter() - t_start < min_seconds:
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+        k += 1
+    return 2.0 * n**3 / best
+
+
+def trainer_step_flops(trainer: Any, reals: torch.Tensor, labels: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """FLOPs of one ``trainer.train_step(reals, labels)`` (which really runs: it is a step).
+
+    The trainer's counters are not advanced; the caller decides whether the step counts.
+    Lazy regularisation depends on ``trainer.step``: set it to pick an R1 step or not.
+    """
+    return count_flops(lambda: trainer.train_step(reals, labels))
