@@ -234,7 +234,10 @@ class ImagePool:
     """
 
     def __init__(
-        self, size: int, generator: torch.Generator, memory_format: torch.memory_format = torch.contiguous_format
+        self,
+        size: int,
+        generator: torch.Generator,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         self.size = int(size)
         self.generator = generator  # a CPU generator: decisions are made on the host
