@@ -341,7 +341,9 @@ class InceptionExtractor(FeatureExtractor):
 
     def to(self, device: str | torch.device) -> InceptionExtractor:
         self.device = torch.device(device)
-        self.net.to(self.device)
+        # NHWC convolutions: ~1.5x faster on CPU (oneDNN) and on recent GPUs; the values
+        # differ from NCHW only by float rounding.
+        self.net.to(self.device, memory_format=torch.channels_last)
         return self
 
     def preprocess(self, x: Tensor) -> Tensor:
@@ -350,7 +352,13 @@ class InceptionExtractor(FeatureExtractor):
         return 2 * x - 1
 
     def features(self, x: Tensor) -> Tensor:
-        return self.net(self.preprocess(x))
+        x = self.preprocess(x).contiguous(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            # Full float32 convolutions: TF32 (PyTorch's default for cuDNN) rounds inputs to
+            # 10 mantissa bits, enough to move FID in the second decimal.
+            with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+                return self.net(x)
+        return self.net(x)
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "weights": str(self.weights_path), "weights_sha256": self.weights_sha256}
