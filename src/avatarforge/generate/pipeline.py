@@ -1,0 +1,777 @@
+"""Generation pipeline: a trained generator + what its labels mean, behind one ``__call__``.
+
+Example::
+
+    from avatarforge.generate import GeneratorPipeline
+
+    pipe = GeneratorPipeline.from_pretrained("runs/00004-cgan-64").to("cuda")
+    out = pipe(seeds="1-16", truncation=0.7, attrs={"hair_color": "pink"})
+    out.images            # (16, 64, 64, C) uint8
+    out.save("out/")      # seed0001.png ... with the generation parameters in PNG metadata
+
+Reproducibility: image ``i`` depends only on the model file, its seed and the options, never
+on the other seeds requested with it. Each seed has its own ``torch.Generator`` (on the CPU,
+so the device does not change the latents), which draws, in this order, ``z``, the InfoGAN
+codes and random labels -- always all three, so fixing an attribute does not shift the
+stream. StyleGAN uses its constant noise buffers by default. Images are computed in chunks of
+exactly ``batch_size`` (the last one padded by repeating a latent), because CPU kernels pick
+different code paths -- with different float rounding -- for different batch sizes: a seed
+then gives the same bytes alone or among 63 others. ``batch_size`` is recorded in the
+metadata for that reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from avatarforge.generate.conditioning import (
+    LabelInfo,
+    apply_codes,
+    code_columns,
+    encode_attrs,
+    encode_codes,
+    model_labels,
+    parse_assignments,
+)
+from avatarforge.imageio import make_grid, to_uint8
+
+__all__ = [
+    "GenerationResult",
+    "GeneratorPipeline",
+    "Latent",
+    "blend_labels",
+    "composite",
+    "format_seeds",
+    "parse_seeds",
+]
+
+NOISE_MODES = ("const", "random", "none")
+DEFAULT_BATCH = 8
+_MAX_SEED = 2**63 - 1
+
+
+# ----------------------------------------------------------------------------- seeds
+def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
+    """``"1-64"``, ``"1,5,9"``, ``"3"``, ``"1-3,10"``, an int or a list -> list of seeds.
+
+    Raises:
+        ValueError: malformed text, a negative seed or a descending range.
+    """
+    if isinstance(spec, bool):
+        raise ValueError(f"seeds must be integers, got {spec!r}")
+    if isinstance(spec, int):
+        items: list[int] = [spec]
+    elif isinstance(spec, str):
+        items = []
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+            if m:
+                a, b = int(m.group(1)), int(m.group(2))
+                if b < a:
+                    raise ValueError(f"seed range {part!r} runs backwards; write {b}-{a}")
+                items.extend(range(a, b + 1))
+            elif re.fullmatch(r"\d+", part):
+                items.append(int(part))
+            else:
+                raise ValueError(
+                    f"cannot parse seeds {spec!r}: use e.g. 1-64, 1,5,9 or 3 (non-negative integers)"
+                )
+    else:
+        items = [int(s) for s in spec]
+    if not items:
+        raise ValueError(f"no seeds in {spec!r}")
+    for s in items:
+        if not 0 <= s <= _MAX_SEED:
+            raise ValueError(f"seeds must be in 0..{_MAX_SEED}, got {s}")
+    return items
+
+
+def format_seeds(seeds: Sequence[int]) -> str:
+    """Inverse of :func:`parse_seeds`, compact: ``[1, 2, 3, 7]`` -> ``"1-3,7"``."""
+    parts, i = [], 0
+    seeds = list(seeds)
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(str(seeds[i]) if j == i else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+# ----------------------------------------------------------------------------- latents
+def _b64(t: Tensor) -> dict[str, Any]:
+    a = t.detach().cpu().contiguous()
+    dtype = "int64" if a.dtype == torch.long else "float32"
+    arr = a.numpy().astype(dtype)
+    return {"dtype": dtype, "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def _unb64(d: Mapping[str, Any]) -> Tensor:
+    arr = np.frombuffer(base64.b64decode(d["data"]), dtype=d["dtype"]).reshape(d["shape"])
+    return torch.from_numpy(arr.copy())
+
+
+@dataclass
+class Latent:
+    """Everything a generator needs for ``N`` images (CPU tensors).
+
+    Attributes:
+        z: ``(N, z_dim)`` input latents.
+        labels: ``(N, L)`` class indices (conditional models).
+        codes: ``(N, code_features)`` InfoGAN codes.
+        ws: ``(N, num_ws, w_dim)`` StyleGAN styles, truncation already applied; when set, they
+            are rendered directly and ``z``/``labels`` only document where they came from.
+        labels_to, label_t: blend the label embeddings toward ``labels_to`` by ``label_t``
+            ``(N,)`` (0 = ``labels``, 1 = ``labels_to``): the attribute sliders.
+        truncation: psi used to map ``z`` (StyleGAN: toward ``w_avg``; others: ``z * psi``).
+        noise_seeds: ``(N,)`` seeds of StyleGAN's per-image noise for ``noise_mode="random"``.
+    """
+
+    z: Tensor
+    labels: Tensor | None = None
+    codes: Tensor | None = None
+    ws: Tensor | None = None
+    labels_to: Tensor | None = None
+    label_t: Tensor | None = None
+    truncation: float = 1.0
+    noise_seeds: Tensor | None = None
+
+    _TENSORS = ("z", "labels", "codes", "ws", "labels_to", "label_t", "noise_seeds")
+
+    def __len__(self) -> int:
+        return int(self.z.shape[0])
+
+    def __getitem__(self, idx: int | slice | Sequence[int] | Tensor) -> Latent:
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
+        return self._map(lambda t: t[idx])
+
+    def _map(self, fn: Any) -> Latent:
+        return replace(
+            self, **{k: (None if getattr(self, k) is None else fn(getattr(self, k))) for k in self._TENSORS}
+        )
+
+    def pad_to(self, n: int) -> Latent:
+        """Repeat the last row until there are ``n`` rows (for fixed-size batches)."""
+        m = len(self)
+        if m >= n:
+            return self
+        return self._map(lambda t: torch.cat([t, t[-1:].expand(n - m, *t.shape[1:])]))
+
+    def to(self, device: str | torch.device) -> Latent:
+        return self._map(lambda t: t.to(device))
+
+    def detach(self) -> Latent:
+        return self._map(lambda t: t.detach().cpu().clone())
+
+    @staticmethod
+    def cat(latents: Sequence[Latent]) -> Latent:
+        """Concatenate latents (same fields set, same truncation) along the batch."""
+        first = latents[0]
+        if any(lt.truncation != first.truncation for lt in latents):
+            raise ValueError("cannot concatenate latents with different truncation")
+        kw: dict[str, Any] = {"truncation": first.truncation}
+        for k in Latent._TENSORS:
+            vals = [getattr(lt, k) for lt in latents]
+            if all(v is None for v in vals):
+                kw[k] = None
+            elif any(v is None for v in vals):
+                raise ValueError(f"cannot concatenate latents where only some have {k}")
+            else:
+                kw[k] = torch.cat(vals)
+        return Latent(**kw)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (base64 float32/int64 arrays): exact round trip via :meth:`from_json`."""
+        out: dict[str, Any] = {"truncation": self.truncation}
+        for k in self._TENSORS:
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = _b64(v)
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Latent:
+        kw: dict[str, Any] = {k: _unb64(d[k]) for k in cls._TENSORS if k in d}
+        return cls(truncation=float(d.get("truncation", 1.0)), **kw)
+
+
+# ----------------------------------------------------------------------------- label blending
+def _label_embedding_types() -> tuple[type, ...]:
+    from avatarforge.models import layers, stylegan
+
+    return (layers.LabelEmbedding, stylegan.LabelEmbedding)
+
+
+@contextlib.contextmanager
+def blend_labels(G: nn.Module, labels_to: Tensor | None, t: Tensor | None) -> Iterator[None]:
+    """Within the block, every label embedding of ``G`` outputs ``lerp(emb(labels), emb(labels_to), t)``.
+
+    All families embed labels with a lookup table (cgan: the conditional-BN gains/shifts;
+    dcgan/infogan/VAE: concatenated to ``z``; StyleGAN: concatenated in the mapping
+    network), so blending the looked-up rows is the continuous version of switching the
+    label: ``t=0`` is ``labels``, ``t=1`` exactly ``labels_to`` (the blend is computed as
+    ``a + t * (b - a)`` only for ``0 < t < 1``), values outside ``[0, 1]`` extrapolate.
+    """
+    if labels_to is None or t is None:
+        yield
+        return
+    handles = []
+
+    def hook(mod: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> Tensor:
+        other = mod.forward(labels_to.to(output.device))  # .forward: no hook recursion
+        w = t.to(output.device, output.dtype).view(-1, *([1] * (output.ndim - 1)))
+        mixed = torch.lerp(output, other, w)
+        # Exact endpoints, so a slider at 0 or 1 reproduces the plain label's bytes.
+        mixed = torch.where(w == 0, output, torch.where(w == 1, other, mixed))
+        return mixed
+
+    for m in G.modules():
+        if isinstance(m, _label_embedding_types()):
+            handles.append(m.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _deterministic_kernels() -> Iterator[None]:
+    # cuDNN's autotuner may pick a different algorithm per call; pin it for byte-stable output.
+    prev = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev
+
+
+# ----------------------------------------------------------------------------- output images
+def _parse_colour(colour: str | Sequence[int] | None) -> tuple[int, int, int]:
+    if colour is None:
+        return (255, 255, 255)
+    if isinstance(colour, str):
+        from PIL import ImageColor
+
+        try:
+            rgb = ImageColor.getrgb(colour)
+        except ValueError:
+            raise ValueError(f"unknown colour {colour!r}; use a name (white), #rrggbb or r,g,b") from None
+        return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+    vals = [int(v) for v in colour]
+    if len(vals) < 3 or not all(0 <= v <= 255 for v in vals[:3]):
+        raise ValueError(f"background colour must be three values in 0..255, got {colour!r}")
+    return (vals[0], vals[1], vals[2])
+
+
+def parse_colour(text: str | Sequence[int] | None) -> tuple[int, int, int]:
+    """``"white"``, ``"#ff00aa"``, ``"255,0,170"`` or a triple -> ``(r, g, b)``."""
+    if isinstance(text, str) and re.fullmatch(r"\s*\d+\s*,\s*\d+\s*,\s*\d+\s*", text):
+        return _parse_colour([int(v) for v in text.split(",")])
+    return _parse_colour(text)
+
+
+def composite(images: np.ndarray, background: str | Sequence[int] | None = None) -> np.ndarray:
+    """RGBA ``(..., H, W, 4)`` uint8 over a solid colour -> RGB; RGB passes through."""
+    if images.shape[-1] != 4:
+        return images
+    bg = np.array(parse_colour(background), np.uint16)
+    rgb, a = images[..., :3].astype(np.uint16), images[..., 3:4].astype(np.uint16)
+    return ((rgb * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def _to_output(images: np.ndarray, rgba: bool | None, background: Any) -> np.ndarray:
+    if rgba is None:
+        return images
+    if rgba:
+        if images.shape[-1] == 4:
+            return images
+        alpha = np.full((*images.shape[:-1], 1), 255, np.uint8)
+        return np.concatenate([images, alpha], axis=-1)
+    return composite(images, background)
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass
+class GenerationResult:
+    """Images and everything needed to make them again.
+
+    Attributes:
+        images: ``(N, H, W, C)`` uint8 (C = 4 for RGBA output).
+        latent: the :class:`Latent` of every image (StyleGAN: ``ws`` filled in).
+        params: options shared by all images (``kind``, ``truncation``, ``noise_mode``,
+            ``batch_size``, ``rgba``, ``background``, the model's identity, ...).
+        items: per-image parameters (``seed``, resolved ``attrs`` and ``codes``, ...).
+        store_latent: record the exact latent in the metadata (needed when the image cannot
+            be re-derived from a seed: variations, inversions, edits).
+    """
+
+    images: np.ndarray
+    latent: Latent
+    params: dict[str, Any]
+    items: list[dict[str, Any]] = field(default_factory=list)
+    store_latent: bool = False
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def record(self, i: int) -> dict[str, Any]:
+        """The metadata of image ``i``: shared params + its own + (if stored) its latent."""
+        from avatarforge import __version__
+
+        rec = {"avatarforge_version": __version__, **self.params, **(self.items[i] if self.items else {})}
+        if self.store_latent:
+            rec["latent"] = self.latent[i].to_json()
+        return rec
+
+    def names(self, prefix: str | None = None) -> list[str]:
+        """File stems: ``seed0042`` for seeded images, else ``{prefix}{i:04d}``."""
+        out = []
+        for i in range(len(self)):
+            seed = self.items[i].get("seed") if self.items else None
+            if seed is not None and prefix is None:
+                out.append(f"seed{seed:04d}")
+            else:
+                out.append(f"{prefix or self.params.get('kind', 'image')}{i:04d}")
+        return out
+
+    def grid(self, nrow: int | None = None, checker: bool = True) -> np.ndarray:
+        """All images tiled into one; RGBA on a checkerboard unless ``checker=False``."""
+        return make_grid(self.images, nrow=nrow, alpha_backdrop="checker" if checker else "keep")
+
+    def save(
+        self,
+        out_dir: str | os.PathLike,
+        format: str = "png",
+        grid: bool = False,
+        prefix: str | None = None,
+        nrow: int | None = None,
+    ) -> list[Path]:
+        """Write every image (``png`` or lossless ``webp``) with its metadata; returns the paths.
+
+        ``grid=True`` also writes ``grid.png`` (no metadata: it is not one generation).
+        """
+        from avatarforge.generate.metadata import save_with_metadata
+        from avatarforge.imageio import save_image
+
+        fmt = format.lower().lstrip(".")
+        if fmt not in ("png", "webp"):
+            raise ValueError(f"format must be png or webp, got {format!r}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [
+            save_with_metadata(out / f"{name}.{fmt}", self.images[i], self.record(i))
+            for i, name in enumerate(self.names(prefix))
+        ]
+        if grid:
+            paths.append(save_image(out / "grid.png", self.grid(nrow)))
+        return paths
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_sha256(module: nn.Module) -> str:
+    """sha256 of ``module``'s weights as :meth:`ConfigModule.save_pretrained` writes them.
+
+    Equal to the hash of the saved ``model.safetensors`` file, so an in-memory model and its
+    file have the same identity.
+    """
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    return hashlib.sha256(save(state)).hexdigest()
+
+
+_GAN_PREFIX = {"ema": "g_ema_", "g_ema": "g_ema_", "g": "g_"}
+
+
+def _resolve_checkpoint(path: Path, prefix: str) -> Path:
+    from avatarforge.train.checkpoint import find_checkpoint
+
+    return path if (path / f"{prefix}config.json").is_file() else find_checkpoint(path)
+
+
+class GeneratorPipeline:
+    """A generator ready for sampling: seeds in, uint8 images (+ their latents) out.
+
+    Build it with :meth:`from_pretrained` (a run directory or checkpoint, GAN or VAE) or
+    directly from a module following the GAN interface.
+
+    Args:
+        G: the generator (``G(z, labels, codes, truncation_psi)``, ``sample_z``, ...).
+        labels: what the labels mean (default: indices only, see :func:`model_labels`).
+        model_sha256: content hash of the weights file (default: computed from ``G``'s
+            weights, equal to the hash of the file ``save_pretrained`` writes).
+        source: the run directory / checkpoint it was loaded from (recorded in metadata).
+        which: ``"ema"`` or ``"g"`` (recorded).
+        vae: the whole VAE when ``G`` is its decoder (inversion then uses its encoder).
+        batch_size: images per forward pass; part of the reproducibility contract (see the
+            module docstring).
+    """
+
+    def __init__(
+        self,
+        G: nn.Module,
+        *,
+        labels: LabelInfo | None = None,
+        model_sha256: str | None = None,
+        model_file: str | None = None,
+        source: str | os.PathLike | None = None,
+        which: str = "ema",
+        vae: nn.Module | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.G = G.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False) if vae is not None else None
+        self.labels = labels if labels is not None else model_labels(G)
+        self.model_sha256 = model_sha256 or state_sha256(vae if vae is not None else G)
+        self.model_file = model_file
+        self.source = str(source) if source is not None else None
+        self.which = which
+        self.batch_size = int(batch_size)
+        self.device = next(G.parameters()).device
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        which: str = "ema",
+        device: str | torch.device = "cpu",
+        batch_size: int = DEFAULT_BATCH,
+    ) -> GeneratorPipeline:
+        """Load from a run directory, its ``checkpoints`` directory or one checkpoint.
+
+        ``which``: ``"ema"`` (the EMA generator, or a VAE's EMA weights when kept) or ``"g"``.
+        """
+        from avatarforge.train.loading import is_vae_checkpoint, load_network, load_vae
+
+        p = Path(path)
+        if which not in _GAN_PREFIX:
+            raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
+        if is_vae_checkpoint(p):
+            ckpt = _resolve_checkpoint(p, "vae_")
+            prefix = "vae_ema_" if which != "g" and (ckpt / "vae_ema_config.json").is_file() else "vae_"
+            vae = load_vae(ckpt, which="ema" if prefix == "vae_ema_" else "vae", device=device)
+            G: nn.Module = vae.decoder
+            labels = LabelInfo(
+                tuple(vae.label_names)
+                if vae.label_names
+                else tuple(f"label{i}" for i in range(len(vae.label_dims))),
+                tuple(tuple(v) for v in vae.label_values)
+                if vae.label_values
+                else tuple(() for _ in vae.label_dims),
+                tuple(vae.label_dims),
+                "model config",
+            )
+        else:
+            prefix = _GAN_PREFIX[which]
+            ckpt = _resolve_checkpoint(p, prefix)
+            G = load_network(ckpt, which=which, device=device)
+            vae = None
+            labels = model_labels(G, p, ckpt)
+        weights = ckpt / f"{prefix}model.safetensors"
+        return cls(
+            G,
+            labels=labels,
+            model_sha256=_file_sha256(weights),
+            model_file=weights.name,
+            source=p.resolve(),
+            which=which,
+            vae=vae,
+            batch_size=batch_size,
+        )
+
+    def to(self, device: str | torch.device) -> GeneratorPipeline:
+        """Move the model to ``device`` (latents stay on the CPU); returns ``self``."""
+        self.device = torch.device(device)
+        self.G.to(self.device)
+        if self.vae is not None:
+            self.vae.to(self.device)
+        return self
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def family(self) -> str:
+        """Registry name: ``dcgan``, ``cgan``, ``infogan``, ``stylegan``; ``vae`` for a decoder."""
+        if self.vae is not None:
+            return str(getattr(self.vae, "registry_name", "vae") or "vae")
+        return str(getattr(self.G, "registry_name", "") or type(self.G).__name__)
+
+    @property
+    def is_stylegan(self) -> bool:
+        """True when the generator has a mapping/synthesis split (a w space)."""
+        return hasattr(self.G, "mapping") and hasattr(self.G, "synthesis")
+
+    @property
+    def resolution(self) -> int:
+        return int(self.G.resolution)
+
+    @property
+    def channels(self) -> int:
+        return int(self.G.channels)
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.G.z_dim)
+
+    @property
+    def label_dims(self) -> list[int]:
+        return list(getattr(self.G, "label_dims", []) or [])
+
+    @property
+    def code_dims(self) -> dict[str, Any]:
+        return dict(getattr(self.G, "code_dims", None) or {"categorical": [], "continuous": 0})
+
+    @property
+    def has_codes(self) -> bool:
+        return code_columns(self.code_dims).width > 0
+
+    @property
+    def num_ws(self) -> int:
+        """StyleGAN: number of style vectors (0 for other families)."""
+        return int(getattr(self.G, "num_ws", 0))
+
+    def model_info(self) -> dict[str, Any]:
+        """The model's identity as recorded in metadata."""
+        return {
+            "sha256": self.model_sha256,
+            "file": self.model_file,
+            "path": self.source,
+            "which": self.which,
+            "family": self.family,
+            "resolution": self.resolution,
+            "channels": self.channels,
+        }
+
+    # ------------------------------------------------------------------ latents
+    def latents(
+        self,
+        seeds: str | int | Sequence[int],
+        attrs: Mapping[str, Any] | str | None = None,
+        codes: Mapping[str, Any] | str | None = None,
+        truncation: float = 1.0,
+    ) -> Latent:
+        """Per-seed latents: ``z``, InfoGAN codes and labels from ``torch.Generator(seed)``.
+
+        ``attrs`` fix label values (the rest are random per seed); ``codes`` fix code
+        entries (``{"c0": 0.5, "cat0": 2}``).
+        """
+        seed_list = parse_seeds(seeds)
+        label_row = encode_attrs(self.labels, parse_assignments(attrs))
+        code_vals = encode_codes(self.code_dims, parse_assignments(codes, "--codes"))
+        zs, cs, ls = [], [], []
+        for s in seed_list:
+            g = torch.Generator().manual_seed(s)
+            zs.append(self.G.sample_z(1, generator=g, device="cpu"))
+            if self.has_codes:
+                cs.append(self.G.sample_codes(1, generator=g, device="cpu"))
+            if self.label_dims:
+                drawn = [int(torch.randint(k, (1,), generator=g)) for k in self.label_dims]
+                ls.append([d if want is None else want for d, want in zip(drawn, label_row)])
+        return Latent(
+            z=torch.cat(zs).float(),
+            labels=torch.tensor(ls, dtype=torch.long) if ls else None,
+            codes=apply_codes(torch.cat(cs).float(), self.code_dims, code_vals) if cs else None,
+            truncation=float(truncation),
+            noise_seeds=torch.tensor(seed_list, dtype=torch.long),
+        )
+
+    def random_latents(
+        self, n: int, seed: int = 0, like: Latent | None = None, truncation: float | None = None
+    ) -> Latent:
+        """``n`` latents drawn together from one ``torch.Generator(seed)``.
+
+        With ``like`` (one latent), its labels, codes and truncation are kept and only ``z``
+        is new: random samples "of the same kind".
+        """
+        g = torch.Generator().manual_seed(int(seed))
+        z = self.G.sample_z(n, generator=g, device="cpu").float()
+        if like is not None:
+            src = like[0]
+            rep = src._map(lambda t: t.expand(n, *t.shape[1:]).clone())
+            return replace(
+                rep, z=z, ws=None, truncation=src.truncation if truncation is None else float(truncation)
+            )
+        codes = self.G.sample_codes(n, generator=g, device="cpu").float() if self.has_codes else None
+        labels = (
+            torch.stack([torch.randint(k, (n,), generator=g) for k in self.label_dims], 1)
+            if self.label_dims
+            else None
+        )
+        return Latent(
+            z=z, labels=labels, codes=codes, truncation=1.0 if truncation is None else float(truncation)
+        )
+
+    # ------------------------------------------------------------------ forward passes
+    def _forward(self, latent: Latent, noise_mode: str = "const", noise_generator: Any = None) -> Tensor:
+        """One forward pass (gradients flow when enabled): ``(N, C, H, W)`` in [-1, 1]."""
+        dev = self.device
+        lat = latent.to(dev)
+        if self.is_stylegan:
+            ws = lat.ws if lat.ws is not None else self._map_tensor(lat)
+            return self.G.synthesis(ws, noise_mode=noise_mode, generator=noise_generator)
+        with blend_labels(self.G, lat.labels_to, lat.label_t):
+            return self.G(lat.z, labels=lat.labels, codes=lat.codes, truncation_psi=lat.truncation)
+
+    def _map_tensor(self, lat: Latent) -> Tensor:
+        with blend_labels(self.G, lat.labels_to, lat.label_t):
+            return self.G.mapping(lat.z, lat.labels, truncation_psi=lat.truncation, update_w_avg=False)
+
+    def synthesize(self, latent: Latent, noise_mode: str = "const") -> Tensor:
+        """Differentiable forward pass in one batch (used by inversion): float images in [-1, 1]."""
+        return self._forward(latent, noise_mode)
+
+    def _chunks(self, latent: Latent) -> Iterator[tuple[int, Latent]]:
+        b = self.batch_size
+        for s in range(0, len(latent), b):
+            part = latent[s : s + b]
+            yield len(part), part.pad_to(b)
+
+    @torch.no_grad()
+    def map(self, latent: Latent) -> Latent:
+        """StyleGAN: a copy of ``latent`` with ``ws`` computed (if missing); others: unchanged."""
+        if not self.is_stylegan or latent.ws is not None:
+            return latent
+        with _deterministic_kernels():
+            ws = [
+                self._map_tensor(part.to(self.device))[:m].float().cpu() for m, part in self._chunks(latent)
+            ]
+        return replace(latent, ws=torch.cat(ws))
+
+    @torch.no_grad()
+    def render_float(self, latent: Latent, noise_mode: str = "const") -> Tensor:
+        """Float images ``(N, C, H, W)`` in about [-1, 1] on the CPU, batch-invariant."""
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {', '.join(NOISE_MODES)}, got {noise_mode!r}")
+        outs = []
+        with _deterministic_kernels():
+            if noise_mode == "random" and self.is_stylegan:
+                # Per-image noise from the image's own seed: render each image in its own
+                # (padded) batch so the noise does not depend on its neighbours.
+                seeds = (
+                    latent.noise_seeds
+                    if latent.noise_seeds is not None
+                    else torch.zeros(len(latent), dtype=torch.long)
+                )
+                for i in range(len(latent)):
+                    g = torch.Generator().manual_seed(int(seeds[i]) + 0x5EED)
+                    x = self._forward(latent[i].pad_to(self.batch_size), noise_mode, g)
+                    outs.append(x[:1].float().cpu())
+            else:
+                for m, part in self._chunks(latent):
+                    outs.append(self._forward(part, noise_mode)[:m].float().cpu())
+        return torch.cat(outs)
+
+    def render(
+        self,
+        latent: Latent,
+        noise_mode: str = "const",
+        rgba: bool | None = None,
+        background: str | Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """uint8 images ``(N, H, W, C)``.
+
+        ``rgba``: ``None`` keeps the model's channels, ``True`` adds an opaque alpha to RGB
+        output, ``False`` composites RGBA onto ``background`` (default white).
+        """
+        return _to_output(to_uint8(self.render_float(latent, noise_mode)), rgba, background)
+
+    # ------------------------------------------------------------------ one call
+    def __call__(
+        self,
+        seeds: str | int | Sequence[int] | None = None,
+        n: int | None = None,
+        truncation: float = 1.0,
+        attrs: Mapping[str, Any] | str | None = None,
+        codes: Mapping[str, Any] | str | None = None,
+        noise_mode: str = "const",
+        rgba: bool | None = None,
+        background: str | Sequence[int] | None = None,
+    ) -> GenerationResult:
+        """Generate one image per seed (``n`` alone means seeds ``0..n-1``).
+
+        Args:
+            seeds: ``"1-64"``, ``"1,5,9"``, an int or a list.
+            n: number of images when ``seeds`` is not given.
+            truncation: psi (1 = none, 0 = the average image).
+            attrs: fixed attribute values, ``{"hair_color": "pink"}`` or ``"hair_color=pink"``;
+                unspecified labels of a conditional model are random per seed.
+            codes: InfoGAN codes, ``{"c0": 0.8, "cat0": 3}``; the rest are random per seed.
+            noise_mode: StyleGAN noise: ``"const"`` (default), ``"random"`` (per-seed), ``"none"``.
+            rgba, background: output channels, see :meth:`render`.
+        """
+        if seeds is None:
+            if n is None:
+                raise ValueError("give seeds (e.g. '1-16') or n")
+            if n < 1:
+                raise ValueError(f"n must be >= 1, got {n}")
+            seeds = list(range(n))
+        elif n is not None and n != len(parse_seeds(seeds)):
+            raise ValueError("give either seeds or n, not both")
+        seed_list = parse_seeds(seeds)
+        attrs_d = parse_assignments(attrs)
+        codes_d = parse_assignments(codes, "--codes")
+        latent = self.map(self.latents(seed_list, attrs_d, codes_d, truncation))
+        images = self.render(latent, noise_mode, rgba, background)
+        params = self._params(
+            "generate", truncation=float(truncation), noise_mode=noise_mode, rgba=rgba, background=background
+        )
+        params["requested"] = {"attrs": attrs_d, "codes": codes_d}
+        items = [{"seed": s, **self.describe(latent[i])} for i, s in enumerate(seed_list)]
+        return GenerationResult(images, latent, params, items)
+
+    def _params(self, kind: str, **kw: Any) -> dict[str, Any]:
+        bg = kw.pop("background", None)
+        return {
+            "kind": kind,
+            "model": self.model_info(),
+            "batch_size": self.batch_size,
+            "background": list(parse_colour(bg)) if bg is not None else None,
+            **kw,
+        }
+
+    def describe(self, latent: Latent) -> dict[str, Any]:
+        """Readable labels and codes of a one-image latent (what the metadata shows)."""
+        out: dict[str, Any] = {}
+        if latent.labels is not None:
+            out["attrs"] = self.labels.decode(latent.labels[0].tolist())
+        if latent.labels_to is not None and latent.label_t is not None:
+            out["attrs_to"] = self.labels.decode(latent.labels_to[0].tolist())
+            out["label_t"] = float(latent.label_t[0])
+        if latent.codes is not None:
+            cols = code_columns(self.code_dims)
+            row = latent.codes[0]
+            d: dict[str, float] = {}
+            for i, (start, k) in enumerate(cols.categorical):
+                d[f"cat{i}"] = int(row[start : start + k].argmax())
+            for j, c in enumerate(cols.continuous):
+                d[f"c{j}"] = float(row[c])
+            out["codes"] = d
+        return out
