@@ -264,6 +264,15 @@ def render_training_set(
 
 
 # ----------------------------------------------------------------------------- training
+def _cpu_seconds() -> float:
+    """CPU time of this process plus its finished children (the render workers)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _to_input(u8: Tensor) -> Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1]."""
     return u8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
@@ -328,9 +337,11 @@ def _train(
     recipe: AvatarNetRecipe, progress: bool, workers: int | None
 ) -> tuple[AvatarAttributeNet, dict[str, Any]]:
     t0 = time.perf_counter()
+    cpu0 = _cpu_seconds()
     x_train, y_train = render_training_set(recipe, "train", workers)
     x_test, y_test = render_training_set(recipe, "heldout", workers)
     t_render = time.perf_counter() - t0
+    cpu_render = _cpu_seconds() - cpu0
     if progress:
         print(
             f"avatar net: rendered {len(x_train) + len(x_test)} avatars in {t_render:.1f} s", file=sys.stderr
@@ -347,7 +358,7 @@ def _train(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.2)
     g = torch.Generator().manual_seed(recipe.seed + 1)
     net.train()
-    t1 = time.perf_counter()
+    t1, cpu1 = time.perf_counter(), time.process_time()
     for step in range(steps):
         idx = torch.randint(n, (recipe.batch_size,), generator=g)
         x = _to_input(X[idx])  # (B, 3, S, S)
@@ -362,7 +373,7 @@ def _train(
         sched.step()
         if progress and (step + 1) % max(1, steps // 5) == 0:
             print(f"avatar net: step {step + 1}/{steps} loss {loss.item():.3f}", file=sys.stderr)
-    t_train = time.perf_counter() - t1
+    t_train, cpu_train = time.perf_counter() - t1, time.process_time() - cpu1
     net.eval().requires_grad_(False)
     report = evaluate_avatar_net(net, x_test, y_test)
     with torch.no_grad():
@@ -379,6 +390,10 @@ def _train(
             "recipe_hash": recipe.hash(),
             "render_seconds": round(t_render, 2),
             "train_seconds": round(t_train, 2),
+            # CPU seconds: what the wall time would be on an idle machine (training uses one
+            # thread; rendering is summed over the worker processes).
+            "render_cpu_seconds": round(cpu_render, 2),
+            "train_cpu_seconds": round(cpu_train, 2),
             "total_seconds": round(time.perf_counter() - t0, 2),
             "steps": steps,
             "torch_version": torch.__version__,

@@ -234,6 +234,14 @@ class Evaluator:
     def _build_extractor(self, spec: str | FeatureExtractor, weights: str | Path | None) -> FeatureExtractor:
         if isinstance(spec, FeatureExtractor):
             return spec.to(self.device)
+        if spec == "auto":
+            from avatarforge.eval.inception import default_weights_path
+
+            spec = "inception" if weights is not None or default_weights_path().is_file() else "avatar"
+            if spec == "avatar":
+                self.notes.append(
+                    f"extractor 'auto': no Inception weights at {default_weights_path()}, used the avatar extractor"
+                )
         kwargs: dict[str, Any] = {}
         if spec == "avatar":
             kwargs = {"cache_dir": self.cache_dir, "progress": self.progress}
@@ -601,7 +609,8 @@ def evaluate(
         metrics: names from :func:`avatarforge.eval.metrics.list_metrics` (``fid``, ``kid``,
             ``pr``, ``swd``, ``attr``, ``recon``) or a comma-separated string.
         extractor: ``"inception"`` (standard FID; needs ``weights`` or the file in the cache
-            directory), ``"avatar"`` (no download), another registered name, or an instance.
+            directory), ``"avatar"`` (no download), ``"auto"`` (inception when its weights are
+            found, else avatar), another registered name, or an instance.
         weights: the extractor's weight file (Inception) or directory (avatar).
         n: generated samples (or source images) to use.
         n_ref: reference images to use (default all).
