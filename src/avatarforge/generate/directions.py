@@ -52,6 +52,7 @@ __all__ = [
     "apply_direction",
     "avatar_classifier",
     "code_directions",
+    "find_direction",
     "ganspace_directions",
     "label_directions",
     "load_directions",

@@ -283,7 +283,7 @@ def invert(
         loss = pix(img, xt).mean()
         if ms_ssim_weight:
             loss = loss + ms_ssim_weight * (1 - ms_ssim(img, xt)).mean()
-        val = float(loss)
+        val = float(loss.detach())
         losses.append(val)
         if val < best_val:  # the loss of the latent before this step's update
             best_val, best_var = val, var.detach().clone()

@@ -36,6 +36,8 @@ __all__ = [
     "METADATA_KEY",
     "ModelMismatchError",
     "describe_record",
+    "latent_from_png",
+    "latent_from_record",
     "read_metadata",
     "regenerate_from_png",
     "save_with_metadata",
@@ -155,6 +157,43 @@ def _pipeline_for(record: Mapping[str, Any], model: Any, device: str) -> Any:
     return pipe
 
 
+def latent_from_record(pipe: Any, record: Mapping[str, Any]) -> Any:
+    """The :class:`~avatarforge.generate.pipeline.Latent` an image record describes.
+
+    Seeded generations are re-derived from their parameters (seed, truncation, attrs,
+    codes); everything else carries its exact latent. StyleGAN latents come back mapped.
+    """
+    from avatarforge.generate.pipeline import Latent
+
+    if "latent" in record:
+        return pipe.map(Latent.from_json(record["latent"]))
+    if record.get("kind") == "generate" and "seed" in record:
+        lat = pipe.latents(
+            [int(record["seed"])],
+            record.get("attrs"),
+            record.get("codes"),
+            float(record.get("truncation", 1.0)),
+        )
+        return pipe.map(lat)
+    raise ValueError("the record has neither a seed nor a latent to regenerate from")
+
+
+def latent_from_png(path: str | os.PathLike, pipe: Any) -> Any:
+    """The latent of an image file written by the generation tools, for ``pipe``'s model.
+
+    Raises:
+        ModelMismatchError: the file was made with other weights.
+    """
+    record = read_metadata(path)
+    _pipeline_for(record, pipe, "cpu")  # hash check
+    saved = pipe.batch_size
+    pipe.batch_size = int(record.get("batch_size", saved))
+    try:
+        return latent_from_record(pipe, record)
+    finally:
+        pipe.batch_size = saved
+
+
 def regenerate_from_png(
     path: str | os.PathLike, model: Any = None, device: str = "cpu"
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -170,31 +209,16 @@ def regenerate_from_png(
         ModelMismatchError: the model's weights hash differs from the recorded one.
         ValueError: no record in the file.
     """
-    from avatarforge.generate.pipeline import Latent
-
     record = read_metadata(path)
     pipe = _pipeline_for(record, model, device)
-    saved_batch = pipe.batch_size
-    pipe.batch_size = int(record.get("batch_size", saved_batch))
+    saved = pipe.batch_size
+    # The batch size is part of the recipe: kernels round differently per batch size.
+    pipe.batch_size = int(record.get("batch_size", saved))
     try:
-        kind = record.get("kind")
-        rgba, background = record.get("rgba"), record.get("background")
-        if kind == "generate" and "latent" not in record:
-            out = pipe(
-                seeds=[int(record["seed"])],
-                truncation=float(record.get("truncation", 1.0)),
-                attrs=record.get("attrs"),
-                codes=record.get("codes"),
-                noise_mode=record.get("noise_mode", "const"),
-                rgba=rgba,
-                background=background,
-            )
-            image = out.images[0]
-        elif "latent" in record:
-            latent = Latent.from_json(record["latent"])
-            image = pipe.render(latent, record.get("noise_mode", "const"), rgba, background)[0]
-        else:
-            raise ValueError(f"{path}: the record has neither a seed nor a latent to regenerate from")
+        latent = latent_from_record(pipe, record)
+        image = pipe.render(
+            latent, record.get("noise_mode", "const"), record.get("rgba"), record.get("background")
+        )
     finally:
-        pipe.batch_size = saved_batch
-    return image, record
+        pipe.batch_size = saved
+    return image[0], record
