@@ -127,4 +127,7 @@ def test_cache_is_reused(tmp_path, monkeypatch):
 def test_recipe_hash_changes_with_any_field():
     assert DEFAULT_RECIPE.hash() == A.AvatarNetRecipe().hash()
     assert DEFAULT_RECIPE.hash() != dataclasses.replace(DEFAULT_RECIPE, epochs=2.0).hash()
-    assert DEFAULT_RECIPE.hash() != dataclasses.replace(DEFAULT_RECIPE, version=2).hash()
+    assert (
+        DEFAULT_RECIPE.hash()
+        != dataclasses.replace(DEFAULT_RECIPE, version=DEFAULT_RECIPE.version + 1).hash()
+    )

@@ -210,7 +210,7 @@ def test_swd_resolutions():
 
 
 def test_swd_identical_is_zero_and_grows_with_blur():
-    imgs = procedural_images(32, 64)
+    imgs = procedural_images(24, 64)
     assert swd(imgs, imgs)["swd"] == 0.0
     metric = get_metric("swd")
     real = SWDAccumulator(64, seed=0)
