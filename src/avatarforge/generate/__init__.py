@@ -18,11 +18,17 @@ see docs/generation.md).
 
 Attributes are imported lazily, so ``import avatarforge.generate`` (done by the CLI to build
 its parser) does not import torch.
+
+``variations`` and ``interpolate`` are both functions and submodules; on the package they
+always mean the functions (import other names with ``from avatarforge.generate.variations
+import ...``).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __all__ = [
@@ -90,6 +96,26 @@ _LAZY = {
     "interpolate_main": "avatarforge.generate.cli",
     "personalise_main": "avatarforge.generate.cli",
 }
+
+
+# Function names that are also submodule names.
+_SHADOWED = ("interpolate", "variations")
+
+
+class _Package(types.ModuleType):
+    """Keeps ``avatarforge.generate.variations`` (etc.) the *function* after the submodule loads.
+
+    Importing a submodule makes the import system set it as an attribute of the package,
+    which would replace the function of the same name; this stores the function instead.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType) and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -45,9 +45,13 @@ VIDEO_FORMATS: dict[str, str] = {
 
 
 def lerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
-    """Row-wise linear interpolation: ``a, b (N, ...)``, ``t (N,)`` -> ``(N, ...)``."""
+    """Row-wise linear interpolation: ``a, b (N, ...)``, ``t (N,)`` -> ``(N, ...)``.
+
+    Written as ``(1 - t) a + t b``, which is exact at both ends (``a + t (b - a)`` is not at
+    ``t = 1``), so the first and last frames are the keyframes' images byte for byte.
+    """
     w = t.to(a.dtype).view(-1, *([1] * (a.ndim - 1)))
-    return a + w * (b - a)
+    return (1 - w) * a + w * b
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor, eps: float = 1e-7) -> Tensor:
