@@ -276,7 +276,9 @@ def add_personalise_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     g.add_argument("--code", default=None, help="InfoGAN code slider: c0 or cat0=3")
     s.add_argument("--directions", default=None, help="JSON written by 'edit directions'")
     s.add_argument(
-        "--amounts", default=None, help="comma-separated amounts (default: --steps over the slider range)"
+        "--amounts",
+        default=None,
+        help="comma-separated amounts, e.g. --amounts=-3,0,3 (default: --steps over the slider range)",
     )
     s.add_argument("--steps", type=int, default=7, help="images along the slider (default 7)")
     _add_sampling(s)
@@ -290,7 +292,7 @@ def add_personalise_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     i.add_argument(
         "--space", choices=["auto", "w+", "w", "z"], default="auto", help="latent space (auto: w+ / z)"
     )
-    i.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    i.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
     i.add_argument("--init", choices=["auto", "encoder", "random"], default="auto", help="initialisation")
     i.add_argument(
         "--candidates", type=int, default=64, help="random latents tried to initialise (default 64)"

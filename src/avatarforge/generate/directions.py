@@ -319,10 +319,10 @@ def slide(
     if amounts is None:
         amounts = np.linspace(direction.range[0], direction.range[1], steps).tolist()
     amts = [float(a) for a in amounts]
-    rep = src._map(lambda t: t.expand(len(amts), *t.shape[1:]).clone())
+    rep = src.repeat(len(amts))
     lat = apply_direction(pipe, rep, direction, torch.tensor(amts))
     images = pipe.render(lat, noise_mode, rgba, background)
-    params = pipe._params(
+    params = pipe.record_params(
         "slide",
         direction={k: v for k, v in direction.to_json().items() if k != "vector"},
         truncation=src.truncation,

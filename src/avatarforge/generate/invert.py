@@ -141,7 +141,7 @@ class InversionResult:
 
     def as_result(self, pipe: GeneratorPipeline) -> GenerationResult:
         """A one-image :class:`GenerationResult` (kind ``invert``) that saves with its latent."""
-        params = pipe._params(
+        params = pipe.record_params(
             "invert", noise_mode="const", rgba=None, psnr=self.psnr, ssim=self.ssim, **self.params
         )
         return GenerationResult(
@@ -198,7 +198,7 @@ def invert(
     *,
     steps: int = 300,
     space: str = "auto",
-    lr: float = 0.05,
+    lr: float = 0.1,
     init: str = "auto",
     candidates: int = 64,
     seed: int = 0,
@@ -271,8 +271,8 @@ def invert(
         def make(v: Tensor) -> Latent:
             return replace(start, ws=v if space == "w+" else v.expand(-1, pipe.num_ws, -1))
 
-    init_img = pipe.render_float(start)
-    init_psnr = float(psnr_fn(init_img, x)[0])
+    # Clamped as the uint8 output is: an untrained StyleGAN's linear output strays far outside.
+    init_psnr = float(psnr_fn(pipe.render_float(start).clamp(-1, 1), x)[0])
     opt = torch.optim.Adam([var], lr=lr, betas=(0.9, 0.999))
     losses: list[float] = []
     best_val, best_var = math.inf, var.detach().clone()
@@ -294,7 +294,7 @@ def invert(
             callback(step, val)
     latent = make(best_var).detach()
     # Never return something worse than the start (possible with a too-high lr).
-    if not steps or float(psnr_fn(pipe.render_float(latent), x)[0]) < init_psnr:
+    if not steps or float(psnr_fn(pipe.render_float(latent).clamp(-1, 1), x)[0]) < init_psnr:
         latent = start.detach()
     if pipe.is_stylegan:
         latent = pipe.map(latent)

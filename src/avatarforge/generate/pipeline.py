@@ -174,6 +174,10 @@ class Latent:
             return self
         return self._map(lambda t: torch.cat([t, t[-1:].expand(n - m, *t.shape[1:])]))
 
+    def repeat(self, n: int) -> Latent:
+        """The first row repeated ``n`` times (copies, safe to edit in place)."""
+        return self[0]._map(lambda t: t.expand(n, *t.shape[1:]).clone())
+
     def to(self, device: str | torch.device) -> Latent:
         return self._map(lambda t: t.to(device))
 
@@ -615,7 +619,7 @@ class GeneratorPipeline:
         z = self.G.sample_z(n, generator=g, device="cpu").float()
         if like is not None:
             src = like[0]
-            rep = src._map(lambda t: t.expand(n, *t.shape[1:]).clone())
+            rep = src.repeat(n)
             return replace(
                 rep, z=z, ws=None, truncation=src.truncation if truncation is None else float(truncation)
             )
@@ -740,14 +744,16 @@ class GeneratorPipeline:
         codes_d = parse_assignments(codes, "--codes")
         latent = self.map(self.latents(seed_list, attrs_d, codes_d, truncation))
         images = self.render(latent, noise_mode, rgba, background)
-        params = self._params(
+        params = self.record_params(
             "generate", truncation=float(truncation), noise_mode=noise_mode, rgba=rgba, background=background
         )
         params["requested"] = {"attrs": attrs_d, "codes": codes_d}
         items = [{"seed": s, **self.describe(latent[i])} for i, s in enumerate(seed_list)]
         return GenerationResult(images, latent, params, items)
 
-    def _params(self, kind: str, **kw: Any) -> dict[str, Any]:
+    def record_params(self, kind: str, **kw: Any) -> dict[str, Any]:
+        """Metadata parameters shared by a batch: ``kind``, the model identity, ``batch_size``,
+        ``background`` (normalised to ``[r, g, b]``) and the keyword arguments."""
         bg = kw.pop("background", None)
         return {
             "kind": kind,

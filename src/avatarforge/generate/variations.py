@@ -79,7 +79,7 @@ def variations(
     src, origin = _source(pipe, source, truncation, attrs, codes)
     rand = pipe.map(pipe.random_latents(n, seed, like=src))
     t = torch.full((n,), float(strength))
-    rep = src._map(lambda x: x.expand(n, *x.shape[1:]).clone())
+    rep = src.repeat(n)
     z = slerp(rep.z, rand.z, t)
     if pipe.is_stylegan:
         assert rep.ws is not None and rand.ws is not None
@@ -87,7 +87,7 @@ def variations(
     else:
         lat = replace(rep, z=z)
     images = pipe.render(lat, noise_mode, rgba, background)
-    params = pipe._params(
+    params = pipe.record_params(
         "variation",
         strength=float(strength),
         variation_seed=int(seed),
@@ -151,7 +151,7 @@ def style_mix(
     # The coarse source's other fields document the result (its z, labels, noise seed).
     lat = replace(ca[ci], ws=ws)
     images = pipe.render(lat, noise_mode, rgba, background)
-    params = pipe._params(
+    params = pipe.record_params(
         "mix",
         crossover=int(crossover),
         num_ws=pipe.num_ws,
