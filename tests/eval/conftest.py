@@ -7,6 +7,7 @@ minute on 2 cores) is trained once per session and shared.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +26,26 @@ def eval_cache(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _cache_env(eval_cache, monkeypatch):
     monkeypatch.setenv("AVATARFORGE_CACHE", str(eval_cache))
+    # One intra-op thread: on a shared 2-core machine a second OpenMP thread waiting for a
+    # busy core makes these small tensor ops several times slower, not faster.
     n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
 def avatar_extractor(eval_cache):
-    """The default-recipe avatar extractor, trained once into the session cache."""
+    """The default-recipe avatar extractor, trained once into the session cache.
+
+    Set ``AVATARFORGE_TEST_AVATAR_CACHE=DIR`` to keep the trained net in DIR between test
+    sessions (it is keyed by the recipe hash; bump ``AvatarNetRecipe.version`` when changing
+    the training code, or the old net is reused).
+    """
     from avatarforge.eval.avatar_net import AvatarExtractor
 
-    ext = AvatarExtractor(cache_dir=eval_cache)
+    root = os.environ.get("AVATARFORGE_TEST_AVATAR_CACHE") or eval_cache
+    ext = AvatarExtractor(cache_dir=root)
     print(
         f"\navatar net report: {ext.report.get('accuracy')} "
         f"eye_color_eyes_open={ext.report.get('eye_color_eyes_open')} "

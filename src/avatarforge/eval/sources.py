@@ -22,7 +22,7 @@ import inspect
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -486,10 +486,3 @@ def open_source(
     raise SourceError(
         f"{what} {p} is a file; pass a packed data set, a folder of images, or a run directory/checkpoint"
     )
-
-
-def labels_for_model(source_labels: np.ndarray, schema: Any, names: Sequence[str]) -> torch.Tensor:
-    """``(B, A)`` data set labels -> ``(B, len(names))`` class indices (unknown = num_classes)."""
-    from avatarforge.data.dataset import label_indices
-
-    return label_indices(torch.from_numpy(np.ascontiguousarray(source_labels)), schema, list(names))
