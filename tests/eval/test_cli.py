@@ -100,11 +100,11 @@ def test_missing_inception_weights_say_where_to_put_them(data, tmp_path, monkeyp
     assert "--weights" in err
 
 
-def test_auto_extractor_falls_back_to_avatar(data, avatar_extractor, eval_cache, tmp_path, capsys):
+def test_auto_extractor_falls_back_to_avatar(data, avatar_extractor, tmp_path, capsys):
     _, a, b = data
     out = tmp_path / "r.json"
     args = _args(str(a), "--ref", str(b), "--metrics", "fid", "--out", str(out), "--quiet", "--device", "cpu",
-                 "--cache-dir", str(eval_cache))  # fmt: skip
+                 "--cache-dir", str(avatar_extractor.entry.parent.parent))  # fmt: skip
     assert eval_main(args) == 0
     assert "using the avatar extractor" in capsys.readouterr().err
     res = json.loads(out.read_text())
