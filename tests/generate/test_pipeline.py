@@ -188,3 +188,15 @@ def test_latent_json_round_trip(sg_pipe):
     for k in ("z", "ws", "noise_seeds"):
         assert torch.equal(getattr(lat, k), getattr(back, k))
     assert back.truncation == lat.truncation
+
+
+def test_package_names_are_the_functions():
+    """``invert``, ``interpolate``, ``variations`` are submodules too; the package keeps the functions."""
+    import importlib
+
+    import avatarforge.generate as G
+
+    for name in ("invert", "interpolate", "variations"):
+        importlib.import_module(f"avatarforge.generate.{name}")
+        assert callable(getattr(G, name)), name
+    assert all(hasattr(G, name) for name in G.__all__)

@@ -19,7 +19,7 @@ see docs/generation.md).
 Attributes are imported lazily, so ``import avatarforge.generate`` (done by the CLI to build
 its parser) does not import torch.
 
-``variations`` and ``interpolate`` are both functions and submodules; on the package they
+``variations``, ``interpolate`` and ``invert`` are both functions and submodules; on the package they
 always mean the functions (import other names with ``from avatarforge.generate.variations
 import ...``).
 """
@@ -99,7 +99,7 @@ _LAZY = {
 
 
 # Function names that are also submodule names.
-_SHADOWED = ("interpolate", "variations")
+_SHADOWED = ("interpolate", "invert", "variations")
 
 
 class _Package(types.ModuleType):
