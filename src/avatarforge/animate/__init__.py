@@ -1,1 +1,89 @@
-"""avatarforge.animate"""
+"""Live avatar animation (``avatarforge animate``; see docs/animate.md).
+
+* The network: :class:`ExpressionAnimator` (avatar + expression controls -> the same
+  avatar with that expression; ``prepare(avatar)`` once, ``render(state, controls)`` per
+  frame) and its :class:`AnimatorDiscriminator` -- :mod:`.model`.
+* Training: :class:`AnimatorTrainer`, :func:`build_animator_config`, :func:`load_animator`
+  -- :mod:`.train`, on pairs from the procedural renderer (:class:`PairCache`,
+  :class:`StreamingPairs` -- :mod:`.pairs`); held-out metrics -- :mod:`.metrics`.
+* Real time: :class:`FrameLoop` with critically damped smoothing and
+  :class:`AvatarRenderer` -- :mod:`.loop`; drivers (:class:`IdleDriver`,
+  :class:`ScriptedDriver`, :class:`AudioDriver`, :class:`MicrophoneDriver`,
+  :class:`ManualDriver`, :class:`VMCDriver`) -- :mod:`.drivers`; OSC 1.0 -- :mod:`.osc`.
+* ONNX: :func:`export_onnx` and :class:`OnnxAnimator` (onnxruntime, same API) -- :mod:`.onnx_export`.
+* CLI: :func:`add_animate_arguments`, :func:`animate_main` -- :mod:`.cli`.
+
+Attributes are imported lazily, so ``import avatarforge.animate`` (done by the CLI to build
+its parser) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "CONTROL_NAMES",
+    "NEUTRAL_CONTROLS",
+    "AnimatorConfig",
+    "AnimatorDiscriminator",
+    "AnimatorState",
+    "AnimatorTrainer",
+    "AudioDriver",
+    "AvatarRenderer",
+    "CriticalSmoother",
+    "ExpressionAnimator",
+    "FrameLoop",
+    "IdleDriver",
+    "ManualDriver",
+    "MicrophoneDriver",
+    "OnnxAnimator",
+    "PairCache",
+    "ScriptedDriver",
+    "StreamingPairs",
+    "VMCDriver",
+    "add_animate_arguments",
+    "animate_main",
+    "build_animator_config",
+    "evaluate_animator",
+    "export_onnx",
+    "load_animator",
+]
+
+_LAZY = {
+    "CONTROL_NAMES": "avatarforge.animate.model",
+    "NEUTRAL_CONTROLS": "avatarforge.animate.model",
+    "AnimatorDiscriminator": "avatarforge.animate.model",
+    "AnimatorState": "avatarforge.animate.model",
+    "ExpressionAnimator": "avatarforge.animate.model",
+    "PairCache": "avatarforge.animate.pairs",
+    "StreamingPairs": "avatarforge.animate.pairs",
+    "evaluate_animator": "avatarforge.animate.metrics",
+    "AnimatorConfig": "avatarforge.animate.train",
+    "AnimatorTrainer": "avatarforge.animate.train",
+    "build_animator_config": "avatarforge.animate.train",
+    "load_animator": "avatarforge.animate.train",
+    "AvatarRenderer": "avatarforge.animate.loop",
+    "CriticalSmoother": "avatarforge.animate.loop",
+    "FrameLoop": "avatarforge.animate.loop",
+    "AudioDriver": "avatarforge.animate.drivers",
+    "IdleDriver": "avatarforge.animate.drivers",
+    "ManualDriver": "avatarforge.animate.drivers",
+    "MicrophoneDriver": "avatarforge.animate.drivers",
+    "ScriptedDriver": "avatarforge.animate.drivers",
+    "VMCDriver": "avatarforge.animate.drivers",
+    "OnnxAnimator": "avatarforge.animate.onnx_export",
+    "export_onnx": "avatarforge.animate.onnx_export",
+    "add_animate_arguments": "avatarforge.animate.cli",
+    "animate_main": "avatarforge.animate.cli",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'avatarforge.animate' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,437 @@
+"""The ``avatarforge animate`` command: render an animation, train an animator, export ONNX.
+
+``add_animate_arguments(parser)`` adds the sub-commands to any ``argparse`` parser (the main
+CLI's ``animate`` command); ``animate_main(args)`` runs the chosen one and returns the exit
+code::
+
+    avatarforge animate RUN --avatar IMG_OR_SEED [--script blink,talk] [--audio speech.wav]
+                        [--vmc [HOST:]PORT] [--mic] --out OUT.webp|png|apng|gif|webm|mp4
+                        [--fps 30] [--seconds 5] [--size PX] [--background COLOUR]
+    avatarforge animate train [--minutes M] [--kimg K] [--size 64] [--resume RUN] [KEY=VALUE ...]
+    avatarforge animate export-onnx RUN OUT.onnx [--opset 17] [--no-check]
+
+``animate RUN ...`` is short for ``animate render RUN ...``. ``RUN`` is a run directory (its
+latest checkpoint's EMA animator), a checkpoint, or an exported ``.onnx`` file (then
+onnxruntime renders). Exit codes: 0 done; 2 usage, configuration or input error; 3 training
+diverged.
+
+Building the parser imports nothing heavy; torch is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_animate_arguments", "animate_main", "build_parser", "main"]
+
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
+COMMANDS = ("render", "train", "export-onnx")
+#: Output suffixes written with transparency (by :func:`avatarforge.postprocess.export.save_animation`).
+ALPHA_FORMATS = (".png", ".apng", ".webp", ".gif")
+#: Output suffixes written by OpenCV as video, composited on ``--background`` (no alpha).
+VIDEO_FORMATS = {".webm": "VP80", ".mp4": "mp4v"}
+_OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*=")
+
+
+class AnimateCLIError(Exception):
+    """A user error of ``avatarforge animate`` (printed without a traceback, exit code 2)."""
+
+
+# =============================================================================== parser
+def add_animate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``render`` (the default), ``train`` and ``export-onnx`` to ``parser``."""
+    parser.description = parser.description or (
+        "Animate avatars with a trained expression animator: blinks, talking (from a WAV file or a "
+        "script), VMC face tracking. See docs/animate.md."
+    )
+    sub = parser.add_subparsers(dest="animate_cmd", metavar="{RUN,train,export-onnx}", required=True)
+
+    r = sub.add_parser(
+        "render",
+        help="render an animation (the default: 'animate RUN ...' = 'animate render RUN ...')",
+        description="Animate one avatar with RUN's animator and write an animation file. APNG (.png/.apng) "
+        "and WebP keep 8-bit transparency, GIF binary transparency; .webm/.mp4 video has no alpha "
+        "channel here (OpenCV), so frames are composited on --background.",
+    )
+    r.add_argument("run", metavar="RUN", help="run directory, checkpoint, or exported .onnx file")
+    r.add_argument(
+        "--avatar",
+        required=True,
+        metavar="IMG_OR_SEED",
+        help="an image file (PNG with alpha works best) or an integer seed of a procedural avatar",
+    )
+    r.add_argument(
+        "--out", required=True, metavar="OUT", help="output: .webp .png .apng .gif (alpha) or .webm .mp4"
+    )
+    r.add_argument(
+        "--script",
+        metavar="ACTIONS",
+        help="comma-separated actions: idle, blink, sway, talk, smile, look, nod (default: idle, "
+        "or blink when --audio/--vmc/--mic drive the rest)",
+    )
+    r.add_argument("--audio", metavar="WAV", help="PCM WAV file whose loudness opens the mouth")
+    r.add_argument(
+        "--vmc",
+        nargs="?",
+        const="127.0.0.1:39539",
+        metavar="[HOST:]PORT",
+        help="receive VMC protocol (OSC/UDP) face tracking, default 127.0.0.1:39539; frames are paced in real time",
+    )
+    r.add_argument("--vmc-mirror", action="store_true", help="mirror VMC head yaw and tilt")
+    r.add_argument(
+        "--mic", action="store_true", help="microphone loudness opens the mouth (needs sounddevice)"
+    )
+    r.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")
+    r.add_argument(
+        "--seconds", type=float, default=None, help="length (default: the audio's length, else 5 s)"
+    )
+    r.add_argument("--size", type=int, default=None, help="output size in pixels (default: the animator's)")
+    r.add_argument(
+        "--background",
+        default="white",
+        metavar="COLOUR",
+        help="video only: colour behind the avatar (default white; '#00ff00' for chroma key)",
+    )
+    r.add_argument("--seed", type=int, default=0, help="seed of the scripted actions (default 0)")
+    r.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    r.add_argument("--threads", type=int, default=None, help="torch / onnxruntime threads")
+    r.set_defaults(animate_func=_cmd_render)
+
+    t = sub.add_parser(
+        "train",
+        help="train an expression animator on procedural pairs",
+        description="Train the expression animator on pairs rendered by the procedural renderer. Runs go to "
+        "RUNS/NNNNN-animator-<size>/. Config keys (KEY=VALUE): see docs/animate.md or --dry-run.",
+    )
+    t.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. batch_size=32 optim.lr=5e-4"
+    )
+    t.add_argument("--minutes", type=float, metavar="M", help="stop after M minutes (this session)")
+    t.add_argument("--kimg", type=float, metavar="K", help="stop after K thousand pairs")
+    t.add_argument("--size", type=int, metavar="PX", help="training resolution (data.size, default 64)")
+    t.add_argument("--workers", type=int, metavar="N", help="render processes for the pair cache / stream")
+    t.add_argument("--resume", metavar="RUN", help="continue a run (its config and latest checkpoint)")
+    t.add_argument("--config", metavar="FILE.yaml", help="YAML config file")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
+    t.add_argument("--runs-dir", metavar="DIR", help="where run directories are created (default: runs)")
+    t.add_argument("--desc", metavar="TEXT", help="run directory suffix (default: animator-<size>)")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config (YAML) and exit")
+    t.set_defaults(animate_func=_cmd_train)
+    _install_override_normalizer(t)
+
+    e = sub.add_parser(
+        "export-onnx",
+        help="export a trained animator to ONNX (render + prepare graphs)",
+        description="Write OUT.onnx (per-frame render graph) and OUT.prepare.onnx (once-per-avatar graph) and "
+        "check them against torch with onnxruntime. Needs: pip install onnx onnxruntime.",
+    )
+    e.add_argument("run", metavar="RUN", help="run directory or checkpoint")
+    e.add_argument("out", metavar="OUT.onnx", help="the render graph's path")
+    e.add_argument("--which", choices=["ema", "g"], default="ema", help="EMA (default) or raw weights")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16, default 17)")
+    e.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs torch check")
+    e.set_defaults(animate_func=_cmd_export)
+
+    _install_default_command(parser)
+    return parser
+
+
+def _install_default_command(parser: argparse.ArgumentParser) -> None:
+    """``animate RUN ...`` -> ``animate render RUN ...`` (when the first token is no command)."""
+    original = parser.parse_known_args
+
+    def parse_known_args(args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        first = next((i for i, tok in enumerate(argv) if not tok.startswith("-")), None)
+        if (
+            first is not None
+            and argv[first] not in COMMANDS
+            and not any(tok in ("-h", "--help") for tok in argv[:first])
+        ):
+            argv.insert(first, "render")
+        return original(argv, namespace)
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def _install_override_normalizer(parser: argparse.ArgumentParser) -> None:
+    """Let ``train`` take ``--a.b=c`` / ``--a.b c`` overrides anywhere among the flags."""
+    original = parser.parse_known_args
+
+    def parse_known_args(args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        known = {s for act in parser._actions for s in act.option_strings}
+        takes_value = {s for act in parser._actions for s in act.option_strings if act.nargs != 0}
+        flags: list[str] = []
+        rest: list[str] = []
+        i = 0
+        while i < len(argv):
+            tok = argv[i]
+            name = tok.split("=", 1)[0]
+            if tok in takes_value and i + 1 < len(argv):
+                flags += [tok, argv[i + 1]]
+                i += 2
+                continue
+            if tok.startswith("--") and name not in known and "." in name:
+                if "=" in tok:
+                    rest.append(tok[2:])
+                elif i + 1 < len(argv):
+                    rest.append(f"{tok[2:]}={argv[i + 1]}")
+                    i += 1
+                else:
+                    rest.append(tok[2:])
+            elif tok.startswith("-"):
+                flags.append(tok)
+            else:
+                rest.append(tok)
+            i += 1
+        return original([*flags, *rest], namespace)
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A standalone ``avatarforge animate`` parser (tests, ``python -m avatarforge.animate.cli``)."""
+    return add_animate_arguments(argparse.ArgumentParser(prog="avatarforge animate"))
+
+
+# =============================================================================== helpers
+def load_any_animator(run: str, device: str = "cpu", threads: int | None = None) -> Any:
+    """An :class:`ExpressionAnimator` from a run/checkpoint, or an :class:`OnnxAnimator` for ``.onnx``."""
+    if run.lower().endswith(".onnx"):
+        from avatarforge.animate.onnx_export import OnnxAnimator
+
+        return OnnxAnimator(run, threads=threads)
+    from avatarforge.animate.train import load_animator
+
+    return load_animator(run, device=device)
+
+
+def load_avatar(spec: str, size: int) -> Any:
+    """``--avatar``: an image file, or an integer seed of a procedural avatar rendered at ``size``."""
+    import numpy as np
+
+    p = Path(spec)
+    if p.is_file():
+        from avatarforge.data.imagefile import ImageRejected, load_image
+
+        try:
+            return np.asarray(load_image(p))
+        except ImageRejected as e:
+            raise AnimateCLIError(f"--avatar {spec}: {e.message}") from None
+    if re.fullmatch(r"\d+", spec.strip()):
+        from avatarforge.data.procedural import render_avatar
+
+        return render_avatar(int(spec), max(32, min(512, size)))
+    raise AnimateCLIError(f"--avatar {spec!r} is neither an image file nor an integer seed")
+
+
+def _resize_frames(frames: list[Any], size: int) -> list[Any]:
+    import numpy as np
+    from PIL import Image
+
+    if frames[0].shape[0] == size:
+        return frames
+    # Pillow resizes RGBA in premultiplied alpha, so edges do not pick up the black of
+    # transparent pixels.
+    return [
+        np.asarray(Image.fromarray(f, "RGBA").resize((size, size), Image.Resampling.LANCZOS)) for f in frames
+    ]
+
+
+def write_video(path: Path, frames: list[Any], fps: float, background: tuple[int, int, int]) -> Path:
+    """Write frames as .webm (VP8) or .mp4 (MPEG-4 part 2) with OpenCV, composited on ``background``.
+
+    OpenCV's writer has no alpha channel, so transparency is flattened onto a colour; use
+    APNG or WebP output to keep it.
+    """
+    import cv2
+    import numpy as np
+
+    codec = VIDEO_FORMATS[path.suffix.lower()]
+    h, w = frames[0].shape[:2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (w, h))
+    if not writer.isOpened():
+        raise AnimateCLIError(
+            f"OpenCV cannot write {path.suffix} ({codec}) video here; write .webp or .png (APNG) instead"
+        )
+    bg = np.array(background, np.float32)
+    try:
+        for f in frames:
+            a = f[..., 3:4].astype(np.float32) / 255.0
+            rgb = f[..., :3].astype(np.float32) * a + bg * (1 - a)
+            writer.write(cv2.cvtColor(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    tmp.replace(path)
+    return path
+
+
+# =============================================================================== render
+def _cmd_render(a: argparse.Namespace) -> int:
+    from avatarforge.animate.drivers import AudioDriver, MicrophoneDriver, ScriptedDriver, VMCDriver
+    from avatarforge.animate.loop import AvatarRenderer, FrameLoop
+
+    out = Path(a.out)
+    suffix = out.suffix.lower()
+    if suffix not in ALPHA_FORMATS and suffix not in VIDEO_FORMATS:
+        raise AnimateCLIError(
+            f"--out {out.name}: unknown format; use .webp, .png/.apng, .gif (with transparency) or .webm/.mp4"
+        )
+    if not 0 < a.fps <= 100:
+        raise AnimateCLIError(f"--fps must be in (0, 100], got {a.fps}")
+    if a.size is not None and not 16 <= a.size <= 2048:
+        raise AnimateCLIError(f"--size must be from 16 to 2048, got {a.size}")
+    background = (255, 255, 255)
+    if suffix in VIDEO_FORMATS:
+        from avatarforge.data.imagefile import parse_color
+
+        background = parse_color(a.background)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+
+    animator = load_any_animator(a.run, a.device, a.threads)
+    avatar = load_avatar(a.avatar, animator.resolution)
+    drivers: list[Any] = []
+    live = bool(a.vmc or a.mic)
+    script = a.script or ("blink" if (a.audio or live) else "idle")
+    try:
+        drivers.append(ScriptedDriver(script, seed=a.seed))
+        audio = AudioDriver(a.audio) if a.audio else None
+        if audio is not None:
+            drivers.append(audio)
+        if a.mic:
+            drivers.append(MicrophoneDriver())
+        if a.vmc:
+            host, _, port = a.vmc.rpartition(":")
+            try:
+                vmc = VMCDriver(host or "127.0.0.1", int(port), mirror=a.vmc_mirror)
+            except ValueError:
+                raise AnimateCLIError(
+                    f"--vmc {a.vmc!r}: expected [HOST:]PORT, e.g. 127.0.0.1:39539"
+                ) from None
+            drivers.append(vmc)
+            print(f"listening for VMC on {vmc.host}:{vmc.port}", file=sys.stderr)
+        seconds = a.seconds if a.seconds is not None else (audio.duration if audio is not None else 5.0)
+        if not 0 < seconds <= 3600:
+            raise AnimateCLIError(f"--seconds must be in (0, 3600], got {seconds}")
+        loop = FrameLoop(AvatarRenderer(animator, avatar), drivers, fps=a.fps, realtime=live)
+        frames = loop.collect(seconds=seconds)
+    finally:
+        for d in drivers:
+            d.close()
+    if a.size is not None:
+        frames = _resize_frames(frames, a.size)
+    if suffix in VIDEO_FORMATS:
+        path = write_video(out, frames, a.fps, background)
+        print(
+            f"note: {suffix} video has no alpha channel here: composited on {a.background} "
+            "(write .webp or .png for transparency)",
+            file=sys.stderr,
+        )
+    else:
+        from avatarforge.postprocess.export import save_animation
+
+        path = save_animation(out, frames, fps=a.fps)
+    s = loop.stats.summary()
+    print(
+        f"wrote {path} ({len(frames)} frames, {frames[0].shape[1]} px, {a.fps:g} fps; render "
+        f"p50 {s['render_ms_p50']:.1f} ms, p99 {s['render_ms_p99']:.1f} ms)"
+    )
+    return EXIT_OK
+
+
+# =============================================================================== train
+def _cmd_train(a: argparse.Namespace) -> int:
+    from avatarforge.animate.train import AnimatorTrainer, build_animator_config
+    from avatarforge.config import ConfigError, parse_overrides, to_yaml
+
+    bad = [t for t in a.overrides if not _OVERRIDE_RE.match(t)]
+    if bad:
+        raise ConfigError(f"animate train takes KEY=VALUE overrides, got {' '.join(bad)}")
+    overrides = parse_overrides(a.overrides)
+    cli: dict[str, Any] = {}
+    if a.minutes is not None:
+        cli["minutes"] = a.minutes
+    if a.kimg is not None:
+        cli["kimg"] = a.kimg
+    if a.size is not None:
+        cli.setdefault("data", {})["size"] = a.size
+    if a.workers is not None:
+        cli.setdefault("data", {})["workers"] = a.workers
+    for key in ("device", "runs_dir", "desc"):
+        if getattr(a, key, None):
+            cli[key] = getattr(a, key)
+    config_file = a.config
+    if a.resume:
+        from avatarforge.train.checkpoint import find_checkpoint
+
+        saved = find_checkpoint(a.resume).parent.parent / "config.yaml"
+        if config_file is None and saved.is_file():
+            config_file = saved
+    cfg = build_animator_config(
+        config_file=config_file, cli=cli, overrides=[f"{k}={v}" for k, v in overrides]
+    )
+    if a.dry_run:
+        print(to_yaml(cfg), end="")
+        return EXIT_OK
+    AnimatorTrainer(cfg, resume=a.resume).fit()
+    return EXIT_OK
+
+
+# =============================================================================== export
+def _cmd_export(a: argparse.Namespace) -> int:
+    from avatarforge.animate.onnx_export import export_onnx
+    from avatarforge.animate.train import load_animator
+
+    animator = load_animator(a.run, which=a.which)
+    render_path, prepare_path = export_onnx(animator, a.out, opset=a.opset, check=not a.no_check)
+    checked = "" if a.no_check else " (checked against torch with onnxruntime)"
+    print(f"wrote {render_path} (per frame) and {prepare_path} (per avatar){checked}")
+    return EXIT_OK
+
+
+# =============================================================================== entry points
+def animate_main(args: argparse.Namespace) -> int:
+    """Run the ``avatarforge animate`` sub-command in ``args``; returns the process exit code."""
+    from avatarforge.config import ConfigError
+    from avatarforge.train.guard import TrainingDiverged
+    from avatarforge.train.metrics_log import MissingDependencyError
+
+    try:
+        return int(args.animate_func(args))
+    except (
+        AnimateCLIError,
+        ConfigError,
+        MissingDependencyError,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+    ) as e:
+        # User errors carry messages that name the problem and the fix: no traceback.
+        print(f"avatarforge animate: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyError as e:
+        print(f"avatarforge animate: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as e:
+        print(f"avatarforge animate: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m avatarforge.animate.cli ...`` (the same as ``avatarforge animate ...``)."""
+    return animate_main(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
