@@ -83,3 +83,18 @@ def test_plain_images_have_no_record(tmp_path):
     Image.new("RGB", (8, 8)).save(p)
     with pytest.raises(ValueError, match="no avatarforge generation metadata"):
         read_metadata(p)
+
+
+def test_thread_count_is_part_of_the_recipe(sg_pipe, tmp_path):
+    """StyleGAN's CPU rounding follows the thread count: it is recorded and restored."""
+    import torch
+
+    torch.set_num_threads(2)
+    out = sg_pipe(seeds="1-3")
+    paths = out.save(tmp_path)
+    torch.set_num_threads(1)
+    rec = read_metadata(paths[1])
+    assert rec["threads"] == 2
+    image, _ = regenerate_from_png(paths[1], model=sg_pipe)
+    assert image.tobytes() == out.images[1].tobytes()
+    assert torch.get_num_threads() == 1  # restored

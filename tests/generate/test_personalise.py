@@ -154,11 +154,13 @@ def test_naming_a_label_slider_with_the_pixel_reader(cgan_pipe, hair_data):
 
 
 @pytest.mark.slow
-def test_label_slider_with_the_avatar_classifier(cgan_pipe):
-    """The same, read by the eval avatar net (trained on first use, ~1 min)."""
+def test_label_slider_with_the_avatar_classifier(cgan_pipe, tmp_path, monkeypatch):
+    """The same, read by the eval avatar net (trained into a temporary cache, ~1-3 min)."""
+    from avatarforge.eval.avatar_net import AvatarExtractor
     from avatarforge.generate.directions import avatar_classifier
 
-    clf = avatar_classifier()
+    monkeypatch.setenv("AVATARFORGE_CACHE", str(tmp_path))
+    clf = avatar_classifier(AvatarExtractor(cache_dir=tmp_path))
     up = []
     for c in HAIR:
         d = find_direction(label_directions(cgan_pipe), f"hair_color={c}")

@@ -18,11 +18,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, unescape
@@ -157,6 +158,27 @@ def _pipeline_for(record: Mapping[str, Any], model: Any, device: str) -> Any:
     return pipe
 
 
+@contextlib.contextmanager
+def _recipe(pipe: Any, record: Mapping[str, Any]) -> Iterator[None]:
+    """Run with the record's batch size and (on the CPU) thread count.
+
+    Both are part of the recipe: CPU kernels pick code paths -- and float rounding -- by batch
+    size, and split reductions by thread count.
+    """
+    import torch
+
+    saved_batch, saved_threads = pipe.batch_size, torch.get_num_threads()
+    pipe.batch_size = int(record.get("batch_size") or saved_batch)
+    threads = record.get("threads")
+    if threads and pipe.device.type == "cpu":
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        pipe.batch_size = saved_batch
+        torch.set_num_threads(saved_threads)
+
+
 def latent_from_record(pipe: Any, record: Mapping[str, Any]) -> Any:
     """The :class:`~avatarforge.generate.pipeline.Latent` an image record describes.
 
@@ -186,12 +208,8 @@ def latent_from_png(path: str | os.PathLike, pipe: Any) -> Any:
     """
     record = read_metadata(path)
     _pipeline_for(record, pipe, "cpu")  # hash check
-    saved = pipe.batch_size
-    pipe.batch_size = int(record.get("batch_size", saved))
-    try:
+    with _recipe(pipe, record):
         return latent_from_record(pipe, record)
-    finally:
-        pipe.batch_size = saved
 
 
 def regenerate_from_png(
@@ -211,14 +229,9 @@ def regenerate_from_png(
     """
     record = read_metadata(path)
     pipe = _pipeline_for(record, model, device)
-    saved = pipe.batch_size
-    # The batch size is part of the recipe: kernels round differently per batch size.
-    pipe.batch_size = int(record.get("batch_size", saved))
-    try:
+    with _recipe(pipe, record):
         latent = latent_from_record(pipe, record)
         image = pipe.render(
             latent, record.get("noise_mode", "const"), record.get("rgba"), record.get("background")
         )
-    finally:
-        pipe.batch_size = saved
     return image[0], record

@@ -48,13 +48,16 @@ from avatarforge.generate.conditioning import (
 from avatarforge.imageio import make_grid, to_uint8
 
 __all__ = [
+    "NOISE_MODES",
     "GenerationResult",
     "GeneratorPipeline",
     "Latent",
     "blend_labels",
     "composite",
     "format_seeds",
+    "parse_colour",
     "parse_seeds",
+    "state_sha256",
 ]
 
 NOISE_MODES = ("const", "random", "none")
@@ -182,6 +185,7 @@ class Latent:
         return self._map(lambda t: t.to(device))
 
     def detach(self) -> Latent:
+        """Detached CPU copies of every tensor."""
         return self._map(lambda t: t.detach().cpu().clone())
 
     @staticmethod
@@ -268,10 +272,11 @@ def _deterministic_kernels() -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- output images
-def _parse_colour(colour: str | Sequence[int] | None) -> tuple[int, int, int]:
+def parse_colour(colour: str | Sequence[int] | None) -> tuple[int, int, int]:
+    """``"white"``, ``"#ff00aa"``, ``"255,0,170"``, a triple, or ``None`` (white) -> ``(r, g, b)``."""
     if colour is None:
         return (255, 255, 255)
-    if isinstance(colour, str):
+    if isinstance(colour, str) and not re.fullmatch(r"\s*\d+\s*,\s*\d+\s*,\s*\d+\s*", colour):
         from PIL import ImageColor
 
         try:
@@ -279,17 +284,10 @@ def _parse_colour(colour: str | Sequence[int] | None) -> tuple[int, int, int]:
         except ValueError:
             raise ValueError(f"unknown colour {colour!r}; use a name (white), #rrggbb or r,g,b") from None
         return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
-    vals = [int(v) for v in colour]
-    if len(vals) < 3 or not all(0 <= v <= 255 for v in vals[:3]):
-        raise ValueError(f"background colour must be three values in 0..255, got {colour!r}")
+    vals = [int(v) for v in (colour.split(",") if isinstance(colour, str) else colour)]
+    if len(vals) != 3 or not all(0 <= v <= 255 for v in vals):
+        raise ValueError(f"a colour is three values in 0..255, got {colour!r}")
     return (vals[0], vals[1], vals[2])
-
-
-def parse_colour(text: str | Sequence[int] | None) -> tuple[int, int, int]:
-    """``"white"``, ``"#ff00aa"``, ``"255,0,170"`` or a triple -> ``(r, g, b)``."""
-    if isinstance(text, str) and re.fullmatch(r"\s*\d+\s*,\s*\d+\s*,\s*\d+\s*", text):
-        return _parse_colour([int(v) for v in text.split(",")])
-    return _parse_colour(text)
 
 
 def composite(images: np.ndarray, background: str | Sequence[int] | None = None) -> np.ndarray:
@@ -753,12 +751,14 @@ class GeneratorPipeline:
 
     def record_params(self, kind: str, **kw: Any) -> dict[str, Any]:
         """Metadata parameters shared by a batch: ``kind``, the model identity, ``batch_size``,
-        ``background`` (normalised to ``[r, g, b]``) and the keyword arguments."""
+        ``threads`` (CPU), ``background`` (normalised to ``[r, g, b]``) and the keyword arguments."""
         bg = kw.pop("background", None)
         return {
             "kind": kind,
             "model": self.model_info(),
             "batch_size": self.batch_size,
+            # CPU kernels split work by thread count, and StyleGAN's rounding follows it.
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "background": list(parse_colour(bg)) if bg is not None else None,
             **kw,
         }
