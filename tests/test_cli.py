@@ -24,6 +24,12 @@ SUBCOMMANDS = [
     ["vae", "sample"],
     ["post"],
     ["eval"],
+    ["generate"],
+    ["interpolate"],
+    ["edit"],
+    ["edit", "variations"],
+    ["style"],
+    ["animate"],
     ["models"],
     ["demo"],
 ]

@@ -200,6 +200,43 @@ def _add_vae(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=vae_main)
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from avatarforge.generate.cli import (
+        add_generate_arguments,
+        add_interpolate_arguments,
+        add_personalise_arguments,
+        generate_main,
+        interpolate_main,
+        personalise_main,
+    )
+
+    p = sub.add_parser("generate", help="generate avatars from a trained model (seeds, truncation, attributes)")
+    add_generate_arguments(p)
+    p.set_defaults(func=generate_main)
+    p = sub.add_parser("interpolate", help="interpolation videos between seeds (mp4, gif, webp, apng)")
+    add_interpolate_arguments(p)
+    p.set_defaults(func=interpolate_main)
+    p = sub.add_parser("edit", help="personalise: variations, style mixing, latent directions, inversion")
+    add_personalise_arguments(p)
+    p.set_defaults(func=personalise_main)
+
+
+def _add_style(sub: argparse._SubParsersAction) -> None:
+    from avatarforge.style.cli import add_style_arguments, style_main
+
+    p = sub.add_parser("style", help="style transfer: colour, histogram, Gatys, AdaIN; CycleGAN train/apply")
+    add_style_arguments(p)
+    p.set_defaults(func=style_main)
+
+
+def _add_animate(sub: argparse._SubParsersAction) -> None:
+    from avatarforge.animate.cli import add_animate_arguments, animate_main
+
+    p = sub.add_parser("animate", help="expression animator: train, animate an avatar, export ONNX")
+    add_animate_arguments(p)
+    p.set_defaults(func=animate_main)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from avatarforge.eval.cli import add_eval_arguments, eval_main
 
@@ -251,7 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_vae(sub)
     _add_eval(sub)
+    _add_generate(sub)
+    _add_style(sub)
     _add_post(sub)
+    _add_animate(sub)
     m = sub.add_parser("models", help="list the registered model architectures")
     m.set_defaults(func=_cmd_models)
     demo = sub.add_parser("demo", help="the main job on built-in data (what `make demo` runs)")
