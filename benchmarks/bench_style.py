@@ -12,9 +12,11 @@
 - CycleGAN at 64 px with the default model (ngf 32, 6 blocks): ``style apply`` ms per image,
   and training images/s (batch 4, both domains, G + D steps).
 
-Timings use torch's default thread count on a shared 2-core machine: expect noise. One-shot
-figures are the best of a few repeats; per-step figures the lower quartile of the steps of a
-run (other jobs inflate single steps several-fold at random).
+Timings use ONE torch thread: on the shared 2-core machine two threads oversubscribe the
+cores as soon as another job runs and make every figure several times slower and erratic,
+while one thread degrades gracefully (an idle machine runs the convolution-heavy figures
+faster with two). One-shot figures are the best of a few repeats; per-step figures the lower
+quartile of the steps of a run (other jobs inflate single steps at random).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def _cyclegan(quick: bool) -> tuple[float, float]:
                 "log.progress=false",
                 "log.sample_every_kimg=0",
                 "log.num_samples=2",
+                "perf.num_threads=1",
             ],
         )
         trainer = CycleGANTrainer(cfg)
@@ -110,6 +113,15 @@ def _cyclegan(quick: bool) -> tuple[float, float]:
 
 def run(quick: bool) -> list[Result]:
     """ms per 256-px image for the one-shot methods, ms per step for the optimisation ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(quick: bool) -> list[Result]:
     from avatarforge.style.classical import colour_transfer, histogram_match
     from avatarforge.style.features import RandomMultiScaleCNN, VGG19Features
     from avatarforge.style.neural import adain_transfer, decoder_for, gatys_transfer

@@ -30,7 +30,6 @@ With n_layers=3 each logit sees a 70x70 patch; at 64 px the output is 6x6, at 32
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from avatarforge.models.base import ConfigModule
@@ -182,19 +181,3 @@ class PatchDiscriminator(ConfigModule):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, 1, h, w) logits (h = H / 2^n_layers - 2)."""
         return self.net(x)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters (for docs and logs)."""
-    return sum(p.numel() for p in module.parameters())
-
-
-@torch.no_grad()
-def _smoke() -> None:  # pragma: no cover - a manual shape check: python -m avatarforge.style.cyclegan
-    g, d = CycleGANGenerator(), PatchDiscriminator()
-    x = torch.zeros(1, 3, 64, 64)
-    print(tuple(g(x).shape), tuple(d(x).shape), count_parameters(g), count_parameters(d))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _smoke()

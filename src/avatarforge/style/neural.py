@@ -57,6 +57,8 @@ __all__ = [
     "AdaINDecoder",
     "adain",
     "adain_transfer",
+    "decoder_for",
+    "encoder_for_decoder",
     "fill_transparent",
     "gatys_transfer",
     "gram_matrix",

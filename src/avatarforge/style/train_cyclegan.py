@@ -31,7 +31,6 @@ RGBA data sets are composited onto white for training (the networks are RGB);
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -478,8 +477,7 @@ class CycleGANTrainer:
     def _fixed(self, ds: Any) -> Tensor:
         """The first ``log.num_samples`` images of a data set (the grids' fixed inputs)."""
         n = min(self.cfg.log.num_samples, len(ds))
-        x, _ = ds._load(np.arange(n, dtype=np.int64))
-        return self._prepare(x)
+        return self._prepare(torch.stack([ds[i][0] for i in range(n)]))  # (n, 3, H, W) in [-1, 1]
 
     # ------------------------------------------------------------------ the loop
     def _kimg_done(self) -> bool:
@@ -863,8 +861,3 @@ def translate_image(
     y = _resize(y, (h, w)).clamp(-1, 1)
     u8 = y.add(1).mul(127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
     return merge_alpha(u8, image)
-
-
-def copy_config(cfg: CycleGANConfig) -> CycleGANConfig:
-    """A deep copy (tests and tools tweak configs without aliasing)."""
-    return copy.deepcopy(cfg)
