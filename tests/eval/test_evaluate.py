@@ -142,21 +142,16 @@ class ProceduralGenerator(nn.Module):
 
 
 def test_attribute_accuracy(avatar_extractor):
-    good = evaluate(
-        ProceduralGenerator(), None, metrics="attr", n=48, label_names=["hair_color"], device="cpu"
-    )
-    assert (
-        good.metrics["attr_acc_hair_color"] >= 0.9
-        and good.metrics["attr_acc"] == good.metrics["attr_acc_hair_color"]
-    )
+    kw = {"metrics": "attr", "label_names": ["hair_color"], "extractor": avatar_extractor, "device": "cpu"}
+    good = evaluate(ProceduralGenerator(), None, n=48, **kw)
+    assert good.metrics["attr_acc_hair_color"] >= 0.9
+    assert good.metrics["attr_acc"] == good.metrics["attr_acc_hair_color"]
     assert good.settings["attribute_net"]["name"] == "avatar"
-    bad = evaluate(
-        ProceduralGenerator(False), None, metrics="attr", n=48, label_names=["hair_color"], device="cpu"
-    )
+    bad = evaluate(ProceduralGenerator(False), None, n=48, **kw)
     assert bad.metrics["attr_acc_hair_color"] < 0.4
     # Labels the avatar net does not know are skipped with a note; none known is an error.
     with pytest.raises(SourceError, match="none of the labels"):
-        evaluate(ProceduralGenerator(), None, metrics="attr", n=4, label_names=["mood"], device="cpu")
+        evaluate(ProceduralGenerator(), None, n=4, **{**kw, "label_names": ["mood"]})
 
 
 # ----------------------------------------------------------------------------- reconstruction

@@ -257,8 +257,11 @@ class Evaluator:
     def avatar_extractor(self) -> Any:
         """The ``avatar`` extractor (for attribute accuracy), shared with the feature one if equal."""
         if self._avatar is None:
+            spec = self._extractor_spec
             if self._extractor is not None and self._extractor.name == "avatar":
                 self._avatar = self._extractor
+            elif isinstance(spec, FeatureExtractor) and spec.name == "avatar":
+                self._avatar = spec.to(self.device)
             else:
                 self._avatar = get_extractor(
                     "avatar", device=self.device, cache_dir=self.cache_dir, progress=self.progress
