@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from avatarforge.imageio import make_grid, to_uint8
+from avatarforge.imageio import make_grid
 from benchmarks.common import RESULTS, ROOT, Result, shared_faces
 
 SIZE = 64
@@ -133,20 +133,25 @@ def run(quick: bool = False) -> list[Result]:
     grids: dict[str, np.ndarray] = {}
     captions: dict[str, str] = {}
     figures: dict[str, dict[str, Any]] = {}
-    runs_root = CACHE / "quality-runs"
-    runs_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="runs_", dir=runs_root) as tmp:
-        for model in MODELS:
-            run_dir = train(model, data, Path(tmp), minutes, threads)
-            rate, kimg = _train_rate(run_dir)
-            fakes = sample(run_dir, n_eval, seed=1)
-            grid_imgs = sample(run_dir, 64, seed=123)
-            grids[model] = make_grid(grid_imgs, nrow=8)
-            score = _swd(reals, fakes)
-            figures[model] = {"img_per_s": rate, "kimg": kimg, "swd": score, "run": run_dir.name}
-            captions[model] = f"{model}: {kimg:.1f} kimg in {minutes:g} min" + (
-                f", SWD {score:.1f}" if score is not None else ""
-            )
+    # Run directories are kept (checkpoints, metrics.jsonl, samples) until the next run.
+    runs_dir = CACHE / "quality-runs" / ("quick" if quick else "full")
+    if runs_dir.exists():
+        shutil.rmtree(runs_dir)
+    for model in MODELS:
+        run_dir = train(model, data, runs_dir, minutes, threads)
+        rate, kimg = _train_rate(run_dir)
+        fakes = sample(run_dir, n_eval, seed=1)
+        grids[model] = make_grid(sample(run_dir, 64, seed=123), nrow=8)
+        score = _swd(reals, fakes)
+        figures[model] = {
+            "img_per_s": rate,
+            "kimg": kimg,
+            "swd": score,
+            "run": str(run_dir.relative_to(ROOT)),
+        }
+        captions[model] = f"{model}: {kimg:.1f} kimg in {minutes:g} min" + (
+            f", SWD {score:.1f}" if score is not None else ""
+        )
     grid_path = RESULTS / f"quality_grid{'_quick' if quick else ''}.png"
     side_by_side(grids, grid_path, captions)
     rel = grid_path.relative_to(ROOT)

@@ -136,9 +136,17 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
-def _lrelu(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-    # StyleGAN2 bias_act 'lrelu': slope 0.2, output multiplied by sqrt(2) (He gain) * extra gain.
-    return F.leaky_relu(x, LRELU_SLOPE) * (LRELU_GAIN * gain)
+def _act_gain(activation: str, gain: float) -> float:
+    """The factor a layer's output is scaled by: ``gain``, times sqrt(2) after an lrelu.
+
+    Layers fold it into their (small) weight and bias instead of multiplying the (large)
+    activations: leaky ReLU is positively homogeneous, ``lrelu(y) * g == lrelu(y * g)`` for
+    ``g > 0``, so ``lrelu(conv(x, w) + b) * g == lrelu(conv(x, w * g) + b * g)``. Same
+    function, one full-size multiply less forward and backward.
+    """
+    if gain <= 0:
+        raise ValueError(f"gain must be positive, got {gain}")
+    return gain * (LRELU_GAIN if activation == "lrelu" else 1.0)
 
 
 def _upsample2x(x: torch.Tensor) -> torch.Tensor:
@@ -229,10 +237,11 @@ class EqualLinear(nn.Module):
             nn.utils.parametrizations.spectral_norm(self, "weight")
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        w = self.weight * self.weight_gain
-        b = self.bias * self.bias_gain if self.bias is not None else None
+        g = _act_gain(self.activation, gain)  # folded into w and b (see _act_gain)
+        w = self.weight * (self.weight_gain * g)
+        b = self.bias * (self.bias_gain * g) if self.bias is not None else None
         x = F.linear(x, w, b)
-        return _lrelu(x, gain) if self.activation == "lrelu" else x * gain if gain != 1.0 else x
+        return F.leaky_relu(x, LRELU_SLOPE) if self.activation == "lrelu" else x
 
     def extra_repr(self) -> str:
         return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, act={self.activation}"
@@ -268,8 +277,10 @@ class EqualConv2d(nn.Module):
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         if self.down:
             x = F.avg_pool2d(x, 2)  # (B, C, H/2, W/2)
-        x = F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.padding)
-        return _lrelu(x, gain) if self.activation == "lrelu" else x * gain if gain != 1.0 else x
+        g = _act_gain(self.activation, gain)  # folded into w and b (see _act_gain)
+        b = self.bias * g if self.bias is not None else None
+        x = F.conv2d(x, self.weight * (self.weight_gain * g), b, padding=self.padding)
+        return F.leaky_relu(x, LRELU_SLOPE) if self.activation == "lrelu" else x
 
     def extra_repr(self) -> str:
         o, i, k, _ = self.weight.shape
@@ -286,6 +297,7 @@ def modulated_conv2d(
     noise: torch.Tensor | None = None,
     impl: str = "scaled",
     channels_last: bool = False,
+    gain: float = 1.0,
 ) -> torch.Tensor:
     """StyleGAN2 modulated (and demodulated) convolution, 'same' padding.
 
@@ -301,26 +313,40 @@ def modulated_conv2d(
             (per-sample weights, ``groups=B`` convolution). Both compute the same function.
         channels_last: ("scaled" only) pass the weight in channels-last layout, which makes oneDNN
             run the convolutions (and everything downstream) in NHWC: ~20% faster on CPU.
+        gain: multiply the result (before adding ``noise``) by this; folded into the (B, O)
+            demodulation coefficients, so it costs nothing.
 
     Returns:
         ``(B, O, H', W')`` with ``H' = 2H`` if ``up`` else ``H``.
+
+    Under autocast the large tensors stay in the autocast dtype: the small per-sample factors
+    are computed in fp32 and cast down, never the activations up.
     """
     batch, in_ch = x.shape[:2]
     out_ch, _, kh, kw = weight.shape
     dcoefs = None
     if demodulate:
         # sum_{i,k} (w_oik * s_bi)^2 = sum_i s_bi^2 * sum_k w_oik^2, so the (B, O) demodulation
-        # coefficients need no (B, O, I, k, k) tensor: one (B, I) @ (I, O) matmul.
-        dcoefs = (styles.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8).rsqrt()  # (B, O)
+        # coefficients need no (B, O, I, k, k) tensor: one (B, I) @ (I, O) matmul, in fp32
+        # even under autocast (it is tiny, and bf16 would put 0.4 % noise on every scale).
+        with torch.autocast(x.device.type, enabled=False):
+            wsq = weight.float().square().sum(dim=(2, 3)).t()  # (I, O)
+            dcoefs = (styles.float().square() @ wsq + 1e-8).rsqrt()  # (B, O)
+        if gain != 1.0:
+            dcoefs = dcoefs * gain
+    elif gain != 1.0:
+        dcoefs = torch.full((batch, out_ch), gain, device=x.device)
     if impl == "scaled":
         if channels_last:
             weight = weight.contiguous(memory_format=torch.channels_last)
-        x = x * styles[:, :, None, None]  # modulate activations instead of weights
+        x = x * styles.to(x.dtype)[:, :, None, None]  # modulate activations instead of weights
         if up:
             x = _upsample2x(x)  # (B, I, 2H, 2W)
         x = F.conv2d(x, weight, padding=(kh // 2, kw // 2))  # (B, O, H', W')
         if dcoefs is not None:
-            x = x * dcoefs[:, :, None, None]
+            d = dcoefs.to(x.dtype)[:, :, None, None]
+            # One pass for demodulation and noise: noise + x * d.
+            return x * d if noise is None else torch.addcmul(noise.to(x.dtype), x, d)
     elif impl == "grouped":
         w = weight[None] * styles[:, None, :, None, None]  # (B, O, I, k, k)
         if dcoefs is not None:
@@ -337,7 +363,7 @@ def modulated_conv2d(
     else:
         raise ValueError(f"modconv impl must be one of {MODCONV_IMPLS}, got {impl!r}")
     if noise is not None:
-        x = x + noise
+        x = x + noise.to(x.dtype)
     return x
 
 
@@ -385,10 +411,19 @@ class SynthesisLayer(nn.Module):
             noise = self.noise_const * self.noise_strength  # (R, R), broadcasts
         elif noise_mode != "none":
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        # The lrelu's sqrt(2) gain is folded into the demodulation, noise and bias (_act_gain).
         x = modulated_conv2d(
-            x, self.weight, styles, up=self.up, noise=noise, impl=self.impl, channels_last=self.channels_last
+            x,
+            self.weight,
+            styles,
+            up=self.up,
+            noise=noise * LRELU_GAIN if noise is not None else None,
+            impl=self.impl,
+            channels_last=self.channels_last,
+            gain=LRELU_GAIN,
         )
-        return _lrelu(x + self.bias[:, None, None])
+        bias = (self.bias * LRELU_GAIN).to(x.dtype)  # cast the bias, not the activations
+        return F.leaky_relu(x + bias[:, None, None], LRELU_SLOPE)
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape[:2]
