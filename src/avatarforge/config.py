@@ -132,7 +132,12 @@ class LogConfig:
     num_samples: int = 64  # images in a sample grid
     checkpoint_every_kimg: float = 50.0  # 0 = only at the end (and on signals)
     keep_last: int = 3  # checkpoints kept (plus best/ when best_metric is set)
-    metric_every_kimg: float = 0.0  # run the metric hook every N kimg; 0 = off
+    metric_every_kimg: float = 0.0  # run the metric hook every N kimg; 0 = only at the end
+    # In-training evaluation from the CLI (avatarforge.eval.make_metric_fn): e.g. [swd] or
+    # [swd, fid]; empty = no metric hook unless one is passed in Python.
+    metrics: list[str] = field(default_factory=list)
+    metric_images: int = 1000  # generated images per evaluation
+    metric_extractor: str = "avatar"  # feature network for fid/kid/pr ("avatar" needs no weights)
     best_metric: str | None = None  # metric name (e.g. "fid") to keep checkpoints/best/ by
     best_mode: Literal["min", "max"] = "min"
     tensorboard: bool = False  # also write TensorBoard events (needs the tensorboard package)

@@ -196,6 +196,25 @@ def _file_names_model(path: str | Path) -> bool:
     return isinstance(model, dict) and bool(model.get("name"))
 
 
+def metric_fn_from_config(cfg: Any) -> Any:
+    """The in-training evaluation hook ``log.metrics`` asks for (None when empty).
+
+    Metrics are computed on ``log.metric_images`` samples of the EMA generator against the
+    run's data set, every ``log.metric_every_kimg`` and at the end, appended to
+    ``metrics.jsonl``; ``log.best_metric`` keeps ``checkpoints/best/`` by one of them.
+    """
+    if not cfg.log.metrics:
+        return None
+    from avatarforge.eval import list_metrics, make_metric_fn
+
+    unknown = [m for m in cfg.log.metrics if m not in list_metrics()]
+    if unknown:
+        raise ConfigError(f"log.metrics: unknown {unknown}; valid metrics: {', '.join(list_metrics())}")
+    return make_metric_fn(
+        metrics=list(cfg.log.metrics), num_images=cfg.log.metric_images, extractor=cfg.log.metric_extractor
+    )
+
+
 def train_main(args: argparse.Namespace) -> int:
     """Run ``avatarforge train`` for parsed ``args``; returns the process exit code."""
     from avatarforge.train.guard import TrainingDiverged
@@ -210,7 +229,7 @@ def train_main(args: argparse.Namespace) -> int:
         for n in notes:
             print(n, file=sys.stderr)
         trainer_class = _trainer_class(cfg.model.name)
-        trainer_class(cfg, resume=args.resume).fit()
+        trainer_class(cfg, resume=args.resume, metric_fn=metric_fn_from_config(cfg)).fit()
         return EXIT_OK
     except (ConfigError, MissingDependencyError, FileNotFoundError, ValueError) as e:
         # User errors (bad key/value, missing data set, batch larger than the data set, ...)
