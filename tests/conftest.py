@@ -27,7 +27,9 @@ def shared_faces() -> Path:
     return SHARED_FACES
 
 
-def make_packed(path: Path, n: int = 16, size: int = 32, channels: int = 3, seed: int = 0, labelled: bool = True):
+def make_packed(
+    path: Path, n: int = 16, size: int = 32, channels: int = 3, seed: int = 0, labelled: bool = True
+):
     """A tiny packed data set of seeded random blobs with two labels (for tests of other modules)."""
     from avatarforge.data.packed import LabelField, LabelSchema, PackedWriter
 

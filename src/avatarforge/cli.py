@@ -195,7 +195,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_vae(sub: argparse._SubParsersAction) -> None:
     from avatarforge.generate.vae_cli import add_vae_arguments, vae_main
 
-    p = sub.add_parser("vae", help="use a trained VAE: encode, decode, reconstruct, sample, interpolate, edit")
+    p = sub.add_parser(
+        "vae", help="use a trained VAE: encode, decode, reconstruct, sample, interpolate, edit"
+    )
     add_vae_arguments(p)
     p.set_defaults(func=vae_main)
 
@@ -210,7 +212,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         personalise_main,
     )
 
-    p = sub.add_parser("generate", help="generate avatars from a trained model (seeds, truncation, attributes)")
+    p = sub.add_parser(
+        "generate", help="generate avatars from a trained model (seeds, truncation, attributes)"
+    )
     add_generate_arguments(p)
     p.set_defaults(func=generate_main)
     p = sub.add_parser("interpolate", help="interpolation videos between seeds (mp4, gif, webp, apng)")

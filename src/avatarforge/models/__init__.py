@@ -7,7 +7,14 @@ See :mod:`avatarforge.models.registry` for lookup and :class:`ConfigModule` for
 from avatarforge.models.base import ConfigModule, load_pretrained
 from avatarforge.models.registry import create_model, get_model_class, list_models, register_model
 
-__all__ = ["ConfigModule", "create_model", "get_model_class", "list_models", "load_pretrained", "register_model"]
+__all__ = [
+    "ConfigModule",
+    "create_model",
+    "get_model_class",
+    "list_models",
+    "load_pretrained",
+    "register_model",
+]
 
 # Importing an architecture module registers it. Added as architectures land.
 from avatarforge.models import cgan, dcgan, infogan, stylegan, vae  # noqa: F401
