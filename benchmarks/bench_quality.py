@@ -3,23 +3,28 @@
 Both models train with their presets (``src/avatarforge/configs/{dcgan,stylegan}-64.yaml``;
 stylegan with DiffAugment) on the shared anime-faces-96 folder, prepared to 64 px with
 :func:`avatarforge.data.prepare.prepare_dataset` into ``.af-cache/bench/`` (skipped cleanly
-when the folder is absent). Each run gets the same wall-clock budget with the same number of
-torch threads, one after the other (full: 20 minutes each, quick: 3; ``AF_QUALITY_MINUTES``
-overrides; ``AF_QUALITY_THREADS`` sets the threads, default 1: on the shared 2-core box one
-thread per run is faster than two and wall minutes are then CPU minutes).
+when the folder is absent). The two train at the same time, each in its own process on one
+torch thread, each until it has used the same CPU time (full: 20 CPU minutes, quick: 3;
+``AF_QUALITY_MINUTES`` overrides): a CPU-time budget, unlike a wall-clock one, is fair on a
+machine shared with other jobs, and running side by side gives both the same conditions.
 
 Outputs: one PNG with the EMA generators' samples side by side from fixed latents (left
-dcgan, right stylegan) in ``benchmarks/results/``; figures per model: images/s, kimg reached,
-and SWD (multi-scale sliced Wasserstein distance, ``avatarforge.eval.metrics.swd``,
+dcgan, right stylegan) in ``benchmarks/results/``; figures per model: images per CPU-second,
+kimg reached, and SWD (multi-scale sliced Wasserstein distance, ``avatarforge.eval.metrics.swd``,
 weight-free, x1e3; lower is better) of generated images against the data set, next to the
 SWD of two disjoint halves of the real data (the floor a perfect model would reach).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +54,66 @@ def prepared_faces(size: int = SIZE) -> Path | None:
     return out
 
 
-def train(model: str, data: Path, runs_dir: Path, minutes: float, threads: int | None, *extra: str) -> Path:
-    """Train ``model`` with its preset for ``minutes``; returns the run directory."""
+def train_for_cpu(
+    model: str, data: Path, runs_dir: Path, cpu_minutes: float, overrides: Sequence[str] = ()
+) -> Path:
+    """Train ``model`` (its preset + ``overrides``) on 1 torch thread until this process has
+    used ``cpu_minutes`` of CPU time; returns the run directory.
+
+    The budget is CPU time, not wall time, so a busy machine does not shorten one model's run
+    more than the other's. A wall-clock limit of 4x the budget is a safety net.
+    """
     from avatarforge.config import build_train_config
     from avatarforge.train import GANTrainer
 
-    overrides = [
-        f"runs_dir={runs_dir}",
-        f"minutes={minutes}",
-        "kimg=null",
-        "log.progress=false",
-        "log.sample_every_kimg=0",
-        "log.checkpoint_every_kimg=0",
-        f"perf.num_threads={threads if threads else 'null'}",
-        *extra,
-    ]
-    cfg = build_train_config(cli={"model": {"name": model}, "data": {"path": str(data)}}, overrides=overrides)
-    return GANTrainer(cfg).fit()
+    torch.set_num_threads(1)
+    cfg = build_train_config(
+        cli={"model": {"name": model}, "data": {"path": str(data)}},
+        overrides=[
+            f"runs_dir={runs_dir}",
+            f"minutes={4 * cpu_minutes}",
+            "kimg=null",
+            "log.progress=false",
+            "log.sample_every_kimg=0",
+            "log.checkpoint_every_kimg=0",
+            "perf.num_threads=1",
+            *overrides,
+        ],
+    )
+    start: list[float] = []
+
+    def budget(trainer: Any) -> None:
+        if not start:
+            start.append(time.process_time())  # after the first step: set-up is not counted
+        elif time.process_time() - start[0] >= cpu_minutes * 60:
+            trainer.stop.request("cpu-budget")
+
+    return GANTrainer(cfg, step_hook=budget).fit()
+
+
+def train_side_by_side(
+    data: Path, runs_dir: Path, cpu_minutes: float, overrides: dict[str, Sequence[str]] | None = None
+) -> dict[str, Path]:
+    """Train every model of :data:`MODELS` at once, one process (1 thread) each, same CPU budget.
+
+    Running them together means both see the same machine load.
+    """
+    procs = {}
+    for model in MODELS:
+        cmd = [sys.executable, "-m", "benchmarks.bench_quality", "--train", model, "--data", str(data)]
+        cmd += ["--runs-dir", str(runs_dir / model), "--cpu-minutes", str(cpu_minutes)]
+        cmd += list((overrides or {}).get(model, ()))
+        log = open(runs_dir.parent / f"{runs_dir.name}-{model}.log", "w")  # noqa: SIM115
+        procs[model] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log)
+    out = {}
+    for model, (proc, log) in procs.items():
+        rc = proc.wait()
+        log.close()
+        if rc != 0:
+            raise RuntimeError(f"training {model} failed (exit {rc}); see {log.name}")
+        (run_dir,) = sorted(d for d in (runs_dir / model).iterdir() if d.is_dir())
+        out[model] = run_dir
+    return out
 
 
 @torch.no_grad()
@@ -104,12 +152,12 @@ def _swd(real: np.ndarray, fake: torch.Tensor | np.ndarray) -> float | None:
     return float(swd(real, fake)["swd"])
 
 
-def _train_rate(run_dir: Path) -> tuple[float, float]:
-    """(mean img/s over the logged intervals after the first, kimg reached) from metrics.jsonl."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train = [r for r in rows if r.get("kind") == "train"]
-    rates = [r["img_per_s"] for r in train[1:]] or [r["img_per_s"] for r in train]
-    return float(np.mean(rates)) if rates else 0.0, float(train[-1]["kimg"]) if train else 0.0
+def _kimg(run_dir: Path) -> float:
+    """kimg reached, from the final checkpoint's training state."""
+    from avatarforge.train.checkpoint import find_checkpoint
+
+    state = json.loads((find_checkpoint(run_dir) / "training_state.json").read_text())
+    return float(state["nimg"]) / 1000
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -118,8 +166,6 @@ def run(quick: bool = False) -> list[Result]:
         print("bench_quality: shared anime-faces-96 not found; skipped")
         return []
     minutes = float(os.environ.get("AF_QUALITY_MINUTES", 3 if quick else 20))
-    threads_env = os.environ.get("AF_QUALITY_THREADS", "1")
-    threads = int(threads_env) if threads_env not in ("", "0", "default") else None
     n_eval = 1024 if quick else 2048
     from avatarforge.data.dataset import PackedDataset
 
@@ -137,41 +183,42 @@ def run(quick: bool = False) -> list[Result]:
     runs_dir = CACHE / "quality-runs" / ("quick" if quick else "full")
     if runs_dir.exists():
         shutil.rmtree(runs_dir)
+    runs_dir.mkdir(parents=True)
+    run_dirs = train_side_by_side(data, runs_dir, minutes)
     for model in MODELS:
-        run_dir = train(model, data, runs_dir, minutes, threads)
-        rate, kimg = _train_rate(run_dir)
+        run_dir = run_dirs[model]
+        kimg = _kimg(run_dir)
         fakes = sample(run_dir, n_eval, seed=1)
         grids[model] = make_grid(sample(run_dir, 64, seed=123), nrow=8)
         score = _swd(reals, fakes)
         figures[model] = {
-            "img_per_s": rate,
+            "img_per_cpu_s": kimg * 1000 / (minutes * 60),
             "kimg": kimg,
             "swd": score,
             "run": str(run_dir.relative_to(ROOT)),
         }
-        captions[model] = f"{model}: {kimg:.1f} kimg in {minutes:g} min" + (
+        captions[model] = f"{model}: {kimg:.1f} kimg in {minutes:g} CPU min" + (
             f", SWD {score:.1f}" if score is not None else ""
         )
     grid_path = RESULTS / f"quality_grid{'_quick' if quick else ''}.png"
     side_by_side(grids, grid_path, captions)
     rel = grid_path.relative_to(ROOT)
-    thr = f"{threads} torch thread(s)" if threads else "default torch threads"
     for model in MODELS:
         f = figures[model]
-        common = {"minutes": minutes, "threads": threads, "grid": str(rel), "eval_images": n_eval, **f}
+        common = {"cpu_minutes": minutes, "threads": 1, "grid": str(rel), "eval_images": n_eval, **f}
         results.append(
             Result(
-                f"{model}: training images/s ({minutes:g} min run)",
-                f["img_per_s"],
-                "images/s",
-                notes=f"preset {model}-64, {thr}, {f['kimg']:.1f} kimg; samples: {rel}",
+                f"{model}: training images per CPU-second ({minutes:g} CPU min)",
+                f["img_per_cpu_s"],
+                "images/CPU-s",
+                notes=f"preset {model}-64, 1 torch thread, {f['kimg']:.1f} kimg; samples: {rel}",
                 extra=common,
             )
         )
         if f["swd"] is not None:
             results.append(
                 Result(
-                    f"{model}: SWD after {minutes:g} min",
+                    f"{model}: SWD after {minutes:g} CPU min",
                     f["swd"],
                     "x1e3",
                     higher_is_better=False,
@@ -181,7 +228,7 @@ def run(quick: bool = False) -> list[Result]:
                 )
             )
         else:  # TODO: SWD once avatarforge.eval.metrics.swd is importable
-            results.append(Result(f"{model}: kimg in {minutes:g} min", f["kimg"], "kimg", extra=common))
+            results.append(Result(f"{model}: kimg in {minutes:g} CPU min", f["kimg"], "kimg", extra=common))
     if floor is not None:
         results.append(
             Result(
@@ -195,6 +242,20 @@ def run(quick: bool = False) -> list[Result]:
     return results
 
 
-if __name__ == "__main__":
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="quick run, or (--train) one training worker")
+    ap.add_argument("--train", choices=MODELS)
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--runs-dir", type=Path)
+    ap.add_argument("--cpu-minutes", type=float, default=3.0)
+    ap.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
+    args = ap.parse_args(argv)
+    if args.train:
+        print(train_for_cpu(args.train, args.data, args.runs_dir, args.cpu_minutes, args.overrides))
+        return
     for r in run(quick=True):
         print(f"{r.name}: {r.value:,.2f} {r.unit}  {r.notes}")
+
+
+if __name__ == "__main__":
+    main()
