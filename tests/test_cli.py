@@ -132,3 +132,8 @@ def test_demo_renders_data_and_grid(tmp_path, capsys):
 
 def test_parser_is_buildable_for_docs():
     assert build_parser().prog == "avatarforge"
+
+
+def test_train_points_translation_models_to_their_own_command(capsys):
+    assert main(["train", "--data", "x", "--model", "cyclegan"]) == 2
+    assert "avatarforge style train" in capsys.readouterr().err

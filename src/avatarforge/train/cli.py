@@ -168,10 +168,15 @@ def _check_model_name(name: str) -> None:
 
     from avatarforge.models.registry import list_models
 
+    # Families trained by this command: a GAN pair or a VAE that ships a preset. Other
+    # registered pairs (cyclegan, the animator) have their own commands.
     gans = [m for m in list_models("discriminator") if m in list_models("generator")]
-    trainable = sorted({*gans, *list_models("vae")})
+    trainable = sorted(m for m in {*gans, *list_models("vae")} if m in list_presets())
     if name not in trainable:
         close = difflib.get_close_matches(name, trainable, n=2)
+        own_command = {"cyclegan": "avatarforge style train", "animator": "avatarforge animate train"}
+        if name in own_command:
+            raise ConfigError(f"{name!r} is trained with '{own_command[name]}', not 'avatarforge train'")
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown model {name!r}{hint} (trainable models: {', '.join(trainable)})")
 
