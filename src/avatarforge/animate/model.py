@@ -155,7 +155,7 @@ def image_to_tensor(image: Any, size: int | None = None) -> Tensor:
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3|4) uint8 image, got {arr.dtype} {arr.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+        x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
     if x.ndim != 4 or x.shape[1] not in (3, 4):
         raise ValueError(f"expected (B, 3|4, H, W) images, got shape {tuple(x.shape)}")
     if x.shape[1] == 3:
@@ -300,12 +300,12 @@ class ExpressionAnimator(ConfigModule):
         # -- decoder (every frame)
         self.dec3 = _ResBlock(w3, extra_in=2)
         self.lat3 = nn.Conv2d(w3, w2, 1)
-        self.dec2 = nn.Conv2d(w2, w2, 3, padding=1)
+        self.dec2 = nn.Conv2d(w2 + 2, w2, 3, padding=1)
         self.flow = nn.Conv2d(w2, 2, 3, padding=1)
         nn.init.zeros_(self.flow.weight)  # identity warp at start
         nn.init.zeros_(self.flow.bias)
         self.lat2 = nn.Conv2d(w2, w1, 1)
-        self.dec1 = nn.Conv2d(w1, w1, 3, padding=1)
+        self.dec1 = nn.Conv2d(w1 + 2, w1, 3, padding=1)
         self.lat1 = nn.Conv2d(w1, w0, 1)
         self.head = nn.Conv2d(w0 + 4, 5, 3, padding=1)
         with torch.no_grad():
@@ -326,11 +326,11 @@ class ExpressionAnimator(ConfigModule):
 
     def decode(
         self, source: Tensor, e1: Tensor, e2: Tensor, e3: Tensor, g: Tensor, controls: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One frame from the state tensors and ``(B, 5)`` controls (natural ranges).
 
-        Returns ``(frame, flow, mask)``: ``(B, 4, S, S)`` in [-1, 1], ``(B, 2, S, S)`` grid
-        offsets and ``(B, 1, S, S)`` in [0, 1]. A state of batch 1 with ``B`` controls
+        Returns ``(frame, flow, mask, gen)``: ``(B, 4, S, S)`` in [-1, 1], ``(B, 2, S, S)``
+        grid offsets, ``(B, 1, S, S)`` in [0, 1] and the generated RGBA ``(B, 4, S, S)``. A state of batch 1 with ``B`` controls
         renders ``B`` frames of the one avatar.
         """
         b = controls.shape[0]
@@ -342,10 +342,10 @@ class ExpressionAnimator(ConfigModule):
 
         x3 = self.dec3(_film(e3, f3), _coords(e3.shape[2], e3.shape[3], e3).expand(b, -1, -1, -1))
         x2 = F.interpolate(self.lat3(x3), scale_factor=2.0, mode="nearest") + _film(e2, f2)
-        x2 = _act(self.dec2(x2))  # (B, w2, S/4, S/4)
+        x2 = _act(self.dec2(torch.cat([x2, _coords(x2.shape[2], x2.shape[3], x2).expand(b, -1, -1, -1)], 1)))
         flow = torch.tanh(self.flow(x2)) * self.max_flow  # (B, 2, S/4, S/4)
         x1 = F.interpolate(self.lat2(x2), scale_factor=2.0, mode="nearest") + _film(e1, f1)
-        x1 = _act(self.dec1(x1))  # (B, w1, S/2, S/2)
+        x1 = _act(self.dec1(torch.cat([x1, _coords(x1.shape[2], x1.shape[3], x1).expand(b, -1, -1, -1)], 1)))
 
         size = source.shape[-2:]
         flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)  # (B, 2, S, S)
@@ -358,7 +358,7 @@ class ExpressionAnimator(ConfigModule):
         gen = torch.tanh(head[:, :4])
         mask = torch.sigmoid(head[:, 4:5])
         frame = warped + mask * (gen - warped)
-        return frame, flow, mask
+        return frame, flow, mask, gen
 
     def forward(self, source: Tensor, controls: Tensor) -> Tensor:
         """Training/export entry point: ``(B, 4, S, S)`` + ``(B, 5)`` -> ``(B, 4, S, S)``."""

@@ -229,12 +229,10 @@ class OnnxAnimator:
     ) -> None:
         ort = require_onnxruntime()
         self.path = Path(path)
-        prep = prepare_path(self.path)
-        for p in (self.path, prep):
-            if not p.is_file():
-                raise FileNotFoundError(
-                    f"{p} not found (export with: avatarforge animate export-onnx RUN {self.path})"
-                )
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"{self.path} not found (export with: avatarforge animate export-onnx RUN {self.path})"
+            )
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
@@ -242,7 +240,6 @@ class OnnxAnimator:
             so.inter_op_num_threads = 1
         prov = providers or ["CPUExecutionProvider"]
         self.render_session = ort.InferenceSession(str(self.path), so, providers=prov)
-        self.prepare_session = ort.InferenceSession(str(prep), so, providers=prov)
         meta = self.render_session.get_modelmeta().custom_metadata_map
         if meta.get("avatarforge.format") != FORMAT:
             raise ValueError(
@@ -250,12 +247,18 @@ class OnnxAnimator:
             )
         if meta.get("avatarforge.graph") != "render":
             raise ValueError(
-                f"{self.path} holds the {meta.get('avatarforge.graph')!r} graph; pass the render graph"
+                f"{self.path} holds the {meta.get('avatarforge.graph')!r} graph; pass the render graph (NAME.onnx)"
             )
         if meta.get("avatarforge.controls", "").split(",") != list(CONTROL_NAMES):
             raise ValueError(
                 f"{self.path} uses controls {meta.get('avatarforge.controls')}, expected {CONTROL_NAMES}"
             )
+        prep = prepare_path(self.path)
+        if not prep.is_file():
+            raise FileNotFoundError(
+                f"{prep} not found: the prepare graph is written next to {self.path.name} by export"
+            )
+        self.prepare_session = ort.InferenceSession(str(prep), so, providers=prov)
         self.resolution = int(meta["avatarforge.resolution"])
         self.metadata = dict(meta)
 

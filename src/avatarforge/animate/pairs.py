@@ -16,7 +16,8 @@ expressions come from seeds, so every pair is a pure function of ``(seed, step)`
 Both return :class:`PairBatch` from ``batch(step)``. Expression 0 of every rendered group
 is :data:`~avatarforge.data.procedural.NEUTRAL_EXPRESSION` (the pose avatars from the
 generators mostly have); the others come from
-:func:`~avatarforge.data.procedural.random_expression`. Each image comes with its part map
+:func:`~avatarforge.data.procedural.random_expression`, half of them as variants of the
+first half that differ only in the eyes and mouth (:func:`group_expressions`). Each image comes with its part map
 (:data:`~avatarforge.data.procedural.PART_NAMES` ids), which gives the loss its face
 weighting and the tests and metrics their eye and mouth regions.
 
@@ -68,7 +69,7 @@ __all__ = [
     "render_group",
 ]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 TRAIN, HELDOUT = "train", "heldout"
 #: Parts whose pixels an expression change re-draws: the loss weights them up.
 FACE_PARTS: tuple[str, ...] = ("eye_white", "iris", "eye_line", "eyebrow", "mouth")
@@ -81,9 +82,22 @@ def identity_seed(seed: int, split: str, index: int) -> int:
 
 
 def group_expressions(seed: int, split: str, index: int, k: int) -> list[dict[str, float]]:
-    """The ``k`` expressions identity ``index`` is rendered at: neutral, then random ones."""
+    """The ``k`` expressions identity ``index`` is rendered at.
+
+    The first ``ceil(k / 2)`` are *bases*: neutral, then random expressions. The rest are
+    *variants*: variant ``j`` is base ``j`` with new ``eye_open`` and ``mouth_open``. A pair
+    of a base and its variant differs only in the eyes and mouth, so no warp can explain
+    it away: these pairs teach the small, detailed changes, which otherwise come last
+    (after the head pose, which moves many more pixels).
+    """
     rng = np.random.Generator(np.random.PCG64(derive_seed(seed, _SPLIT_STREAM[split], index, 0xE)))
-    return [dict(NEUTRAL_EXPRESSION)] + [random_expression(rng) for _ in range(k - 1)]
+    n_base = (k + 1) // 2
+    bases = [dict(NEUTRAL_EXPRESSION)] + [random_expression(rng) for _ in range(n_base - 1)]
+    variants = []
+    for j in range(k - n_base):
+        fresh = random_expression(rng)
+        variants.append({**bases[j], "eye_open": fresh["eye_open"], "mouth_open": fresh["mouth_open"]})
+    return bases + variants
 
 
 def _controls(expr: dict[str, float]) -> list[float]:

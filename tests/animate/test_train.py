@@ -1,0 +1,115 @@
+"""The animator trainer: run directory, checkpoints, exact resume, NaN roll-back, signals."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from avatarforge.animate.cli import animate_main, build_parser
+from avatarforge.animate.model import ExpressionAnimator
+from avatarforge.animate.train import AnimatorTrainer, build_animator_config, load_animator
+from avatarforge.config import ConfigError
+from avatarforge.train.checkpoint import find_checkpoint
+from avatarforge.train.guard import NonFiniteWarning
+from avatarforge.train.metrics_log import read_metrics
+
+#: A very small animator and data set: a step takes a few milliseconds.
+MICRO = [
+    "data.size=32",
+    "data.identities=6",
+    "data.expressions=3",
+    "data.heldout_identities=2",
+    "log.eval_identities=1",
+    "log.num_samples=2",
+    "log.progress=false",
+    "perf.num_threads=1",
+    "model.widths=[4,8,8,16]",
+    "model.ctrl_hidden=16",
+    "model.d_width=8",
+    "batch_size=8",
+    "loss.adv_start_kimg=0",  # the discriminator trains from the first step (its state is resumed too)
+    "loss.adv_ramp_kimg=0",
+    "loss.change_weight=2",
+    "data.background_prob=0.5",
+]
+
+
+def _config(tmp, *overrides):
+    return build_animator_config(
+        cli={"runs_dir": str(tmp / "runs"), "data": {"cache_dir": str(tmp.parent / "micro-cache")}},
+        overrides=[*MICRO, *overrides],
+    )
+
+
+def test_resume_is_bit_identical(tmp_path):
+    """6 steps in one go == 3 steps, stop, resume through the CLI, 3 more."""
+    opts = ["log.every_steps=2", "log.sample_every_kimg=0", "log.checkpoint_every_kimg=0"]
+    full = AnimatorTrainer(_config(tmp_path / "full", "kimg=0.048", *opts)).fit()
+    half = AnimatorTrainer(_config(tmp_path / "half", "kimg=0.024", *opts)).fit()
+    args = build_parser().parse_args(["train", "--resume", str(half), "--kimg", "0.048"])
+    assert animate_main(args) == 0
+    ca, cb = find_checkpoint(full), find_checkpoint(half)
+    assert ca.name == cb.name == "ckpt-00000006"
+    for prefix in ("g", "g_ema", "d"):
+        wa = load_file(str(ca / f"{prefix}_model.safetensors"))
+        wb = load_file(str(cb / f"{prefix}_model.safetensors"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), prefix
+    sa = load_file(str(ca / "training_state.safetensors"))
+    sb = load_file(str(cb / "training_state.safetensors"))
+    assert any(k.startswith("optim/d/") for k in sa)  # D was trained and its Adam state saved
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [r["step"] for r in read_metrics(half, kind="train")] == [2, 3, 4, 6]
+    assert [r["step"] for r in read_metrics(half, kind="metric")] == [3, 6]
+    meta = json.loads((cb / "training_state.json").read_text())
+    assert meta["resolution"] == 32 and meta["nimg"] == 48
+    grid = (half / "samples" / "pairs_000000.png").is_file()
+    assert grid and (half / "config.yaml").is_file()
+    g = load_animator(half)
+    assert isinstance(g, ExpressionAnimator) and not g.training
+    assert torch.equal(g.head.weight, load_file(str(cb / "g_ema_model.safetensors"))["head.weight"])
+
+
+def test_nan_roll_back_and_signal_stop(tmp_path):
+    cfg = _config(tmp_path, "kimg=1", "log.every_steps=1", "log.sample_every_kimg=0")
+
+    def hook(trainer: AnimatorTrainer) -> None:
+        if trainer.step == 2 and not hook.fired:  # type: ignore[attr-defined]
+            hook.fired = True  # type: ignore[attr-defined]
+            with torch.no_grad():
+                trainer.G.head.weight.fill_(float("nan"))
+        if trainer.step == 4:
+            trainer.stop.request("test")
+
+    hook.fired = False  # type: ignore[attr-defined]
+    trainer = AnimatorTrainer(cfg, step_hook=hook)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = trainer.fit()
+    assert any(issubclass(w.category, NonFiniteWarning) for w in caught)
+    assert trainer.stopped_by == "signal:test" and trainer.step == 4
+    assert find_checkpoint(run).name == "ckpt-00000004"
+    events = read_metrics(run, kind="event")
+    assert len(events) == 1 and events[0]["step"] == 2
+    assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr / 2)  # halved after the event
+    assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
+    assert read_metrics(run, kind="metric") == []  # no evaluation after a signal: time may be short
+
+
+def test_config_errors_and_dry_run(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        _config(tmp_path, "data.size=60")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        _config(tmp_path, "loss.mouth_wieght=3")
+    args = build_parser().parse_args(
+        ["train", "--size", "48", "--minutes", "2", "optim.lr=5e-4", "--dry-run"]
+    )
+    assert animate_main(args) == 0
+    out = capsys.readouterr().out
+    assert "size: 48" in out and "lr: 0.0005" in out and "minutes: 2.0" in out
+    args = build_parser().parse_args(["train", "--dry-run", "batch_size=0"])
+    assert animate_main(args) == 2
+    assert "batch_size must be >= 1" in capsys.readouterr().err
