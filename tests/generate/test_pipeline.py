@@ -80,7 +80,7 @@ def test_label_schema_comes_from_the_run(cgan_pipe):
     info = cgan_pipe.labels
     assert info.names == ("hair_color",)
     assert info.values == (tuple(HAIR),)
-    assert "labels.json" in info.source
+    assert info.source == "checkpoint label_schema"  # saved with the model, not read from the data set
 
 
 def test_attrs_fix_labels_without_shifting_the_seed_stream(cgan_pipe):
@@ -109,12 +109,14 @@ def test_attr_errors_list_valid_values(cgan_pipe):
 
 
 def test_label_names_without_the_data_set(cgan_run, tmp_path):
-    """A checkpoint copied away from its data set still works, by class index."""
+    """A checkpoint copied away from its data set still works, by class index (checkpoints
+    written before the label schema was saved with them)."""
     from avatarforge.train.checkpoint import find_checkpoint
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(find_checkpoint(cgan_run), ckpt)
     state = json.loads((ckpt / "training_state.json").read_text())
+    state.pop("label_schema")
     state["data"]["path"] = str(tmp_path / "gone")
     state["config"]["data"]["path"] = str(tmp_path / "gone")
     (ckpt / "training_state.json").write_text(json.dumps(state))
@@ -127,6 +129,20 @@ def test_label_names_without_the_data_set(cgan_run, tmp_path):
     state["label_schema"] = [{"name": "hair_color", "kind": "categorical", "values": HAIR}]
     (ckpt / "training_state.json").write_text(json.dumps(state))
     assert model_labels(pipe.G, ckpt, ckpt).values == (tuple(HAIR),)
+
+
+def test_saved_label_schema_keeps_names_after_the_data_set_moves(cgan_run, tmp_path):
+    from avatarforge.train.checkpoint import find_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(find_checkpoint(cgan_run), ckpt)
+    state = json.loads((ckpt / "training_state.json").read_text())
+    assert state["label_schema"][0]["values"] == HAIR
+    for d in (state["data"], state["config"]["data"]):
+        d["path"] = str(tmp_path / "gone")
+    (ckpt / "training_state.json").write_text(json.dumps(state))
+    pipe = GeneratorPipeline.from_pretrained(ckpt)
+    assert pipe(seeds=[0], attrs="hair_color=pink").items[0]["attrs"] == {"hair_color": "pink"}
 
 
 def test_infogan_codes(info_pipe):

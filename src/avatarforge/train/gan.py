@@ -789,6 +789,9 @@ class GANTrainer:
                 "batch_size": self.cfg.batch_size,
                 "data": {"seed": self.cfg.seed, "next_step": self.step, "path": str(self.cfg.data.path)},
                 "label_names": self.label_names,
+                # The conditioning labels' class names travel with the checkpoint, so attribute
+                # requests by name work after the data set is moved or deleted.
+                "label_schema": [self.dataset.schema[n].to_json() for n in self.label_names],
                 "augment": self.cfg.data.augment,
                 "config": to_dict(self.cfg),
             }
