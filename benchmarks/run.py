@@ -87,7 +87,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_report(info: dict[str, str]) -> None:
-    lines = ["# Benchmark report", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), ""]
+    lines = [
+        "# Benchmark report",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        "Each module's figures come from its last run (see `benchmarks/results/*.json` for when and how);",
+        "targets that depend on free cores are noisy on a shared machine: rerun `make bench` on an idle one.",
+        "",
+    ]
     for path in sorted(RESULTS.glob("bench_*.json")):
         data = json.loads(path.read_text())
         lines += [
