@@ -2,9 +2,11 @@
 
 **Speed.** One avatar is prepared once; then frames are rendered one at a time (batch 1)
 with changing controls, each timed from controls to a ``(S, S, 4)`` uint8 frame, for the
-torch path (``torch.inference_mode``, contiguous NCHW; channels_last measured no faster at
-batch 1) and the onnxruntime path (:class:`~avatarforge.animate.onnx_export.OnnxAnimator`),
-at 64, 128 and 256 px, with 1 and 2 threads. Runtimes and thread counts are interleaved in
+torch path (eager, ``torch.inference_mode``, contiguous NCHW; channels_last measured no
+faster at batch 1), the TorchScript-frozen decoder
+(:class:`~avatarforge.animate.model.FrozenAnimator`) and the onnxruntime path
+(:class:`~avatarforge.animate.onnx_export.OnnxAnimator`), at 64, 128 and 256 px, with 1
+and 2 threads. Runtimes and thread counts are interleaved in
 chunks of frames so that load from other jobs on the shared machine hits them alike; the
 figure per size and runtime is the better thread count. FPS = 1000 / mean frame time; p99
 = 99th percentile of the frame times. Weights do not change the speed, so untrained
@@ -35,6 +37,7 @@ from avatarforge.data.procedural import render_avatar
 from benchmarks.common import Result
 
 SIZES = (64, 128, 256)
+THREADS = (1, 2)
 
 
 def _controls(i: int) -> dict[str, float]:
@@ -60,6 +63,7 @@ def _woken(size: int) -> ExpressionAnimator:
 
 
 def _speed(frames: int, chunk: int, tmp: Path) -> tuple[list[Result], dict[str, Any]]:
+    from avatarforge.animate.model import FrozenAnimator
     from avatarforge.animate.onnx_export import OnnxAnimator, export_onnx, onnx_available
 
     have_ort = onnx_available()
@@ -70,8 +74,10 @@ def _speed(frames: int, chunk: int, tmp: Path) -> tuple[list[Result], dict[str, 
         g = _woken(size)
         avatar = render_avatar(7, size)
         runners: dict[tuple[str, int], Any] = {}
-        for threads in sorted({1, 2}):
+        for threads in THREADS:
             runners[("torch", threads)] = (g, g.prepare(avatar))
+            frozen = FrozenAnimator(g)
+            runners[("torchscript", threads)] = (frozen, frozen.prepare(avatar))
             if have_ort:
                 path = tmp / f"anim{size}.onnx"
                 if not path.is_file():
@@ -79,7 +85,7 @@ def _speed(frames: int, chunk: int, tmp: Path) -> tuple[list[Result], dict[str, 
                 ort = OnnxAnimator(path, threads=threads)
                 runners[("onnxruntime", threads)] = (ort, ort.prepare(avatar))
         times: dict[tuple[str, int], list[float]] = {k: [] for k in runners}
-        for (_runtime, threads), (anim, state) in runners.items():  # warm-up
+        for (_runtime, threads), (anim, state) in runners.items():  # warm-up (and TorchScript tracing)
             torch.set_num_threads(threads)
             for i in range(10):
                 anim.render_image(state, _controls(i))
@@ -87,14 +93,17 @@ def _speed(frames: int, chunk: int, tmp: Path) -> tuple[list[Result], dict[str, 
         while done < frames:
             for key, (anim, state) in runners.items():
                 torch.set_num_threads(key[1])
-                for i in range(done, done + chunk):
+                # 2 threads are measured on fewer frames: on the shared box they are often
+                # 10-50x slower (threads spin-wait for cores other jobs hold).
+                n = chunk if key[1] == 1 else max(1, chunk // 5)
+                for i in range(done, done + n):
                     c = _controls(i)
                     t0 = time.perf_counter()
                     anim.render_image(state, c)
                     times[key].append((time.perf_counter() - t0) * 1000)
             done += chunk
         torch.set_num_threads(default_threads)
-        for runtime in ("torch", "onnxruntime"):
+        for runtime in ("torch", "torchscript", "onnxruntime"):
             keys = [k for k in times if k[0] == runtime]
             if not keys:
                 continue
@@ -103,6 +112,7 @@ def _speed(frames: int, chunk: int, tmp: Path) -> tuple[list[Result], dict[str, 
                     "fps": 1000 / float(np.mean(times[k])),
                     "p50_ms": float(np.percentile(times[k], 50)),
                     "p99_ms": float(np.percentile(times[k], 99)),
+                    "frames": len(times[k]),
                 }
                 for k in keys
             }
@@ -126,25 +136,35 @@ def _speed(frames: int, chunk: int, tmp: Path) -> tuple[list[Result], dict[str, 
     return results, detail
 
 
-def _loop(seconds: float) -> Result:
-    """The whole frame loop (drivers, smoothing, render, uint8) at 128 px, offline pacing."""
+def _loop(seconds: float, tmp: Path) -> Result:
+    """The whole frame loop (drivers, smoothing, render, uint8) at 128 px, offline pacing, 1 thread."""
     from avatarforge.animate.drivers import ScriptedDriver
     from avatarforge.animate.loop import AvatarRenderer, FrameLoop
+    from avatarforge.animate.model import FrozenAnimator
+    from avatarforge.animate.onnx_export import OnnxAnimator, onnx_available
 
-    g = _woken(128)
-    loop = FrameLoop(
-        AvatarRenderer(g, render_avatar(3, 128)), [ScriptedDriver("idle,talk")], fps=30, realtime=False
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    path = tmp / "anim128.onnx"
+    if onnx_available() and path.is_file():
+        anim, name = OnnxAnimator(path, threads=1), "onnxruntime"
+    else:
+        anim, name = FrozenAnimator(_woken(128)), "torchscript"
+    renderer = AvatarRenderer(anim, render_avatar(3, 128))
+    loop = FrameLoop(renderer, [ScriptedDriver("idle,talk")], fps=30, realtime=False)
+    for _ in loop.run(frames=10):  # warm-up
+        pass
     for _ in loop.run(seconds=seconds):
         pass
+    torch.set_num_threads(threads)
     s = loop.stats.summary()
     return Result(
-        "frame loop 128px p99 (torch, idle+talk drivers)",
+        f"frame loop 128px p99 ({name}, idle+talk drivers)",
         s["render_ms_p99"],
         "ms",
         1000 / 60,
         False,
-        f"{s['frames']} frames; mean {s['render_ms_mean']:.2f} ms",
+        f"{s['frames']} frames; mean {s['render_ms_mean']:.2f} ms, 1 thread",
         s,
     )
 
@@ -220,6 +240,6 @@ def run(quick: bool) -> list[Result]:
             r.extra.setdefault("controls", list(CONTROL_NAMES))
         if speed:
             speed[0].extra["detail"] = detail
-        results = [*speed, _loop(3.0 if quick else 10.0)]
+        results = [*speed, _loop(3.0 if quick else 10.0, tmp)]
         results += _quality(3.0 if quick else 12.0, tmp)
     return results

@@ -11,6 +11,7 @@ from avatarforge.animate.model import (
     NEUTRAL_CONTROLS,
     AnimatorDiscriminator,
     ExpressionAnimator,
+    FrozenAnimator,
     controls_tensor,
     controls_to_dict,
     image_to_tensor,
@@ -67,6 +68,9 @@ def test_prepare_once_render_many_matches_forward():
         state, {"mouth_open": 1.0, "smile": 0.5, "head_yaw": -0.5, "head_tilt": 0.3, "eye_open": 0.0}
     )
     assert torch.allclose(one[0], many[1], atol=1e-5)
+    frozen = FrozenAnimator(g)  # the TorchScript-frozen decoder renders the same frames
+    assert torch.allclose(frozen.render(state, ctrls), many, atol=1e-5)
+    assert torch.allclose(frozen.render(frozen.prepare(avatar), ctrls[1]), many[1:], atol=1e-5)
     img = g.render_image(state, NEUTRAL_CONTROLS)
     assert img.shape == (32, 32, 4) and img.dtype == np.uint8
     assert (img[img[..., 3] == 0, :3] == 0).all()  # invisible pixels are black, as the renderer's

@@ -99,7 +99,13 @@ def add_animate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     )
     r.add_argument("--seed", type=int, default=0, help="seed of the scripted actions (default 0)")
     r.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    r.add_argument("--threads", type=int, default=None, help="torch / onnxruntime threads")
+    r.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch / onnxruntime threads (default 1: a batch-1 frame gains little from more, and on a "
+        "shared machine extra threads make frames much slower)",
+    )
     r.set_defaults(animate_func=_cmd_render)
 
     t = sub.add_parser(
@@ -294,10 +300,11 @@ def _cmd_render(a: argparse.Namespace) -> int:
         from avatarforge.data.imagefile import parse_color
 
         background = parse_color(a.background)
-    if a.threads:
-        import torch
+    if a.threads < 1:
+        raise AnimateCLIError(f"--threads must be >= 1, got {a.threads}")
+    import torch
 
-        torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads)
 
     animator = load_any_animator(a.run, a.device, a.threads)
     avatar = load_avatar(a.avatar, animator.resolution)

@@ -2,16 +2,20 @@
 
 One step, top to bottom (:meth:`AnimatorTrainer.train_step`)::
 
-    batch = pairs.batch(step)                       (source, target controls, target, weight)
-    G step (D frozen):  pred, flow, mask = G(source, controls)
-                        loss_G = sum(w |pred - target|) / sum(w)               (L1 on RGBA)
+    batch = pairs.batch(step)                       (source, target controls, target, part maps)
+    G step (D frozen):  pred, flow, mask, gen = G(source, controls)
+                        loss_G = mse_weight * sum(w (pred - target)^2) / sum(w)      (RGBA, [-1, 1])
+                               + l1_weight  * sum(w |pred - target|) / sum(w)
                                + loss.flow_tv * TV(flow)
                                + adv_weight(kimg) * gan_g(D(source, pred, controls))
     D step:             loss_D = gan_d(D(source, target, controls), D(source, pred, controls))
     EMA of G
 
-The weight ``w`` is 1 plus ``loss.face_weight`` on the (dilated) eyes, brows and mouth of
-source and target, where an expression change happens. The adversarial term (hinge by
+The pixel weight ``w`` is 1, plus ``loss.face_weight`` on the (dilated) eyes, brows and
+mouth of source and target, plus ``loss.mouth_weight`` on the mouth (a few pixels that
+matter a lot), plus ``loss.change_weight`` where source and target differ. The
+reconstruction is mostly squared error, not L1 alone: see :func:`weighted_recon` for the
+measurement behind that. The adversarial term (hinge by
 default, spectral-norm conditional PatchGAN, :class:`~avatarforge.animate.model.AnimatorDiscriminator`)
 has a small weight and starts after ``loss.adv_start_kimg``: L1 alone gets the shapes right
 and the GAN only sharpens them, so D is not trained (nor run) before it matters.
@@ -846,7 +850,7 @@ class AnimatorTrainer:
         bar = getattr(self, "bar", None)
         if bar is not None and not bar.disable:
             bar.write(msg)
-        elif self.cfg.log.progress:
+        else:
             print(msg, flush=True)
 
 
