@@ -418,7 +418,7 @@ class AnimatorDiscriminator(ConfigModule):
 
     The controls enter as 5 constant planes, the source as 4 more channels (pix2pix-style
     conditioning), so D judges "is this the source's character with these controls", not only
-    "is this a plausible avatar". Spectral norm keeps it from overpowering the L1 term.
+    "is this a plausible avatar". Spectral norm keeps it from overpowering the reconstruction term.
 
     Args:
         width: channels of the first layer (then 2x, 4x).

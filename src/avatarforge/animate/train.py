@@ -15,10 +15,10 @@ The pixel weight ``w`` is 1, plus ``loss.face_weight`` on the (dilated) eyes, br
 mouth of source and target, plus ``loss.mouth_weight`` on the mouth (a few pixels that
 matter a lot), plus ``loss.change_weight`` where source and target differ. The
 reconstruction is mostly squared error, not L1 alone: see :func:`weighted_recon` for the
-measurement behind that. The adversarial term (hinge by
-default, spectral-norm conditional PatchGAN, :class:`~avatarforge.animate.model.AnimatorDiscriminator`)
-has a small weight and starts after ``loss.adv_start_kimg``: L1 alone gets the shapes right
-and the GAN only sharpens them, so D is not trained (nor run) before it matters.
+measurement behind that. The adversarial term (hinge by default, spectral-norm conditional
+PatchGAN, :class:`~avatarforge.animate.model.AnimatorDiscriminator`) has a small weight and
+starts after ``loss.adv_start_kimg``: the reconstruction gets the shapes right and the GAN
+only sharpens them, so D is not trained (nor run) before it matters.
 
 Everything around the step is the machinery of :mod:`avatarforge.train` (see
 docs/training.md), used the way the VAE and CycleGAN loops use it: the run directory
@@ -290,13 +290,13 @@ def build_animator_config(
 # =============================================================================== losses
 def weighted_recon(pred: Tensor, target: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     """Pixel-weighted squared and absolute errors (RGBA, [-1, 1] units, fp32): ``(mse, l1)``
-    each ``sum(w e) / sum(w)``, and the caller adds ``mse * MSE + l1 * L1``.
+    each ``sum(w e) / sum(w)``; the caller adds ``loss.mse_weight * mse + loss.l1_weight * l1``.
 
     Why mostly squared error: most pixels of a pair are unchanged, so copying the source is
     a strong local optimum, and under L1 (a median) the residual branch collapses onto it
     and stays there (measured: the face-region error stuck at 1.00 x the copy baseline for
-    600 steps at 32 px); the squared error's gradient grows with the error and pulls the
-    eyes and mouth out of it (0.59 x after the same 600 steps). A small L1 term keeps
+    600 steps at 32 px, eye/mouth-only pairs); the squared error's gradient grows with the error and pulls the
+    eyes and mouth out of it (0.58 x after the same 600 steps). A small L1 term keeps
     colours crisp once they are right.
     """
     d = pred.float() - target.float()  # (B, 4, S, S)
@@ -305,7 +305,7 @@ def weighted_recon(pred: Tensor, target: Tensor, weight: Tensor) -> tuple[Tensor
 
 
 def pair_weight(batch: PairBatch, loss: AnimatorLossConfig) -> Tensor:
-    """``(B, 1, S, S)`` per-pixel L1 weight: 1 + face parts + mouth + changed pixels (dilated)."""
+    """``(B, 1, S, S)`` per-pixel loss weight: 1 + face parts + mouth + changed pixels (dilated)."""
     sp, tp = batch.source_parts, batch.target_parts
     w = torch.ones(sp.shape[0], 1, *sp.shape[1:], device=batch.source.device)
     r = loss.face_dilate
