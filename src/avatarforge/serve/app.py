@@ -1,0 +1,113 @@
+"""The FastAPI application: ``create_app(state)``.
+
+Routes: ``GET /healthz`` (open, for load balancers), ``GET /v1/info`` and the model
+endpoints under ``/v1/`` (API key enforced when configured; see docs/serving.md). At the
+end the live overlay (:mod:`avatarforge.serve.overlay`) and the Gradio studio
+(:mod:`avatarforge.serve.studio`, only when gradio is installed) are mounted when present.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from avatarforge import __version__
+from avatarforge.serve.auth import STATE_SCOPE_KEY, require_api_key
+from avatarforge.serve.state import ServeState
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class _StateScope:
+    """Pure ASGI middleware: puts the ServeState into every scope (HTTP and WebSocket).
+
+    Mounted sub-applications (the Gradio studio, the overlay) see their own ``request.app``,
+    but the scope is passed down, so :func:`require_api_key` finds the key everywhere.
+    """
+
+    def __init__(self, app: Any, state: ServeState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope[STATE_SCOPE_KEY] = self.state
+        await self.app(scope, receive, send)
+
+
+def _field(loc: Any) -> str:
+    # ("body", "n") -> "n"; ("query", "seed") -> "seed": the name a client wrote.
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    return ".".join(parts) or ".".join(str(p) for p in loc)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    message = "; ".join(f"{_field(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors)
+    # Keep FastAPI's list under "detail" (what generated clients expect) and add one line
+    # naming every bad field for people.
+    detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+    return JSONResponse(status_code=422, content={"detail": detail, "message": message})
+
+
+def _mount_optional(
+    app: FastAPI, state: ServeState, module: str, func: str, needs: str | None = None
+) -> bool:
+    """Call ``module.func(app, state)`` if the module exists (and ``needs`` is importable)."""
+    if needs is not None and importlib.util.find_spec(needs) is None:
+        return False
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:  # the part is not installed/written: serve without it
+            return False
+        raise
+    getattr(mod, func)(app, state)
+    return True
+
+
+def create_app(state: ServeState) -> FastAPI:
+    """The HTTP API around ``state`` (models loaded once; see :class:`ServeState`).
+
+    Every blocking model call runs in the thread pool under ``state.lock``. The returned app
+    has ``app.state.serve = state``; the overlay and studio are mounted when available.
+    """
+    app = FastAPI(
+        title="AvatarForge API",
+        version=__version__,
+        description="Generate, edit, post-process, style and animate VTuber avatars. See docs/serving.md.",
+    )
+    app.state.serve = state
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(_StateScope, state=state)
+
+    @app.get("/healthz", tags=["meta"], summary="liveness check (never needs the API key)")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/info", tags=["meta"], dependencies=[Depends(require_api_key)], summary="the loaded model")
+    def info() -> dict[str, Any]:
+        return state.info()
+
+    from avatarforge.serve.routes import build_router
+
+    app.include_router(build_router(state), prefix="/v1", dependencies=[Depends(require_api_key)])
+
+    mounted = [
+        name
+        for name, module, func, needs in (
+            ("overlay", "avatarforge.serve.overlay", "mount_overlay", None),
+            ("studio", "avatarforge.serve.studio", "mount_studio", "gradio"),
+        )
+        if _mount_optional(app, state, module, func, needs)
+    ]
+    app.state.mounted = mounted
+    return app

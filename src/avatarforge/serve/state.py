@@ -1,0 +1,265 @@
+"""What the HTTP server loads once at start, and the limits it enforces.
+
+* :class:`ServeSettings` -- bind address, API key and every request limit (upload bytes,
+  pixels, counts, frames). One dataclass, so the CLI, the tests and the studio share them.
+* :class:`ServeState` -- the loaded models and what they offer (the
+  :class:`~avatarforge.generate.GeneratorPipeline`, an optional expression animator, the
+  slider directions, the post-processing ops) plus the lock that serialises torch work on
+  them. Build it with :meth:`ServeState.load`.
+
+Concurrency: the server runs blocking model calls in a thread pool. The models are shared
+and PyTorch modules are not documented as thread-safe for concurrent forward passes (label
+blending, for one, installs forward hooks on the generator for the duration of a call), so
+every call that touches a model holds :attr:`ServeState.lock`. A second request waits for
+the first instead of corrupting it; on a CPU server a model call uses all intra-op threads
+anyway, so serialising costs little throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["QUICKSTART_FILE", "ServeSettings", "ServeState", "resolve_run"]
+
+#: Written by ``avatarforge quickstart`` into its output directory: ``{"generator_run": ...,
+#: "animator_run": ...}``, paths relative to that directory.
+QUICKSTART_FILE = "quickstart.json"
+
+_MiB = 1024 * 1024
+
+
+@dataclass
+class ServeSettings:
+    """Server options and request limits.
+
+    Attributes:
+        host, port: where uvicorn binds (loopback by default: nothing outside the machine
+            can reach the server unless you choose so).
+        api_key: when set, every ``/v1/`` request needs ``X-API-Key: KEY`` or
+            ``Authorization: Bearer KEY``; ``None`` leaves the API open.
+        max_upload_bytes: largest accepted upload (checked while reading, before decoding).
+        max_pixels: largest accepted upload in pixels (decompression-bomb guard, checked from
+            the header before the pixel data is decoded).
+        max_image_side: uploads are downscaled (aspect kept) so the longer side is at most
+            this before any processing, which bounds the work per request.
+        max_n: most images per generate/variations request.
+        max_frames: most frames per interpolate/animate request.
+        max_fps: highest frame rate of a video response.
+        max_steps: most optimisation steps of a neural style request.
+        device: torch device of the models.
+        threads: torch intra-op threads (``None``: leave torch's default).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_upload_bytes: int = 8 * _MiB
+    max_pixels: int = 16_000_000
+    max_image_side: int = 1024
+    max_n: int = 64
+    max_frames: int = 240
+    max_fps: int = 60
+    max_steps: int = 200
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key must not be empty; leave it unset (None) for an open API")
+        for name in ("max_upload_bytes", "max_pixels", "max_image_side", "max_n", "max_frames", "max_fps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 <= int(self.port) <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+
+
+def resolve_run(
+    run: str | os.PathLike, animator: str | os.PathLike | None = None
+) -> tuple[Path, Path | None]:
+    """``(generator run, animator run or None)`` for a run directory or a quickstart output.
+
+    A quickstart output directory holds ``quickstart.json`` naming both runs relative to it;
+    an explicit ``animator`` wins over the one it names.
+    """
+    root = Path(run)
+    if not root.exists():
+        raise FileNotFoundError(
+            f"RUN {root} does not exist; pass a run directory, checkpoint or quickstart output"
+        )
+    qs = root / QUICKSTART_FILE
+    if qs.is_file():
+        try:
+            meta = json.loads(qs.read_text("utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{qs} is not valid JSON ({e}); re-run 'avatarforge quickstart'") from e
+        if not isinstance(meta, dict) or not isinstance(meta.get("generator_run"), str):
+            raise ValueError(f"{qs} must hold a string 'generator_run' (path relative to {root})")
+        gen = root / meta["generator_run"]
+        anim_rel = meta.get("animator_run")
+        anim = (
+            Path(animator)
+            if animator is not None
+            else (root / anim_rel if isinstance(anim_rel, str) else None)
+        )
+        return gen, anim
+    return root, Path(animator) if animator is not None else None
+
+
+@dataclass
+class ServeState:
+    """Everything the server loads once: models, their sliders, the post-processing ops.
+
+    Attributes:
+        pipe: the generator pipeline (on ``settings.device``).
+        settings: limits and options.
+        animator: an ``ExpressionAnimator``, ``OnnxAnimator`` or ``None`` (then animate
+            endpoints answer 503).
+        directions: slider directions by id (label sliders of conditional models, code
+            sliders of InfoGAN, SeFa sliders of StyleGAN, plus ``directions.json`` of the
+            run when present).
+        post_ops: names of the post-processing ops (:func:`avatarforge.postprocess.list_ops`).
+        lock: held around every model call (see the module docstring).
+        generator_run, animator_run: where the models came from.
+    """
+
+    pipe: Any
+    settings: ServeSettings = field(default_factory=ServeSettings)
+    animator: Any = None
+    directions: dict[str, Any] = field(default_factory=dict)
+    post_ops: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    generator_run: Path | None = None
+    animator_run: Path | None = None
+
+    @classmethod
+    def load(
+        cls,
+        run: str | os.PathLike,
+        animator: str | os.PathLike | None = None,
+        settings: ServeSettings | None = None,
+    ) -> ServeState:
+        """Load the generator of ``run`` (run dir, checkpoint or quickstart output) and the animator.
+
+        ``animator``: a run directory/checkpoint of ``avatarforge animate train`` or an
+        exported ``.onnx``; defaults to the quickstart's ``animator_run`` if any.
+        """
+        from avatarforge.generate import GeneratorPipeline
+
+        settings = settings or ServeSettings()
+        gen_run, anim_run = resolve_run(run, animator)
+        if settings.threads is not None:
+            import torch
+
+            torch.set_num_threads(int(settings.threads))
+        pipe = GeneratorPipeline.from_pretrained(gen_run, device=settings.device)
+        anim = None
+        if anim_run is not None:
+            from avatarforge.animate.cli import load_any_animator
+
+            anim = load_any_animator(str(anim_run), device=settings.device, threads=settings.threads)
+        return cls.from_pipeline(
+            pipe, animator=anim, settings=settings, generator_run=gen_run, animator_run=anim_run
+        )
+
+    @classmethod
+    def from_pipeline(
+        cls,
+        pipe: Any,
+        animator: Any = None,
+        settings: ServeSettings | None = None,
+        generator_run: Path | None = None,
+        animator_run: Path | None = None,
+    ) -> ServeState:
+        """A state around already-loaded models (tests, embedding the app in another program)."""
+        from avatarforge.postprocess import list_ops
+
+        return cls(
+            pipe=pipe,
+            settings=settings or ServeSettings(),
+            animator=animator,
+            directions=_available_directions(pipe, generator_run),
+            post_ops=list(list_ops()),
+            generator_run=generator_run,
+            animator_run=animator_run,
+        )
+
+    @contextlib.contextmanager
+    def model_lock(self) -> Iterator[None]:
+        """Hold the model lock (and disable autograd) for one model call."""
+        import torch
+
+        with self.lock, torch.inference_mode():
+            yield
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /v1/info`` returns: the model, its attributes, codes, sliders, ops, limits."""
+        pipe = self.pipe
+        labels = pipe.labels
+        attributes = {
+            name: [labels.class_name(i, c) for c in range(labels.dims[i])]
+            for i, name in enumerate(labels.names)
+        }
+        code_dims = pipe.code_dims
+        s = self.settings
+        return {
+            "model": {
+                "family": pipe.family,
+                "resolution": pipe.resolution,
+                "channels": pipe.channels,
+                "rgba": pipe.channels == 4,
+                "stylegan": bool(pipe.is_stylegan),
+                "sha256": pipe.model_sha256,
+            },
+            "attributes": attributes,
+            "codes": {
+                "categorical": list(code_dims.get("categorical", [])),
+                "continuous": int(code_dims.get("continuous", 0)),
+            },
+            "sliders": [
+                {"id": d.id, "name": d.name, "kind": d.kind, "range": list(d.range)}
+                for d in self.directions.values()
+            ],
+            "post_ops": list(self.post_ops),
+            "animator": self.animator is not None,
+            "limits": {
+                "max_upload_bytes": s.max_upload_bytes,
+                "max_pixels": s.max_pixels,
+                "max_image_side": s.max_image_side,
+                "max_n": s.max_n,
+                "max_frames": s.max_frames,
+                "max_fps": s.max_fps,
+                "max_steps": s.max_steps,
+            },
+            "auth": s.api_key is not None,
+        }
+
+
+def _available_directions(pipe: Any, run: Path | None) -> dict[str, Any]:
+    """Slider directions the model supports, by id (first one wins on an id clash)."""
+    from avatarforge.generate import directions as D
+
+    found: list[Any] = []
+    if run is not None:
+        # A directions.json written by 'avatarforge edit directions' into the run directory
+        # gives named sliders; directions of another model are refused by load_directions.
+        cand = run / "directions.json"
+        if cand.is_file():
+            found += D.load_directions(cand, pipe)
+    if pipe.labels.dims:
+        found += D.label_directions(pipe)
+    if pipe.has_codes:
+        found += D.code_directions(pipe)
+    if pipe.is_stylegan:
+        # SeFa is closed-form (eigenvectors of the first modulation's weights): cheap at start.
+        found += D.sefa_directions(pipe, k=8, n_samples=256)
+    out: dict[str, Any] = {}
+    for d in found:
+        out.setdefault(d.id, d)
+    return out
