@@ -5,24 +5,32 @@ The main entry points::
     from avatarforge.data import PackedDataset, DiffAugment, build_builtin_dataset, prepare_dataset
 """
 
-from avatarforge.data.augment import DiffAugment, diff_augment, hflip
-from avatarforge.data.builtin import build_builtin_dataset
-from avatarforge.data.dataset import (
-    PackedDataset,
-    ShardedSampler,
-    infinite_batches,
-    label_indices,
-    shard_indices,
-)
-from avatarforge.data.packed import (
-    LabelField,
-    LabelSchema,
-    PackedFormatError,
-    PackedWriter,
-    read_manifest,
-    read_schema,
-)
-from avatarforge.data.prepare import PrepareReport, prepare_dataset
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Lazy attributes: ``import avatarforge.data`` (done by the CLI to build its parser, and by
+# every data submodule) must not import torch; only the names that need it do.
+_WHERE = {
+    "DiffAugment": "augment",
+    "diff_augment": "augment",
+    "hflip": "augment",
+    "build_builtin_dataset": "builtin",
+    "PackedDataset": "dataset",
+    "ShardedSampler": "dataset",
+    "infinite_batches": "dataset",
+    "label_indices": "dataset",
+    "shard_indices": "dataset",
+    "LabelField": "packed",
+    "LabelSchema": "packed",
+    "PackedFormatError": "packed",
+    "PackedWriter": "packed",
+    "read_manifest": "packed",
+    "read_schema": "packed",
+    "PrepareReport": "prepare",
+    "prepare_dataset": "prepare",
+}
 
 __all__ = [
     "DiffAugment",
@@ -43,3 +51,15 @@ __all__ = [
     "read_schema",
     "shard_indices",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"avatarforge.data.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'avatarforge.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
