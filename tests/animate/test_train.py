@@ -113,3 +113,30 @@ def test_config_errors_and_dry_run(tmp_path, capsys):
     args = build_parser().parse_args(["train", "--dry-run", "batch_size=0"])
     assert animate_main(args) == 2
     assert "batch_size must be >= 1" in capsys.readouterr().err
+
+
+def test_train_animator_budget_resume_and_new_runs(tmp_path):
+    from avatarforge.animate.train import find_animator_run, train_animator
+
+    extra = [*MICRO, f"data.cache_dir={tmp_path / 'cache'}"]
+    runs = tmp_path / "runs"
+    run = train_animator(runs, size=32, minutes=0.03, progress=False, overrides=extra)
+    assert run.parent == runs and run.name.endswith("-animator-32")
+    first = int(find_checkpoint(run).name.split("-")[-1])
+    assert first > 0 and read_metrics(run, kind="metric")  # trained, checkpointed, evaluated
+    assert find_animator_run(runs, 32) == run and find_animator_run(runs, 64) is None
+    # resume=True continues the newest run of that size, given the runs dir or the run itself
+    assert train_animator(runs, size=32, minutes=0.03, progress=False, overrides=extra) == run
+    assert train_animator(run, size=32, minutes=0.03, progress=False, overrides=extra) == run
+    steps = [m["step"] for m in read_metrics(run, kind="metric")]
+    assert steps[0] == first and steps == sorted(steps) and len(set(steps)) == 3
+    assert isinstance(load_animator(run), ExpressionAnimator)
+    # resume=False starts a new run next to it
+    other = train_animator(run, size=32, minutes=0.03, resume=False, progress=False, overrides=extra)
+    assert other != run and other.parent == runs
+    with pytest.raises(ConfigError, match="trained at 32 px"):
+        train_animator(run, size=48, minutes=0.1, progress=False)
+    with pytest.raises(ConfigError, match="minutes"):
+        train_animator(runs, minutes=0)
+    with pytest.raises(ConfigError, match="size"):
+        train_animator(runs, size=30, minutes=1)

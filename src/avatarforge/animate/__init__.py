@@ -3,7 +3,8 @@
 * The network: :class:`ExpressionAnimator` (avatar + expression controls -> the same
   avatar with that expression; ``prepare(avatar)`` once, ``render(state, controls)`` per
   frame) and its :class:`AnimatorDiscriminator` -- :mod:`.model`.
-* Training: :class:`AnimatorTrainer`, :func:`build_animator_config`, :func:`load_animator`
+* Training: :class:`AnimatorTrainer`, :func:`build_animator_config`, :func:`load_animator`,
+  :func:`train_animator` (one call, a wall-clock budget: the quickstart's)
   -- :mod:`.train`, on pairs from the procedural renderer (:class:`PairCache`,
   :class:`StreamingPairs` -- :mod:`.pairs`); held-out metrics -- :mod:`.metrics`.
 * Real time: :class:`FrameLoop` with critically damped smoothing and
@@ -47,7 +48,9 @@ __all__ = [
     "build_animator_config",
     "evaluate_animator",
     "export_onnx",
+    "find_animator_run",
     "load_animator",
+    "train_animator",
 ]
 
 _LAZY = {
@@ -63,6 +66,8 @@ _LAZY = {
     "AnimatorTrainer": "avatarforge.animate.train",
     "build_animator_config": "avatarforge.animate.train",
     "load_animator": "avatarforge.animate.train",
+    "train_animator": "avatarforge.animate.train",
+    "find_animator_run": "avatarforge.animate.train",
     "AvatarRenderer": "avatarforge.animate.loop",
     "CriticalSmoother": "avatarforge.animate.loop",
     "FrameLoop": "avatarforge.animate.loop",

@@ -42,6 +42,7 @@ errors).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -116,7 +117,9 @@ __all__ = [
     "AnimatorTrainer",
     "TrainingDiverged",
     "build_animator_config",
+    "find_animator_run",
     "load_animator",
+    "train_animator",
 ]
 
 _PREFIXES = ("g", "g_ema", "d")
@@ -856,20 +859,34 @@ class AnimatorTrainer:
 
 # =============================================================================== loading
 def load_animator(
-    path: str | os.PathLike, which: str = "ema", device: str | torch.device = "cpu"
-) -> ExpressionAnimator:
-    """The animator of a run directory, a checkpoint, or a ``save_pretrained`` directory.
+    path: str | os.PathLike,
+    which: str = "ema",
+    device: str | torch.device = "cpu",
+    *,
+    threads: int | None = None,
+) -> Any:
+    """The animator of a run directory, a checkpoint, a ``save_pretrained`` directory, or an
+    exported ``.onnx`` file.
 
     Args:
-        path: run directory (its latest checkpoint), ``checkpoints`` dir, ``ckpt-*`` dir, or a
-            directory holding ``config.json`` + ``model.safetensors`` of an animator.
-        which: ``"ema"`` (the averaged weights; default) or ``"g"`` (the raw ones).
+        path: run directory (its latest checkpoint), ``checkpoints`` dir, ``ckpt-*`` dir, a
+            directory holding ``config.json`` + ``model.safetensors`` of an animator, or the
+            render graph ``NAME.onnx`` written by ``avatarforge animate export-onnx``.
+        which: ``"ema"`` (the averaged weights; default) or ``"g"`` (the raw ones); ignored for ``.onnx``.
+        device: torch device (``.onnx`` files run on onnxruntime's CPU provider).
+        threads: ``.onnx`` only: onnxruntime intra-op threads (None: its default).
 
-    Returned in eval mode without gradients. Nothing is unpickled.
+    Returns an :class:`~avatarforge.animate.model.ExpressionAnimator` in eval mode without
+    gradients, or for ``.onnx`` an :class:`~avatarforge.animate.onnx_export.OnnxAnimator`
+    (same ``prepare`` / ``render_image`` / ``resolution`` API). Nothing is unpickled.
     """
     if which not in ("ema", "g"):
         raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
     p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        from avatarforge.animate.onnx_export import OnnxAnimator
+
+        return OnnxAnimator(p, threads=threads)
     if (
         (p / "config.json").is_file()
         and (p / "model.safetensors").is_file()
@@ -882,3 +899,124 @@ def load_animator(
     if not isinstance(model, ExpressionAnimator):
         raise ValueError(f"{path} holds a {type(model).__name__}, not an expression animator")
     return model.eval().requires_grad_(False)
+
+
+# =============================================================================== one-call training
+#: Training identities :func:`train_animator` renders for budgets up to 10 minutes: rendering
+#: the default 2000 (x 6 expressions) takes ~70 s on 2 cores, a third of a short budget, and a
+#: few minutes of training (~7 kimg = ~15 passes over 500 identities' 30 ordered pairs) do
+#: not exhaust 500 identities.
+QUICK_IDENTITIES = 500
+
+
+def _animator_run_size(run: Path) -> int | None:
+    """``data.size`` of an animator run directory (with a checkpoint), else None."""
+    cfg_path = run / "config.json"
+    if not (cfg_path.is_file() and (run / "checkpoints").is_dir()):
+        return None
+    try:
+        cfg = json.loads(cfg_path.read_text("utf-8"))
+        if "mouth_weight" not in cfg.get("loss", {}):  # not an animator config
+            return None
+        find_checkpoint(run)
+        return int(cfg["data"]["size"])
+    except (OSError, ValueError, KeyError, TypeError, FileNotFoundError):
+        return None
+
+
+def find_animator_run(runs_dir: str | os.PathLike, size: int | None = None) -> Path | None:
+    """The newest animator run directory under ``runs_dir`` that has a checkpoint (of
+    resolution ``size`` when given), or None."""
+    from avatarforge.train.rundir import run_number
+
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return None
+    found = []
+    for run in root.iterdir():
+        n = run_number(run)
+        got = _animator_run_size(run) if n is not None else None
+        if got is not None and (size is None or got == size):
+            found.append((n, run))
+    return max(found)[1] if found else None
+
+
+def train_animator(
+    path: str | os.PathLike = "runs",
+    size: int = 64,
+    minutes: float = 4.0,
+    resume: bool = True,
+    progress: bool = True,
+    *,
+    overrides: Sequence[str] = (),
+    workers: int | None = None,
+) -> Path:
+    """Train (or keep training) an expression animator within a wall-clock budget; returns the run directory.
+
+    The one call behind the quickstart: ``minutes`` covers everything, rendering the pair
+    caches included (they are cached, so a second call trains for nearly all of it).
+
+    Args:
+        path: a runs directory (a new ``NNNNN-animator-<size>`` run is created in it, or with
+            ``resume`` its newest animator run of that ``size`` continues), or an animator run
+            directory (continued with ``resume``; otherwise a new run is created next to it).
+        size: resolution (multiple of 8, 32-512). 64 px is the CPU-friendly choice.
+        minutes: total wall-clock budget (> 0). Measured on 2 busy CPU cores at 64 px: see
+            docs/animate.md ("How good is a short run") for what 4 minutes give.
+        resume: continue the newest matching run instead of starting over.
+        progress: show a progress bar and messages.
+        overrides: extra ``KEY=VALUE`` config overrides (see docs/animate.md), applied last.
+        workers: render processes for the pair caches (default: 2 when the machine has 2+ cores).
+
+    Raises:
+        ConfigError: a bad ``size``, ``minutes`` or override (the message names the key).
+    """
+    t0 = time.monotonic()
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0:
+        raise ConfigError(f"minutes must be a number > 0, got {minutes!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size > 512 or size % 8:
+        raise ConfigError(f"size must be a multiple of 8 from 32 to 512, got {size!r}")
+    root = Path(path)
+    run: Path | None = None
+    if _animator_run_size(root) is not None:  # a run directory
+        run = root if resume else None
+        runs_dir = root.parent
+    else:
+        runs_dir = root
+        run = find_animator_run(root, size) if resume else None
+    if run is not None and _animator_run_size(run) != size:
+        raise ConfigError(
+            f"{run} was trained at {_animator_run_size(run)} px, not size={size}; pass its size or resume=False"
+        )
+    if workers is None:
+        workers = 2 if (os.cpu_count() or 1) >= 2 else 0
+    cli: dict[str, Any] = {"runs_dir": str(runs_dir), "kimg": None, "log": {"progress": bool(progress)}}
+    base = [
+        f"data.size={size}",
+        f"data.workers={workers}",
+        # A short run gets a checkpoint every ~1 minute of CPU training, so an interrupted
+        # quickstart keeps its progress; samples at the same pace.
+        "log.checkpoint_every_kimg=2",
+        "log.sample_every_kimg=2",
+    ]
+    if minutes <= 10:
+        base.append(f"data.identities={QUICK_IDENTITIES}")
+    config_file = run / "config.yaml" if run is not None else None
+    if run is not None:
+        base = [f"data.workers={workers}"]  # keep the run's own data and model settings
+    cfg = build_animator_config(config_file=config_file, cli=cli, overrides=[*base, "minutes=1", *overrides])
+    # Render (or open) the pair caches first, so their time counts against the budget.
+    d = cfg.data
+    if d.mode == "cache":
+        for split, n in ((HELDOUT, d.heldout_identities), (TRAIN, d.identities)):
+            build_or_open_cache(
+                d.cache_dir or None,
+                PairSpec(size=d.size, identities=n, expressions=d.expressions, seed=cfg.seed, split=split),
+                workers=d.workers,
+                progress=progress,
+            )
+    # What is left, less a reserve for the final evaluation and checkpoint (~5% of the run).
+    left = minutes - (time.monotonic() - t0) / 60
+    cfg.minutes = max(0.02, left * 0.95 - 0.1)
+    trainer = AnimatorTrainer(cfg, resume=run)
+    return trainer.fit()
