@@ -1,0 +1,299 @@
+"""The live overlay: page, frame socket, control channel, shared loops, disconnects."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+from starlette.websockets import WebSocketDisconnect
+
+from avatarforge.serve.overlay import (
+    NO_ANIMATOR_CLOSE_CODE,
+    OverlayControls,
+    OverlayError,
+    OverlayOptions,
+    apply_control,
+    encode_frame,
+    mount_overlay,
+    parse_avatar,
+)
+from tests.serve.fixtures_studio import SIZE, ProceduralAnimator, make_state, tiny_animator, tiny_pipe
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipe()
+
+
+def make_client(state, **options) -> tuple[TestClient, object]:
+    app = FastAPI()
+    hub = mount_overlay(app, state, OverlayOptions(**options) if options else None)
+    return TestClient(app), hub
+
+
+def decode(data: bytes) -> np.ndarray:
+    im = Image.open(io.BytesIO(data))
+    assert im.mode == "RGBA"
+    return np.asarray(im)
+
+
+def wait_until(pred, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+def test_frames_are_rgba_pngs_of_the_requested_size(pipe):
+    client, hub = make_client(make_state(pipe, tiny_animator()))
+    with client, client.websocket_connect("/ws/overlay?avatar=5&size=48&fps=60") as ws:
+        frames = [decode(ws.receive_bytes()) for _ in range(5)]
+        assert hub.running()[0]["clients"] == 1
+    for f in frames:
+        assert f.shape == (48, 48, 4)
+        assert f[..., 3].min() < 255  # real alpha, not an opaque square
+    # idle sway moves the head: the frames are not all the same picture
+    assert max(np.abs(f.astype(int) - frames[0]).max() for f in frames) > 0
+
+
+def test_default_size_is_the_animators_and_webp_works(pipe):
+    client, _ = make_client(make_state(pipe, tiny_animator()), image_format="webp", fps=60)
+    with client, client.websocket_connect("/ws/overlay?avatar=procedural:4") as ws:
+        data = ws.receive_bytes()
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    assert decode(data).shape == (SIZE, SIZE, 4)
+
+
+def test_blink_and_mouth_controls_change_the_frames(pipe):
+    anim = ProceduralAnimator(identity=3)
+    client, hub = make_client(make_state(pipe, anim))
+    eyes = anim.eye_region()
+    open_ref = anim.render_image(3, {"eye_open": 1.0})
+    closed_ref = anim.render_image(3, {"eye_open": 0.0})
+
+    def eye_diff(frame, ref):
+        return np.abs(frame.astype(int) - ref.astype(int))[eyes].mean()
+
+    with client, client.websocket_connect("/ws/overlay?avatar=7&fps=60&idle=0") as ws:
+        first = decode(ws.receive_bytes())
+        assert eye_diff(first, open_ref) == 0  # neutral: eyes open, nothing else moves
+        # hold the eyes shut (a blink lasts 0.15 s: long enough, but hold to make the check exact)
+        ws.send_text(json.dumps({"set": {"eye_open": 0.0}}))
+        frames = [decode(ws.receive_bytes()) for _ in range(12)]
+        assert eye_diff(frames[-1], closed_ref) < 1.0 < eye_diff(frames[-1], open_ref)
+        # the B key blinks: closed within a few frames, then open again by itself
+        ws.send_text(json.dumps({"clear": ["eye_open"]}))
+        for _ in range(12):
+            ws.receive_bytes()
+        ws.send_text(json.dumps({"key": "b"}))
+        blink = [decode(ws.receive_bytes()) for _ in range(30)]  # 0.5 s at 60 fps
+        diffs = [eye_diff(f, open_ref) for f in blink]
+        assert max(diffs) > 20 and diffs[-1] < 1.0
+        # key 3: mouth wide open
+        ws.send_text(json.dumps({"key": "3"}))
+        for _ in range(12):
+            last = decode(ws.receive_bytes())
+        want = anim.render_image(3, {"mouth_open": 1.0})
+        assert np.abs(last.astype(int) - want.astype(int)).mean() < 1.0
+        assert hub.controls("7").get() == {"mouth_open": 1.0}
+
+
+def test_one_loop_is_shared_and_stops_with_the_last_client(pipe):
+    anim = tiny_animator()
+    client, hub = make_client(make_state(pipe, anim))
+    with client:
+        with client.websocket_connect("/ws/overlay?avatar=2&fps=60") as a:
+            a.receive_bytes()
+            with client.websocket_connect("/ws/overlay?avatar=2&fps=60") as b:
+                b.receive_bytes()
+                running = hub.running()
+                assert len(running) == 1 and running[0]["clients"] == 2
+                # the control socket feeds the same avatar
+                with client.websocket_connect("/ws/overlay/control?avatar=2") as c:
+                    c.send_text(json.dumps({"set": {"smile": 0.5}}))
+                    assert json.loads(c.receive_text()) == {"manual": {"smile": 0.5}}
+            # b left without reading its queue: a keeps receiving
+            for _ in range(3):
+                a.receive_bytes()
+            assert wait_until(lambda: hub.running() and hub.running()[0]["clients"] == 1)
+        assert wait_until(lambda: hub.running() == [])
+
+
+def test_slow_client_queue_is_bounded_and_keeps_the_newest_frames():
+    import asyncio
+
+    from avatarforge.serve.overlay import _Subscriber
+
+    async def main():
+        sub = _Subscriber(asyncio.get_running_loop(), maxsize=2)
+        for i in range(10):  # the render thread hands over 10 frames before the socket sends one
+            sub.offer(bytes([i]))
+        await asyncio.sleep(0.05)
+        return sub.queue.qsize(), sub.dropped, [await sub.queue.get() for _ in range(2)]
+
+    size, dropped, kept = asyncio.run(main())
+    assert size == 2 and dropped == 8 and kept == [b"\x08", b"\x09"]
+
+
+def test_no_animator_page_says_so_and_socket_closes_with_reason(pipe):
+    client, _ = make_client(make_state(pipe, None))
+    with client:
+        r = client.get("/overlay")
+        assert r.status_code == 503
+        assert "no animator loaded" in r.text
+        assert "background: transparent" in r.text
+        with client.websocket_connect("/ws/overlay") as ws, pytest.raises(WebSocketDisconnect) as e:
+            ws.receive_bytes()
+        assert e.value.code == NO_ANIMATOR_CLOSE_CODE
+        assert "no animator loaded" in e.value.reason
+
+
+def test_page_is_transparent_and_forwards_its_query(pipe):
+    client, _ = make_client(make_state(pipe, tiny_animator()))
+    with client:
+        r = client.get("/overlay?avatar=12&size=256&fps=24&idle=0")
+        assert r.status_code == 200
+        html = r.text
+        assert "background: transparent" in html and "margin: 0" in html
+        assert '"avatar": "12"' in html and '"size": "256"' in html and "/ws/overlay" in html
+        bad = client.get("/overlay?size=huge")
+        assert bad.status_code == 400 and "size must be an integer" in bad.text
+        ctl = client.get("/overlay/control?avatar=12")
+        assert ctl.status_code == 200 and "Start microphone" in ctl.text and "/ws/overlay/control" in ctl.text
+
+
+def test_bad_socket_parameters_close_with_the_field_named(pipe):
+    client, _ = make_client(make_state(pipe, tiny_animator()))
+    with (
+        client,
+        client.websocket_connect("/ws/overlay?fps=1000") as ws,
+        pytest.raises(WebSocketDisconnect) as e,
+    ):
+        ws.receive_bytes()
+    assert e.value.code == 4400 and "fps must be from 1 to" in e.value.reason
+
+
+def test_bad_control_messages_are_answered_not_fatal(pipe):
+    client, _ = make_client(make_state(pipe, tiny_animator()))
+    with client, client.websocket_connect("/ws/overlay/control?avatar=3") as c:
+        c.send_text("not json")
+        assert "must be JSON" in json.loads(c.receive_text())["error"]
+        c.send_text(json.dumps({"set": {"eyes": 1}}))
+        assert "unknown control 'eyes'" in json.loads(c.receive_text())["error"]
+        c.send_text(json.dumps({"action": "blink"}))
+        assert json.loads(c.receive_text()) == {"manual": {}}
+
+
+def test_http_control_and_api_key(pipe):
+    client, hub = make_client(make_state(pipe, tiny_animator(), api_key="s3cret"))
+    with client:
+        assert client.get("/overlay").status_code == 401
+        assert client.get("/overlay?key=s3cret").status_code == 200
+        r = client.post("/overlay/control?avatar=4", json={"key": "4"})
+        assert r.status_code == 401
+        r = client.post("/overlay/control?avatar=4", json={"key": "4"}, headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 200 and r.json() == {"avatar": "4", "manual": {"smile": 1.0}}
+        r = client.post(
+            "/overlay/control?avatar=4", json={"set": {"smile": "big"}}, headers={"X-API-Key": "s3cret"}
+        )
+        assert r.status_code == 422 and "smile must be a number" in r.json()["detail"]
+        with client.websocket_connect("/ws/overlay?avatar=4") as ws, pytest.raises(WebSocketDisconnect) as e:
+            ws.receive_bytes()
+        assert e.value.code == 4401
+    assert hub.controls("4").get() == {"smile": 1.0}
+
+
+def test_studio_avatar_is_swapped_in_running_loops(pipe):
+    anim = tiny_animator()
+    client, hub = make_client(make_state(pipe, anim))
+    with client, client.websocket_connect("/ws/overlay?avatar=studio&fps=60&idle=0") as ws:
+        before = decode(ws.receive_bytes())
+        other = pipe(seeds=[99], rgba=True).images[0]
+        hub.set_avatar("studio", other)
+        want = anim.render_image(anim.prepare(other), {})
+        assert wait_until(lambda: np.array_equal(decode(ws.receive_bytes()), want), timeout=5)
+        assert not np.array_equal(before, want)
+
+
+def test_apply_control_keys_and_validation():
+    c = OverlayControls()
+    assert apply_control(c, {"key": "ArrowRight"}) == {"head_yaw": 0.25}
+    assert apply_control(c, {"key": "arrowright"}) == {"head_yaw": 0.5}
+    assert apply_control(c, {"key": "ArrowUp"}) == {"head_yaw": 0.5, "head_tilt": -0.25}
+    assert apply_control(c, '{"set": {"mouth_open": 7}}')["mouth_open"] == 1.0  # clamped
+    assert apply_control(c, {"key": "Escape"}) == {}
+    c.blink()
+    assert c.update(0.0)["eye_open"] == 0.0
+    for bad, msg in [
+        ([], "JSON object"),
+        ({"jump": 1}, "unknown control message field"),
+        ({"key": "q"}, "not bound"),
+        ({"action": "dance"}, "unknown action"),
+        ({"clear": "all"}, '"clear" must be'),
+        ({"set": {"smile": float("nan")}}, "smile must be a number"),
+    ]:
+        with pytest.raises(OverlayError, match=msg):
+            apply_control(c, bad)
+
+
+def test_parse_avatar_and_options():
+    assert parse_avatar(None) == "studio"
+    assert parse_avatar(" 007 ") == "7"
+    assert parse_avatar("Procedural:3") == "procedural:3"
+    with pytest.raises(OverlayError, match="avatar must be"):
+        parse_avatar("../etc/passwd")
+    with pytest.raises(OverlayError, match="image_format"):
+        OverlayOptions(image_format="jpeg")
+    with pytest.raises(OverlayError, match="vmc must be"):
+        OverlayOptions(vmc="localhost:abc")
+
+
+def test_encode_frame_keeps_alpha_and_resizes():
+    img = np.zeros((32, 32, 4), np.uint8)
+    img[8:24, 8:24] = (255, 0, 0, 255)
+    out = decode(encode_frame(img, "png", size=64))
+    assert out.shape == (64, 64, 4)
+    assert out[0, 0, 3] == 0 and out[32, 32, 3] == 255 and tuple(out[32, 32, :3]) == (255, 0, 0)
+    assert np.array_equal(decode(encode_frame(img, "webp")), img)
+
+
+def test_vmc_listener_drives_the_overlay_and_closes_with_it(pipe):
+    import socket
+
+    from avatarforge.animate.osc import encode_bundle, encode_message
+
+    anim = ProceduralAnimator(identity=3)
+    client, hub = make_client(make_state(pipe, anim), vmc="127.0.0.1:0", fps=60)  # port 0: a free port
+    eyes = anim.eye_region()
+    closed_ref = anim.render_image(3, {"eye_open": 0.0})
+    with client, client.websocket_connect("/ws/overlay?avatar=1&idle=0") as ws:
+        ws.receive_bytes()
+        vmc = hub._vmc
+        assert vmc is not None
+        packet = encode_bundle(
+            [encode_message("/VMC/Ext/Blend/Val", "Blink", 1.0), encode_message("/VMC/Ext/Blend/Apply")]
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(packet, ("127.0.0.1", vmc.port))
+        assert vmc.wait(lambda d: d.packets >= 1, timeout=5)
+        for _ in range(12):
+            last = decode(ws.receive_bytes())
+        assert np.abs(last.astype(int) - closed_ref.astype(int))[eyes].mean() < 1.0
+    assert wait_until(lambda: hub._vmc is None)  # the last client left: the UDP port is free again
