@@ -19,7 +19,9 @@ from fastapi.responses import JSONResponse
 
 from avatarforge import __version__
 from avatarforge.serve.auth import STATE_SCOPE_KEY, require_api_key
+from avatarforge.serve.errors import UploadError, error_body
 from avatarforge.serve.state import ServeState
+from avatarforge.serve.uploads import BodyLimit
 
 __all__ = ["create_app"]
 
@@ -43,19 +45,12 @@ class _StateScope:
         await self.app(scope, receive, send)
 
 
-def _field(loc: Any) -> str:
-    # ("body", "n") -> "n"; ("query", "seed") -> "seed": the name a client wrote.
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
-    return ".".join(parts) or ".".join(str(p) for p in loc)
-
-
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    message = "; ".join(f"{_field(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors)
-    # Keep FastAPI's list under "detail" (what generated clients expect) and add one line
-    # naming every bad field for people.
-    detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
-    return JSONResponse(status_code=422, content={"detail": detail, "message": message})
+    return JSONResponse(status_code=422, content=error_body(list(exc.errors())))
+
+
+async def _upload_error(request: Request, exc: UploadError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status, content=error_body(exc.errors))
 
 
 def _mount_optional(
@@ -87,6 +82,9 @@ def create_app(state: ServeState) -> FastAPI:
     )
     app.state.serve = state
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(UploadError, _upload_error)
+    # Bound the whole body (two uploads for /v1/style plus form fields) before it is spooled.
+    app.add_middleware(BodyLimit, max_bytes=2 * state.settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(_StateScope, state=state)
 
     @app.get("/healthz", tags=["meta"], summary="liveness check (never needs the API key)")

@@ -1,16 +1,471 @@
-"""The model endpoints under ``/v1/`` (generate, variations, interpolate, edit, postprocess,
-style, animate)."""
+"""The model endpoints under ``/v1/``.
+
+Each endpoint is a plain ``def``: FastAPI runs it in its thread pool, so the event loop
+stays free while torch works. Request parsing, token decoding and image encoding run
+outside the model lock; only library calls that touch the shared models hold it (see
+:mod:`avatarforge.serve.state`). Library functions validate their own inputs and raise
+``ValueError`` with a message naming the problem; those become 422 naming the request field.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+import contextlib
+import io
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
+import numpy as np
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import Response
+
+from avatarforge.serve.errors import field_error
+from avatarforge.serve.latents import LatentTokenError, decode_latent, encode_latent
+from avatarforge.serve.schemas import (
+    MAX_SEED,
+    EditRequest,
+    GenerateRequest,
+    ImageOut,
+    ImagesResponse,
+    InterpolateRequest,
+    VariationsRequest,
+)
 from avatarforge.serve.state import ServeState
+from avatarforge.serve.uploads import read_upload
 
-__all__ = ["build_router"]
+__all__ = ["VIDEO_MEDIA_TYPES", "build_router", "encode_png"]
+
+#: Response media type of each animation format.
+VIDEO_MEDIA_TYPES = {"gif": "image/gif", "webp": "image/webp", "apng": "image/apng"}
+_PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+_VIDEO = {200: {"content": {t: {} for t in VIDEO_MEDIA_TYPES.values()}, "description": "an animation"}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong API key"},
+    413: {"description": "upload or body too large"},
+    415: {"description": "upload is not a supported image"},
+    422: {"description": "invalid field (the message names it)"},
+}
 
 
+def encode_png(image: np.ndarray) -> bytes:
+    """``(H, W, 3|4)`` uint8 -> PNG bytes (alpha kept)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def _as_field(field: str) -> Iterator[None]:
+    """Library ``ValueError`` / ``KeyError`` inside the block -> 422 naming ``field``."""
+    try:
+        yield
+    except LatentTokenError as e:
+        raise field_error("latent", str(e)) from None
+    except (ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise field_error(field, str(msg)) from None
+
+
+def _limit(field: str, value: int, maximum: int, setting: str) -> None:
+    if value > maximum:
+        raise field_error(field, f"at most {maximum} on this server (its {setting}), got {value}")
+
+
+def _colour_check(background: str | None) -> None:
+    if background is not None:
+        from avatarforge.generate.pipeline import parse_colour
+
+        with _as_field("background"):
+            parse_colour(background)
+
+
+def _images_response(state: ServeState, result: Any, seeds: list[int] | None = None) -> ImagesResponse:
+    pipe = state.pipe
+    imgs = result.images
+    out = []
+    for i in range(len(result)):
+        item = result.items[i] if result.items else {}
+        codes = item.get("codes")
+        out.append(
+            ImageOut(
+                png=base64.b64encode(encode_png(imgs[i])).decode("ascii"),
+                latent=encode_latent(result.latent[i], pipe.model_sha256),
+                seed=seeds[i] if seeds is not None else item.get("seed"),
+                amount=item.get("amount"),
+                attrs={str(k): str(v) for k, v in item["attrs"].items()} if item.get("attrs") else None,
+                codes={str(k): float(v) for k, v in codes.items()} if codes else None,
+            )
+        )
+    return ImagesResponse(
+        width=int(imgs.shape[2]), height=int(imgs.shape[1]), channels=int(imgs.shape[3]), images=out
+    )
+
+
+def _source_latent(state: ServeState, req: Any) -> Any:
+    """A one-image latent from ``req.seed`` (with its attrs/codes/truncation) or ``req.latent``."""
+    pipe = state.pipe
+    if req.latent is not None:
+        with _as_field("latent"):
+            return decode_latent(req.latent, pipe)
+    with _as_field("attrs"):
+        from avatarforge.generate.conditioning import encode_attrs
+
+        encode_attrs(pipe.labels, req.attrs)
+    with _as_field("codes"):
+        from avatarforge.generate.conditioning import encode_codes
+
+        encode_codes(pipe.code_dims, req.codes)
+    with state.model_lock(), _as_field("seed"):
+        return pipe.map(pipe.latents([req.seed], req.attrs, req.codes, req.truncation))
+
+
+def _encode_animation(frames: list[np.ndarray] | np.ndarray, fps: float, fmt: str) -> bytes:
+    from avatarforge.postprocess.export import save_animation
+
+    suffix = {"gif": ".gif", "webp": ".webp", "apng": ".png"}[fmt]
+    with tempfile.TemporaryDirectory(prefix="avatarforge-serve-") as tmp:
+        path = save_animation(Path(tmp) / f"out{suffix}", list(frames), fps=float(fps), format=fmt)
+        return path.read_bytes()
+
+
+def _video_response(data: bytes, fmt: str, name: str) -> Response:
+    ext = {"apng": "png"}.get(fmt, fmt)
+    return Response(
+        content=data,
+        media_type=VIDEO_MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'inline; filename="{name}.{ext}"'},
+    )
+
+
+def _interpolation_keys_latents(state: ServeState, req: InterpolateRequest) -> Any:
+    """The frame latents of a path through decoded latent tokens (seeds use the library)."""
+    from dataclasses import replace
+
+    from avatarforge.generate.interpolate import _positions, lerp, slerp
+    from avatarforge.generate.pipeline import Latent
+
+    pipe = state.pipe
+    assert req.latents is not None
+    keys_list = []
+    for i, tok in enumerate(req.latents):
+        try:
+            keys_list.append(decode_latent(tok, pipe))
+        except LatentTokenError as e:
+            raise field_error(f"latents.{i}", str(e)) from None
+    if not pipe.is_stylegan and any(k.label_t is not None for k in keys_list):
+        raise field_error("latents", "slider-edited latents of this model cannot be interpolated; use seeds")
+    truncs = {k.truncation for k in keys_list}
+    # Latent.cat needs one truncation; the ws (StyleGAN) already carry each key's own.
+    keys_list = (
+        [replace(k, truncation=keys_list[0].truncation) for k in keys_list] if len(truncs) > 1 else keys_list
+    )
+    with state.model_lock():
+        keys = pipe.map(Latent.cat([replace(k, labels_to=None, label_t=None) for k in keys_list]))
+    seg, t = _positions(req.frames, len(keys_list), req.loop)
+    nxt = (seg + 1) % len(keys_list)
+    a, b = keys[seg], keys[nxt]
+    out = replace(a, z=slerp(a.z, b.z, t))
+    if pipe.is_stylegan:
+        out = replace(out, ws=lerp(a.ws, b.ws, t))
+    elif a.labels is not None and b.labels is not None:
+        out = replace(out, labels_to=b.labels, label_t=t.clone())
+    if a.codes is not None and b.codes is not None:
+        out = replace(out, codes=lerp(a.codes, b.codes, t))
+    return out
+
+
+# ----------------------------------------------------------------------------- the router
 def build_router(state: ServeState) -> APIRouter:
     """All ``/v1/`` model routes bound to ``state``."""
-    router = APIRouter()
+    router = APIRouter(responses=_ERRORS)
+    s = state.settings
+    pipe = state.pipe
+
+    @router.post("/generate", response_model=ImagesResponse, tags=["generate"], summary="avatars from seeds")
+    def generate(req: GenerateRequest) -> ImagesResponse:
+        """One avatar per seed (deterministic: a seed always gives the same bytes), each with its
+        latent token for ``/v1/variations``, ``/v1/edit``, ``/v1/interpolate`` and ``/v1/animate``."""
+        if req.seeds is not None:
+            _limit("seeds", len(req.seeds), s.max_n, "max_n")
+        else:
+            _limit("n", int(req.n or 0), s.max_n, "max_n")
+        _colour_check(req.background)
+        seeds = req.seeds if req.seeds is not None else None
+        with _as_field("attrs"):
+            from avatarforge.generate.conditioning import encode_attrs
+
+            encode_attrs(pipe.labels, req.attrs)
+        with _as_field("codes"):
+            from avatarforge.generate.conditioning import encode_codes
+
+            encode_codes(pipe.code_dims, req.codes)
+        with state.model_lock(), _as_field("seeds"):
+            result = pipe(
+                seeds=seeds,
+                n=req.n,
+                truncation=req.truncation,
+                attrs=req.attrs,
+                codes=req.codes,
+                noise_mode=req.noise_mode,
+                rgba=req.rgba,
+                background=req.background,
+            )
+        return _images_response(state, result)
+
+    @router.post(
+        "/variations", response_model=ImagesResponse, tags=["generate"], summary="variations of one avatar"
+    )
+    def variations(req: VariationsRequest) -> ImagesResponse:
+        """``n`` avatars near one source (a seed or a latent token); ``strength`` says how near."""
+        from avatarforge.generate.variations import variations as lib_variations
+
+        _limit("n", req.n, s.max_n, "max_n")
+        _colour_check(req.background)
+        src = _source_latent(state, req)
+        with state.model_lock(), _as_field("strength"):
+            result = lib_variations(
+                pipe,
+                src,
+                n=req.n,
+                strength=req.strength,
+                seed=req.variation_seed,
+                noise_mode=req.noise_mode,
+                rgba=req.rgba,
+                background=req.background,
+            )
+        return _images_response(state, result)
+
+    @router.post(
+        "/edit", response_model=ImagesResponse, tags=["generate"], summary="move an avatar along a slider"
+    )
+    def edit(req: EditRequest) -> ImagesResponse:
+        """The source at each amount along a slider (attribute, InfoGAN code or StyleGAN direction).
+
+        Amount units: blend weight 0..1 for attribute sliders and categorical codes, the code
+        value for continuous codes, standard deviations of ``w`` for SeFa/PCA sliders. No amount:
+        the slider's default range in 7 steps.
+        """
+        from avatarforge.generate.directions import find_direction, slide
+
+        amounts = (
+            req.amounts if req.amounts is not None else ([req.amount] if req.amount is not None else None)
+        )
+        if amounts is not None:
+            _limit("amounts", len(amounts), s.max_n, "max_n")
+        _colour_check(req.background)
+        if not state.directions:
+            raise field_error("direction", "this model has no sliders (see /v1/info)")
+        with _as_field("direction"):
+            direction = find_direction(list(state.directions.values()), req.direction)
+        src = _source_latent(state, req)
+        with state.model_lock(), _as_field("direction"):
+            result = slide(
+                pipe,
+                src,
+                direction,
+                amounts=amounts,
+                noise_mode=req.noise_mode,
+                rgba=req.rgba,
+                background=req.background,
+            )
+        return _images_response(state, result)
+
+    @router.post(
+        "/interpolate",
+        response_class=Response,
+        responses=_VIDEO,
+        tags=["generate"],
+        summary="animation through seeds or latents",
+    )
+    def interpolate(req: InterpolateRequest) -> Response:
+        """An animation (GIF, WebP or APNG; alpha kept, binary in GIF) morphing through the keys."""
+        from avatarforge.generate.interpolate import interpolate as lib_interpolate
+
+        _limit("frames", req.frames, s.max_frames, "max_frames")
+        _limit("fps", int(np.ceil(req.fps)), s.max_fps, "max_fps")
+        _colour_check(req.background)
+        if req.seeds is not None:
+            with _as_field("attrs"):
+                from avatarforge.generate.conditioning import encode_attrs
+
+                encode_attrs(pipe.labels, req.attrs)
+            with _as_field("codes"):
+                from avatarforge.generate.conditioning import encode_codes
+
+                encode_codes(pipe.code_dims, req.codes)
+            with state.model_lock(), _as_field("seeds"):
+                frames = lib_interpolate(
+                    pipe,
+                    req.seeds,
+                    frames=req.frames,
+                    truncation=req.truncation,
+                    attrs=req.attrs,
+                    codes=req.codes,
+                    loop=req.loop,
+                    noise_mode=req.noise_mode,
+                    rgba=req.rgba,
+                    background=req.background,
+                )
+        else:
+            lat = _interpolation_keys_latents(state, req)
+            with state.model_lock():
+                frames = pipe.render(lat, req.noise_mode, req.rgba, req.background)
+        return _video_response(_encode_animation(frames, req.fps, req.format), req.format, "interpolation")
+
+    @router.post(
+        "/postprocess",
+        response_class=Response,
+        responses=_PNG,
+        tags=["image"],
+        summary="post-process an image",
+    )
+    def postprocess(
+        image: Annotated[UploadFile, File(description="PNG/JPEG/WebP/BMP/GIF/TIFF; alpha is preserved")],
+        ops: Annotated[
+            str,
+            Form(
+                min_length=1,
+                max_length=2000,
+                description="chain text, e.g. 'white_balance,saturation=1.2,sharpen=0.5' (ops: /v1/info)",
+            ),
+        ],
+    ) -> Response:
+        """Run an alpha-preserving post-processing chain (``avatarforge post``'s ops) on one image."""
+        from avatarforge.postprocess.chain import Chain
+
+        chain = _parse_ops(ops)
+        arr = read_upload(
+            image, "image", max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels, max_side=s.max_image_side
+        )
+        with _as_field("ops"):
+            out = Chain(chain).apply(arr)
+        return Response(content=encode_png(out), media_type="image/png")
+
+    @router.post("/style", response_class=Response, responses=_PNG, tags=["image"], summary="style transfer")
+    def style(
+        content: Annotated[
+            UploadFile, File(description="the image to restyle (its alpha and size are kept)")
+        ],
+        style: Annotated[UploadFile, File(description="the image whose colours/texture to take")],
+        method: Annotated[Literal["colour", "histogram", "gatys", "adain"], Form()] = "colour",
+        strength: Annotated[float, Form(ge=0.0, le=1.0)] = 1.0,
+        space: Annotated[Literal["rgb", "lab"], Form(description="histogram only")] = "rgb",
+        steps: Annotated[int, Form(ge=1, le=1000, description="gatys/adain optimisation steps")] = 50,
+        size: Annotated[int, Form(ge=16, le=512, description="gatys/adain working size (longer side)")] = 128,
+    ) -> Response:
+        """Restyle ``content`` after ``style``: colour (Reinhard), histogram, or neural (Gatys,
+        training-free AdaIN) with the seeded random-weights feature network."""
+        from avatarforge.style import classical, neural
+
+        if method in ("gatys", "adain"):
+            _limit("steps", steps, s.max_steps, "max_steps")
+        kw = {"max_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels, "max_side": s.max_image_side}
+        c = read_upload(content, "content", **kw)
+        st = read_upload(style, "style", **kw)
+        if method == "colour":
+            with _as_field("style"):
+                out = classical.colour_transfer(c, st, strength=strength)
+        elif method == "histogram":
+            with _as_field("style"):
+                out = classical.histogram_match(c, st, space=space, strength=strength)
+        else:
+            fn = neural.gatys_transfer if method == "gatys" else neural.adain_transfer
+            with state.model_lock(), _as_field("style"):
+                out = fn(
+                    c, st, net=state.feature_net(), steps=steps, size=size, strength=strength, device=s.device
+                )
+        return Response(content=encode_png(out), media_type="image/png")
+
+    @router.post(
+        "/animate",
+        response_class=Response,
+        responses={**_VIDEO, 503: {"description": "no animator loaded"}},
+        tags=["animate"],
+        summary="animate an avatar",
+    )
+    def animate(
+        avatar: Annotated[
+            UploadFile | None, File(description="an avatar image (PNG with alpha works best)")
+        ] = None,
+        seed: Annotated[
+            int | None, Form(ge=0, le=MAX_SEED, description="or the generator's avatar of this seed")
+        ] = None,
+        latent: Annotated[
+            str | None, Form(max_length=262_144, description="or an earlier image's latent token")
+        ] = None,
+        script: Annotated[
+            str, Form(max_length=200, description="actions: idle, blink, sway, talk, smile, look, nod")
+        ] = "idle",
+        seconds: Annotated[float, Form(gt=0.0, le=60.0)] = 2.0,
+        fps: Annotated[float, Form(ge=1.0, le=100.0)] = 24.0,
+        action_seed: Annotated[int, Form(ge=0, le=2**31 - 1, description="seed of the scripted actions")] = 0,
+        format: Annotated[Literal["gif", "webp", "apng"], Form()] = "webp",
+    ) -> Response:
+        """Animate one avatar with the expression animator (scripted actions) -> GIF/WebP/APNG."""
+        from avatarforge.animate.drivers import ScriptedDriver
+        from avatarforge.animate.loop import AvatarRenderer, FrameLoop
+
+        if state.animator is None:
+            from fastapi import HTTPException
+
+            raise HTTPException(
+                503,
+                "no animator is loaded on this server; start it with 'avatarforge serve RUN --animator ANIMATOR_RUN'",
+            )
+        sources = [n for n, v in (("avatar", avatar), ("seed", seed), ("latent", latent)) if v is not None]
+        if len(sources) != 1:
+            raise field_error("avatar", "give exactly one of avatar (upload), seed or latent")
+        _limit("fps", int(np.ceil(fps)), s.max_fps, "max_fps")
+        n_frames = max(1, round(seconds * fps))
+        _limit("seconds", n_frames, s.max_frames, "max_frames: seconds x fps frames")
+        with _as_field("script"):
+            driver = ScriptedDriver(script, seed=action_seed)
+        if avatar is not None:
+            img = read_upload(
+                avatar,
+                "avatar",
+                max_bytes=s.max_upload_bytes,
+                max_pixels=s.max_pixels,
+                max_side=s.max_image_side,
+            )
+        else:
+            if latent is not None:
+                with _as_field("latent"):
+                    lat = decode_latent(latent, pipe)
+            else:
+                with state.model_lock():
+                    lat = pipe.map(pipe.latents([int(seed or 0)]))
+            with state.model_lock():
+                img = pipe.render(lat, rgba=True)[0]
+        with state.model_lock(), _as_field("avatar"):
+            loop = FrameLoop(AvatarRenderer(state.animator, img), [driver], fps=fps, realtime=False)
+            frames = loop.collect(frames=n_frames)
+        return _video_response(_encode_animation(frames, fps, format), format, "animation")
+
     return router
+
+
+def _parse_ops(ops: str) -> list[Any]:
+    """Parse chain text; ops that read server files (``path`` parameters) are refused.
+
+    The refusal message is the same whether or not the named file exists, so the endpoint
+    cannot be used to probe the server's file system.
+    """
+    from avatarforge.postprocess.chain import parse_chain
+
+    refuse = "parameters that name a file on the server are not available over HTTP"
+    try:
+        chain = parse_chain(ops)
+    except ValueError as e:
+        if "no such file or folder" in str(e):
+            raise field_error("ops", refuse) from None
+        raise field_error("ops", str(e)) from None
+    for op in chain:
+        for name in op.params:
+            if op.spec.param(name).kind == "path":
+                raise field_error("ops", refuse)
+    return chain

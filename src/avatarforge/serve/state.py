@@ -137,6 +137,7 @@ class ServeState:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     generator_run: Path | None = None
     animator_run: Path | None = None
+    _feature_net: Any = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -192,11 +193,25 @@ class ServeState:
 
     @contextlib.contextmanager
     def model_lock(self) -> Iterator[None]:
-        """Hold the model lock (and disable autograd) for one model call."""
-        import torch
+        """Hold the model lock for one model call.
 
-        with self.lock, torch.inference_mode():
+        Autograd is left as it is: the pipeline disables it itself, and Gatys/AdaIN style
+        transfer optimise an image and need it.
+        """
+        with self.lock:
             yield
+
+    def feature_net(self) -> Any:
+        """The seeded random-weights CNN of neural style transfer (built once, then cached).
+
+        Call under :meth:`model_lock`. :meth:`load` builds it at start so the first style
+        request does not pay for it.
+        """
+        if self._feature_net is None:
+            from avatarforge.style.features import load_feature_net
+
+            self._feature_net = load_feature_net(None, seed=0, device=self.settings.device)
+        return self._feature_net
 
     def info(self) -> dict[str, Any]:
         """What ``GET /v1/info`` returns: the model, its attributes, codes, sliders, ops, limits."""
