@@ -18,12 +18,28 @@ identities the animator never saw) and are in [0, 1] pixel units (RGBA, straight
   shows its dark inside): :func:`openness`. The error is |openness(prediction) -
   openness(target)| averaged over pairs whose eye (mouth) control changed, against the
   source's openness.
+
+Avatars from the generators (GAN / VAE samples, user images) have no target to compare
+with and no part maps; :func:`avatar_metrics` scores them without either:
+
+* identity: the round trip above, next to the *identity baseline* ``other_l1`` (the
+  distance between two different avatars of the set: what losing the character would
+  cost), as ``identity_ratio = identity_l1 / other_l1``;
+* expression accuracy: the openness of the eyes (mouth) when the animator is asked for
+  eyes closed vs. open (mouth open vs. closed), measured in the *layout regions* where
+  procedural avatars have their eyes and mouth (:func:`layout_regions`; the generators
+  are trained on that framing), as a fraction of the change the renderer itself draws
+  for the same request on procedural avatars (``eye_effect_ratio``,
+  ``mouth_effect_ratio``: 1 = as strong as ground truth, 0 = nothing happens, the copy
+  baseline), and how concentrated the change is in the region (``eye_locality``: mean
+  change inside / outside).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,14 +47,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avatarforge.animate.model import CONTROL_NAMES, NEUTRAL_CONTROLS, ExpressionAnimator, controls_tensor
+from avatarforge.animate.model import (
+    CONTROL_NAMES,
+    NEUTRAL_CONTROLS,
+    ExpressionAnimator,
+    controls_tensor,
+    image_to_tensor,
+)
 from avatarforge.animate.pairs import FACE_PARTS, PairCache, part_mask
 
 __all__ = [
     "EYE_PARTS",
     "MOUTH_PARTS",
+    "LayoutRegions",
+    "avatar_metrics",
     "evaluate_animator",
     "identity_consistency",
+    "layout_regions",
     "openness",
 ]
 
@@ -199,5 +224,135 @@ def evaluate_animator(
     neutral = torch.from_numpy(np.array(cache.images[:n, 0])).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     exprs = [dict(zip(CONTROL_NAMES, map(float, c))) for c in cache.controls[0, 1:]]
     out.update(identity_consistency(animator, neutral, exprs, chunk=chunk))
+    animator.train(was_training)
+    return out
+
+
+# =============================================================================== any avatar
+@dataclass
+class LayoutRegions:
+    """Where procedural avatars have their parts, at one size (``(S, S)`` bool masks), and
+    the renderer's own openness changes there (the ground truth the ratios divide by).
+
+    Attributes:
+        eyes, mouth: pixels covered by the eyes (eyes open) / the mouth (mouth open) in at
+            least ``min_share`` of the renders, dilated by 1 px.
+        skin: pixels that are skin in at least 80% of the renders, outside eyes and mouth.
+        eye_effect, mouth_effect: mean openness change the renderer draws there (eyes open
+            -> closed, mouth closed -> open) on the same identities.
+    """
+
+    eyes: Tensor
+    mouth: Tensor
+    skin: Tensor
+    eye_effect: float
+    mouth_effect: float
+
+
+def layout_regions(size: int, identities: int = 32, seed: int = 0, min_share: float = 0.25) -> LayoutRegions:
+    """:class:`LayoutRegions` from ``identities`` procedural avatars (held-out seeds) at ``size``."""
+    from avatarforge.animate.pairs import HELDOUT, identity_seed, render_group
+
+    closed = {**NEUTRAL_CONTROLS, "eye_open": 0.0}
+    mouth = {**NEUTRAL_CONTROLS, "mouth_open": 1.0}
+    imgs, parts = [], []
+    for i in range(identities):
+        im, pt, _ = render_group(
+            identity_seed(seed, HELDOUT, 10_000 + i), [NEUTRAL_CONTROLS, closed, mouth], size
+        )
+        imgs.append(torch.from_numpy(im).permute(0, 3, 1, 2).float().div(127.5).sub(1))
+        parts.append(torch.from_numpy(pt))
+    x = torch.stack(imgs)  # (N, 3, 4, S, S): neutral, eyes closed, mouth open
+    p = torch.stack(parts)  # (N, 3, S, S)
+    eyes = _dilate((part_mask(p[:, 0], EYE_PARTS).float().mean(0) >= min_share)[None], 1)[0]
+    mouth_r = _dilate((part_mask(p[:, 2], MOUTH_PARTS).float().mean(0) >= min_share)[None], 1)[0]
+    skin = (part_mask(p[:, 0], ("skin",)).float().mean(0) >= 0.8) & ~eyes & ~mouth_r
+    regions = LayoutRegions(eyes, mouth_r, skin, 0.0, 0.0)
+    sk = _region_skin(x[:, 0], skin)
+    o = {
+        k: openness(x[:, j], r.expand(len(x), -1, -1), sk)
+        for k, j, r in (("open", 0, eyes), ("closed", 1, eyes))
+    }
+    regions.eye_effect = float((o["open"] - o["closed"]).mean())
+    m0 = openness(x[:, 0], mouth_r.expand(len(x), -1, -1), sk)
+    m1 = openness(x[:, 2], mouth_r.expand(len(x), -1, -1), sk)
+    regions.mouth_effect = float((m1 - m0).mean())
+    return regions
+
+
+def _region_skin(images: Tensor, skin: Tensor) -> Tensor:
+    """Median colour of each image inside the ``skin`` layout region: ``(B, 3)`` in [0, 1]."""
+    px = _u(images[:, :3])[:, :, skin]  # (B, 3, n)
+    return px.median(dim=2).values if px.shape[2] else torch.full((images.shape[0], 3), 0.5)
+
+
+@torch.no_grad()
+def avatar_metrics(
+    animator: ExpressionAnimator,
+    avatars: Any,
+    *,
+    regions: LayoutRegions | None = None,
+    expressions: Sequence[dict[str, float]] | None = None,
+    chunk: int = 64,
+) -> dict[str, float]:
+    """Identity and expression accuracy on avatars without ground truth (see the module docstring).
+
+    Args:
+        animator: the animator (its resolution sets the working size).
+        avatars: ``(N, H, W, 3|4)`` uint8 (e.g. ``GeneratorPipeline.render`` output), a list of
+            such images, or ``(N, 3|4, H, W)`` in [-1, 1]; resized to the animator's resolution.
+            At least 2 (the identity baseline compares different avatars).
+        regions: :func:`layout_regions` at that resolution (computed when omitted).
+        expressions: round-trip targets (default: eyes closed, mouth open, smile, head turn).
+
+    Returns ``identity_l1``, ``identity_psnr``, ``self_l1``, ``other_l1``, ``identity_ratio``,
+    ``eye_effect`` / ``mouth_effect`` (openness changes) and their ``*_ratio`` to the
+    renderer's, ``eye_locality``, ``mouth_locality`` and ``avatars`` (how many).
+    """
+    s = animator.resolution
+    if torch.is_tensor(avatars):
+        x = image_to_tensor(avatars, s)
+    else:
+        x = torch.cat([image_to_tensor(np.asarray(a), s) for a in avatars])
+    if x.shape[0] < 2:
+        raise ValueError(f"avatar_metrics needs at least 2 avatars (the identity baseline), got {x.shape[0]}")
+    regions = regions if regions is not None else layout_regions(s)
+    if tuple(regions.eyes.shape) != (s, s):
+        raise ValueError(f"regions are for {tuple(regions.eyes.shape)} px, the animator works at {s} px")
+    exprs = list(
+        expressions
+        or [{"eye_open": 0.0}, {"mouth_open": 1.0}, {"smile": 0.8}, {"head_yaw": 0.6}, {"head_tilt": 0.5}]
+    )
+    was_training = animator.training
+    animator.eval()
+    out: dict[str, float] = dict(identity_consistency(animator, x, exprs, chunk=chunk))
+    out["other_l1"] = float((_u(x) - _u(x.roll(1, 0))).abs().mean())
+    out["identity_ratio"] = out["identity_l1"] / max(out["other_l1"], 1e-9)
+
+    dev = next(animator.parameters()).device
+    n = x.shape[0]
+
+    def frames(**controls: float) -> Tensor:
+        c = controls_tensor({**NEUTRAL_CONTROLS, **controls}, batch=n)
+        return torch.cat(
+            [
+                animator(x[i : i + chunk].to(dev), c[i : i + chunk].to(dev)).clamp(-1, 1).cpu()
+                for i in range(0, n, chunk)
+            ]
+        )
+
+    neutral, closed, talking = frames(), frames(eye_open=0.0), frames(mouth_open=1.0)
+    sk = _region_skin(x, regions.skin)
+    for name, a, b, region, truth in (
+        ("eye", neutral, closed, regions.eyes, regions.eye_effect),
+        ("mouth", talking, neutral, regions.mouth, regions.mouth_effect),
+    ):
+        r = region.expand(n, -1, -1)
+        effect = float((openness(a, r, sk) - openness(b, r, sk)).mean())
+        out[f"{name}_effect"] = effect
+        out[f"{name}_effect_ratio"] = effect / max(truth, 1e-9)
+        change = (_u(a) - _u(b)).abs().mean(1)  # (N, S, S)
+        out[f"{name}_locality"] = float(change[:, region].mean() / change[:, ~region].mean().clamp_min(1e-6))
+    out["avatars"] = n
     animator.train(was_training)
     return out
