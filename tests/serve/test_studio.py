@@ -1,0 +1,193 @@
+"""The studio's callbacks (plain functions) and its mounting on the real app."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avatarforge.serve.studio import (
+    GRID_SIZE,
+    StudioError,
+    StudioSession,
+    add_post_op,
+    apply_finish,
+    attribute_choices,
+    edit_picked,
+    export_png,
+    expression_preview,
+    generate_grid,
+    pick,
+    refine,
+    slider_directions,
+)
+from tests.serve.fixtures_studio import HAIR, make_state, tiny_animator, tiny_pipe
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def state():
+    return make_state(tiny_pipe(), tiny_animator())
+
+
+@pytest.fixture(scope="module")
+def picked(state):
+    """A session with a grid from seed 10 and its cell 5 picked, plus the grid images."""
+    sess, images = generate_grid(state, StudioSession(), 10)
+    return pick(sess, 5), images
+
+
+def mean_abs(a, b) -> float:
+    return float(np.abs(np.asarray(a, float) - np.asarray(b, float)).mean())
+
+
+def test_generate_16_is_deterministic_by_seed(state, picked):
+    sess, images = picked[0], picked[1]
+    assert len(images) == GRID_SIZE and images[0].shape == (32, 32, 4)
+    assert sess.seeds == list(range(10, 26))
+    _, again = generate_grid(state, StudioSession(), 10)
+    assert all(np.array_equal(a, b) for a, b in zip(images, again))
+    # seed 10 + i is the pipeline's seed 10 + i, whatever grid it was generated in
+    _, shifted = generate_grid(state, StudioSession(), 15)
+    assert np.array_equal(shifted[0], images[5])
+    _, other = generate_grid(state, StudioSession(), 26)
+    assert not any(np.array_equal(a, b) for a, b in zip(images, other))
+
+
+def test_attribute_dropdowns_condition_the_grid(state):
+    assert attribute_choices(state) == {"hair_color": list(HAIR)}
+    sess, _ = generate_grid(state, StudioSession(), 0, n=4, attrs={"hair_color": "pink"})
+    assert sess.latents.labels[:, 0].tolist() == [1, 1, 1, 1]
+    with pytest.raises(StudioError, match="valid values: black, pink, blonde"):
+        generate_grid(state, StudioSession(), 0, attrs={"hair_color": "teal"})
+    with pytest.raises(StudioError, match="seed must be a whole number"):
+        generate_grid(state, StudioSession(), -3)
+    with pytest.raises(StudioError, match="max_n"):
+        generate_grid(state, StudioSession(), 0, n=10_000)
+
+
+def test_pick_and_refine_stays_near_the_pick(state, picked):
+    sess, images = picked
+    with pytest.raises(StudioError, match="pick an avatar first"):
+        refine(state, StudioSession(latents=sess.latents), 0.3)
+    near_sess, near = refine(state, sess, 0.15)
+    _, far = refine(state, sess, 1.0)
+    assert len(near) == GRID_SIZE
+    assert np.array_equal(near[0], images[5])  # the first cell is the pick itself
+    d_near = np.mean([mean_abs(im, images[5]) for im in near[1:]])
+    d_far = np.mean([mean_abs(im, images[5]) for im in far[1:]])
+    d_others = np.mean([mean_abs(im, images[5]) for i, im in enumerate(images) if i != 5])
+    assert d_near < 0.6 * d_far and d_near < 0.6 * d_others
+    # refine again from a variation: a new round, and the new pick is that variation
+    again = pick(near_sess, 3)
+    assert np.array_equal(edit_picked(state, again), near[3])
+    assert again.round == 1 and again.history[-2:] == ["refine strength=0.15", "pick cell 3"]
+
+
+def test_latent_sliders_change_the_image(state, picked):
+    sess, images = picked
+    sliders = slider_directions(state)
+    assert sliders and all(d.kind != "label" for d in sliders)
+    base = edit_picked(state, sess, {})
+    assert np.array_equal(base, images[5])
+    d = sliders[0]
+    plus = edit_picked(state, sess, {d.id: 2.0})
+    minus = edit_picked(state, sess, {d.id: -2.0})
+    assert mean_abs(plus, base) > 1.0 and mean_abs(minus, base) > 1.0 and mean_abs(plus, minus) > 1.0
+    # the attribute dropdowns move the pick to a class (the label slider at 1)
+    current = HAIR[int(sess.picked.labels[0, 0])]
+    other = next(h for h in HAIR if h != current)
+    assert np.array_equal(edit_picked(state, sess, attrs={"hair_color": current}), base)
+    assert mean_abs(edit_picked(state, sess, attrs={"hair_color": other}), base) > 1.0
+    with_seed = generate_grid(state, StudioSession(), 15, n=1, attrs={"hair_color": other})[1][0]
+    assert np.array_equal(edit_picked(state, sess, attrs={"hair_color": other}), with_seed)
+    with pytest.raises(StudioError, match="unknown slider"):
+        edit_picked(state, sess, {"nope": 1.0})
+
+
+def test_style_and_post_keep_alpha_and_change_colour(state, picked):
+    img = edit_picked(state, picked[0], {})
+    assert (img[..., 3] == 0).any()  # the model's transparent background
+    for method in ("colour_transfer", "histogram_match"):
+        out = apply_finish(state, img, method, 3, 1.0)
+        assert np.array_equal(out[..., 3], img[..., 3]) and mean_abs(out[..., :3], img[..., :3]) > 1
+    out = apply_finish(state, img, "none", None, 1.0, "saturation=0, brightness=1.5")
+    assert np.array_equal(out[..., 3], img[..., 3])
+    vis = out[..., 3] > 0
+    assert np.abs(out[vis, 0].astype(int) - out[vis, 1]).max() <= 1  # greyscale
+    uploaded = np.zeros((20, 20, 3), np.uint8)
+    uploaded[..., 2] = 200
+    blue = apply_finish(state, img, "colour_transfer", uploaded, 1.0)
+    assert blue[vis, 2].mean() > img[vis, 2].mean()
+    with pytest.raises(StudioError, match="saturation: parameter 'factor' must be"):
+        apply_finish(state, img, chain="saturation=9")
+    with pytest.raises(StudioError, match="needs a reference"):
+        apply_finish(state, img, "histogram_match", None)
+
+
+def test_add_post_op_builds_a_valid_chain():
+    chain = add_post_op("", "saturation", "factor=1.2")
+    chain = add_post_op(chain, "sharpen", "amount=0.5")
+    assert chain == "saturation(factor=1.2), sharpen(amount=0.5)"
+    with pytest.raises(StudioError, match="unknown op"):
+        add_post_op(chain, "sparkle")
+
+
+def test_expression_preview_moves_with_the_sliders(state, picked):
+    img = edit_picked(state, picked[0], {})
+    neutral = expression_preview(state, img, {})
+    assert neutral.shape == (32, 32, 4)
+    talking = expression_preview(state, img, {"mouth_open": 1.0, "eye_open": 0.0})
+    turned = expression_preview(state, img, {"head_yaw": 1.0})
+    assert mean_abs(talking, neutral) > 0.5 and mean_abs(turned, neutral) > 0.5
+    assert np.array_equal(expression_preview(state, img, {}), neutral)
+    with pytest.raises(StudioError, match="unknown control"):
+        expression_preview(state, img, {"ears": 1})
+    no_anim = make_state(state.pipe, None)
+    with pytest.raises(StudioError, match="no animator loaded"):
+        expression_preview(no_anim, img, {})
+
+
+def test_download_is_the_exact_rgba_png_with_its_record(state, picked, tmp_path):
+    from avatarforge.generate import read_metadata
+
+    sess = picked[0]
+    img = apply_finish(state, edit_picked(state, sess, {}), chain="saturation=1.3")
+    path = export_png(state, img, tmp_path, sess, {"chain": "saturation=1.3"})
+    assert path.suffix == ".png" and path.parent == tmp_path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    back = Image.open(io.BytesIO(path.read_bytes()))
+    assert back.mode == "RGBA" and np.array_equal(np.asarray(back), img)
+    assert (np.asarray(back)[..., 3] == 0).any()
+    rec = read_metadata(path)
+    assert rec["kind"] == "studio" and rec["studio"]["chain"] == "saturation=1.3"
+    assert rec["latent"] and rec["history"][-1] == "pick seed 15"
+    with pytest.raises(StudioError, match="nothing to download"):
+        export_png(state, np.zeros((4, 4), np.uint8), tmp_path)
+
+
+def test_studio_is_mounted_on_the_app(client):
+    r = client.get("/studio/")
+    assert r.status_code == 200 and "gradio" in r.text.lower()
+    assert "studio" in client.app.state.mounted and "overlay" in client.app.state.mounted
+
+
+def test_studio_asks_for_the_api_key(keyed_client):
+    from tests.serve.conftest import API_KEY
+
+    r = keyed_client.get("/studio/config")
+    assert r.status_code in (401, 403) or "login" in r.text.lower() or r.json().get("auth_required")
+    bad = keyed_client.post("/studio/login", data={"username": "me", "password": "wrong"})
+    assert bad.status_code in (400, 401)
+    ok = keyed_client.post("/studio/login", data={"username": "me", "password": API_KEY})
+    assert ok.status_code == 200
