@@ -257,6 +257,14 @@ def _add_post(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=post_main)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from avatarforge.serve.cli import add_serve_arguments, serve_main
+
+    p = sub.add_parser("serve", help="HTTP API (FastAPI): generate, edit, post-process, style, animate")
+    add_serve_arguments(p)
+    p.set_defaults(func=serve_main)
+
+
 # --------------------------------------------------------------------------- misc
 def _cmd_models(a: argparse.Namespace) -> int:
     from avatarforge.models.registry import registered_models
@@ -296,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_style(sub)
     _add_post(sub)
     _add_animate(sub)
+    _add_serve(sub)
     m = sub.add_parser("models", help="list the registered model architectures")
     m.set_defaults(func=_cmd_models)
     demo = sub.add_parser("demo", help="the main job on built-in data (what `make demo` runs)")

@@ -1,0 +1,120 @@
+"""``avatarforge serve RUN``: the HTTP API (and the overlay/studio when installed) with uvicorn.
+
+``add_serve_arguments(parser)`` adds the flags to any ``argparse`` parser (the main CLI's
+``serve`` command); ``serve_main(args)`` loads the models once and runs the server until
+Ctrl-C. Building the parser imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from typing import Any
+
+__all__ = ["API_KEY_ENV", "add_serve_arguments", "is_loopback", "serve_main", "settings_from_args"]
+
+#: Environment variable read for the API key when ``--api-key`` is not given (keeps the key
+#: out of the process list and shell history).
+API_KEY_ENV = "AVATARFORGE_API_KEY"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``RUN`` and the server flags to ``parser``."""
+    parser.description = parser.description or (
+        "Serve a trained model over HTTP (FastAPI): generate, variations, interpolate, edit, post-process, "
+        "style transfer, animate. See docs/serving.md."
+    )
+    parser.add_argument(
+        "run", metavar="RUN", help="generator run directory, checkpoint, or quickstart output"
+    )
+    parser.add_argument(
+        "--animator",
+        metavar="RUN",
+        default=None,
+        help="expression animator run/checkpoint or .onnx (enables /v1/animate)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help=f"require this key (X-API-Key or Authorization: Bearer); default: ${API_KEY_ENV} if set, else open",
+    )
+    parser.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload in MiB (default 8)")
+    parser.add_argument("--max-n", type=int, default=64, help="most images per request (default 64)")
+    parser.add_argument("--max-frames", type=int, default=240, help="most frames per animation (default 240)")
+    parser.add_argument("--device", default="cpu", help="torch device of the models (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    return parser
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Any:
+    """The :class:`~avatarforge.serve.state.ServeSettings` the flags (and environment) describe."""
+    from avatarforge.serve.state import ServeSettings
+
+    env = os.environ if environ is None else environ
+    key = args.api_key if args.api_key is not None else (env.get(API_KEY_ENV) or None)
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    for flag, v in (("--max-n", args.max_n), ("--max-frames", args.max_frames)):
+        if v < 1:
+            raise ValueError(f"{flag} must be >= 1, got {v}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    try:
+        return ServeSettings(
+            host=args.host,
+            port=args.port,
+            api_key=key,
+            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+            max_n=args.max_n,
+            max_frames=args.max_frames,
+            device=args.device,
+            threads=args.threads,
+        )
+    except ValueError as e:
+        raise ValueError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """Load the models, print where the server listens, run uvicorn until interrupted."""
+    import uvicorn
+
+    from avatarforge.serve.app import create_app
+    from avatarforge.serve.state import ServeState
+
+    settings = settings_from_args(args)
+    if not is_loopback(settings.host) and settings.api_key is None:
+        print(
+            f"WARNING: binding to {settings.host} WITHOUT an API key: anyone who can reach this port can use "
+            f"the models. Set --api-key or ${API_KEY_ENV}, or bind to 127.0.0.1.",
+            file=sys.stderr,
+        )
+    state = ServeState.load(args.run, animator=args.animator, settings=settings)
+    app = create_app(state)
+    anim = f", animator {state.animator_run}" if state.animator is not None else ", no animator"
+    print(
+        f"serving {state.generator_run} ({state.pipe.family}, {state.pipe.resolution} px{anim}) on "
+        f"http://{settings.host}:{settings.port} (API docs: /docs; key {'required' if settings.api_key else 'off'})",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0
