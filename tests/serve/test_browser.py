@@ -1,0 +1,195 @@
+"""A real browser (Debian's Chromium via Selenium 4) against a live server: the studio's
+pick-and-refine and download, and the overlay's frames.
+
+Never downloads a browser or driver: ``/usr/bin/chromium`` and ``/usr/bin/chromedriver`` are
+given explicitly (Selenium Manager is not consulted) and ``SE_OFFLINE`` is set. Skips with a
+reason when either is missing (CI installs them via ``.ci/run`` as root).
+
+``AVATARFORGE_SCREENSHOTS=DIR`` saves ``studio.png`` and ``overlay.png`` there (how
+docs/images/ was made).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.serve.fixtures_studio import make_state, tiny_animator, tiny_pipe
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason="needs Debian's chromium and chromedriver at /usr/bin (apt-get install chromium chromium-driver)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A uvicorn server on a free loopback port, in a background thread, with tiny models."""
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("gradio")
+    from avatarforge.serve.app import create_app
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    app = create_app(make_state(tiny_pipe(), tiny_animator()))
+    port = _free_port()
+    srv = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets")
+    )
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}", app
+    srv.should_exit = True
+    thread.join(10)
+    app.state.overlay_hub.close()
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach the network
+    downloads = tmp_path_factory.mktemp("downloads")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1100",
+    ):
+        opts.add_argument(arg)
+    opts.add_experimental_option(
+        "prefs",
+        {
+            "download.default_directory": str(downloads),
+            "download.prompt_for_download": False,
+            "safebrowsing.enabled": False,
+        },
+    )
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    driver.downloads = downloads  # type: ignore[attr-defined]
+    yield driver
+    driver.quit()
+
+
+def _screenshot(driver, name: str) -> None:
+    out = os.environ.get("AVATARFORGE_SCREENSHOTS")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(out) / name))
+
+
+def _grid_srcs(driver) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [im.get_attribute("src") for im in driver.find_elements(By.CSS_SELECTOR, "#grid img")]
+
+
+def test_studio_generate_pick_refine_download(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, app = server
+    wait = WebDriverWait(browser, 30, poll_frequency=0.1)
+    browser.get(url + "/studio/")
+    wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#generate"))).click()
+    wait.until(lambda d: len(_grid_srcs(d)) >= 16)
+    first = _grid_srcs(browser)
+
+    # pick the 4th avatar: the picked image and the download button appear
+    browser.find_elements(By.CSS_SELECTOR, "#grid img")[3].click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#picked img"))
+    wait.until(lambda d: "picked" in d.find_element(By.CSS_SELECTOR, "#status").text)
+    picked_src = browser.find_element(By.CSS_SELECTOR, "#picked img").get_attribute("src")
+
+    # refine: 16 new cells, the first one is the pick
+    browser.find_element(By.CSS_SELECTOR, "#refine").click()
+    wait.until(lambda d: len(_grid_srcs(d)) >= 16 and _grid_srcs(d) != first)
+    wait.until(lambda d: "round 1" in d.find_element(By.CSS_SELECTOR, "#status").text)
+    browser.find_elements(By.CSS_SELECTOR, "#grid img")[5].click()
+    wait.until(lambda d: "cell 5" in d.find_element(By.CSS_SELECTOR, "#status").text)
+    # the finished image (and with it the download) follows the new pick
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#picked img").get_attribute("src") != picked_src)
+    button = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#download")))
+    _screenshot(browser, "studio.png")
+    button.click()
+
+    def downloaded(_d):
+        files = [p for p in browser.downloads.iterdir() if p.suffix == ".png"]
+        return files[0] if files else False
+
+    path = WebDriverWait(browser, 20, poll_frequency=0.1).until(downloaded)
+    img = Image.open(io.BytesIO(path.read_bytes()))
+    assert img.format == "PNG" and img.mode == "RGBA"
+    pixels = np.asarray(img)
+    assert (pixels[..., 3] == 0).any() and pixels[..., 3].max() > 0  # really transparent pixels, not a blank
+    # the file is exactly the picked variation: its recorded latent renders to the same pixels
+    from avatarforge.generate import read_metadata
+    from avatarforge.generate.pipeline import Latent
+
+    record = read_metadata(path)
+    assert record["kind"] == "studio" and record["history"][-3:] == [
+        "pick seed 3",
+        "refine strength=0.3",
+        "pick cell 5",
+    ]
+    pipe = app.state.serve.pipe
+    with torch.inference_mode():
+        again = pipe.render(Latent.from_json(record["latent"]), rgba=True)[0]
+    assert np.array_equal(pixels, again)
+
+
+def test_overlay_frames_arrive(server, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, app = server
+    browser.get(url + "/overlay?avatar=studio&fps=30")
+    WebDriverWait(browser, 20, poll_frequency=0.1).until(
+        lambda d: d.execute_script("return window.overlayFrames") >= 10
+    )
+    bg = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+    assert bg in ("rgba(0, 0, 0, 0)", "transparent")
+    src1 = browser.execute_script("return document.getElementById('avatar').src")
+    WebDriverWait(browser, 10, poll_frequency=0.05).until(
+        lambda d: d.execute_script("return document.getElementById('avatar').src") != src1
+    )
+    # the page's keyboard control reaches the server's manual controls
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).send_keys("4").perform()
+    WebDriverWait(browser, 10, poll_frequency=0.05).until(
+        lambda d: app.state.overlay_hub.controls("studio").get().get("smile") == 1.0
+    )
+    running = app.state.overlay_hub.running()
+    assert running and running[0]["frames"] >= 10
+    _screenshot(browser, "overlay.png")
