@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import wave
 
 import cv2
@@ -12,6 +13,64 @@ from PIL import Image
 from avatarforge.animate.cli import animate_main, build_parser
 from avatarforge.data.procedural import render_avatar
 from avatarforge.postprocess.export import load_animation
+
+# --------------------------------------------------------------------------- WebM alpha reader
+# OpenCV decodes a WebM's colour but not its alpha: VP9 alpha travels as a second VP9 stream
+# in each block's BlockAdditional (Matroska ID 0xA5). These helpers pull those frames out
+# into an IVF file, which OpenCV decodes; the alpha is the decoded luma.
+_EBML_CONTAINERS = {
+    0x18538067,
+    0x1F43B675,
+    0xA0,
+    0x75A1,
+    0xA6,
+}  # Segment Cluster BlockGroup BlockAdditions BlockMore
+
+
+def _vint(buf: bytes, i: int, strip: bool) -> tuple[int, int]:
+    n, mask = 1, 0x80
+    while n <= 8 and not buf[i] & mask:
+        n, mask = n + 1, mask >> 1
+    v = buf[i] & (mask - 1) if strip else buf[i]
+    for k in range(1, n):
+        v = (v << 8) | buf[i + k]
+    return v, i + n
+
+
+def _block_additionals(data: bytes) -> list[bytes]:
+    out: list[bytes] = []
+
+    def walk(i: int, end: int) -> None:
+        while i < end:
+            eid, j = _vint(data, i, False)
+            size, k = _vint(data, j, True)
+            stop = min(end, k + size)
+            if eid in _EBML_CONTAINERS:
+                walk(k, stop)
+            elif eid == 0xA5:
+                out.append(data[k:stop])
+            i = stop
+
+    walk(0, len(data))
+    return out
+
+
+def webm_alpha(path, size: int, tmp_path) -> list[np.ndarray]:
+    """The alpha planes of a VP9 WebM, decoded (``(S, S)`` uint8 each)."""
+    frames = _block_additionals(path.read_bytes())
+    header = b"DKIF" + struct.pack("<HHIHHIIII", 0, 32, 0x30395056, size, size, 30, 1, len(frames), 0)
+    body = b"".join(struct.pack("<IQ", len(f), i) + f for i, f in enumerate(frames))
+    ivf = tmp_path / "alpha.ivf"
+    ivf.write_bytes(header + body)
+    cap = cv2.VideoCapture(str(ivf), cv2.CAP_FFMPEG)
+    planes = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        planes.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+    cap.release()
+    return planes
 
 
 def _run(*argv: str) -> int:
@@ -77,7 +136,7 @@ def test_render_seed_script_webp_size_and_video(trained, tmp_path, capsys):
     )
     frames, _ = load_animation(webp)
     assert len(frames) == 15 and frames[0].shape == (48, 48, 4) and frames[0][0, 0, 3] == 0
-    video = tmp_path / "a.webm"
+    video = tmp_path / "a.mp4"
     code = _run(
         str(run), "--avatar", "77", "--seconds", "0.4", "--background", "#00ff00", "--out", str(video)
     )
@@ -108,8 +167,63 @@ def test_user_errors_exit_2(trained, tmp_path, capsys):
     assert _run(str(run), "--avatar", "5", "--out", str(tmp_path / "a.bmp")) == 2
     assert "unknown format" in capsys.readouterr().err
     assert _run(str(run), "--avatar", "not-a-file.png", "--out", str(tmp_path / "a.png")) == 2
-    assert "neither an image file nor an integer seed" in capsys.readouterr().err
+    assert "neither an image file, an integer seed" in capsys.readouterr().err
     assert _run(str(tmp_path / "nope"), "--avatar", "5", "--out", str(tmp_path / "a.png")) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert _run(str(run), "--avatar", "5", "--script", "dance", "--out", str(tmp_path / "a.png")) == 2
     assert "unknown script action" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp", ".gif", ".webm"])
+def test_alpha_survives_in_the_written_file(trained, tmp_path, suffix):
+    """The first frame read back from the file is the animator's neutral frame, alpha included."""
+    from avatarforge.animate.model import NEUTRAL_CONTROLS
+
+    trainer, run = trained
+    g = trainer.G_ema
+    expected = g.animate(render_avatar(77, g.resolution), NEUTRAL_CONTROLS)  # frame 0 of the loop
+    out = tmp_path / f"a{suffix}"
+    code = _run(str(run), "--avatar", "77", "--script", "blink,talk", "--seconds", "0.3", "--out", str(out))
+    if suffix == ".webm" and code != 0:
+        pytest.skip("this OpenCV cannot write VP9 with alpha (the CLI said so)")
+    assert code == 0
+    a_exp = expected[..., 3].astype(int)
+    assert (a_exp == 0).mean() > 0.2 and (a_exp == 255).mean() > 0.2
+    if suffix == ".webm":
+        alphas = webm_alpha(out, g.resolution, tmp_path)
+        assert len(alphas) == 9  # 0.3 s at 30 fps
+        a = alphas[0].astype(int)
+        assert np.abs(a - a_exp).mean() < 3 and np.corrcoef(a.ravel(), a_exp.ravel())[0, 1] > 0.99
+        cap = cv2.VideoCapture(str(out))
+        ok, bgr = cap.read()
+        cap.release()
+        opaque = a_exp == 255
+        assert ok and np.abs(bgr[..., ::-1][opaque].astype(int) - expected[..., :3][opaque]).mean() < 12
+        return
+    frames, _ = load_animation(out)
+    got = frames[0]
+    if suffix == ".gif":  # binary alpha, 256 colours
+        assert np.array_equal(got[..., 3] == 255, a_exp >= 128)
+    else:  # APNG and lossless WebP: exact, colour included where visible
+        assert np.array_equal(got[..., 3], expected[..., 3])
+        vis = a_exp > 0
+        assert np.array_equal(got[..., :3][vis], expected[..., :3][vis])
+
+
+def test_avatar_from_a_generator_run(trained, cgan_avatars, tmp_path, capsys):
+    from avatarforge.animate.cli import AnimateCLIError, load_avatar
+    from avatarforge.animate.model import NEUTRAL_CONTROLS
+
+    trainer, run = trained
+    images, gen_run = cgan_avatars
+    spec = f"{gen_run}:3"
+    assert np.array_equal(load_avatar(spec, 32), images[3])  # the same image avatarforge generate writes
+    out = tmp_path / "gen.png"
+    assert _run(str(run), "--avatar", spec, "--seconds", "0.2", "--out", str(out)) == 0
+    frames, _ = load_animation(out)
+    expected = trainer.G_ema.animate(images[3], NEUTRAL_CONTROLS)
+    assert np.array_equal(frames[0][..., 3], expected[..., 3]) and frames[0][0, 0, 3] == 255  # RGB: opaque
+    with pytest.raises(AnimateCLIError, match="no generator run"):
+        load_avatar(str(tmp_path / "missing:3"), 32)
+    assert _run(str(run), "--avatar", f"{tmp_path}:3", "--out", str(tmp_path / "x.png")) == 2
+    assert "cannot load a generator" in capsys.readouterr().err

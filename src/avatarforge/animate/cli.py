@@ -4,7 +4,7 @@
 CLI's ``animate`` command); ``animate_main(args)`` runs the chosen one and returns the exit
 code::
 
-    avatarforge animate RUN --avatar IMG_OR_SEED [--script blink,talk] [--audio speech.wav]
+    avatarforge animate RUN --avatar IMG|SEED|GEN_RUN:SEED [--script blink,talk] [--audio speech.wav]
                         [--vmc [HOST:]PORT] [--mic] --out OUT.webp|png|apng|gif|webm|mp4
                         [--fps 30] [--seconds 5] [--size PX] [--background COLOUR]
     avatarforge animate train [--minutes M] [--kimg K] [--size 64] [--resume RUN] [KEY=VALUE ...]
@@ -33,8 +33,9 @@ EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
 COMMANDS = ("render", "train", "export-onnx")
 #: Output suffixes written with transparency (by :func:`avatarforge.postprocess.export.save_animation`).
 ALPHA_FORMATS = (".png", ".apng", ".webp", ".gif")
-#: Output suffixes written by OpenCV as video, composited on ``--background`` (no alpha).
-VIDEO_FORMATS = {".webm": "VP80", ".mp4": "mp4v"}
+#: Output suffixes written by OpenCV as video: .webm is VP9 with an alpha channel (OpenCV's
+#: FFmpeg back end, ``VIDEOWRITER_PROP_ENABLE_ALPHA``), .mp4 is composited on ``--background``.
+VIDEO_FORMATS = {".webm": "VP90", ".mp4": "mp4v"}
 _OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*=")
 
 
@@ -54,19 +55,20 @@ def add_animate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     r = sub.add_parser(
         "render",
         help="render an animation (the default: 'animate RUN ...' = 'animate render RUN ...')",
-        description="Animate one avatar with RUN's animator and write an animation file. APNG (.png/.apng) "
-        "and WebP keep 8-bit transparency, GIF binary transparency; .webm/.mp4 video has no alpha "
-        "channel here (OpenCV), so frames are composited on --background.",
+        description="Animate one avatar with RUN's animator and write an animation file. APNG (.png/.apng), "
+        "WebP and WebM (VP9) keep 8-bit transparency, GIF binary transparency; .mp4 has no alpha "
+        "channel, so its frames are composited on --background.",
     )
     r.add_argument("run", metavar="RUN", help="run directory, checkpoint, or exported .onnx file")
     r.add_argument(
         "--avatar",
         required=True,
-        metavar="IMG_OR_SEED",
-        help="an image file (PNG with alpha works best) or an integer seed of a procedural avatar",
+        metavar="IMG|SEED|GEN_RUN:SEED",
+        help="an image file (PNG with alpha works best), an integer seed of a procedural avatar, or "
+        "GEN_RUN:SEED: sample SEED of a generator run directory or checkpoint (avatarforge generate)",
     )
     r.add_argument(
-        "--out", required=True, metavar="OUT", help="output: .webp .png .apng .gif (alpha) or .webm .mp4"
+        "--out", required=True, metavar="OUT", help="output: .webp .png .apng .gif .webm (alpha) or .mp4"
     )
     r.add_argument(
         "--script",
@@ -95,7 +97,7 @@ def add_animate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--background",
         default="white",
         metavar="COLOUR",
-        help="video only: colour behind the avatar (default white; '#00ff00' for chroma key)",
+        help=".mp4 only: colour behind the avatar (default white; '#00ff00' for chroma key)",
     )
     r.add_argument("--seed", type=int, default=0, help="seed of the scripted actions (default 0)")
     r.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -219,7 +221,10 @@ def load_any_animator(run: str, device: str = "cpu", threads: int | None = None)
 
 
 def load_avatar(spec: str, size: int) -> Any:
-    """``--avatar``: an image file, or an integer seed of a procedural avatar rendered at ``size``."""
+    """``--avatar``: an image file, an integer seed of a procedural avatar rendered at
+    ``size``, or ``GEN_RUN:SEED``: sample ``SEED`` of a generator run directory or checkpoint
+    (:class:`~avatarforge.generate.GeneratorPipeline`, the same image ``avatarforge generate
+    GEN_RUN --seeds SEED`` writes)."""
     import numpy as np
 
     p = Path(spec)
@@ -234,7 +239,24 @@ def load_avatar(spec: str, size: int) -> Any:
         from avatarforge.data.procedural import render_avatar
 
         return render_avatar(int(spec), max(32, min(512, size)))
-    raise AnimateCLIError(f"--avatar {spec!r} is neither an image file nor an integer seed")
+    run, sep, seed = spec.rpartition(":")
+    if sep and re.fullmatch(r"\d+", seed.strip()) and run:
+        if not Path(run).exists():
+            raise AnimateCLIError(
+                f"--avatar {spec}: no generator run or checkpoint at {run!r} (GEN_RUN:SEED takes a run "
+                "directory of avatarforge train, e.g. runs/00000-stylegan-64:42)"
+            )
+        from avatarforge.generate import GeneratorPipeline
+
+        try:
+            pipe = GeneratorPipeline.from_pretrained(run)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise AnimateCLIError(f"--avatar {spec}: cannot load a generator from {run}: {e}") from None
+        return pipe.render(pipe.latents([int(seed)]))[0]
+    raise AnimateCLIError(
+        f"--avatar {spec!r} is neither an image file, an integer seed, nor GEN_RUN:SEED (a generator "
+        "run directory and a sample seed)"
+    )
 
 
 def _resize_frames(frames: list[Any], size: int) -> list[Any]:
@@ -251,31 +273,55 @@ def _resize_frames(frames: list[Any], size: int) -> list[Any]:
 
 
 def write_video(path: Path, frames: list[Any], fps: float, background: tuple[int, int, int]) -> Path:
-    """Write frames as .webm (VP8) or .mp4 (MPEG-4 part 2) with OpenCV, composited on ``background``.
+    """Write frames as .webm (VP9 with alpha) or .mp4 (MPEG-4 part 2, composited on ``background``)
+    with OpenCV's FFmpeg back end, atomically (a temporary file renamed into place).
 
-    OpenCV's writer has no alpha channel, so transparency is flattened onto a colour; use
-    APNG or WebP output to keep it.
+    Raises:
+        AnimateCLIError: this OpenCV cannot write the format (the message suggests .webp/.png/.gif).
     """
     import cv2
     import numpy as np
 
-    codec = VIDEO_FORMATS[path.suffix.lower()]
+    suffix = path.suffix.lower()
+    codec = VIDEO_FORMATS[suffix]
+    alpha = suffix == ".webm"
     h, w = frames[0].shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (w, h))
+    params: list[int] = []
+    if alpha:
+        prop = getattr(cv2, "VIDEOWRITER_PROP_ENABLE_ALPHA", None)
+        if prop is None:
+            raise AnimateCLIError(
+                f"this OpenCV ({cv2.__version__}) cannot write video with alpha (it needs "
+                "VIDEOWRITER_PROP_ENABLE_ALPHA, OpenCV >= 4.11 with FFmpeg); write .webp, .png (APNG) or "
+                ".gif for transparency, or .mp4 composited on --background"
+            )
+        params = [prop, 1]
+    writer = cv2.VideoWriter(
+        str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*codec), float(fps), (w, h), params
+    )
     if not writer.isOpened():
+        tmp.unlink(missing_ok=True)
+        what = "VP9 video with alpha" if alpha else f"{suffix} ({codec}) video"
         raise AnimateCLIError(
-            f"OpenCV cannot write {path.suffix} ({codec}) video here; write .webp or .png (APNG) instead"
+            f"OpenCV cannot write {what} here (no FFmpeg back end or encoder); write .webp, .png (APNG) "
+            "or .gif instead"
         )
     bg = np.array(background, np.float32)
     try:
         for f in frames:
-            a = f[..., 3:4].astype(np.float32) / 255.0
-            rgb = f[..., :3].astype(np.float32) * a + bg * (1 - a)
-            writer.write(cv2.cvtColor(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+            if alpha:  # straight-alpha RGBA -> BGRA, as the FFmpeg writer takes it
+                writer.write(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGBA2BGRA))
+            else:
+                a = f[..., 3:4].astype(np.float32) / 255.0
+                rgb = f[..., :3].astype(np.float32) * a + bg * (1 - a)
+                writer.write(cv2.cvtColor(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
+    if not tmp.is_file() or tmp.stat().st_size == 0:
+        tmp.unlink(missing_ok=True)
+        raise AnimateCLIError(f"OpenCV wrote no {suffix} data; write .webp, .png (APNG) or .gif instead")
     tmp.replace(path)
     return path
 
@@ -289,14 +335,14 @@ def _cmd_render(a: argparse.Namespace) -> int:
     suffix = out.suffix.lower()
     if suffix not in ALPHA_FORMATS and suffix not in VIDEO_FORMATS:
         raise AnimateCLIError(
-            f"--out {out.name}: unknown format; use .webp, .png/.apng, .gif (with transparency) or .webm/.mp4"
+            f"--out {out.name}: unknown format; use .webp, .png/.apng, .gif, .webm (with transparency) or .mp4"
         )
     if not 0 < a.fps <= 100:
         raise AnimateCLIError(f"--fps must be in (0, 100], got {a.fps}")
     if a.size is not None and not 16 <= a.size <= 2048:
         raise AnimateCLIError(f"--size must be from 16 to 2048, got {a.size}")
     background = (255, 255, 255)
-    if suffix in VIDEO_FORMATS:
+    if suffix == ".mp4":
         from avatarforge.data.imagefile import parse_color
 
         background = parse_color(a.background)
@@ -340,11 +386,12 @@ def _cmd_render(a: argparse.Namespace) -> int:
         frames = _resize_frames(frames, a.size)
     if suffix in VIDEO_FORMATS:
         path = write_video(out, frames, a.fps, background)
-        print(
-            f"note: {suffix} video has no alpha channel here: composited on {a.background} "
-            "(write .webp or .png for transparency)",
-            file=sys.stderr,
-        )
+        if suffix == ".mp4":
+            print(
+                f"note: .mp4 video has no alpha channel: composited on {a.background} "
+                "(write .webm, .webp or .png for transparency)",
+                file=sys.stderr,
+            )
     else:
         from avatarforge.postprocess.export import save_animation
 
