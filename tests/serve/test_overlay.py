@@ -297,3 +297,16 @@ def test_vmc_listener_drives_the_overlay_and_closes_with_it(pipe):
             last = decode(ws.receive_bytes())
         assert np.abs(last.astype(int) - closed_ref.astype(int))[eyes].mean() < 1.0
     assert wait_until(lambda: hub._vmc is None)  # the last client left: the UDP port is free again
+
+
+def test_mounted_on_the_real_app(client, serve_state_noanim):
+    """create_app mounts the overlay: the page, and frames from the loaded animator."""
+    assert client.get("/overlay").status_code == 200
+    with client.websocket_connect("/ws/overlay?avatar=3&fps=60") as ws:
+        frame = decode(ws.receive_bytes())
+    assert frame.shape == (32, 32, 4)
+
+    from avatarforge.serve.app import create_app
+
+    with TestClient(create_app(serve_state_noanim)) as bare:
+        assert "no animator loaded" in bare.get("/overlay").text
