@@ -310,3 +310,36 @@ def test_mounted_on_the_real_app(client, serve_state_noanim):
 
     with TestClient(create_app(serve_state_noanim)) as bare:
         assert "no animator loaded" in bare.get("/overlay").text
+
+
+def test_options_from_the_environment(pipe, monkeypatch, tmp_path):
+    from avatarforge.serve.overlay import _overlay_options
+
+    state = make_state(pipe, None)
+    monkeypatch.setenv("AVATARFORGE_VMC", "1")
+    assert _overlay_options(state, None).vmc == "127.0.0.1:39539"
+    monkeypatch.setenv("AVATARFORGE_VMC", "127.0.0.1:40000")
+    monkeypatch.setenv("AVATARFORGE_OVERLAY_AUDIO", str(tmp_path / "missing.wav"))
+    with pytest.raises(OverlayError, match="is not a file"):
+        _overlay_options(state, None)
+    monkeypatch.delenv("AVATARFORGE_OVERLAY_AUDIO")
+    assert _overlay_options(state, None).vmc == "127.0.0.1:40000"
+
+
+def test_server_wav_drives_the_mouth(pipe, tmp_path):
+    import wave
+
+    anim = ProceduralAnimator(identity=3)
+    rate = 16000
+    t = np.arange(rate * 2) / rate
+    loud = (0.5 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")  # 2 s of a loud tone
+    with wave.open(str(tmp_path / "tone.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(loud.tobytes())
+    client, _ = make_client(make_state(pipe, anim), audio=str(tmp_path / "tone.wav"), fps=60, idle=False)
+    open_mouth = anim.render_image(3, {"mouth_open": 1.0})
+    with client, client.websocket_connect("/ws/overlay?avatar=1") as ws:
+        frames = [decode(ws.receive_bytes()) for _ in range(20)]
+    assert np.abs(frames[-1].astype(int) - open_mouth.astype(int)).mean() < 1.0

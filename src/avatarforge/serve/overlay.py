@@ -40,6 +40,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -54,8 +55,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 __all__ = [
+    "AUDIO_ENV",
     "KEY_BINDINGS",
     "NO_ANIMATOR_CLOSE_CODE",
+    "VMC_ENV",
     "OverlayControls",
     "OverlayError",
     "OverlayHub",
@@ -877,16 +880,31 @@ def _forward_query(q: Mapping[str, str]) -> dict[str, str]:
     return {k: q[k] for k in ("avatar", "size", "fps", "idle", "key") if k in q}
 
 
+#: Environment variables read when the server's settings do not say: VMC listener
+#: (``HOST:PORT`` or ``PORT``; ``1`` = the default ``127.0.0.1:39539``) and a WAV for lip sync.
+VMC_ENV = "AVATARFORGE_VMC"
+AUDIO_ENV = "AVATARFORGE_OVERLAY_AUDIO"
+
+
 def _overlay_options(state: Any, options: OverlayOptions | None) -> OverlayOptions:
     if options is not None:
         return options
-    # Settings the server may carry (ServeSettings fields, when present): vmc, overlay_audio, overlay_fps.
+    from avatarforge.animate.drivers import VMC_DEFAULT_HOST, VMC_DEFAULT_PORT
+
+    # ServeSettings fields when the server has them (vmc, overlay_audio, overlay_fps), else
+    # the environment, so `AVATARFORGE_VMC=1 avatarforge serve ...` works with any CLI.
     s = getattr(state, "settings", None)
     kw: dict[str, Any] = {}
-    if getattr(s, "vmc", None):
-        kw["vmc"] = s.vmc
-    if getattr(s, "overlay_audio", None):
-        kw["audio"] = s.overlay_audio
+    vmc = getattr(s, "vmc", None) or os.environ.get(VMC_ENV, "").strip() or None
+    if vmc is not None:
+        kw["vmc"] = (
+            f"{VMC_DEFAULT_HOST}:{VMC_DEFAULT_PORT}" if str(vmc).lower() in ("1", "true", "on") else vmc
+        )
+    audio = getattr(s, "overlay_audio", None) or os.environ.get(AUDIO_ENV, "").strip() or None
+    if audio is not None:
+        if not Path(audio).is_file():
+            raise OverlayError(f"overlay audio {audio!r} is not a file; give a PCM WAV file ({AUDIO_ENV})")
+        kw["audio"] = audio
     if getattr(s, "overlay_fps", None):
         kw["fps"] = float(s.overlay_fps)
     if getattr(s, "max_fps", None):
