@@ -13,8 +13,8 @@ bottom (:meth:`CycleGANTrainer.train_step`)::
 with LSGAN (default, as in the paper) or hinge losses, L1 cycle weight 10, identity weight
 0.5 x cycle, and a 50-image history pool of fakes for D (Shrivastava et al. 2017).
 
-Everything around the step reuses the generic training pieces (see docs/training.md):
-the run directory ``runs/NNNNN-cyclegan-<res>/`` (:mod:`avatarforge.train.rundir`),
+Everything around the step is the shared trainer machinery
+(:class:`avatarforge.train.engine.Trainer`, see docs/training.md): the run directory ``runs/NNNNN-cyclegan-<res>/`` (:mod:`avatarforge.train.rundir`),
 safetensors + JSON checkpoints holding the four networks, both Adam states, every RNG and
 the two image pools (:mod:`avatarforge.train.checkpoint`), exact resume, the SIGINT/SIGTERM
 guard and the NaN/Inf roll-back (:mod:`avatarforge.train.guard`), ``metrics.jsonl``
@@ -31,10 +31,7 @@ RGBA data sets are composited onto white for training (the networks are RGB);
 
 from __future__ import annotations
 
-import math
 import os
-import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,35 +50,14 @@ from avatarforge.config import (
     from_dict,
     load_yaml,
     to_dict,
-    to_yaml,
 )
-from avatarforge.fileio import atomic_write_json, atomic_write_text
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.base import load_pretrained
 from avatarforge.style.cyclegan import CycleGANGenerator, PatchDiscriminator
-from avatarforge.train.checkpoint import (
-    Snapshot,
-    capture_rng,
-    find_checkpoint,
-    load_snapshot,
-    optimizer_state,
-    prune_checkpoints,
-    restore_optimizer,
-    restore_rng,
-    save_checkpoint,
-)
-from avatarforge.train.common import (
-    amp_dtype,
-    apply_perf_settings,
-    autocast,
-    crossed,
-    derive_seed,
-    make_generator,
-    resolve_device,
-)
-from avatarforge.train.guard import NaNEvents, StopSignal, TrainingDiverged, all_finite, nonfinite_names
-from avatarforge.train.metrics_log import MetricsLog, truncate_metrics
-from avatarforge.train.rundir import allocate_run_dir
+from avatarforge.train.checkpoint import Snapshot, find_checkpoint
+from avatarforge.train.common import autocast, derive_seed, make_generator
+from avatarforge.train.engine import Optimizer, Trainer
+from avatarforge.train.guard import TrainingDiverged
 
 __all__ = [
     "CycleDataConfig",
@@ -296,7 +272,7 @@ def gan_g_loss(fake_logits: Tensor, kind: str) -> Tensor:
 StepHook = Callable[["CycleGANTrainer"], None]
 
 
-class CycleGANTrainer:
+class CycleGANTrainer(Trainer):
     """Train CycleGAN between ``config.data.a`` and ``config.data.b``.
 
     Args:
@@ -306,7 +282,14 @@ class CycleGANTrainer:
 
     Attributes useful to hooks: ``G_ab``, ``G_ba``, ``D_a``, ``D_b``, ``step``, ``nimg``,
     ``run_dir``, ``cfg``, ``stop`` (``trainer.stop.request()`` stops after the step).
+
+    The loop, checkpoints, resume, signals and the NaN guard are
+    :class:`~avatarforge.train.engine.Trainer`'s (one process; no evaluation); this class
+    holds the two domains, the four networks, the step, the image pools and the grids.
     """
+
+    ACC_KEYS = ("loss_g", "loss_d", "adv_g", "cycle", "identity")
+    BAR_KEYS = ("loss_g", "loss_d", "cycle")
 
     def __init__(
         self,
@@ -315,51 +298,26 @@ class CycleGANTrainer:
         resume: str | os.PathLike | None = None,
         step_hook: StepHook | None = None,
     ) -> None:
-        self.cfg = config.validate()
-        self.resume_from = Path(resume) if resume else None
-        self.step_hook = step_hook
-        self.step = 0
-        self.nimg = 0
-        self.run_dir: Path | None = None
-        self.stopped_by: str | None = None
-        self.stop = StopSignal()
-
-    # ------------------------------------------------------------------ public API
-    def fit(self) -> Path:
-        """Train until ``kimg`` / ``minutes`` / a signal; returns the run directory.
-
-        Raises:
-            TrainingDiverged: NaN/Inf kept coming back (``max_nan_events``).
-        """
-        self.setup()
-        try:
-            with self.stop:
-                self._loop()
-        finally:
-            if hasattr(self, "metrics"):
-                self.metrics.close()
-        assert self.run_dir is not None
-        return self.run_dir
+        super().__init__(config, resume=resume, step_hook=step_hook)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ set-up
-    def setup(self) -> None:
-        """Data, models, optimizers, generators, run directory; restores ``resume``."""
+    def _check_config(self) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("avatarforge style train runs in a single process; start it without torchrun")
+        for key in ("a", "b"):
+            if not getattr(self.cfg.data, key):
+                raise ConfigError(f"data.{key} is empty: give two packed data sets (style train A B)")
+
+    def _open_data(self) -> None:
         from avatarforge.data.dataset import PackedDataset
 
         cfg = self.cfg
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError("avatarforge style train runs in a single process; start it without torchrun")
-        self.device = resolve_device(cfg.device)
-        apply_perf_settings(cfg.perf, self.device)
-        self.amp = amp_dtype(cfg.perf.amp, self.device)
-        self.memory_format = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
-        for key in ("a", "b"):
-            if not getattr(cfg.data, key):
-                raise ConfigError(f"data.{key} is empty: give two packed data sets (style train A B)")
         # RGB networks: RGBA sets are composited onto white, as anime art usually is.
         self.ds_a = PackedDataset(cfg.data.a, channels=3)
         self.ds_b = PackedDataset(cfg.data.b, channels=3)
+        self.dataset = self.ds_a
         self.resolution = int(cfg.data.resolution or self.ds_a.size)
+        self.channels, self.label_names, self.label_dims = 3, [], []
         multiple = 2**cfg.model.n_downsampling
         if self.resolution % multiple:
             raise ConfigError(
@@ -371,8 +329,11 @@ class CycleGANTrainer:
                     f"data set {name} ({ds.path}) has {len(ds)} images, fewer than batch_size={cfg.batch_size}"
                 )
 
-        # -- models (seeded on the global RNG, then the global RNG is reseeded: nothing in
-        # the step draws from it, but user hooks might)
+    def _build(self) -> None:
+        cfg = self.cfg
+        self.memory_format = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
+        # Models seeded on a forked global RNG: nothing in the step draws from the global
+        # RNG, but user hooks might.
         m = cfg.model
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, 0xC7C1E))
@@ -399,8 +360,9 @@ class CycleGANTrainer:
         d_params = [*self.D_a.parameters(), *self.D_b.parameters()]
         self.opt_g = torch.optim.Adam(g_params, lr=cfg.optim.lr, betas=betas)
         self.opt_d = torch.optim.Adam(d_params, lr=cfg.optim.lr, betas=betas)
+        self._opts = {"g": Optimizer(self.opt_g, cfg.optim.lr), "d": Optimizer(self.opt_d, cfg.optim.lr)}
 
-        # -- randomness: every stream a checkpointed generator
+        # every random stream a checkpointed generator
         self.gens = {
             "augment": make_generator(self.device, cfg.seed, 1),
             "pool": make_generator(torch.device("cpu"), cfg.seed, 2),
@@ -408,37 +370,23 @@ class CycleGANTrainer:
         self.pool_a = ImagePool(cfg.loss.pool_size, self.gens["pool"], self.memory_format)
         self.pool_b = ImagePool(cfg.loss.pool_size, self.gens["pool"], self.memory_format)
 
-        self.nan = NaNEvents(cfg.max_nan_events)
-        self.elapsed_before = 0.0
-        self.last_ckpt: Path | None = None
-        self.start_snapshot: Snapshot | None = None
-        self._setup_run_dir()
-        if self.resume_from is not None:
-            ckpt = find_checkpoint(self.resume_from)
-            self._restore(load_snapshot(ckpt), counters=True)
-            self.last_ckpt = ckpt
-            self._print(f"resumed from {ckpt} at step {self.step} ({self.nimg / 1000:.3f} kimg)")
-        else:
-            self.start_snapshot = self._capture(with_models=True)
-        truncate_metrics(self.run_dir, self.step)  # drop lines of work about to be redone
-        self.metrics = MetricsLog(self.run_dir)
-        self._fixed_a = self._fixed(self.ds_a)
-        self._fixed_b = self._fixed(self.ds_b)
+    def _networks(self) -> dict[str, nn.Module]:
+        return dict(zip(_MODEL_PREFIXES, (self.G_ab, self.G_ba, self.D_a, self.D_b)))
 
-    def _setup_run_dir(self) -> None:
-        cfg = self.cfg
-        if self.resume_from is not None:
-            run_dir = find_checkpoint(self.resume_from).parent.parent  # run/checkpoints/<ckpt>
-        else:
-            run_dir = allocate_run_dir(cfg.runs_dir, cfg.desc or f"cyclegan-{self.resolution}")
-        saved = to_dict(cfg)
+    def _trainable(self) -> dict[str, nn.Module]:
+        return self._networks()
+
+    def _optimizers(self) -> dict[str, Optimizer]:
+        return self._opts
+
+    def _default_desc(self) -> str:
+        return f"cyclegan-{self.resolution}"
+
+    def _saved_config(self) -> dict[str, Any]:
+        saved = to_dict(self.cfg)
         for key in ("a", "b"):
             saved["data"][key] = str(Path(saved["data"][key]).resolve())
-        atomic_write_text(run_dir / "config.yaml", to_yaml(saved))
-        atomic_write_json(run_dir / "config.json", saved)
-        (run_dir / "samples").mkdir(exist_ok=True)
-        self.run_dir = run_dir
-        self.ckpt_root = run_dir / "checkpoints"
+        return saved
 
     # ------------------------------------------------------------------ data
     def _prepare(self, x: Tensor) -> Tensor:
@@ -474,83 +422,25 @@ class CycleGANTrainer:
         flip = torch.rand(x.shape[0], generator=self.gens["augment"], device=x.device) < 0.5
         return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
-    def _fixed(self, ds: Any) -> Tensor:
+    def _fixed_inputs(self) -> dict[str, Tensor | None]:
+        return {"a": self._first_images(self.ds_a), "b": self._first_images(self.ds_b)}
+
+    def _save_reals(self) -> None:
+        """Nothing: every cycle grid starts with its real images."""
+
+    def _first_images(self, ds: Any) -> Tensor:
         """The first ``log.num_samples`` images of a data set (the grids' fixed inputs)."""
         n = min(self.cfg.log.num_samples, len(ds))
         return self._prepare(torch.stack([ds[i][0] for i in range(n)]))  # (n, 3, H, W) in [-1, 1]
 
-    # ------------------------------------------------------------------ the loop
-    def _kimg_done(self) -> bool:
-        return self.cfg.kimg is not None and self.nimg >= self.cfg.kimg * 1000
-
-    def _local_stop_reason(self) -> str | None:
-        if self.stop.requested:
-            return f"signal:{self.stop.signal_name}"
-        if self.cfg.minutes is not None and time.monotonic() - self._t_start >= self.cfg.minutes * 60:
-            return "time"
-        return None
-
-    def _loop(self) -> None:
-        cfg = self.cfg
-        self._t_start = time.monotonic()
-        if self._kimg_done():
-            self._print(f"already trained to {cfg.kimg} kimg (step {self.step}); raise --kimg to continue")
-            return
-        from tqdm.auto import tqdm
-
-        self._t_log, self._nimg_log = time.perf_counter(), self.nimg
-        self._reset_accumulators()
-        batches = self._batches()
-        self.bar = tqdm(
-            total=int(cfg.kimg * 1000) if cfg.kimg else None,
-            initial=self.nimg,
-            unit="img",
-            unit_scale=True,
-            dynamic_ncols=True,
-            smoothing=0.05,
-            desc=self.run_dir.name if self.run_dir else "cyclegan",
-            disable=not cfg.log.progress,
-        )
-        try:
-            while True:
-                a, b = next(batches)
-                self._set_lr()
-                stats = self.train_step(a, b)
-                prev_nimg = self.nimg
-                self.step += 1
-                self.nimg += cfg.batch_size
-                self._accumulate(stats)
-                self.bar.update(cfg.batch_size)
-                if self.step_hook is not None:
-                    self.step_hook(self)
-                stop = "kimg" if self._kimg_done() else self._local_stop_reason()
-                logging_due = self.step % cfg.log.every_steps == 0 or stop is not None
-                if logging_due and not self._log_step():  # _log_step is the only host sync
-                    batches = self._recover("losses or weights")
-                    continue
-                due_sample = crossed(prev_nimg, self.nimg, cfg.log.sample_every_kimg)
-                due_ckpt = crossed(prev_nimg, self.nimg, cfg.log.checkpoint_every_kimg)
-                if (due_sample or due_ckpt or stop) and not self._weights_finite():
-                    batches = self._recover("weights")
-                    continue
-                # Checkpoint first: after a signal the process may have little time left.
-                if due_ckpt or stop:
-                    self.save_checkpoint()
-                if due_sample or stop:
-                    self.save_samples()
-                if stop:
-                    self.stopped_by = stop
-                    break
-        finally:
-            self.bar.close()
-        self._final_message()
-
+    # ------------------------------------------------------------------ one step
     def train_step(self, real_a: Tensor, real_b: Tensor) -> dict[str, Tensor]:
         """One generator step (both G) and one discriminator step (both D). Returns detached losses."""
         cfg = self.cfg
         kind = cfg.loss.gan
         lam_c = cfg.loss.cycle
         lam_i = cfg.loss.identity * cfg.loss.cycle
+        self._set_lr(self.nan.lr_scale)  # the decay schedule moves every step
         a, b = self._flip(real_a), self._flip(real_b)
 
         # -- generators: D frozen (its weight gradients would be thrown away)
@@ -592,96 +482,30 @@ class CycleGANTrainer:
     def _autocast(self) -> Any:
         return autocast(self.device, self.amp)
 
-    def _lr(self) -> float:
-        """The learning rate now: base x NaN-event scale x linear decay."""
+    def _lr(self, scale: float) -> float:
+        """The learning rate now: base x ``scale`` (the NaN-event scale) x linear decay."""
         o = self.cfg.optim
-        lr = o.lr * self.nan.lr_scale
+        lr = o.lr * scale
         if o.decay_start_kimg is not None and self.cfg.kimg is not None:
             kimg = self.nimg / 1000
             span = self.cfg.kimg - o.decay_start_kimg
             lr *= min(1.0, max(0.0, 1.0 - (kimg - o.decay_start_kimg) / span))
         return lr
 
-    def _set_lr(self) -> None:
-        lr = self._lr()
+    def _set_lr(self, scale: float) -> None:
+        lr = self._lr(scale)
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
                 group["lr"] = lr
 
-    # ------------------------------------------------------------------ logging and the NaN guard
-    def _reset_accumulators(self) -> None:
-        self._acc: dict[str, Tensor] = {}
-        self._acc_n: dict[str, int] = {}
-
-    def _accumulate(self, stats: Mapping[str, Tensor]) -> None:
-        # Running sums on the device: no host sync until _log_step.
-        for k, v in stats.items():
-            self._acc[k] = self._acc[k] + v.float() if k in self._acc else v.float().clone()
-            self._acc_n[k] = self._acc_n.get(k, 0) + 1
-
-    def _log_step(self) -> bool:
-        """Read and check the accumulated losses (one host sync), log them. False on NaN/Inf."""
-        keys = list(self._acc)
-        values = torch.stack([self._acc[k] for k in keys]).tolist() if keys else []
-        losses = {k: values[i] / self._acc_n[k] for i, k in enumerate(keys)}
-        if not all(math.isfinite(v) for v in losses.values()) or not self._weights_finite():
-            return False
-        now = time.perf_counter()
-        rate = (self.nimg - self._nimg_log) / max(now - self._t_log, 1e-9)
-        self._t_log, self._nimg_log = now, self.nimg
-        self.metrics.append(
-            {
-                "kind": "train",
-                "step": self.step,
-                "kimg": round(self.nimg / 1000, 6),
-                "time_s": round(self.elapsed_before + time.monotonic() - self._t_start, 3),
-                "img_per_s": round(rate, 2),
-                "lr": self.opt_g.param_groups[0]["lr"],
-                **{k: round(v, 6) for k, v in losses.items()},
-            }
-        )
-        self.bar.set_postfix(
-            {k: f"{losses[k]:.3f}" for k in ("loss_g", "loss_d", "cycle") if k in losses}, refresh=False
-        )
-        self._reset_accumulators()
-        return True
-
-    def _networks(self) -> tuple[nn.Module, ...]:
-        return (self.G_ab, self.G_ba, self.D_a, self.D_b)
-
-    def _weights_finite(self) -> bool:
-        return all_finite([p for net in self._networks() for p in net.parameters()])
-
-    def _recover(self, what: str) -> Iterator[tuple[Tensor, Tensor]]:
-        """Roll back to the last checkpoint (or the start), halve the lr; returns fresh batches."""
-        named = [
-            (f"{pre}.{n}", p)
-            for pre, net in zip(_MODEL_PREFIXES, self._networks())
-            for n, p in net.named_parameters()
-        ]
-        bad = nonfinite_names(named)
-        what = f"{what}{': ' + ', '.join(bad) if bad else ''}"
-        bad_step = self.step
-        self.metrics.append(
-            {"kind": "event", "event": "nonfinite", "step": bad_step, "kimg": self.nimg / 1000, "what": what}
-        )
-        self.nan.record(what, bad_step)  # warns, or raises TrainingDiverged
-        snap = load_snapshot(self.last_ckpt) if self.last_ckpt is not None else self.start_snapshot
-        assert snap is not None
-        self._restore(snap, counters=False)
-        self._reset_accumulators()
-        self.bar.reset(total=self.bar.total)
-        self.bar.update(self.nimg)
-        self._print(
-            f"non-finite values at step {bad_step}: restored step {self.step}, lr x{self.nan.lr_scale:g}"
-        )
-        return self._batches()
+    def _log_fields(self) -> dict[str, Any]:
+        return {"lr": self.opt_g.param_groups[0]["lr"]}
 
     # ------------------------------------------------------------------ samples
     @torch.no_grad()
     def translate_fixed(self) -> Tensor:
         """(6n, 3, H, W) rows: a, G_ab(a), G_ba(G_ab(a)), b, G_ba(b), G_ab(G_ba(b)) (CPU, [-1, 1])."""
-        a, b = self._fixed_a, self._fixed_b
+        a, b = self._fixed["a"], self._fixed["b"]
         fake_b, fake_a = self.G_ab(a), self.G_ba(b)
         rec_a, rec_b = self.G_ba(fake_b), self.G_ab(fake_a)
         return torch.cat([t.float().cpu() for t in (a, fake_b, rec_a, b, fake_a, rec_b)])
@@ -690,10 +514,10 @@ class CycleGANTrainer:
         """Write ``samples/cycle_KKKKKK.png`` (KKKKKK = kimg): A -> B -> A rows, then B -> A -> B."""
         assert self.run_dir is not None
         rows = self.translate_fixed()
-        n = min(self._fixed_a.shape[0], self._fixed_b.shape[0])
-        if self._fixed_a.shape[0] != self._fixed_b.shape[0]:  # keep whole rows
-            na = self._fixed_a.shape[0]
-            nb = self._fixed_b.shape[0]
+        n = min(self._fixed["a"].shape[0], self._fixed["b"].shape[0])
+        if self._fixed["a"].shape[0] != self._fixed["b"].shape[0]:  # keep whole rows
+            na = self._fixed["a"].shape[0]
+            nb = self._fixed["b"].shape[0]
             rows = torch.cat(
                 [rows[i * na : i * na + n] for i in range(3)]
                 + [rows[3 * na + i * nb : 3 * na + i * nb + n] for i in range(3)]
@@ -701,84 +525,27 @@ class CycleGANTrainer:
         grid = make_grid(rows, nrow=n)
         return save_image(self.run_dir / "samples" / f"cycle_{self.nimg // 1000:06d}.png", grid)
 
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/ckpt-SSSSSSSS`` (four networks + the training state)."""
-        snap = self._capture(with_models=False)
-        models = dict(zip(_MODEL_PREFIXES, self._networks()))
-        path = save_checkpoint(self.ckpt_root, self.step, models=models, tensors=snap.tensors, meta=snap.meta)
-        prune_checkpoints(self.ckpt_root, self.cfg.log.keep_last)
-        self.last_ckpt = path
-        self.start_snapshot = None  # the checkpoint replaces the in-memory fallback
-        return path
+    # ------------------------------------------------------------------ checkpoints: the pools
+    def _extra_tensors(self) -> dict[str, Tensor]:
+        pools = {name: pool.state() for name, pool in (("a", self.pool_a), ("b", self.pool_b))}
+        return {f"pool/{name}": s.contiguous() for name, s in pools.items() if s is not None}
 
-    def _capture(self, *, with_models: bool) -> Snapshot:
-        tensors: dict[str, Tensor] = {}
-        meta: dict[str, Any] = {"optimizers": {}}
-        for name, opt in (("g", self.opt_g), ("d", self.opt_d)):
-            t, m = optimizer_state(opt, name)
-            tensors.update(t)
-            meta["optimizers"][name] = m
-        t, rng_meta = capture_rng(self.gens)
-        tensors.update(t)
-        meta["rng"] = rng_meta
-        pools = {}
-        for name, pool in (("a", self.pool_a), ("b", self.pool_b)):
-            state = pool.state()
-            pools[name] = 0 if state is None else int(state.shape[0])
-            if state is not None:
-                tensors[f"pool/{name}"] = state.contiguous()
-        meta.update(
-            {
-                "pools": pools,
-                "step": self.step,
-                "nimg": self.nimg,
-                "kimg": self.nimg / 1000,
-                "nan_events": self.nan.count,
-                "lr_scale": self.nan.lr_scale,
-                "elapsed_s": self.elapsed_before
-                + (time.monotonic() - self._t_start if hasattr(self, "_t_start") else 0.0),
-                "batch_size": self.cfg.batch_size,
-                "resolution": self.resolution,
-                "data": {"a": str(self.cfg.data.a), "b": str(self.cfg.data.b), "seed": self.cfg.seed},
-                "config": to_dict(self.cfg),
-            }
-        )
-        models: dict[str, dict[str, Tensor]] = {}
-        if with_models:
-            for prefix, net in zip(_MODEL_PREFIXES, self._networks()):
-                models[prefix] = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-        return Snapshot(models=models, tensors=tensors, meta=meta)
+    def _extra_meta(self) -> dict[str, Any]:
+        pools = {name: pool.state() for name, pool in (("a", self.pool_a), ("b", self.pool_b))}
+        return {
+            "pools": {name: 0 if s is None else int(s.shape[0]) for name, s in pools.items()},
+            "resolution": self.resolution,
+            "data": {"a": str(self.cfg.data.a), "b": str(self.cfg.data.b), "seed": self.cfg.seed},
+        }
 
-    def _restore(self, snap: Snapshot, *, counters: bool) -> None:
+    def _restore_extra(self, snap: Snapshot, *, counters: bool) -> None:
         meta = snap.meta
-        for prefix, net in zip(_MODEL_PREFIXES, self._networks()):
-            if prefix not in snap.models:
-                raise ValueError(
-                    f"checkpoint {meta.get('path', '(memory)')} has no {prefix}_model.safetensors "
-                    "(is it a CycleGAN checkpoint?)"
-                )
-            net.load_state_dict(snap.models[prefix], strict=True)
-        restore_optimizer(self.opt_g, "g", snap.tensors, meta["optimizers"]["g"])
-        restore_optimizer(self.opt_d, "d", snap.tensors, meta["optimizers"]["d"])
-        restore_rng(self.gens, snap.tensors, meta["rng"])
+        if counters and int(meta.get("resolution", self.resolution)) != self.resolution:
+            raise ConfigError(
+                f"the checkpoint was trained at {meta.get('resolution')} px, this config says {self.resolution}"
+            )
         for name, pool in (("a", self.pool_a), ("b", self.pool_b)):
             pool.load(snap.tensors.get(f"pool/{name}"), self.device)
-        self.step = int(meta["step"])
-        self.nimg = int(meta.get("nimg", self.step * self.cfg.batch_size))
-        if counters:
-            self.nan.count = int(meta.get("nan_events", 0))
-            self.elapsed_before = float(meta.get("elapsed_s", 0.0))
-            if int(meta.get("batch_size", self.cfg.batch_size)) != self.cfg.batch_size:
-                warnings.warn(
-                    f"resuming with batch_size {self.cfg.batch_size}, the checkpoint used {meta.get('batch_size')}; "
-                    "the data order changes",
-                    stacklevel=2,
-                )
-            if int(meta.get("resolution", self.resolution)) != self.resolution:
-                raise ConfigError(
-                    f"the checkpoint was trained at {meta.get('resolution')} px, this config says {self.resolution}"
-                )
 
     # ------------------------------------------------------------------ misc
     def _final_message(self) -> None:
@@ -792,13 +559,6 @@ class CycleGANTrainer:
         )
         if self.stopped_by != "kimg":
             self._print(f"resume with: avatarforge style train --resume {self.run_dir}")
-
-    def _print(self, msg: str) -> None:
-        bar = getattr(self, "bar", None)
-        if bar is not None and not bar.disable:
-            bar.write(msg)
-        else:
-            print(msg, flush=True)
 
 
 # =============================================================================== applying a model

@@ -143,6 +143,26 @@ class Trainer:
     def _check_config(self) -> None:
         """Reject settings this family cannot use (before any work)."""
 
+    def _open_data(self) -> None:
+        """Open the packed data set (``self.dataset``) and set ``resolution``, ``channels``,
+        ``label_names`` and ``label_dims`` (the conditioning labels)."""
+        cfg = self.cfg
+        if self.dataset is None:
+            from avatarforge.data.dataset import PackedDataset
+
+            if not cfg.data.path:
+                raise ConfigError("data.path is empty: pass --data DATASET (a packed data set directory)")
+            self.dataset = PackedDataset(cfg.data.path)
+        self.resolution = int(self.dataset.size)
+        if cfg.model.resolution is not None and cfg.model.resolution != self.resolution:
+            raise ConfigError(
+                f"model.resolution={cfg.model.resolution} but the data set is {self.resolution}px; "
+                f"re-create the data set at {cfg.model.resolution}px or drop the override"
+            )
+        self.channels = int(self.dataset.channels)
+        self.label_names = condition_labels(cfg, self.dataset.schema)
+        self.label_dims = [self.dataset.schema[n].num_classes for n in self.label_names]
+
     def _build(self) -> None:
         """Models, optimizers and ``self.gens`` (every random stream, one generator each)."""
         raise NotImplementedError
@@ -184,8 +204,18 @@ class Trainer:
         return {}
 
     def _extra_meta(self) -> dict[str, Any]:
-        """Extra fields of a checkpoint's training state."""
+        """Family fields of a checkpoint's training state (where the data came from, ...)."""
+        return {
+            "data": {"seed": self.cfg.seed, "next_step": self.step, "path": str(self.cfg.data.path)},
+            "label_names": self.label_names,
+        }
+
+    def _extra_tensors(self) -> dict[str, Tensor]:
+        """Family tensors of a checkpoint's training state (e.g. an image pool)."""
         return {}
+
+    def _restore_extra(self, snap: Snapshot, *, counters: bool) -> None:
+        """Restore what :meth:`_extra_tensors` / :meth:`_extra_meta` saved (and check it)."""
 
     def _complete_snapshot(self, snap: Snapshot) -> None:
         """Fill in models a snapshot may lack (e.g. EMA weights enabled on resume)."""
@@ -194,7 +224,7 @@ class Trainer:
     def setup(self) -> None:
         """Build everything: process group, device, data, models, optimizers, run dir, resume."""
         cfg = self.cfg
-        if cfg.log.tensorboard:
+        if self._log_option("tensorboard", False):
             require_tensorboard()  # fail before any work (and before a run directory exists)
         self._check_config()
         want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
@@ -211,22 +241,7 @@ class Trainer:
             )
         self.batch_per_rank = cfg.batch_size // self.dist.world_size
 
-        # -- data
-        if self.dataset is None:
-            from avatarforge.data.dataset import PackedDataset
-
-            if not cfg.data.path:
-                raise ConfigError("data.path is empty: pass --data DATASET (a packed data set directory)")
-            self.dataset = PackedDataset(cfg.data.path)
-        self.resolution = int(self.dataset.size)
-        if cfg.model.resolution is not None and cfg.model.resolution != self.resolution:
-            raise ConfigError(
-                f"model.resolution={cfg.model.resolution} but the data set is {self.resolution}px; "
-                f"re-create the data set at {cfg.model.resolution}px or drop the override"
-            )
-        self.channels = int(self.dataset.channels)
-        self.label_names = condition_labels(cfg, self.dataset.schema)
-        self.label_dims = [self.dataset.schema[n].num_classes for n in self.label_names]
+        self._open_data()
 
         # -- models, optimizers, random streams: identical initialisation on every rank
         torch.manual_seed(derive_seed(cfg.seed, 0x1417))
@@ -251,9 +266,11 @@ class Trainer:
             self.start_snapshot = self._capture(gather=False, with_models=True)
         if self.is_main:
             truncate_metrics(self.run_dir, self.step)  # drop lines of work about to be redone
-        self.metrics = MetricsLog(self.run_dir, tensorboard=cfg.log.tensorboard, enabled=self.is_main)
+        self.metrics = MetricsLog(
+            self.run_dir, tensorboard=self._log_option("tensorboard", False), enabled=self.is_main
+        )
         self._fixed = self._fixed_inputs()
-        best = cfg.log.best_metric
+        best = self._log_option("best_metric", "")
         if best and best not in self.BUILTIN_METRICS and self.metric_fn is None and self.is_main:
             builtin = f" ({', '.join(self.BUILTIN_METRICS)})" if self.BUILTIN_METRICS else ""
             warnings.warn(
@@ -269,15 +286,24 @@ class Trainer:
             if self.resume_from is not None:
                 run_dir = find_checkpoint(self.resume_from).parent.parent  # run/checkpoints/<ckpt>
             else:
-                run_dir = allocate_run_dir(cfg.runs_dir, cfg.desc or f"{cfg.model.name}-{self.resolution}")
-            saved = to_dict(cfg)
-            if saved["data"]["path"]:
-                saved["data"]["path"] = str(Path(saved["data"]["path"]).resolve())
+                run_dir = allocate_run_dir(cfg.runs_dir, cfg.desc or self._default_desc())
+            saved = self._saved_config()
             atomic_write_text(run_dir / "config.yaml", to_yaml(saved))
             atomic_write_json(run_dir / "config.json", saved)
             (run_dir / "samples").mkdir(exist_ok=True)
         self.run_dir = Path(D_.broadcast_object(str(run_dir) if run_dir else None, self.dist))
         self.ckpt_root = self.run_dir / "checkpoints"
+
+    def _default_desc(self) -> str:
+        """The run directory's suffix unless ``desc`` is set."""
+        return f"{self.cfg.model.name}-{self.resolution}"
+
+    def _saved_config(self) -> dict[str, Any]:
+        """The resolved config as written into the run directory (data paths made absolute)."""
+        saved = to_dict(self.cfg)
+        if saved["data"]["path"]:
+            saved["data"]["path"] = str(Path(saved["data"]["path"]).resolve())
+        return saved
 
     def _teardown(self) -> None:
         if hasattr(self, "metrics"):
@@ -495,7 +521,7 @@ class Trainer:
         self.metrics.append(
             {"kind": "metric", "step": self.step, "kimg": round(self.nimg / 1000, 6), **results}
         )
-        name = self.cfg.log.best_metric
+        name = self._log_option("best_metric", "")
         if name and name in results and math.isfinite(results[name]):
             v = results[name]
             better = self.best_value is None or (
@@ -555,6 +581,7 @@ class Trainer:
             prefix = "" if r == 0 else f"rank{r}/"
             tensors.update({prefix + k: v for k, v in t.items()})
             meta["rng"][str(r)] = m
+        tensors.update(self._extra_tensors())
         meta.update(
             {
                 "step": self.step,
@@ -562,14 +589,12 @@ class Trainer:
                 "kimg": self.nimg / 1000,
                 "nan_events": self.nan.count,
                 "lr_scale": self.nan.lr_scale,
-                "best_metric": self.cfg.log.best_metric,
+                "best_metric": self._log_option("best_metric", ""),
                 "best_value": self.best_value,
                 "elapsed_s": self.elapsed_before
                 + (time.monotonic() - self._t_start if hasattr(self, "_t_start") else 0),
                 "world_size": self.dist.world_size,
                 "batch_size": self.cfg.batch_size,
-                "data": {"seed": self.cfg.seed, "next_step": self.step, "path": str(self.cfg.data.path)},
-                "label_names": self.label_names,
                 **self._extra_meta(),
                 "config": to_dict(self.cfg),
             }
@@ -598,6 +623,7 @@ class Trainer:
             restore_optimizer(o.opt, name, snap.tensors, meta["optimizers"][name])
             if o.scaler is not None and name in meta.get("scalers", {}):
                 o.scaler.load_state_dict(meta["scalers"][name])
+        self._restore_extra(snap, counters=counters)
         self.step = int(meta["step"])
         self.nimg = int(meta.get("nimg", self.step * self.cfg.batch_size))
         rank = self.dist.rank
@@ -629,6 +655,10 @@ class Trainer:
         self._set_lr(self.nan.lr_scale)
 
     # ================================================================== misc
+    def _log_option(self, name: str, default: Any) -> Any:
+        """A ``log.*`` setting that not every family's config has (evaluation, TensorBoard)."""
+        return getattr(self.cfg.log, name, default)
+
     def _chunks(self, *tensors: Tensor | None, chunk: int = 32) -> Iterator[list[Tensor | None]]:
         """Fixed inputs in chunks of ``chunk``, on the device (None stays None)."""
         n = next(t for t in tensors if t is not None).shape[0]

@@ -316,7 +316,7 @@ class VAETrainer(Trainer):
         return fields
 
     def _extra_meta(self) -> dict[str, Any]:
-        return {"kl_weight": self.current_kl_weight()}
+        return {**super()._extra_meta(), "kl_weight": self.current_kl_weight()}
 
     # ================================================================== samples and evaluation
     def _fixed_inputs(self) -> dict[str, Tensor | None]:
