@@ -221,3 +221,29 @@ def test_vmc_port_in_use_is_a_clear_error():
             VMCDriver("127.0.0.1", first.port)
     finally:
         first.close()
+
+
+def test_keyboard_driver_holds_combines_and_releases():
+    from avatarforge.animate.drivers import IdleDriver, KeyboardDriver, merge_targets
+
+    kb = KeyboardDriver()
+    idle = IdleDriver(seed=0)
+    assert kb.update(0.0) == {}  # nothing held: the idle driver's targets pass through
+    assert merge_targets([idle, kb], 0.0) == merge_targets([idle], 0.0)
+    assert kb.key_down("B") and kb.key_down(" ") and not kb.key_down("q")
+    assert kb.update(0.0) == {"eye_open": 0.0, "mouth_open": 1.0}
+    assert kb.key_down("m")  # pressed last: wins the mouth
+    assert kb.update(0.0)["mouth_open"] == 0.6 and kb.held == ["b", " ", "m"]
+    v = kb.version
+    assert kb.key_down("m") and kb.version == v  # key repeat changes nothing
+    assert kb.key_up("m") and kb.update(0.0)["mouth_open"] == 1.0
+    assert merge_targets([idle, kb], 0.0)["eye_open"] == 0.0
+    assert kb.key_up("b") and not kb.key_up("b")
+    assert kb.update(0.0) == {"mouth_open": 1.0}
+    kb.release_all()
+    assert kb.update(0.0) == {} and kb.held == []
+    custom = KeyboardDriver({"ArrowLeft": {"head_yaw": -5.0}})  # clamped to range
+    custom.key_down("arrowleft")
+    assert custom.update(0.0) == {"head_yaw": -1.0}
+    with pytest.raises(ValueError, match="unknown control"):
+        KeyboardDriver({"x": {"blink": 1.0}})

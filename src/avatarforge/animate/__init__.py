@@ -10,7 +10,7 @@
 * Real time: :class:`FrameLoop` with critically damped smoothing and
   :class:`AvatarRenderer` -- :mod:`.loop`; drivers (:class:`IdleDriver`,
   :class:`ScriptedDriver`, :class:`AudioDriver`, :class:`MicrophoneDriver`,
-  :class:`ManualDriver`, :class:`VMCDriver`) -- :mod:`.drivers`; OSC 1.0 -- :mod:`.osc`.
+  :class:`ManualDriver`, :class:`KeyboardDriver`, :class:`VMCDriver`) -- :mod:`.drivers`; OSC 1.0 -- :mod:`.osc`.
 * ONNX: :func:`export_onnx` and :class:`OnnxAnimator` (onnxruntime, same API) -- :mod:`.onnx_export`.
 * CLI: :func:`add_animate_arguments`, :func:`animate_main` -- :mod:`.cli`.
 
@@ -36,6 +36,7 @@ __all__ = [
     "ExpressionAnimator",
     "FrameLoop",
     "IdleDriver",
+    "KeyboardDriver",
     "ManualDriver",
     "MicrophoneDriver",
     "OnnxAnimator",
@@ -73,6 +74,7 @@ _LAZY = {
     "FrameLoop": "avatarforge.animate.loop",
     "AudioDriver": "avatarforge.animate.drivers",
     "IdleDriver": "avatarforge.animate.drivers",
+    "KeyboardDriver": "avatarforge.animate.drivers",
     "ManualDriver": "avatarforge.animate.drivers",
     "MicrophoneDriver": "avatarforge.animate.drivers",
     "ScriptedDriver": "avatarforge.animate.drivers",

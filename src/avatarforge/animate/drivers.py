@@ -11,8 +11,10 @@ ones win per control) and smooths the targets. Built in:
 * :class:`AudioDriver`: a WAV file (stdlib :mod:`wave`) -> RMS envelope with attack and
   release -> ``mouth_open``; :class:`MicrophoneDriver` does the same live with the
   optional ``sounddevice`` package;
-* :class:`ManualDriver`: a thread-safe control state a keyboard handler, UI or HTTP API
-  sets;
+* :class:`ManualDriver`: a thread-safe control state a UI or HTTP API sets;
+  :class:`KeyboardDriver` maps held keys onto it (``B`` blink, ``Space``/``M`` mouth, ``S``
+  smile, arrows turn and tilt the head: :data:`DEFAULT_KEYS`) for any UI that forwards
+  key-down / key-up events (a browser, a terminal, pygame);
 * :class:`VMCDriver`: the VMC protocol (OSC over UDP, as sent by VSeeFace, VMagicMirror,
   Warudo, ...): blend shapes (``Blink_L``, ``Blink_R``, ``A I U E O``, ``Joy``, ``Fun``, VRM
   1.0 names too) and the ``Head`` bone rotation, listening on ``127.0.0.1:39539`` by
@@ -37,6 +39,7 @@ from avatarforge.animate.osc import OSCError, iter_messages, parse_packet
 from avatarforge.train.metrics_log import MissingDependencyError
 
 __all__ = [
+    "DEFAULT_KEYS",
     "SCRIPT_ACTIONS",
     "VMC_DEFAULT_HOST",
     "VMC_DEFAULT_PORT",
@@ -44,6 +47,7 @@ __all__ = [
     "AudioEnvelope",
     "Driver",
     "IdleDriver",
+    "KeyboardDriver",
     "ManualDriver",
     "MicrophoneDriver",
     "ScriptedDriver",
@@ -456,6 +460,82 @@ class ManualDriver(_Base):
 
     def update(self, t: float) -> dict[str, float]:
         return self.get()
+
+
+#: Key -> the controls it sets while held (:class:`KeyboardDriver`). Names follow the DOM's
+#: ``KeyboardEvent.key`` (case-insensitive): letters, ``" "``/``"Space"``, ``"ArrowLeft"``...
+DEFAULT_KEYS: dict[str, dict[str, float]] = {
+    "b": {"eye_open": 0.0},
+    " ": {"mouth_open": 1.0},
+    "space": {"mouth_open": 1.0},
+    "m": {"mouth_open": 0.6},
+    "s": {"smile": 1.0},
+    "f": {"smile": -0.8},
+    "arrowleft": {"head_yaw": -0.7},
+    "arrowright": {"head_yaw": 0.7},
+    "arrowup": {"head_tilt": -0.5},
+    "arrowdown": {"head_tilt": 0.5},
+}
+
+
+class KeyboardDriver(ManualDriver):
+    """Held keys -> controls: :meth:`key_down` applies a key's binding, :meth:`key_up`
+    releases it (the control goes back to the drivers before this one, or to its last
+    target). Several held keys combine; the most recently pressed wins per control.
+
+    Thread-safe, like :class:`ManualDriver`: call it from the UI's event thread.
+
+    Args:
+        bindings: key -> ``{control: value}`` (default :data:`DEFAULT_KEYS`); keys are
+            matched case-insensitively.
+    """
+
+    def __init__(self, bindings: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        super().__init__()
+        self.bindings = {k.lower(): clamp_controls(v) for k, v in (bindings or DEFAULT_KEYS).items()}
+        self._held: list[str] = []  # in press order
+
+    def _apply(self) -> None:
+        # Rebuild from the held keys, last pressed wins; called with the lock held.
+        values: dict[str, float] = {}
+        for key in self._held:
+            values.update(self.bindings[key])
+        self._values = values
+        self.version += 1
+
+    def key_down(self, key: str) -> bool:
+        """Press ``key``; returns whether it is bound (unbound keys are ignored)."""
+        k = key.lower()
+        if k not in self.bindings:
+            return False
+        with self._lock:
+            if k in self._held:  # key repeat
+                return True
+            self._held.append(k)
+            self._apply()
+        return True
+
+    def key_up(self, key: str) -> bool:
+        """Release ``key``; returns whether it was held."""
+        k = key.lower()
+        with self._lock:
+            if k not in self._held:
+                return False
+            self._held.remove(k)
+            self._apply()
+        return True
+
+    def release_all(self) -> None:
+        """Release every key (e.g. when the window loses focus)."""
+        with self._lock:
+            self._held.clear()
+            self._apply()
+
+    @property
+    def held(self) -> list[str]:
+        """The keys held now, in press order."""
+        with self._lock:
+            return list(self._held)
 
 
 # =============================================================================== VMC
