@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m avatarforge demo
+	$(PY) -m avatarforge quickstart
 
 test: install
 	$(PY) -m pytest -q

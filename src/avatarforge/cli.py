@@ -281,11 +281,15 @@ def _cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(a: argparse.Namespace) -> int:
-    from avatarforge.demo import run_demo
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    from avatarforge.quickstart.cli import add_quickstart_arguments
 
-    run_demo(a.out, n=a.n, size=a.size, progress=not a.quiet)
-    return 0
+    p = sub.add_parser(
+        "quickstart", help="the main job: data, train, evaluate, animate, report (what `make demo` runs)"
+    )
+    add_quickstart_arguments(p)
+    p = sub.add_parser("demo", help="alias of quickstart")
+    add_quickstart_arguments(p, legacy_demo=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,12 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     m = sub.add_parser("models", help="list the registered model architectures")
     m.set_defaults(func=_cmd_models)
-    demo = sub.add_parser("demo", help="the main job on built-in data (what `make demo` runs)")
-    demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    demo.add_argument("--n", type=int, default=2000, help="avatars to render")
-    demo.add_argument("--size", type=int, default=64, help="image size")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.set_defaults(func=_cmd_demo)
+    _add_quickstart(sub)
     return parser
 
 

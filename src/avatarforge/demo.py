@@ -1,7 +1,9 @@
-"""``make demo``: the main job on built-in data.
+"""A preview of the built-in data set: render procedural avatars and write a sample grid.
 
-Until the full quickstart (train + evaluate + report) lands, the demo renders a procedural
-avatar data set and writes a sample grid, and says where both are.
+``make demo`` and ``avatarforge demo`` now run the full quickstart
+(:func:`avatarforge.quickstart.run_quickstart`: data, training, evaluation, animation,
+report). :func:`run_demo` remains for a quick look at the data alone; ``avatarforge demo
+--n N --size S`` still calls it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,86 @@
+"""``avatarforge quickstart`` (and its alias ``avatarforge demo``): thin wrapper over
+:func:`avatarforge.quickstart.run_quickstart`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["EXIT_INTERRUPTED", "add_quickstart_arguments", "quickstart_main"]
+
+#: Exit code after Ctrl-C / SIGTERM during training (checkpoint saved; rerun to resume),
+#: the shell convention for SIGINT.
+EXIT_INTERRUPTED = 130
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of minutes > 0 (e.g. 10), got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 (the total time budget, e.g. 10), got {text!r}")
+    return value
+
+
+def add_quickstart_arguments(
+    p: argparse.ArgumentParser, legacy_demo: bool = False
+) -> argparse.ArgumentParser:
+    """Add the quickstart flags to ``p``.
+
+    ``legacy_demo`` adds the old ``demo`` flags ``--n``/``--size`` (hidden): given, they
+    only render the built-in data set and its preview grid, as ``demo`` used to.
+    """
+    p.description = (
+        "Render a built-in procedural avatar data set, train a conditional StyleGAN for the time "
+        "budget, evaluate it, train the expression animator, and write sample/attribute grids, an "
+        "interpolation GIF, a transparent blinking/talking animation, metrics.json and a "
+        "self-contained report.html into OUT. Interrupt any time; rerun the same command to resume. "
+        "See docs/quickstart.md."
+    )
+    p.add_argument(
+        "--minutes",
+        type=_minutes,
+        default=10.0,
+        help="total time budget in minutes (default 10): 70%% generator training, 20%% animator, "
+        "the rest data/evaluation/outputs; rerun with more to train further",
+    )
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seeds data, training and samples (default 0)")
+    p.add_argument(
+        "--images", type=int, default=5000, help="procedural avatars in the data set (default 5000)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
+    if legacy_demo:
+        p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
+        p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=quickstart_main)
+    return p
+
+
+def quickstart_main(a: argparse.Namespace) -> int:
+    """Run the quickstart from parsed arguments; returns the exit code."""
+    if getattr(a, "n", None) is not None or getattr(a, "size", None) is not None:
+        from avatarforge.demo import run_demo
+
+        print("note: `demo --n/--size` only previews the data set; `avatarforge quickstart` is the full job")
+        out = a.out if a.out != "runs/quickstart" else "runs/demo"
+        run_demo(out, n=a.n or 2000, size=a.size or 64, progress=not a.quiet)
+        return 0
+    from avatarforge.quickstart.pipeline import QuickstartInterrupted, run_quickstart
+
+    try:
+        run_quickstart(
+            a.out, minutes=a.minutes, device=a.device, seed=a.seed, progress=not a.quiet, n_images=a.images
+        )
+    except QuickstartInterrupted as e:
+        print(f"avatarforge quickstart: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(
+            "\navatarforge quickstart: interrupted; finished stages are kept. Rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return 0

@@ -1,0 +1,881 @@
+"""The quickstart stages and their bookkeeping (resume, budget, progress).
+
+Stages, in order (each one a method of :class:`_Quickstart`)::
+
+    data        render the built-in procedural data set (reused when its options match)
+    generator   train a conditional StyleGAN for ~70 % of the budget (resumes its run)
+    evaluate    SWD, FID with the avatar extractor, attribute accuracy -> eval.json
+    animator    train the expression animator for ~20 % of the budget (resumes its run)
+    samples     samples.png, attributes.png, interpolation.gif
+    animation   a generated avatar blinking and talking: avatar.webp (alpha), avatar.gif
+    report      metrics.json, report.html, quickstart.json
+
+Resume: ``quickstart-state.json`` (written atomically after every stage) records for each
+finished stage a fingerprint of its inputs and the files it wrote. A stage is skipped when
+its fingerprint is unchanged and its files exist; training stages find their run directory
+under ``OUT/runs`` and continue from its last checkpoint, so an interrupted quickstart
+(Ctrl-C, a crash, a reboot) picks up where it stopped. Training budgets are totals: the
+time already spent in earlier sessions (recorded in each checkpoint) is subtracted, and
+rerunning with a larger ``--minutes`` trains further.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatarforge.fileio import atomic_write_json
+
+__all__ = [
+    "DEFAULT_CONDITION_ON",
+    "MANIFEST_NAME",
+    "STATE_NAME",
+    "QuickstartError",
+    "QuickstartInterrupted",
+    "QuickstartResult",
+    "budget_split",
+    "read_manifest",
+    "run_quickstart",
+]
+
+STATE_NAME = "quickstart-state.json"
+MANIFEST_NAME = "quickstart.json"
+MANIFEST_FORMAT = "avatarforge-quickstart"
+_STATE_VERSION = 1
+
+#: What the generator is conditioned on: hair colour is the attribute that reads best at
+#: 64 px and the one the attribute grid shows (one row per colour).
+DEFAULT_CONDITION_ON: tuple[str, ...] = ("hair_color",)
+
+#: Shares of ``minutes`` for the two training stages; the rest covers data, evaluation and
+#: the outputs (about a minute on 2 cores at the defaults).
+GENERATOR_SHARE = 0.7
+ANIMATOR_SHARE = 0.2
+
+#: Overrides on top of the stylegan preset, for a budget of minutes rather than days (see
+#: docs/quickstart.md, "Why these settings"): the data set is seen only a few times, so the
+#: discriminator cannot overfit it and DiffAugment only slows learning down.
+GENERATOR_OVERRIDES: tuple[str, ...] = ("data.augment=",)
+
+#: The animator's pair cache for the quickstart: 600 identities x 6 renders render in
+#: ~20 s on 2 cores (the default 2000 take ~1 min) and are enough for a few minutes of training.
+ANIMATOR_OVERRIDES: tuple[str, ...] = ("data.identities=600",)
+
+#: Truncation psi of the report's samples: trades a little variety for cleaner avatars.
+TRUNCATION = 0.7
+
+
+class QuickstartError(ValueError):
+    """A bad quickstart argument; the message names the argument and the fix."""
+
+
+class QuickstartInterrupted(RuntimeError):
+    """A training stage stopped on SIGINT/SIGTERM after checkpointing; rerun to resume."""
+
+
+@dataclass
+class QuickstartResult:
+    """What :func:`run_quickstart` returns.
+
+    Attributes:
+        out: the output directory.
+        generator_run, animator_run: the two training run directories.
+        metrics: the contents of ``metrics.json``.
+        files: output name -> path (``samples``, ``attributes``, ``interpolation``,
+            ``animation``, ``animation_gif``, ``avatar``, ``metrics``, ``report``, ``manifest``).
+        seconds: wall time of this call; cpu_seconds: CPU time of this process.
+        ran, skipped: stage names run in this call / skipped as up to date.
+    """
+
+    out: Path
+    generator_run: Path
+    animator_run: Path
+    metrics: dict[str, Any]
+    files: dict[str, Path]
+    seconds: float
+    cpu_seconds: float
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def budget_split(minutes: float) -> dict[str, float]:
+    """Training minutes per stage for a total budget: ``{"generator": .., "animator": ..}``."""
+    return {"generator": minutes * GENERATOR_SHARE, "animator": minutes * ANIMATOR_SHARE}
+
+
+def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
+    """``OUT/quickstart.json`` with its run paths resolved against ``OUT``.
+
+    Raises FileNotFoundError naming the fix when ``out`` holds no finished quickstart.
+    """
+    path = Path(out) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: {out} is not a finished quickstart; run: avatarforge quickstart --out {out}"
+        )
+    data = json.loads(path.read_text("utf-8"))
+    for key in ("generator_run", "animator_run", "data"):
+        if data.get(key):
+            data[key] = str((Path(out) / data[key]).resolve())
+    return data
+
+
+# ============================================================================ helpers
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    m, s = divmod(seconds, 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _checkpoint_info(run: Path) -> dict[str, Any] | None:
+    """``{"name", "step", "kimg", "elapsed_s"}`` of a run's latest checkpoint, or None."""
+    from avatarforge.train.checkpoint import STATE_JSON, find_checkpoint
+
+    try:
+        ckpt = find_checkpoint(run)
+    except (FileNotFoundError, ValueError):
+        return None
+    meta = json.loads((ckpt / STATE_JSON).read_text("utf-8"))
+    return {
+        "name": ckpt.name,
+        "step": int(meta.get("step", 0)),
+        "kimg": float(meta.get("nimg", 0)) / 1000,
+        "elapsed_s": float(meta.get("elapsed_s", 0.0)),
+    }
+
+
+def _upscale(frames: np.ndarray, factor: int) -> np.ndarray:
+    """``(N, H, W, C)`` uint8 -> ``factor`` x larger (Lanczos; Pillow resizes RGBA premultiplied)."""
+    if factor == 1:
+        return frames
+    from PIL import Image
+
+    h, w = frames.shape[1:3]
+    mode = "RGBA" if frames.shape[-1] == 4 else "RGB"
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(f, mode).resize((w * factor, h * factor), Image.Resampling.LANCZOS))
+            for f in frames
+        ]
+    )
+
+
+def _labelled_rows(grid: np.ndarray, labels: Sequence[str], cell: int, padding: int = 2) -> np.ndarray:
+    """Prepend a white column with one text label per grid row (Pillow's built-in font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max(int(measure.textlength(t, font=font)) for t in labels) + 8
+    h = grid.shape[0]
+    canvas = Image.new("RGB", (width + grid.shape[1], h), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid[..., :3]), (width, 0))
+    draw = ImageDraw.Draw(canvas)
+    for r, text in enumerate(labels):
+        y = padding + r * (cell + padding) + cell // 2
+        draw.text((4, y), text, fill=(20, 20, 20), font=font, anchor="lm")
+    return np.asarray(canvas)
+
+
+# ============================================================================ progress
+class _Progress:
+    """The overall line (stage k/n, elapsed, ETA) and per-stage bars."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.t0 = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def header(self, k: int, n: int, title: str, remaining_s: float) -> None:
+        if self.enabled:
+            print(
+                f"[{k}/{n}] {title}  (elapsed {_fmt_s(self.elapsed())}, ETA {_fmt_s(remaining_s)})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def note(self, msg: str) -> None:
+        if self.enabled:
+            print(f"      {msg}", file=sys.stderr, flush=True)
+
+    def bar(self, total: float | None, desc: str, unit: str = "it") -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=total,
+            desc=f"      {desc}",
+            unit=unit,
+            disable=not self.enabled,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]"
+            if unit == "s"
+            else None,
+        )
+
+
+# ============================================================================ the runner
+@dataclass(frozen=True)
+class _Options:
+    minutes: float
+    device: str
+    seed: int
+    n_images: int
+    size: int
+    condition_on: tuple[str, ...]
+    generator_overrides: tuple[str, ...]
+    animator_overrides: tuple[str, ...]
+    eval_images: int
+    eval_metrics: tuple[str, ...]
+    grid_seeds: int
+    interp_frames: int
+    anim_seconds: float
+    anim_fps: float
+    upscale: int
+
+
+_STAGES = ("data", "generator", "evaluate", "animator", "samples", "animation", "report")
+_TITLES = {
+    "data": "built-in procedural data set",
+    "generator": "train the conditional StyleGAN",
+    "evaluate": "evaluate the generator",
+    "animator": "train the expression animator",
+    "samples": "sample grid, attribute grid, interpolation",
+    "animation": "transparent blinking / talking animation",
+    "report": "metrics.json, report.html, quickstart.json",
+}
+
+
+class _Quickstart:
+    def __init__(
+        self,
+        out: Path,
+        opts: _Options,
+        progress: bool,
+        extractor: Any = None,
+        fail_at: str | None = None,
+    ) -> None:
+        self.out = out
+        self.o = opts
+        self.p = _Progress(progress)
+        self.progress = progress
+        self.extractor = extractor
+        self.fail_at = fail_at  # tests: raise in this stage, after its work, before it is recorded
+        self.state_path = out / STATE_NAME
+        self.state = self._load_state()
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+        self.budget = budget_split(opts.minutes)
+        self.fps: dict[str, str] = {}  # stage -> input fingerprint of this call
+
+    # ------------------------------------------------------------------ state file
+    def _load_state(self) -> dict[str, Any]:
+        if self.state_path.is_file():
+            try:
+                data = json.loads(self.state_path.read_text("utf-8"))
+                if data.get("version") == _STATE_VERSION:
+                    return data
+            except (OSError, json.JSONDecodeError):
+                pass  # a damaged state file only costs re-checking the stages
+        return {"version": _STATE_VERSION, "stages": {}}
+
+    def _save_state(self) -> None:
+        atomic_write_json(self.state_path, self.state)
+
+    def _fresh(self, name: str) -> bool:
+        rec = self.state["stages"].get(name)
+        return bool(
+            rec
+            and rec.get("inputs") == self.fps[name]
+            and all((self.out / f).exists() for f in rec.get("outputs", []))
+        )
+
+    def _record(self, name: str, outputs: Sequence[Path], seconds: float, **info: Any) -> None:
+        if self.fail_at == name:
+            raise RuntimeError(f"injected failure in stage {name!r} (test)")
+        self.state["stages"][name] = {
+            "inputs": self.fps[name],
+            "outputs": [_rel(p, self.out) for p in outputs],
+            "seconds": round(seconds, 2),
+            **info,
+        }
+        self._save_state()
+
+    def info(self, name: str) -> dict[str, Any]:
+        return self.state["stages"].get(name, {})
+
+    # ------------------------------------------------------------------ planning
+    def _avatar_net_cached(self) -> bool:
+        from avatarforge.eval.avatar_net import DEFAULT_RECIPE
+        from avatarforge.eval.stats_cache import default_cache_dir
+
+        return (default_cache_dir() / "avatar_net" / DEFAULT_RECIPE.hash() / "model.safetensors").is_file()
+
+    def _estimate(self, name: str) -> float:
+        """Rough seconds a stage will take on 2 cores (for the ETA only)."""
+        o = self.o
+        if name == "data":
+            return 5 + o.n_images / 250
+        if name in ("generator", "animator"):
+            run = self._find_run(name)
+            info = _checkpoint_info(run) if run is not None else None
+            done = info["elapsed_s"] if info else 0.0
+            setup = 5 if name == "generator" else 25
+            return setup + max(0.0, self.budget[name] * 60 - done)
+        if name == "evaluate":
+            net = 0 if self.extractor is not None or self._avatar_net_cached() else 90
+            return 10 + net + o.eval_images / 25
+        if name == "samples":
+            return 5 + (o.grid_seeds + 10 * 8 + o.interp_frames) / 20
+        if name == "animation":
+            return 5 + o.anim_seconds * o.anim_fps / 50
+        return 2
+
+    def _eta(self, from_index: int) -> float:
+        total = 0.0
+        for s in _STAGES[from_index:]:
+            # Provisional fingerprint from the state as it is now; recomputed before the stage runs.
+            self._set_fingerprint(s)
+            total += 0.0 if self._fresh(s) else self._estimate(s)
+        return total
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> QuickstartResult:
+        t0, c0 = time.monotonic(), time.process_time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("data", self.stage_data),
+            ("generator", self.stage_generator),
+            ("evaluate", self.stage_evaluate),
+            ("animator", self.stage_animator),
+            ("samples", self.stage_samples),
+            ("animation", self.stage_animation),
+            ("report", self.stage_report),
+        ]
+        for k, (name, fn) in enumerate(steps, 1):
+            self._set_fingerprint(name)
+            self.p.header(k, len(steps), _TITLES[name], self._eta(k - 1))
+            if self._fresh(name):
+                self.p.note("up to date (skipped)")
+                self.skipped.append(name)
+                continue
+            fn()
+            self.ran.append(name)
+        seconds = time.monotonic() - t0
+        cpu = time.process_time() - c0
+        metrics = json.loads((self.out / "metrics.json").read_text("utf-8"))
+        files = {
+            k: self.out / v
+            for k, v in {
+                "samples": "samples.png",
+                "attributes": "attributes.png",
+                "interpolation": "interpolation.gif",
+                "animation": "avatar.webp",
+                "animation_gif": "avatar.gif",
+                "avatar": "avatar.png",
+                "metrics": "metrics.json",
+                "report": "report.html",
+                "manifest": MANIFEST_NAME,
+                "eval": "eval.json",
+            }.items()
+        }
+        if self.progress:
+            print(
+                f"\nquickstart done in {_fmt_s(seconds)} (CPU time {_fmt_s(cpu)}; "
+                f"ran {', '.join(self.ran) or 'nothing'}; up to date: {', '.join(self.skipped) or 'none'})\n"
+                f"report:    {files['report']}\n"
+                f"generator: {self.out / self.info('generator')['run']}\n"
+                f"animator:  {self.out / self.info('animator')['run']}\n"
+                f"next:      avatarforge serve {self.out}   (studio: http://127.0.0.1:8000/studio)",
+                flush=True,
+            )
+        return QuickstartResult(
+            out=self.out,
+            generator_run=self.out / self.info("generator")["run"],
+            animator_run=self.out / self.info("animator")["run"],
+            metrics=metrics,
+            files=files,
+            seconds=seconds,
+            cpu_seconds=cpu,
+            ran=self.ran,
+            skipped=self.skipped,
+        )
+
+    def _set_fingerprint(self, name: str) -> None:
+        """Inputs of ``name``: its options plus what the upstream stages produced."""
+        o = self.o
+        st = self.state["stages"]
+
+        def up(stage: str) -> Any:
+            rec = st.get(stage, {})
+            return [rec.get("inputs"), rec.get("checkpoint")]
+
+        if name == "data":
+            inputs: Any = {"n": o.n_images, "size": o.size, "seed": o.seed, "alpha": "keep"}
+        elif name == "generator":
+            inputs = [self._generator_model_inputs(), self.budget["generator"]]
+        elif name == "evaluate":
+            inputs = [up("generator"), o.eval_images, o.eval_metrics, o.seed, self.extractor is not None]
+        elif name == "animator":
+            inputs = [self._animator_model_inputs(), self.budget["animator"]]
+        elif name == "samples":
+            inputs = [up("generator"), o.grid_seeds, o.interp_frames, o.upscale, TRUNCATION, o.seed]
+        elif name == "animation":
+            inputs = [up("generator"), up("animator"), o.anim_seconds, o.anim_fps, o.upscale, o.seed]
+        else:
+            inputs = [up(s) for s in _STAGES[:-1]] + [o.minutes]
+        self.fps[name] = _fingerprint(inputs)
+
+    # ------------------------------------------------------------------ data
+    def stage_data(self) -> None:
+        from avatarforge.data.builtin import build_builtin_dataset
+        from avatarforge.data.packed import PackedFormatError
+        from avatarforge.data.packed import read_manifest as read_packed
+
+        t = time.monotonic()
+        o = self.o
+        data = self.out / "data"
+        want = {"n": o.n_images, "size": o.size, "seed": o.seed, "alpha": "keep"}
+        try:
+            have = read_packed(data).get("options") if (data / "manifest.json").exists() else None
+        except PackedFormatError:
+            have = None
+        if have is not None and all(have.get(k) == v for k, v in want.items()):
+            self.p.note(f"reusing {data}")
+        else:
+            build_builtin_dataset(
+                data, o.n_images, o.size, seed=o.seed, alpha="keep", overwrite=True, progress=self.progress
+            )
+        self._record("data", [data / "manifest.json"], time.monotonic() - t)
+
+    # ------------------------------------------------------------------ training
+    def _generator_model_inputs(self) -> Any:
+        o = self.o
+        return {
+            "data": [o.n_images, o.size, o.seed],
+            "condition_on": list(o.condition_on),
+            "overrides": list(o.generator_overrides),
+            "seed": o.seed,
+        }
+
+    def _animator_model_inputs(self) -> Any:
+        o = self.o
+        return {"size": o.size, "overrides": list(o.animator_overrides), "seed": o.seed}
+
+    def _find_run(self, name: str) -> Path | None:
+        """The stage's run directory: recorded in the state, else found under ``OUT/runs``
+        (a run started by an interrupted call), provided it was made for the same model inputs."""
+        rec = self.state.get("runs", {}).get(name)
+        model_fp = _fingerprint(
+            self._generator_model_inputs() if name == "generator" else self._animator_model_inputs()
+        )
+        if rec and rec.get("model") == model_fp:
+            run = self.out / rec["run"]
+            if run.is_dir():
+                return run
+        return None
+
+    def _remember_run(self, name: str, run: Path) -> None:
+        model_fp = _fingerprint(
+            self._generator_model_inputs() if name == "generator" else self._animator_model_inputs()
+        )
+        self.state.setdefault("runs", {})[name] = {"run": _rel(run, self.out), "model": model_fp}
+        self._save_state()
+
+    @contextmanager
+    def _time_bar(self, name: str, budget_s: float, done_s: float) -> Iterator[Callable[[Any], None]]:
+        """A stage bar in seconds of the training budget, driven from the trainer's step hook."""
+        bar = self.p.bar(budget_s, f"{name} (budget {_fmt_s(budget_s)})", unit="s")
+        bar.update(min(done_s, budget_s))
+        state = {"t": time.monotonic(), "done": done_s, "run": None}
+
+        def hook(trainer: Any) -> None:
+            if state["run"] is None and getattr(trainer, "run_dir", None) is not None:
+                state["run"] = trainer.run_dir
+                self._remember_run(name, Path(trainer.run_dir))
+            now = state["done"] + time.monotonic() - state["t"]
+            bar.n = min(now, budget_s)
+            bar.set_postfix_str(f"{trainer.nimg / 1000:.2f} kimg", refresh=False)
+            bar.refresh() if trainer.step % 5 == 0 else None
+
+        try:
+            yield hook
+        finally:
+            bar.close()
+
+    def _train(
+        self, name: str, make_trainer: Callable[[float, Path | None], Any]
+    ) -> tuple[Path, dict[str, Any]]:
+        """Train (or resume) to the stage's total budget; returns (run, checkpoint info)."""
+        budget_s = self.budget[name] * 60
+        run = self._find_run(name)
+        info = _checkpoint_info(run) if run is not None else None
+        done_s = info["elapsed_s"] if info else 0.0
+        # Less than a second (or 1 %) left: the last session used the budget up.
+        if info is not None and budget_s - done_s <= max(1.0, 0.01 * budget_s):
+            self.p.note(f"{run.name}: budget used ({_fmt_s(done_s)} of {_fmt_s(budget_s)} trained)")
+            return run, info
+        remaining_min = (budget_s - done_s) / 60
+        if info is not None:
+            self.p.note(f"resuming {run.name} at {info['kimg']:.2f} kimg ({_fmt_s(done_s)} trained)")
+        with self._time_bar(name, budget_s, done_s) as hook:
+            trainer = make_trainer(remaining_min, run if info is not None else None)
+            trainer.step_hook = hook
+            run = trainer.fit()
+        self._remember_run(name, run)
+        if trainer.stopped_by and trainer.stopped_by.startswith("signal"):
+            raise QuickstartInterrupted(
+                f"stopped by {trainer.stopped_by.split(':', 1)[1]} during {name} training (checkpoint saved); "
+                f"rerun the same command to resume: avatarforge quickstart --out {self.out} --minutes {self.o.minutes:g}"
+            )
+        info = _checkpoint_info(run)
+        assert info is not None
+        return run, info
+
+    def stage_generator(self) -> None:
+        from avatarforge.config import build_train_config
+        from avatarforge.train import GANTrainer
+
+        t = time.monotonic()
+        o = self.o
+
+        def make(minutes: float, resume: Path | None) -> Any:
+            cfg = build_train_config(
+                cli={"model": {"name": "stylegan"}, "data": {"path": str(self.out / "data")}},
+                overrides=[
+                    f"data.condition_on=[{','.join(o.condition_on)}]",
+                    *GENERATOR_OVERRIDES,
+                    *o.generator_overrides,
+                    # Budget and bookkeeping last: they are what the quickstart controls.
+                    "kimg=null",
+                    f"minutes={minutes}",
+                    f"seed={o.seed}",
+                    f"device={o.device}",
+                    f"runs_dir={self.out / 'runs'}",
+                    "desc=generator",
+                    "log.progress=false",
+                ],
+            )
+            return GANTrainer(cfg, resume=resume)
+
+        run, info = self._train("generator", make)
+        self._record(
+            "generator",
+            [run / "checkpoints" / info["name"]],
+            time.monotonic() - t,
+            run=_rel(run, self.out),
+            checkpoint=info["name"],
+            kimg=info["kimg"],
+            train_seconds=info["elapsed_s"],
+        )
+
+    def stage_animator(self) -> None:
+        from avatarforge.animate.train import AnimatorTrainer, build_animator_config
+
+        t = time.monotonic()
+        o = self.o
+
+        def make(minutes: float, resume: Path | None) -> Any:
+            cfg = build_animator_config(
+                overrides=[
+                    f"data.size={o.size}",
+                    *ANIMATOR_OVERRIDES,
+                    *o.animator_overrides,
+                    "kimg=null",
+                    f"minutes={minutes}",
+                    f"seed={o.seed}",
+                    f"device={o.device}",
+                    f"runs_dir={self.out / 'runs'}",
+                    "desc=animator",
+                    "data.workers=2",
+                    "log.progress=false",
+                ]
+            )
+            return AnimatorTrainer(cfg, resume=resume)
+
+        self.p.note("training pairs come from the procedural renderer (rendered once, then cached)")
+        run, info = self._train("animator", make)
+        self._record(
+            "animator",
+            [run / "checkpoints" / info["name"]],
+            time.monotonic() - t,
+            run=_rel(run, self.out),
+            checkpoint=info["name"],
+            kimg=info["kimg"],
+            train_seconds=info["elapsed_s"],
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def stage_evaluate(self) -> None:
+        from avatarforge.eval import evaluate
+
+        t = time.monotonic()
+        o = self.o
+        run = self.out / self.info("generator")["run"]
+        out = self.out / "eval.json"
+        if "attr" in o.eval_metrics and self.extractor is None and not self._avatar_net_cached():
+            self.p.note("first use of the avatar extractor: training it once (~1-2 min, then cached)")
+        evaluate(
+            run,
+            self.out / "data",
+            metrics=list(o.eval_metrics),
+            extractor=self.extractor if self.extractor is not None else "avatar",
+            n=o.eval_images,
+            seed=o.seed,
+            device=o.device,
+            out=out,
+            progress=self.progress,
+        )
+        self._record("evaluate", [out], time.monotonic() - t)
+
+    # ------------------------------------------------------------------ outputs
+    def _pipeline(self) -> Any:
+        from avatarforge.generate import GeneratorPipeline
+
+        run = self.out / self.info("generator")["run"]
+        dev = (
+            "cuda"
+            if self.o.device == "auto" and _cuda()
+            else ("cpu" if self.o.device == "auto" else self.o.device)
+        )
+        return GeneratorPipeline.from_pretrained(run, device=dev)
+
+    def stage_samples(self) -> None:
+        from avatarforge.generate import interpolate, save_video
+        from avatarforge.imageio import make_grid, save_image
+
+        t = time.monotonic()
+        o = self.o
+        pipe = self._pipeline()
+        cols = 8
+        bar = self.p.bar(3, "grids and interpolation")
+        # -- sample grid: seeds 0..N-1, labels random per seed
+        res = pipe(seeds=list(range(o.seed, o.seed + o.grid_seeds)), truncation=TRUNCATION)
+        samples = save_image(
+            self.out / "samples.png",
+            make_grid(_upscale(res.images, o.upscale), nrow=cols, alpha_backdrop="checker"),
+        )
+        bar.update()
+        # -- attribute grid: one row per value of the first conditioning label, same seeds per column
+        label = o.condition_on[0]
+        idx = pipe.labels.index(label)
+        values = list(pipe.labels.values[idx])
+        rows = []
+        seeds = list(range(o.seed + 100, o.seed + 100 + cols))
+        for v in values:
+            rows.append(pipe(seeds=seeds, truncation=TRUNCATION, attrs={label: v}).images)
+        cell = o.size * o.upscale
+        grid = make_grid(_upscale(np.concatenate(rows), o.upscale), nrow=cols, alpha_backdrop="checker")
+        attributes = save_image(self.out / "attributes.png", _labelled_rows(grid, values, cell))
+        bar.update()
+        # -- interpolation: a loop through 6 seeds, on white (GIF alpha is 1-bit)
+        frames = interpolate(
+            pipe,
+            seeds=list(range(o.seed, o.seed + 6)),
+            frames=o.interp_frames,
+            truncation=TRUNCATION,
+            loop=True,
+            rgba=False,
+        )
+        interp = save_video(self.out / "interpolation.gif", _upscale(frames, o.upscale), fps=12)
+        bar.update()
+        bar.close()
+        self._record(
+            "samples",
+            [samples, attributes, interp],
+            time.monotonic() - t,
+            attribute_label=label,
+            attribute_values=values,
+        )
+
+    def stage_animation(self) -> None:
+        from avatarforge.animate.drivers import ScriptedDriver
+        from avatarforge.animate.loop import AvatarRenderer, FrameLoop
+        from avatarforge.animate.train import load_animator
+        from avatarforge.imageio import save_image
+        from avatarforge.postprocess.export import save_animation
+
+        t = time.monotonic()
+        o = self.o
+        pipe = self._pipeline()
+        avatar = pipe(seeds=[o.seed], truncation=TRUNCATION, rgba=True).images[0]  # (S, S, 4)
+        animator = load_animator(self.out / self.info("animator")["run"])
+        n = max(2, round(o.anim_seconds * o.anim_fps))
+        bar = self.p.bar(n, "rendering frames", unit="frame")
+        render = AvatarRenderer(animator, avatar)
+
+        def counted(controls: Mapping[str, float]) -> np.ndarray:
+            bar.update()
+            return render(controls)
+
+        # Idle blinks and syllables come from the same seeded drivers as `avatarforge animate`.
+        driver = ScriptedDriver(["blink", "talk"], seed=o.seed)
+        loop = FrameLoop(counted, [driver], fps=o.anim_fps, realtime=False)
+        frames = np.stack(loop.collect(seconds=n / o.anim_fps))
+        bar.close()
+        big = _upscale(frames, o.upscale)
+        webp = save_animation(self.out / "avatar.webp", list(big), fps=o.anim_fps)
+        gif = save_animation(self.out / "avatar.gif", list(big), fps=o.anim_fps)
+        still = save_image(self.out / "avatar.png", _upscale(avatar[None], o.upscale)[0])
+        self._record("animation", [webp, gif, still], time.monotonic() - t, frames=len(frames))
+
+    def stage_report(self) -> None:
+        from avatarforge.quickstart.report import build_metrics, write_report
+
+        t = time.monotonic()
+        metrics = build_metrics(self.out, self.state, self.o.minutes)
+        mpath = atomic_write_json(self.out / "metrics.json", metrics)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": 1,
+            "generator_run": self.info("generator")["run"],
+            "animator_run": self.info("animator")["run"],
+            "data": "data",
+            "report": "report.html",
+            "metrics": "metrics.json",
+            "condition_on": list(self.o.condition_on),
+            "size": self.o.size,
+            "truncation": TRUNCATION,
+        }
+        man = atomic_write_json(self.out / MANIFEST_NAME, manifest)
+        report = write_report(self.out, metrics, self.state)
+        self._record("report", [mpath, man, report], time.monotonic() - t)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ============================================================================ the API
+def _check_out(out: str | os.PathLike) -> Path:
+    if not str(out).strip():
+        raise QuickstartError("--out is empty: give an output directory, e.g. --out runs/quickstart")
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise QuickstartError(
+            f"--out {p} is a file, not a directory: choose another path (e.g. runs/quickstart)"
+        )
+    if p.is_dir() and any(p.iterdir()) and not (p / STATE_NAME).is_file():
+        raise QuickstartError(
+            f"--out {p} is a non-empty directory that is not a quickstart (no {STATE_NAME}): "
+            "choose a new or empty directory, e.g. --out runs/quickstart"
+        )
+    return p
+
+
+def run_quickstart(
+    out: str | os.PathLike = "runs/quickstart",
+    minutes: float = 10.0,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    n_images: int = 5000,
+    size: int = 64,
+    condition_on: Sequence[str] = DEFAULT_CONDITION_ON,
+    generator_overrides: Sequence[str] = (),
+    animator_overrides: Sequence[str] = (),
+    eval_images: int = 1000,
+    eval_metrics: Sequence[str] = ("swd", "fid", "attr"),
+    extractor: Any = None,
+    grid_seeds: int = 64,
+    interp_frames: int = 72,
+    anim_seconds: float = 6.0,
+    anim_fps: float = 20.0,
+    upscale: int = 2,
+    _fail_at: str | None = None,
+) -> QuickstartResult:
+    """Run (or resume) the whole quickstart into ``out``; see the module docstring.
+
+    Args:
+        out: output directory (new, empty, or an earlier quickstart's to resume it).
+        minutes: total budget in minutes (> 0); training gets 70 % (generator) + 20 %
+            (animator), data/evaluation/outputs use the rest.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: seeds the data set, training and the report's samples.
+        progress: stage lines, progress bars and the final summary on the terminal.
+
+    Keyword-only (smaller settings for tests and experiments):
+        n_images, size: the built-in data set (procedural avatars, 32 or 64 px).
+        condition_on: categorical labels the generator is conditioned on; the first one
+            is the attribute grid's rows.
+        generator_overrides, animator_overrides: ``key=value`` config overrides.
+        eval_images, eval_metrics: generated images and metrics of the evaluation.
+        extractor: an avatar feature extractor instance (default: the cached one).
+        grid_seeds, interp_frames, anim_seconds, anim_fps, upscale: output sizes.
+
+    Returns:
+        :class:`QuickstartResult`.
+
+    Raises:
+        QuickstartError: a bad argument (the message names it and the fix).
+        QuickstartInterrupted: training was stopped by a signal (its checkpoint is saved;
+            rerun to resume).
+    """
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not math.isfinite(minutes):
+        raise QuickstartError(f"--minutes must be a number > 0 (e.g. --minutes 10), got {minutes!r}")
+    if minutes <= 0:
+        raise QuickstartError(
+            f"--minutes must be > 0 (the total time budget, e.g. --minutes 10), got {minutes:g}"
+        )
+    if size not in (32, 64):
+        raise QuickstartError(f"size must be 32 or 64 (the built-in presets' sizes), got {size!r}")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 16:
+        raise QuickstartError(f"n_images must be an integer >= 16, got {n_images!r}")
+    if not condition_on:
+        raise QuickstartError("condition_on must name at least one label (e.g. hair_color)")
+    if device != "auto" and device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise QuickstartError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    for name, value in (
+        ("eval_images", eval_images),
+        ("grid_seeds", grid_seeds),
+        ("interp_frames", interp_frames),
+    ):
+        if value < 2:
+            raise QuickstartError(f"{name} must be >= 2, got {value}")
+    opts = _Options(
+        minutes=float(minutes),
+        device=str(device),
+        seed=int(seed),
+        n_images=int(n_images),
+        size=int(size),
+        condition_on=tuple(condition_on),
+        generator_overrides=tuple(generator_overrides),
+        animator_overrides=tuple(animator_overrides),
+        eval_images=int(eval_images),
+        eval_metrics=tuple(eval_metrics),
+        grid_seeds=int(grid_seeds),
+        interp_frames=int(interp_frames),
+        anim_seconds=float(anim_seconds),
+        anim_fps=float(anim_fps),
+        upscale=int(upscale),
+    )
+    return _Quickstart(_check_out(out), opts, progress, extractor=extractor, fail_at=_fail_at).run()
