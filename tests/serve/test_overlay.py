@@ -219,6 +219,12 @@ def test_http_control_and_api_key(pipe):
         with client.websocket_connect("/ws/overlay?avatar=4") as ws, pytest.raises(WebSocketDisconnect) as e:
             ws.receive_bytes()
         assert e.value.code == 4401
+        r = client.post(
+            "/overlay/control?avatar=4", json={"key": "b"}, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert r.status_code == 200
+        with client.websocket_connect("/ws/overlay?avatar=4", headers={"X-API-Key": "s3cret"}) as ws:
+            assert decode(ws.receive_bytes()).shape == (SIZE, SIZE, 4)
     assert hub.controls("4").get() == {"smile": 1.0}
 
 

@@ -849,6 +849,15 @@ def _check_key(state: Any, provided: str | None) -> bool:
     return want is None or (provided is not None and hmac.compare_digest(str(provided), str(want)))
 
 
+def _header_key(headers: Mapping[str, str]) -> str | None:
+    """The key of an ``X-API-Key`` or ``Authorization: Bearer`` header (scripts, not browsers)."""
+    key = headers.get("x-api-key")
+    if key:
+        return str(key)
+    scheme, _, token = str(headers.get("authorization", "")).partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def _client_params(hub: OverlayHub, q: Mapping[str, str]) -> tuple[str, int | None, float, bool]:
     """Validated ``(avatar, size, fps, idle)`` of a request's query; OverlayError names the field."""
     avatar = parse_avatar(q.get("avatar"))
@@ -958,11 +967,7 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
     @app.post("/overlay/control", include_in_schema=False)
     async def control_post(request: Request) -> JSONResponse:
         q = dict(request.query_params)
-        provided = q.get("key") or request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            provided = auth[7:].strip()
-        if not _check_key(state, provided):
+        if not _check_key(state, q.get("key") or _header_key(request.headers)):
             return JSONResponse(
                 {"detail": "wrong or missing API key (X-API-Key header or ?key=)"}, status_code=401
             )
@@ -999,7 +1004,7 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
     @app.websocket("/ws/overlay/control")
     async def control_socket(ws: WebSocket) -> None:
         q = dict(ws.query_params)
-        if not _check_key(state, q.get("key")):
+        if not _check_key(state, q.get("key") or _header_key(ws.headers)):
             return await _reject(ws, UNAUTHORIZED_CLOSE_CODE, "wrong or missing API key: add ?key=YOUR_KEY")
         try:
             avatar = parse_avatar(q.get("avatar"))
@@ -1012,7 +1017,7 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
     @app.websocket("/ws/overlay")
     async def frame_socket(ws: WebSocket) -> None:
         q = dict(ws.query_params)
-        if not _check_key(state, q.get("key")):
+        if not _check_key(state, q.get("key") or _header_key(ws.headers)):
             return await _reject(ws, UNAUTHORIZED_CLOSE_CODE, "wrong or missing API key: add ?key=YOUR_KEY")
         if not hub.has_animator:
             return await _reject(ws, NO_ANIMATOR_CLOSE_CODE, NO_ANIMATOR_MESSAGE)
