@@ -140,6 +140,8 @@ def test_studio_generate_pick_refine_download(server, browser):
     wait.until(lambda d: "cell 5" in d.find_element(By.CSS_SELECTOR, "#status").text)
     # the finished image (and with it the download) follows the new pick
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#picked img").get_attribute("src") != picked_src)
+    # the animator's expression preview of the finished avatar appears too
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#expression img"))
     button = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#download")))
     _screenshot(browser, "studio.png")
     button.click()

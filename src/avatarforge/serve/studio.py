@@ -508,7 +508,12 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
                         for n in CONTROL_NAMES
                     ]
                     expr_img = gr.Image(
-                        label="expression", type="numpy", image_mode="RGBA", format="png", interactive=False
+                        label="expression",
+                        type="numpy",
+                        image_mode="RGBA",
+                        format="png",
+                        interactive=False,
+                        elem_id="expression",
                     )
 
         # ---------------------------------------------------------------- callbacks
@@ -621,7 +626,10 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
         add_btn.click(do_add, [chain, op_name, op_params], [chain])
         op_name.change(lambda op: get_op(op).signature(), [op_name], [op_help])
         for box in ctl_boxes:
-            box.change(do_expr, [final, *ctl_boxes], [expr_img], show_progress="hidden")
+            # always_last: a dragged slider fires many changes; render only the latest one
+            box.change(
+                do_expr, [final, *ctl_boxes], [expr_img], show_progress="hidden", trigger_mode="always_last"
+            )
         if hub is not None:
             send_btn.click(do_send, [final], [status])
     return demo
