@@ -16,6 +16,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+QUICK_RESULTS = RESULTS / "quick"  # --quick runs: never overwrite a full run's figures
 SHARED_FACES = ROOT.parent / "shared" / "data" / "anime-faces-96"
 
 

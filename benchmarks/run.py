@@ -1,6 +1,9 @@
 """Run every benchmark: ``python -m benchmarks.run [--quick] [--only NAME ...]``.
 
-Writes ``benchmarks/results/<module>.json`` per module and ``benchmarks/REPORT.md``.
+Writes ``benchmarks/results/<module>.json`` per module (``benchmarks/results/quick/`` for
+``--quick`` runs, so a quick check never replaces the figures of a full run) and
+``benchmarks/REPORT.md``, which shows each module's full-run figures, or its quick-run ones
+(marked "quick") when it has never had a full run.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import traceback
 import torch
 
 from avatarforge.fileio import atomic_write_json, atomic_write_text
-from benchmarks.common import RESULTS, ROOT, Result
+from benchmarks.common import QUICK_RESULTS, RESULTS, ROOT, Result
 
 
 def discover() -> list[str]:
@@ -53,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller workloads (finishes in under 10 minutes)")
     ap.add_argument("--only", nargs="*", default=None, help="module names, e.g. bench_render")
     args = ap.parse_args(argv)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_dir = QUICK_RESULTS if args.quick else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
     mods = [m for m in discover() if not args.only or m in args.only]
     info = machine()
     failed = []
+    t_all = time.time()
     for name in mods:
         print(f"== {name}", flush=True)
         t0 = time.time()
@@ -70,16 +75,19 @@ def main(argv: list[str] | None = None) -> int:
             status = {True: "ok", False: "BELOW TARGET", None: ""}[r.passed]
             print(f"   {r.name}: {fmt(r.value)} {r.unit} (target {r.target}) {status}", flush=True)
         atomic_write_json(
-            RESULTS / f"{name}.json",
+            out_dir / f"{name}.json",
             {
                 "module": name,
                 "quick": args.quick,
+                "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                "load_average": [round(x, 2) for x in os.getloadavg()],
                 "machine": info,
                 "seconds": round(time.time() - t0, 1),
                 "results": [r.to_json() for r in results],
             },
         )
     write_report(info)
+    print(f"all benchmarks: {time.time() - t_all:.0f} s; report: benchmarks/REPORT.md", flush=True)
     if failed:
         print(f"benchmarks that raised: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -96,10 +104,23 @@ def write_report(info: dict[str, str]) -> None:
         "targets that depend on free cores are noisy on a shared machine: rerun `make bench` on an idle one.",
         "",
     ]
-    for path in sorted(RESULTS.glob("bench_*.json")):
+    paths = {p.stem: p for p in sorted(QUICK_RESULTS.glob("bench_*.json"))}
+    paths.update({p.stem: p for p in sorted(RESULTS.glob("bench_*.json"))})  # full runs win
+    for _, path in sorted(paths.items()):
         data = json.loads(path.read_text())
+        when = ", ".join(
+            x
+            for x in (
+                data.get("date", ""),
+                f"{data['seconds']:.0f} s",
+                f"load average {data['load_average'][0]}" if "load_average" in data else "",
+            )
+            if x
+        )
         lines += [
             f"## {data['module']}" + (" (quick)" if data.get("quick") else ""),
+            "",
+            f"Run: {when}.",
             "",
             "| figure | value | unit | target | status | notes |",
             "|---|---|---|---|---|---|",
