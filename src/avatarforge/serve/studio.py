@@ -56,6 +56,10 @@ STYLE_METHODS = ("none", "colour_transfer", "histogram_match")
 RANDOM = "(random)"
 #: Most latent sliders shown (the first ones by the server's order).
 MAX_SLIDERS = 12
+#: Avatars are small (32-256 px): scale the pick and the preview up to their boxes.
+STUDIO_CSS = """
+#picked img, #expression img { width: 100% !important; height: 100% !important; object-fit: contain; }
+"""
 
 
 class StudioError(ValueError):
@@ -439,7 +443,7 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
             label="click an avatar to pick it",
             columns=8,
             rows=2,
-            height="auto",
+            height=330,
             format="png",
             object_fit="contain",
             allow_preview=False,
@@ -454,6 +458,7 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
                     image_mode="RGBA",
                     format="png",
                     interactive=False,
+                    height=280,
                     elem_id="picked",
                 )
                 download = gr.DownloadButton(
@@ -513,6 +518,7 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
                         image_mode="RGBA",
                         format="png",
                         interactive=False,
+                        height=280,
                         elem_id="expression",
                     )
 
@@ -663,4 +669,5 @@ def mount_studio(app: Any, state: Any, path: str = "/studio") -> Any:
         auth_message="Enter the server's API key as the password (any user name)." if auth else None,
         footer_links=[],
         ssr_mode=False,
+        css=STUDIO_CSS,
     )
