@@ -92,11 +92,9 @@ def serve_state(serve_run, animator_dir):
 
 @pytest.fixture(scope="session")
 def serve_state_noanim(serve_state):
-    from avatarforge.serve.state import ServeState
+    from dataclasses import replace
 
-    return ServeState.from_pipeline(
-        serve_state.pipe, settings=serve_state.settings, generator_run=serve_state.generator_run
-    )
+    return replace(serve_state, animator=None)  # same models and lock
 
 
 @pytest.fixture(scope="session")
@@ -116,14 +114,9 @@ def client(app):
 
 @pytest.fixture(scope="session")
 def keyed_app(serve_state):
-    from dataclasses import replace
-
     from avatarforge.serve.app import create_app
-    from avatarforge.serve.state import ServeState
 
-    settings = replace(serve_state.settings, api_key=API_KEY)
-    state = ServeState.from_pipeline(serve_state.pipe, animator=serve_state.animator, settings=settings)
-    return create_app(state)
+    return create_app(serve_state.with_settings(api_key=API_KEY))
 
 
 @pytest.fixture()

@@ -261,15 +261,13 @@ def test_corrupt_uploads_rejected_with_reason(client, avatar_png, data, status, 
 
 
 def test_upload_side_limit(client):
-    from dataclasses import replace
 
     from fastapi.testclient import TestClient
 
     from avatarforge.serve.app import create_app
-    from avatarforge.serve.state import ServeState
 
     st = client.app.state.serve
-    small = ServeState.from_pipeline(st.pipe, settings=replace(st.settings, max_image_side=32))
+    small = st.with_settings(max_image_side=32)
     with TestClient(create_app(small)) as c:
         img = png_bytes(np.zeros((40, 20, 3), np.uint8))
         r = c.post("/v1/postprocess", files={"image": ("a.png", img)}, data={"ops": "sharpen"})

@@ -15,7 +15,6 @@ run (more examples per endpoint) is marked slow.
 from __future__ import annotations
 
 import collections
-from dataclasses import replace
 
 import pytest
 import schemathesis
@@ -31,23 +30,11 @@ SLOW_EXAMPLES = 150
 @pytest.fixture(scope="module")
 def fuzz_app(serve_state):
     from avatarforge.serve.app import create_app
-    from avatarforge.serve.state import ServeState
 
-    small = replace(
-        serve_state.settings,
-        max_n=4,
-        max_frames=16,
-        max_steps=2,
-        max_image_side=256,
-        max_upload_bytes=64 * 1024,
+    # same models and lock as the session's state; small limits keep every example cheap
+    state = serve_state.with_settings(
+        max_n=4, max_frames=16, max_steps=2, max_image_side=256, max_upload_bytes=64 * 1024
     )
-    state = ServeState.from_pipeline(
-        serve_state.pipe,
-        animator=serve_state.animator,
-        settings=small,
-        generator_run=serve_state.generator_run,
-    )
-    state._feature_net = serve_state._feature_net  # reuse: built once per session
     return create_app(state)
 
 

@@ -37,6 +37,8 @@ from avatarforge.serve.uploads import read_upload
 
 __all__ = ["VIDEO_MEDIA_TYPES", "build_router", "encode_png"]
 
+_DEFAULT_SLIDE_STEPS = 7
+
 #: Response media type of each animation format.
 VIDEO_MEDIA_TYPES = {"gif": "image/gif", "webp": "image/webp", "apng": "image/apng"}
 _PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
@@ -254,8 +256,7 @@ def build_router(state: ServeState) -> APIRouter:
         amounts = (
             req.amounts if req.amounts is not None else ([req.amount] if req.amount is not None else None)
         )
-        if amounts is not None:
-            _limit("amounts", len(amounts), s.max_n, "max_n")
+        _limit("amounts", len(amounts) if amounts is not None else _DEFAULT_SLIDE_STEPS, s.max_n, "max_n")
         _colour_check(req.background)
         if not state.directions:
             raise field_error("direction", "this model has no sliders (see /v1/info)")
@@ -268,6 +269,7 @@ def build_router(state: ServeState) -> APIRouter:
                 src,
                 direction,
                 amounts=amounts,
+                steps=_DEFAULT_SLIDE_STEPS,
                 noise_mode=req.noise_mode,
                 rgba=req.rgba,
                 background=req.background,

@@ -191,6 +191,16 @@ class ServeState:
             animator_run=animator_run,
         )
 
+    def with_settings(self, **changes: Any) -> ServeState:
+        """A state sharing these models *and their lock*, with some settings changed.
+
+        For a second app on the same models (e.g. one with an API key, or smaller limits):
+        sharing the lock keeps concurrent requests of both apps safe.
+        """
+        from dataclasses import replace
+
+        return replace(self, settings=replace(self.settings, **changes))
+
     @contextlib.contextmanager
     def model_lock(self) -> Iterator[None]:
         """Hold the model lock for one model call.
