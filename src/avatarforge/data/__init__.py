@@ -7,8 +7,7 @@ The main entry points::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from avatarforge.lazy import lazy_attributes
 
 # Lazy attributes: ``import avatarforge.data`` (done by the CLI to build its parser, and by
 # every data submodule) must not import torch; only the names that need it do.
@@ -53,13 +52,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"avatarforge.data.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'avatarforge.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_attributes(__name__, {k: f"avatarforge.data.{v}" for k, v in _WHERE.items()})

@@ -18,7 +18,7 @@ avatar attribute network), :mod:`.sources` (image sources), :mod:`.stats_cache`
 
 from __future__ import annotations
 
-from typing import Any
+from avatarforge.lazy import lazy_attributes
 
 __all__ = [
     "EvalResult",
@@ -43,15 +43,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy: `import avatarforge.eval` (e.g. by the CLI parser) must not import torch.
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        # Importing the submodule avatarforge.eval.evaluate binds the package attribute
-        # `evaluate` to the module; rebind it to the function, as an eager
-        # `from .evaluate import evaluate` would.
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'avatarforge.eval' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

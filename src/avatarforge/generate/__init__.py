@@ -26,10 +26,11 @@ import ...``).
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from avatarforge.lazy import lazy_attributes
 
 __all__ = [
     "Direction",
@@ -118,13 +119,4 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'avatarforge.generate' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
