@@ -403,3 +403,34 @@ def test_concurrent_requests_give_sequential_bytes(client, avatar_png):
     for t in threads:
         t.join()
     assert [results[i] for i in range(len(jobs))] == sequential
+
+
+def test_non_ascii_key_is_401_not_500(keyed_client):
+    # Headers arrive as latin-1 text; hmac.compare_digest on non-ASCII *str* raises TypeError,
+    # so the check compares UTF-8 bytes.
+    r = keyed_client.get("/v1/info", headers={"X-API-Key": "kl\u00e9".encode("utf-8")})
+    assert r.status_code == 401
+
+
+def test_chunked_body_over_the_limit_is_413(client, serve_state):
+    limit = 2 * serve_state.settings.max_upload_bytes + 1024 * 1024
+
+    def body():  # no Content-Length: the server counts while streaming
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for _ in range(limit // 65536 + 2):
+            yield b"\0" * 65536
+
+    r = client.post(
+        "/v1/postprocess", content=body(), headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert r.status_code == 413 and "larger than" in r.text
+
+
+def test_declared_content_length_over_the_limit_is_413_before_reading(client, serve_state):
+    limit = 2 * serve_state.settings.max_upload_bytes + 1024 * 1024
+    r = client.post(
+        "/v1/generate",
+        content=b"{}",
+        headers={"Content-Type": "application/json", "Content-Length": str(limit + 1)},
+    )
+    assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body"]
