@@ -280,6 +280,7 @@ class _Quickstart:
         progress: bool,
         extractor: Any = None,
         fail_at: str | None = None,
+        step_hook: Callable[[str, Any], None] | None = None,
     ) -> None:
         self.out = out
         self.o = opts
@@ -287,6 +288,7 @@ class _Quickstart:
         self.progress = progress
         self.extractor = extractor
         self.fail_at = fail_at  # tests: raise in this stage, after its work, before it is recorded
+        self.step_hook = step_hook  # tests: step_hook(stage, trainer) after every training step
         self.state_path = out / STATE_NAME
         self.state = self._load_state()
         self.ran: list[str] = []
@@ -513,7 +515,7 @@ class _Quickstart:
         """A stage bar in seconds of the training budget, driven from the trainer's step hook."""
         bar = self.p.bar(budget_s, f"{name} (budget {_fmt_s(budget_s)})", unit="s")
         bar.update(min(done_s, budget_s))
-        state = {"t": time.monotonic(), "done": done_s, "run": None}
+        state: dict[str, Any] = {"t": time.monotonic(), "done": done_s, "run": None, "shown": 0.0}
 
         def hook(trainer: Any) -> None:
             if state["run"] is None and getattr(trainer, "run_dir", None) is not None:
@@ -522,7 +524,11 @@ class _Quickstart:
             now = state["done"] + time.monotonic() - state["t"]
             bar.n = min(now, budget_s)
             bar.set_postfix_str(f"{trainer.nimg / 1000:.2f} kimg", refresh=False)
-            bar.refresh() if trainer.step % 5 == 0 else None
+            if self.step_hook is not None:
+                self.step_hook(name, trainer)
+            if time.monotonic() - state["shown"] > 0.5:
+                bar.refresh()
+                state["shown"] = time.monotonic()
 
         try:
             yield hook
@@ -812,6 +818,7 @@ def run_quickstart(
     anim_fps: float = 20.0,
     upscale: int = 2,
     _fail_at: str | None = None,
+    _step_hook: Callable[[str, Any], None] | None = None,
 ) -> QuickstartResult:
     """Run (or resume) the whole quickstart into ``out``; see the module docstring.
 
@@ -878,4 +885,6 @@ def run_quickstart(
         anim_fps=float(anim_fps),
         upscale=int(upscale),
     )
-    return _Quickstart(_check_out(out), opts, progress, extractor=extractor, fail_at=_fail_at).run()
+    return _Quickstart(
+        _check_out(out), opts, progress, extractor=extractor, fail_at=_fail_at, step_hook=_step_hook
+    ).run()

@@ -1,0 +1,294 @@
+"""``avatarforge quickstart``: end to end with tiny models, resume, interrupts, bad input, CLI.
+
+The module fixture runs one tiny quickstart (32 px, 48 avatars, a few seconds of training)
+that is stopped by a signal during generator training and then rerun, so every test below
+looks at the outputs of an interrupted-and-resumed quickstart.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avatarforge.cli import main
+from avatarforge.quickstart import (
+    MANIFEST_NAME,
+    QuickstartError,
+    QuickstartInterrupted,
+    read_manifest,
+    run_quickstart,
+)
+from avatarforge.quickstart import pipeline as qs_pipeline
+from avatarforge.quickstart.pipeline import STATE_NAME
+
+TINY_G = [
+    "model.kwargs.channel_base=256",
+    "model.kwargs.channel_max=16",
+    "model.z_dim=16",
+    "model.g_kwargs.w_dim=16",
+    "model.g_kwargs.mapping_layers=2",
+    "batch_size=8",
+    "log.every_steps=2",
+    "log.num_samples=4",
+    "perf.num_threads=1",
+]
+TINY_A = [
+    "data.identities=6",
+    "data.expressions=3",
+    "data.heldout_identities=2",
+    "log.eval_identities=1",
+    "log.num_samples=2",
+    "perf.num_threads=1",
+    "model.widths=[4,8,8,16]",
+    "model.ctrl_hidden=16",
+    "model.d_width=8",
+    "batch_size=8",
+    "data.workers=0",
+]
+OUTPUTS = (
+    "samples.png",
+    "attributes.png",
+    "interpolation.gif",
+    "avatar.webp",
+    "avatar.gif",
+    "avatar.png",
+    "metrics.json",
+    "report.html",
+    MANIFEST_NAME,
+)
+
+
+@pytest.fixture(scope="module")
+def extractor(tmp_path_factory):
+    """A very small avatar attribute net (trained in about a second) standing in for the default one."""
+    from avatarforge.eval.avatar_net import AvatarExtractor, AvatarNetRecipe
+
+    recipe = AvatarNetRecipe(
+        train_images=96, heldout_images=16, epochs=1.0, width=8, embed_dim=32, batch_size=32
+    )
+    return AvatarExtractor(recipe=recipe, cache_dir=tmp_path_factory.mktemp("avatar-cache"))
+
+
+def tiny_kwargs(tmp: Path, extractor) -> dict:
+    return dict(
+        minutes=0.1,  # 4.2 s generator, 1.2 s animator
+        n_images=48,
+        size=32,
+        generator_overrides=TINY_G,
+        animator_overrides=[*TINY_A, f"data.cache_dir={tmp / 'pairs'}"],
+        eval_images=24,
+        extractor=extractor,
+        grid_seeds=8,
+        interp_frames=6,
+        anim_seconds=1.0,
+        anim_fps=10.0,
+        upscale=1,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, extractor):
+    """A tiny quickstart interrupted by a stop request at generator step 3, then rerun."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("qs")
+    out = tmp / "out"
+    kw = tiny_kwargs(tmp, extractor)
+
+    def stop_at_3(stage, trainer):
+        if stage == "generator" and trainer.step == 3:
+            trainer.stop.request("SIGINT")
+
+    with pytest.raises(QuickstartInterrupted, match="rerun"):
+        run_quickstart(out, _step_hook=stop_at_3, **kw)
+    state = json.loads((out / STATE_NAME).read_text())
+    interrupted = {"stages": sorted(state["stages"]), "run": state["runs"]["generator"]["run"]}
+    result = run_quickstart(out, **kw)
+    return {"out": out, "tmp": tmp, "kw": kw, "result": result, "interrupted": interrupted}
+
+
+def test_interrupted_training_resumes_in_the_same_run(resumed):
+    out, res, before = resumed["out"], resumed["result"], resumed["interrupted"]
+    # The interrupted call finished only the data stage and left a checkpointed generator run.
+    assert before["stages"] == ["data"]
+    assert res.generator_run == out / before["run"]
+    assert "data" in res.skipped and "generator" in res.ran
+    state = json.loads((out / STATE_NAME).read_text())
+    ckpt_step = int(state["stages"]["generator"]["checkpoint"].split("-")[1])
+    assert ckpt_step > 3  # training continued past the interrupt's checkpoint
+    assert len(list((out / "runs").glob("*-generator"))) == 1
+
+
+def test_every_output_exists_and_decodes(resumed):
+    out = resumed["out"]
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    grid = Image.open(out / "samples.png")
+    assert grid.size[0] > 4 * 32
+    attrs = np.asarray(Image.open(out / "attributes.png").convert("RGB"))
+    from avatarforge.data.procedural import HAIR_COLORS
+
+    # One row per hair colour: grid height = rows * (32 + 2) + 2.
+    assert attrs.shape[0] == len(HAIR_COLORS) * 34 + 2
+    gif = Image.open(out / "interpolation.gif")
+    assert gif.n_frames >= 2
+
+
+def test_animation_is_transparent_and_moves(resumed):
+    out = resumed["out"]
+    webp = Image.open(out / "avatar.webp")
+    assert webp.n_frames >= 2  # identical consecutive frames may be merged
+    frames = []
+    for i in range(webp.n_frames):
+        webp.seek(i)
+        frames.append(np.asarray(webp.convert("RGBA")))
+    # The alpha channel is the model's own (an untrained tiny model's is not crisp): what
+    # matters is that it survived into the file rather than being flattened to opaque.
+    assert webp.mode == "RGBA"
+    assert frames[0][..., 3].min() < 128
+    assert any(not np.array_equal(frames[0], f) for f in frames[1:])
+    gif = Image.open(out / "avatar.gif")
+    assert gif.n_frames >= 2 and "transparency" in gif.info
+
+
+def test_metrics_json_holds_the_numbers(resumed):
+    m = json.loads((resumed["out"] / "metrics.json").read_text())
+    ev = m["evaluation"]
+    for key in ("swd", "fid_avatar", "attr_acc", "attr_acc_hair_color"):
+        assert isinstance(ev[key], float) and math.isfinite(ev[key]), key
+    assert 0.0 <= ev["attr_acc"] <= 1.0
+    from avatarforge.data.procedural import HAIR_COLORS
+
+    assert m["chance"]["attr_acc_hair_color"] == pytest.approx(1 / len(HAIR_COLORS), abs=1e-3)
+    assert m["generator"]["kimg"] > 0 and m["generator"]["train_seconds"] > 0
+    assert m["animator"]["kimg"] > 0 and math.isfinite(m["animator"]["eval_ratio"])
+    assert set(m["stage_seconds"]) >= {"data", "generator", "evaluate", "animator", "samples", "animation"}
+    assert resumed["result"].metrics == m
+
+
+def test_report_is_self_contained_and_shows_the_metrics(resumed):
+    out = resumed["out"]
+    text = (out / "report.html").read_text("utf-8")
+    # Everything embedded: no resource loaded from anywhere; the only http links are the
+    # local server's pages the "how to continue" section points to.
+    sources = re.findall(r"""\bsrc\s*=\s*["']([^"']*)""", text)
+    assert len(sources) == len(re.findall(r"\bsrc\s*=", text)) >= 5
+    assert all(s.startswith("data:") for s in sources)
+    assert "<link" not in text and "<script" not in text and "@import" not in text
+    for url in re.findall(r"""href\s*=\s*["']([^"']+)""", text):
+        assert url.startswith("http://127.0.0.1:8000/"), url
+    assert text.count('src="data:image/') == 5  # samples, data, attributes, GIF, animation
+    m = json.loads((out / "metrics.json").read_text())
+    assert f"{m['evaluation']['swd']:.4g}" in text
+    assert "<svg" in text and "<polyline" in text  # loss curves
+    for cmd in ("avatarforge serve", "/studio", "/overlay", "avatarforge data prepare", "avatarforge train"):
+        assert cmd in text
+
+
+def test_manifest_names_loadable_runs(resumed):
+    from avatarforge.animate import load_animator
+    from avatarforge.data.procedural import HAIR_COLORS
+    from avatarforge.train import load_generator
+
+    man = read_manifest(resumed["out"])
+    G = load_generator(man["generator_run"])
+    assert G.label_dims == [len(HAIR_COLORS)]  # conditioned on hair colour
+    assert load_animator(man["animator_run"]).resolution == 32
+    raw = json.loads((resumed["out"] / MANIFEST_NAME).read_text())
+    assert not Path(raw["generator_run"]).is_absolute()  # relative: the folder can move
+
+
+def test_rerun_skips_every_stage_and_keeps_the_outputs(resumed):
+    out = resumed["out"]
+    before = {n: (out / n).read_bytes() for n in OUTPUTS}
+    again = run_quickstart(out, **resumed["kw"])
+    assert again.ran == [] and len(again.skipped) == 7
+    assert {n: (out / n).read_bytes() for n in OUTPUTS} == before
+
+
+def test_failure_in_a_later_stage_then_rerun_completes(resumed, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(resumed["out"], out)
+    kw = {**resumed["kw"], "upscale": 2}  # a new output size: samples, animation and report rerun
+    with pytest.raises(RuntimeError, match="injected failure in stage 'animation'"):
+        run_quickstart(out, _fail_at="animation", **kw)
+    state = json.loads((out / STATE_NAME).read_text())
+    assert (
+        state["stages"]["samples"]["inputs"]
+        != json.loads((resumed["out"] / STATE_NAME).read_text())["stages"]["samples"]["inputs"]
+    )
+    done = run_quickstart(out, **kw)
+    assert done.ran == ["animation", "report"]  # samples finished before the failure: kept
+    assert (out / "report.html").is_file()
+
+
+def test_more_minutes_trains_further_in_the_same_run(resumed, tmp_path):
+    out = tmp_path / "longer"
+    shutil.copytree(resumed["out"], out)
+    first = json.loads((out / STATE_NAME).read_text())["stages"]["generator"]
+    kw = {**resumed["kw"], "minutes": 0.15}
+    res = run_quickstart(out, **kw)
+    assert {"generator", "animator", "evaluate", "report"} <= set(res.ran) and "data" in res.skipped
+    later = json.loads((out / STATE_NAME).read_text())["stages"]["generator"]
+    assert later["run"] == first["run"] and later["kimg"] > first["kimg"]
+    assert later["train_seconds"] >= 0.15 * 0.7 * 60 * 0.99
+
+
+@pytest.mark.parametrize("minutes", [0, -1, float("nan"), float("inf"), "10", True])
+def test_bad_minutes_is_a_clear_error(minutes, tmp_path):
+    with pytest.raises(QuickstartError, match=r"--minutes must be"):
+        run_quickstart(tmp_path / "out", minutes=minutes, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_out_is_a_clear_error(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(QuickstartError, match=r"--out .* is a file"):
+        run_quickstart(f, minutes=1, progress=False)
+    d = tmp_path / "busy"
+    d.mkdir()
+    (d / "mine.txt").write_text("x")
+    with pytest.raises(QuickstartError, match="not a quickstart"):
+        run_quickstart(d, minutes=1, progress=False)
+
+
+def test_cli_help_and_bad_minutes(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["quickstart", "--help"])
+    assert e.value.code == 0
+    assert "--minutes" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["quickstart", "--minutes", "-2"])
+    assert e.value.code == 2
+    assert "--minutes: must be > 0" in capsys.readouterr().err
+
+
+def test_cli_runs_the_quickstart_and_demo_is_an_alias(resumed, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cli"
+    shutil.copytree(resumed["out"], out)
+    kw = {k: v for k, v in resumed["kw"].items() if k not in ("minutes", "n_images", "progress")}
+    calls = []
+    real = functools.partial(qs_pipeline.run_quickstart, **kw)
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    # The CLI's own flags go through; the tiny model settings (no CLI flags) are added here.
+    monkeypatch.setattr(qs_pipeline, "run_quickstart", spy)
+    assert main(["quickstart", "--out", str(out), "--minutes", "0.1", "--images", "48"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "report.html") in printed and "quickstart done" in printed
+    assert calls[-1]["minutes"] == 0.1 and calls[-1]["n_images"] == 48 and calls[-1]["progress"] is True
+    assert main(["demo", "--out", str(out), "--minutes", "0.1", "--images", "48", "--quiet"]) == 0
+    assert calls[-1]["progress"] is False
