@@ -352,7 +352,7 @@ class _Quickstart:
             return setup + max(0.0, self.budget[name] * 60 - done)
         if name == "evaluate":
             net = 0 if self.extractor is not None or self._avatar_net_cached() else 90
-            return 10 + net + o.eval_images / 25
+            return 10 + net + o.eval_images / 25 + 2 * o.eval_images / 100
         if name == "samples":
             return 5 + (o.grid_seeds + 10 * 8 + o.interp_frames) / 20
         if name == "animation":
@@ -550,10 +550,16 @@ class _Quickstart:
         remaining_min = (budget_s - done_s) / 60
         if info is not None:
             self.p.note(f"resuming {run.name} at {info['kimg']:.2f} kimg ({_fmt_s(done_s)} trained)")
+        cpu0 = time.process_time()
         with self._time_bar(name, budget_s, done_s) as hook:
             trainer = make_trainer(remaining_min, run if info is not None else None)
             trainer.step_hook = hook
             run = trainer.fit()
+        # CPU seconds of this process (all threads) per session: on a shared machine the wall
+        # clock alone says little about how much work the budget bought.
+        self.state.setdefault("cpu_seconds", {}).setdefault(name, []).append(
+            round(time.process_time() - cpu0, 1)
+        )
         self._remember_run(name, run)
         if trainer.stopped_by and trainer.stopped_by.startswith("signal"):
             raise QuickstartInterrupted(
@@ -599,6 +605,8 @@ class _Quickstart:
             checkpoint=info["name"],
             kimg=info["kimg"],
             train_seconds=info["elapsed_s"],
+            train_cpu_seconds=sum(self.state.get("cpu_seconds", {}).get("generator", [])),
+            load_avg=_load_avg(),
         )
 
     def stage_animator(self) -> None:
@@ -635,6 +643,8 @@ class _Quickstart:
             checkpoint=info["name"],
             kimg=info["kimg"],
             train_seconds=info["elapsed_s"],
+            train_cpu_seconds=sum(self.state.get("cpu_seconds", {}).get("animator", [])),
+            load_avg=_load_avg(),
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -653,6 +663,9 @@ class _Quickstart:
             metrics=list(o.eval_metrics),
             extractor=self.extractor if self.extractor is not None else "avatar",
             n=o.eval_images,
+            # A seeded subset of the data: the reference scan costs as much as the generated
+            # images, and 2x their number keeps its share of the metrics' noise small.
+            n_ref=min(o.n_images, 2 * o.eval_images),
             seed=o.seed,
             device=o.device,
             out=out,
@@ -774,6 +787,14 @@ class _Quickstart:
         self._record("report", [mpath, man, report], time.monotonic() - t)
 
 
+def _load_avg() -> float | None:
+    """The 1-minute load average (None where the OS has none): recorded next to timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _cuda() -> bool:
     import torch
 
@@ -809,7 +830,7 @@ def run_quickstart(
     condition_on: Sequence[str] = DEFAULT_CONDITION_ON,
     generator_overrides: Sequence[str] = (),
     animator_overrides: Sequence[str] = (),
-    eval_images: int = 1000,
+    eval_images: int = 500,
     eval_metrics: Sequence[str] = ("swd", "fid", "attr"),
     extractor: Any = None,
     grid_seeds: int = 64,

@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
@@ -79,7 +80,9 @@ def build_metrics(out: Path, state: Mapping[str, Any], minutes: float) -> dict[s
             "checkpoint": gen.get("checkpoint"),
             "kimg": gen.get("kimg"),
             "train_seconds": gen.get("train_seconds"),
+            "train_cpu_seconds": gen.get("train_cpu_seconds"),
             "img_per_s": round(sum(rates) / len(rates), 2) if rates else None,
+            "load_avg": gen.get("load_avg"),
         },
         "evaluation": eval_metrics,
         "evaluation_settings": {
@@ -94,6 +97,7 @@ def build_metrics(out: Path, state: Mapping[str, Any], minutes: float) -> dict[s
             "checkpoint": anim.get("checkpoint"),
             "kimg": anim.get("kimg"),
             "train_seconds": anim.get("train_seconds"),
+            "train_cpu_seconds": anim.get("train_cpu_seconds"),
             **anim_metrics,
         },
         "stage_seconds": {k: v.get("seconds") for k, v in stages.items() if k != "report"},
@@ -101,6 +105,7 @@ def build_metrics(out: Path, state: Mapping[str, Any], minutes: float) -> dict[s
             "python": platform.python_version(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "avatarforge": __version__,
         },
@@ -288,7 +293,9 @@ Generated {time.strftime("%Y-%m-%d %H:%M")}.</p>
 <h2>Generated avatars</h2>
 <p>A conditional StyleGAN trained from scratch for {_fmt_s(gen.get("train_seconds"))} on
 procedural avatars ({_fmt(gen.get("kimg"))} thousand images seen, {_fmt(gen.get("img_per_s"))} images/s),
-sampled with truncation 0.7. Transparency is shown on a checkerboard.</p>
+sampled with truncation 0.7. Transparency is shown on a checkerboard.
+Training used {_fmt_s(gen.get("train_cpu_seconds"))} of CPU time on {_fmt(machine.get("cpu_count"))} cores
+(load average {_fmt(gen.get("load_avg"))} at the end: on a busy machine the same minutes buy less training).</p>
 <figure>{_img(out / "samples.png", "sample grid", cls="px")}<figcaption>samples.png: seeds 0-63</figcaption></figure>
 <figure>{_img(reals, "training data", cls="px")}<figcaption>the training data (procedural avatars)</figcaption></figure>
 
