@@ -1,18 +1,23 @@
-"""Quality at fixed compute: dcgan vs stylegan trained for the same CPU minutes.
+"""Quality at fixed compute: dcgan, stylegan and vae trained for the same CPU minutes.
 
-Both models train with their presets (``src/avatarforge/configs/{dcgan,stylegan}-64.yaml``;
+The three models train with their presets (``src/avatarforge/configs/{dcgan,stylegan,vae}-64.yaml``;
 stylegan with DiffAugment) on the shared anime-faces-96 folder, prepared to 64 px with
 :func:`avatarforge.data.prepare.prepare_dataset` into ``.af-cache/bench/`` (skipped cleanly
-when the folder is absent). The two train at the same time, each in its own process on one
-torch thread, each until it has used the same CPU time (full: 20 CPU minutes, quick: 3;
+when the folder is absent). They train at the same time, each in its own process on one
+torch thread, each until it has used the same CPU time (full: 15 CPU minutes, quick: 0.5;
 ``AF_QUALITY_MINUTES`` overrides): a CPU-time budget, unlike a wall-clock one, is fair on a
-machine shared with other jobs, and running side by side gives both the same conditions.
+machine shared with other jobs, and running side by side gives all the same conditions.
+Full mode is 15 CPU minutes, not 20: three models at one thread each on the shared 2-core
+box take at least 23 minutes of wall time even when it is idle, and over 45 when it is busy.
 
-Outputs: one PNG with the EMA generators' samples side by side from fixed latents (left
-dcgan, right stylegan) in ``benchmarks/results/``; figures per model: images per CPU-second,
-kimg reached, and SWD (multi-scale sliced Wasserstein distance, ``avatarforge.eval.metrics.swd``,
-weight-free, x1e3; lower is better) of generated images against the data set, next to the
-SWD of two disjoint halves of the real data (the floor a perfect model would reach).
+Outputs: one PNG with samples side by side from fixed latents (dcgan | stylegan | vae; the
+GANs' EMA generators, the VAE's decoder on prior draws), labelled, in
+``benchmarks/results/quality_grid*.png``; figures per model: images per CPU-second, kimg
+reached, SWD (multi-scale sliced Wasserstein distance, ``avatarforge.eval.metrics.swd``,
+weight-free, x1e3) and FID in the ``avatar`` extractor's feature space (``fid_avatar``, the
+key :func:`avatarforge.eval.evaluate` writes for ``extractor="avatar"``) of generated images
+against held-out real images, next to the same figures for two disjoint halves of the real
+data (the floor a perfect model would reach at this sample count). Lower is better for both.
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from avatarforge.fileio import atomic_write_json
 from avatarforge.imageio import make_grid
 from benchmarks.common import RESULTS, ROOT, Result, shared_faces
 
 SIZE = 64
 CACHE = ROOT / ".af-cache" / "bench"
-MODELS = ("dcgan", "stylegan")
+MODELS = ("dcgan", "stylegan", "vae")
+#: CPU minutes per model: full and quick mode (``AF_QUALITY_MINUTES`` overrides both).
+MINUTES = {False: 15.0, True: 0.5}
 
 
 def prepared_faces(size: int = SIZE) -> Path | None:
@@ -61,21 +69,26 @@ def train_for_cpu(
     used ``cpu_minutes`` of CPU time; returns the run directory.
 
     The budget is CPU time, not wall time, so a busy machine does not shorten one model's run
-    more than the other's. A wall-clock limit of 4x the budget is a safety net.
+    more than the other's. A wall-clock limit of 12x the budget is a safety net (a 2-core box
+    shared with other jobs can give a process less than a quarter of a core for long
+    stretches). The CPU seconds actually used and the stop reason go to ``cpu_budget.json``
+    in the run directory.
     """
     from avatarforge.config import build_train_config
-    from avatarforge.train import GANTrainer
+    from avatarforge.train import GANTrainer, VAETrainer
+    from avatarforge.train.vae import is_vae_model
 
     torch.set_num_threads(1)
     cfg = build_train_config(
         cli={"model": {"name": model}, "data": {"path": str(data)}},
         overrides=[
             f"runs_dir={runs_dir}",
-            f"minutes={4 * cpu_minutes}",
+            f"minutes={12 * cpu_minutes}",
             "kimg=null",
             "log.progress=false",
             "log.sample_every_kimg=0",
             "log.checkpoint_every_kimg=0",
+            "log.metric_every_kimg=0",  # the VAE's built-in evaluation: not part of the budget
             "perf.num_threads=1",
             *overrides,
         ],
@@ -88,7 +101,18 @@ def train_for_cpu(
         elif time.process_time() - start[0] >= cpu_minutes * 60:
             trainer.stop.request("cpu-budget")
 
-    return GANTrainer(cfg, step_hook=budget).fit()
+    trainer_cls = VAETrainer if is_vae_model(model) else GANTrainer
+    trainer = trainer_cls(cfg, step_hook=budget)
+    t0 = time.perf_counter()
+    run_dir = trainer.fit()
+    used = {
+        "cpu_s": time.process_time() - start[0] if start else 0.0,
+        "wall_s": time.perf_counter() - t0,
+        "stopped_by": trainer.stopped_by,
+        "budget_cpu_s": cpu_minutes * 60,
+    }
+    atomic_write_json(run_dir / "cpu_budget.json", used)
+    return run_dir
 
 
 def train_side_by_side(
@@ -118,12 +142,20 @@ def train_side_by_side(
 
 @torch.no_grad()
 def sample(run_dir: Path, n: int, seed: int) -> torch.Tensor:
-    """``n`` images from the run's EMA generator, latents from ``seed``, as (n, C, H, W) in [-1, 1]."""
-    from avatarforge.train import load_generator
+    """``n`` images from the run, latents from ``seed``, as (n, C, H, W) in [-1, 1]: a GAN's
+    EMA generator, or a VAE's decoder on draws from its N(0, I) prior."""
+    from avatarforge.train import load_generator, load_vae
+    from avatarforge.train.checkpoint import find_checkpoint
 
-    G = load_generator(run_dir)
+    ckpt = find_checkpoint(run_dir)
+    if any(ckpt.glob("vae_*")):
+        vae = load_vae(run_dir)
+        G, sample_z = vae.decode, vae.sample_z
+    else:
+        G = load_generator(run_dir)
+        sample_z = G.sample_z
     g = torch.Generator().manual_seed(seed)
-    z = G.sample_z(n, generator=g, device="cpu")
+    z = sample_z(n, generator=g, device="cpu")
     return torch.cat([G(z[i : i + 64]).float().clamp(-1, 1) for i in range(0, n, 64)])
 
 
@@ -144,12 +176,38 @@ def side_by_side(grids: dict[str, np.ndarray], path: Path, captions: dict[str, s
     return path
 
 
-def _swd(real: np.ndarray, fake: torch.Tensor | np.ndarray) -> float | None:
-    try:
-        from avatarforge.eval.metrics import swd
-    except ImportError:  # the evaluation suite is not there yet: figures without SWD
-        return None
+def _swd(real: np.ndarray, fake: torch.Tensor | np.ndarray) -> float:
+    from avatarforge.eval.metrics import swd
+
     return float(swd(real, fake)["swd"])
+
+
+class AvatarFID:
+    """FID in the ``avatar`` extractor's feature space against a fixed set of real images.
+
+    The same computation as ``evaluate(..., metrics="fid", extractor="avatar")`` (its
+    ``fid_avatar`` key): 256-d features of the built-in avatar attribute net (trained once on
+    procedural avatars and cached; docs/evaluation.md), Gaussian statistics, Frechet distance.
+    """
+
+    def __init__(self, reals: np.ndarray, extractor: Any = None) -> None:
+        from avatarforge.eval.extractors import get_extractor
+        from avatarforge.eval.metrics import feature_statistics
+
+        # ``extractor``: another FeatureExtractor (tests pass a cheap one).
+        self.extractor = extractor if extractor is not None else get_extractor("avatar", device="cpu")
+        self.ref_stats = feature_statistics(self.features(reals))
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [self.extractor(images[i : i + 128]).float().cpu().numpy() for i in range(0, len(images), 128)]
+        )
+
+    def __call__(self, images: torch.Tensor | np.ndarray) -> float:
+        from avatarforge.eval.metrics import feature_statistics, frechet_distance
+
+        return frechet_distance(*self.ref_stats, *feature_statistics(self.features(images)))
 
 
 def _kimg(run_dir: Path) -> float:
@@ -165,80 +223,107 @@ def run(quick: bool = False) -> list[Result]:
     if data is None:
         print("bench_quality: shared anime-faces-96 not found; skipped")
         return []
-    minutes = float(os.environ.get("AF_QUALITY_MINUTES", 3 if quick else 20))
-    n_eval = 1024 if quick else 2048
+    minutes = float(os.environ.get("AF_QUALITY_MINUTES", MINUTES[quick]))
     from avatarforge.data.dataset import PackedDataset
 
     ds = PackedDataset(data)
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(ds))
+    # Two disjoint halves of the data: the reference set, and a second real set for the floors.
+    n_eval = min(512 if quick else 2000, len(ds) // 2)
+    order = np.random.default_rng(0).permutation(len(ds))
     reals = ds.images_uint8(np.sort(order[:n_eval]))  # (N, H, W, 3)
-    floor = _swd(reals, ds.images_uint8(np.sort(order[n_eval : 2 * n_eval])))
+    reals_b = ds.images_uint8(np.sort(order[n_eval : 2 * n_eval]))
+    fid = AvatarFID(reals)
+    floor = {"swd": _swd(reals, reals_b), "fid": fid(reals_b)}
 
-    results: list[Result] = []
-    grids: dict[str, np.ndarray] = {}
-    captions: dict[str, str] = {}
-    figures: dict[str, dict[str, Any]] = {}
     # Run directories are kept (checkpoints, metrics.jsonl, samples) until the next run.
     runs_dir = CACHE / "quality-runs" / ("quick" if quick else "full")
     if runs_dir.exists():
         shutil.rmtree(runs_dir)
     runs_dir.mkdir(parents=True)
     run_dirs = train_side_by_side(data, runs_dir, minutes)
+
+    grids: dict[str, np.ndarray] = {}
+    captions: dict[str, str] = {}
+    figures: dict[str, dict[str, Any]] = {}
     for model in MODELS:
         run_dir = run_dirs[model]
         kimg = _kimg(run_dir)
+        used = json.loads((run_dir / "cpu_budget.json").read_text())
         fakes = sample(run_dir, n_eval, seed=1)
         grids[model] = make_grid(sample(run_dir, 64, seed=123), nrow=8)
-        score = _swd(reals, fakes)
         figures[model] = {
-            "img_per_cpu_s": kimg * 1000 / (minutes * 60),
+            "img_per_cpu_s": kimg * 1000 / max(used["cpu_s"], 1e-9),
             "kimg": kimg,
-            "swd": score,
+            "cpu_minutes_used": round(used["cpu_s"] / 60, 2),
+            "stopped_by": used["stopped_by"],
+            "swd": _swd(reals, fakes),
+            "fid_avatar": fid(fakes),
             "run": str(run_dir.relative_to(ROOT)),
         }
-        captions[model] = f"{model}: {kimg:.1f} kimg in {minutes:g} CPU min" + (
-            f", SWD {score:.1f}" if score is not None else ""
+        f = figures[model]
+        captions[model] = (
+            f"{model}: {kimg:.1f} kimg in {minutes:g} CPU min, SWD {f['swd']:.1f}, FID_avatar {f['fid_avatar']:.2f}"
         )
     grid_path = RESULTS / f"quality_grid{'_quick' if quick else ''}.png"
     side_by_side(grids, grid_path, captions)
     rel = grid_path.relative_to(ROOT)
+    link = f"[grid]({grid_path.relative_to(ROOT / 'benchmarks')})"  # relative to REPORT.md
+
+    results: list[Result] = []
     for model in MODELS:
         f = figures[model]
         common = {"cpu_minutes": minutes, "threads": 1, "grid": str(rel), "eval_images": n_eval, **f}
-        results.append(
+        preset = (
+            f"preset {model}-64, 1 torch thread, {f['kimg']:.1f} kimg in {f['cpu_minutes_used']:g} CPU min"
+            + (
+                ""
+                if f["stopped_by"] == "cpu-budget"
+                else f" (stopped by {f['stopped_by']}, not the CPU budget)"
+            )
+        )
+        results += [
             Result(
                 f"{model}: training images per CPU-second ({minutes:g} CPU min)",
                 f["img_per_cpu_s"],
                 "images/CPU-s",
-                notes=f"preset {model}-64, 1 torch thread, {f['kimg']:.1f} kimg; samples: {rel}",
+                notes=f"{preset}; samples: {link}",
                 extra=common,
-            )
-        )
-        if f["swd"] is not None:
-            results.append(
-                Result(
-                    f"{model}: SWD after {minutes:g} CPU min",
-                    f["swd"],
-                    "x1e3",
-                    higher_is_better=False,
-                    notes=f"{n_eval} EMA samples vs {n_eval} reals, mean of 64/32/16 px levels; "
-                    f"real-vs-real floor {floor:.1f}; grid: {rel} (left dcgan, right stylegan)",
-                    extra=common,
-                )
-            )
-        else:  # TODO: SWD once avatarforge.eval.metrics.swd is importable
-            results.append(Result(f"{model}: kimg in {minutes:g} CPU min", f["kimg"], "kimg", extra=common))
-    if floor is not None:
-        results.append(
+            ),
             Result(
-                "SWD floor: real vs real (disjoint halves)",
-                floor,
+                f"{model}: SWD after {minutes:g} CPU min",
+                f["swd"],
                 "x1e3",
                 higher_is_better=False,
-                notes=f"{n_eval} vs {n_eval} real images; what a perfect generator would score",
-            )
-        )
+                notes=f"{n_eval} samples vs {n_eval} reals, mean of the 64/32/16 px levels; "
+                f"real-vs-real floor {floor['swd']:.1f}",
+                extra=common,
+            ),
+            Result(
+                f"{model}: FID_avatar after {minutes:g} CPU min",
+                f["fid_avatar"],
+                "FID",
+                higher_is_better=False,
+                notes=f"avatar extractor ({fid.extractor.identity}), {n_eval} vs {n_eval}; "
+                f"real-vs-real floor {floor['fid']:.2f}",
+                extra=common,
+            ),
+        ]
+    results += [
+        Result(
+            "SWD floor: real vs real (disjoint halves)",
+            floor["swd"],
+            "x1e3",
+            higher_is_better=False,
+            notes=f"{n_eval} vs {n_eval} real images; what a perfect generator would score",
+        ),
+        Result(
+            "FID_avatar floor: real vs real (disjoint halves)",
+            floor["fid"],
+            "FID",
+            higher_is_better=False,
+            notes=f"{n_eval} vs {n_eval} real images; what a perfect generator would score",
+        ),
+    ]
     return results
 
 
@@ -247,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--train", choices=MODELS)
     ap.add_argument("--data", type=Path)
     ap.add_argument("--runs-dir", type=Path)
-    ap.add_argument("--cpu-minutes", type=float, default=3.0)
+    ap.add_argument("--cpu-minutes", type=float, default=MINUTES[True])
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
     args = ap.parse_args(argv)
     if args.train:

@@ -80,3 +80,52 @@ def test_trainer_step_flops_counts_one_generator_forward(tmp_path):
     # inputs for the G step, G weights+inputs (minus G's 1x1 input): between 4 and 6 D-forwards
     # plus up to 2 G-forwards.
     assert 4 * d_fwd < by_op["convolution_backward"] <= 5 * d_fwd + 2 * g_fwd
+
+
+def test_quality_worker_trains_to_a_cpu_budget_and_samples_gan_and_vae(tmp_path):
+    """bench_quality's pieces on a tiny data set: the CPU-budgeted worker (GAN and VAE),
+    its record of the CPU time used, seeded sampling from either kind of run, the grid."""
+    import json
+
+    from benchmarks.bench_quality import sample, side_by_side, train_for_cpu
+
+    from tests.conftest import make_packed
+
+    data = make_packed(tmp_path / "data", n=8, size=32, labelled=False)
+    grids = {}
+    for model, extra in (
+        ("dcgan", ["model.kwargs.base_channels=4"]),
+        ("vae", ["model.kwargs.base_channels=4"]),
+    ):
+        run_dir = train_for_cpu(model, data, tmp_path / model, 0.003, ["batch_size=4", *extra])
+        used = json.loads((run_dir / "cpu_budget.json").read_text())
+        assert used["stopped_by"] in ("cpu-budget", "time") and used["cpu_s"] > 0
+        x = sample(run_dir, 5, seed=1)
+        assert x.shape == (5, 3, 32, 32) and float(x.abs().max()) <= 1.0
+        assert torch.equal(x, sample(run_dir, 5, seed=1))  # same seed, same images
+        assert not torch.equal(x, sample(run_dir, 5, seed=2))
+        grids[model] = np.zeros((34, 34, 3), np.uint8)
+    path = side_by_side(grids, tmp_path / "grid.png", {"dcgan": "dcgan", "vae": "vae"})
+    w, h = Image.open(path).size
+    assert w == 2 * 34 + 3 * 16 and h > 34
+
+
+def test_avatar_fid_is_zero_for_the_reference_and_grows_with_a_shift():
+    from benchmarks.bench_quality import AvatarFID
+
+    from avatarforge.eval.extractors import FeatureExtractor
+
+    class MeanColours(FeatureExtractor):  # a cheap stand-in for the avatar net
+        name = "mean-colours"
+        identity = "mean-colours"
+        feature_dim = 12
+        input_size = 32
+
+        def features(self, x):
+            return nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)  # (B, 12)
+
+    rng = np.random.default_rng(0)
+    reals = rng.integers(0, 200, (64, 32, 32, 3), dtype=np.uint8)
+    fid = AvatarFID(reals, extractor=MeanColours())
+    assert fid(reals) == pytest.approx(0.0, abs=1e-4)
+    assert fid(reals + 40) > fid(reals + 10) > 0.01
