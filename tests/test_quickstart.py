@@ -292,3 +292,12 @@ def test_cli_runs_the_quickstart_and_demo_is_an_alias(resumed, tmp_path, monkeyp
     assert calls[-1]["minutes"] == 0.1 and calls[-1]["n_images"] == 48 and calls[-1]["progress"] is True
     assert main(["demo", "--out", str(out), "--minutes", "0.1", "--images", "48", "--quiet"]) == 0
     assert calls[-1]["progress"] is False
+
+
+def test_a_call_interrupted_in_its_first_stage_is_resumable(tmp_path, extractor):
+    out = tmp_path / "early"
+    kw = tiny_kwargs(tmp_path, extractor)
+    for _ in range(2):  # the second call is not refused as "a non-empty directory"
+        with pytest.raises(RuntimeError, match="injected failure in stage 'data'"):
+            run_quickstart(out, _fail_at="data", **kw)
+    assert (out / STATE_NAME).is_file() and (out / "data" / "manifest.json").is_file()

@@ -371,6 +371,9 @@ class _Quickstart:
     def run(self) -> QuickstartResult:
         t0, c0 = time.monotonic(), time.process_time()
         self.out.mkdir(parents=True, exist_ok=True)
+        # Written first, so a call interrupted in its first stage leaves a directory that the
+        # next call recognises as a quickstart (and does not refuse as someone else's).
+        self._save_state()
         steps: list[tuple[str, Callable[[], None]]] = [
             ("data", self.stage_data),
             ("generator", self.stage_generator),
@@ -491,8 +494,11 @@ class _Quickstart:
         return {"size": o.size, "overrides": list(o.animator_overrides), "seed": o.seed}
 
     def _find_run(self, name: str) -> Path | None:
-        """The stage's run directory: recorded in the state, else found under ``OUT/runs``
-        (a run started by an interrupted call), provided it was made for the same model inputs."""
+        """The stage's run directory, if an earlier call started one for the same model inputs.
+
+        The run is recorded in the state file at its first training step (from the step
+        hook), so a call killed mid-training still leaves it findable.
+        """
         rec = self.state.get("runs", {}).get(name)
         model_fp = _fingerprint(
             self._generator_model_inputs() if name == "generator" else self._animator_model_inputs()
