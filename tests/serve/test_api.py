@@ -434,3 +434,24 @@ def test_declared_content_length_over_the_limit_is_413_before_reading(client, se
         headers={"Content-Type": "application/json", "Content-Length": str(limit + 1)},
     )
     assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_openapi_lists_this_models_attributes(app):
+    schema = app.openapi()
+    attrs = schema["components"]["schemas"]["Attributes"]
+    assert attrs["additionalProperties"] is False
+    hair = attrs["properties"]["hair_color"]
+    values = next(s for s in hair["anyOf"] if "enum" in s)["enum"]
+    assert values == [*HAIR, "unknown"]
+    body = schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("/GenerateRequest")
+
+
+def test_unknown_attribute_class_round_trips_through_a_token(client):
+    r = client.post("/v1/generate", json={"seeds": [3], "attrs": {"hair_color": "unknown"}})
+    assert r.status_code == 200, r.text
+    im = r.json()["images"][0]
+    assert im["attrs"]["hair_color"] == "unknown"
+    v = client.post("/v1/variations", json={"latent": im["latent"], "n": 1, "strength": 0.0})
+    assert v.status_code == 200, v.text
+    assert v.json()["images"][0]["png"] == im["png"]

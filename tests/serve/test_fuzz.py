@@ -15,6 +15,7 @@ run (more examples per endpoint) is marked slow.
 from __future__ import annotations
 
 import collections
+import os
 
 import pytest
 import schemathesis
@@ -70,6 +71,8 @@ def _fuzz(api_schema, method: str, path: str, mode: str, examples: int) -> colle
     def run(case):
         response = case.call()
         statuses[response.status_code] += 1
+        if response.status_code == 422 and os.environ.get("FUZZ_DEBUG"):
+            print(response.json().get("message"))
         case.validate_response(response, checks=[not_a_server_error])
 
     run()
@@ -205,5 +208,56 @@ def test_valid_generate_requests_always_succeed(fuzz_app):
             # every returned token is accepted back
             v = client.post("/v1/variations", json={"latent": body["images"][0]["latent"], "n": 1})
             assert v.status_code == 200, v.text
+
+        run()
+
+
+@st.composite
+def media_requests(draw, sliders: list[str]) -> tuple[str, dict, bool]:
+    """A valid edit (JSON), interpolate (JSON) or animate (form) request: (path, body, is_form)."""
+    from avatarforge.animate.drivers import SCRIPT_ACTIONS
+
+    seed = draw(st.integers(0, 2**63 - 1))
+    kind = draw(st.sampled_from(["edit", "interpolate", "animate"]))
+    if kind == "edit":
+        # amounts always given: the default 7-step slide is over this app's max_n (4)
+        amounts = draw(st.lists(st.floats(-3, 3, allow_nan=False), min_size=1, max_size=4))
+        body = {"seed": seed, "direction": draw(st.sampled_from(sliders)), "amounts": amounts}
+        return "/v1/edit", body, False
+    fmt = draw(st.sampled_from(["gif", "webp", "apng"]))
+    if kind == "interpolate":
+        seeds = draw(st.lists(st.integers(0, 2**63 - 1), min_size=2, max_size=3))
+        body = {
+            "seeds": seeds,
+            "frames": draw(st.integers(2, 16)),
+            "loop": draw(st.booleans()),
+            "format": fmt,
+        }
+        body["fps"] = draw(st.floats(1, 60, allow_nan=False))
+        return "/v1/interpolate", body, False
+    actions = draw(st.lists(st.sampled_from(sorted(SCRIPT_ACTIONS)), min_size=1, max_size=3))
+    fps = draw(st.integers(1, 30))
+    form = {"seed": str(seed), "script": ",".join(actions), "fps": str(fps), "format": fmt}
+    form["seconds"] = str(draw(st.integers(1, 16)) / fps)  # at most 16 frames (max_frames)
+    return "/v1/animate", form, True
+
+
+def test_valid_edit_interpolate_animate_requests_always_succeed(fuzz_app):
+    from fastapi.testclient import TestClient
+
+    magic = {"image/gif": b"GIF8", "image/webp": b"RIFF", "image/apng": b"\x89PNG"}
+    with TestClient(fuzz_app) as client:
+        sliders = [s["id"] for s in client.get("/v1/info").json()["sliders"]]
+
+        @given(spec=media_requests(sliders))
+        @settings(max_examples=30, **_SETTINGS)
+        def run(spec):
+            path, body, is_form = spec
+            r = client.post(path, data=body) if is_form else client.post(path, json=body)
+            assert r.status_code == 200, (path, body, r.text)
+            if path == "/v1/edit":
+                assert [im["amount"] for im in r.json()["images"]] == body["amounts"]
+            else:
+                assert r.content.startswith(magic[r.headers["content-type"]])
 
         run()

@@ -114,7 +114,8 @@ def _check_shapes(lat: Latent, pipe: Any) -> None:
         t = getattr(lat, name)
         if dims:
             want(name, t, (1, len(dims)), torch.long)
-            if t is not None and any(not 0 <= int(v) < k for v, k in zip(t[0].tolist(), dims)):
+            # index k is the "unknown" class every label embedding has (k + 1 rows)
+            if t is not None and any(not 0 <= int(v) <= k for v, k in zip(t[0].tolist(), dims)):
                 raise LatentTokenError(f"latent field {name!r} holds a class index out of range")
         elif t is not None:
             raise LatentTokenError(f"latent field {name!r} is set but this model is unconditional")

@@ -13,23 +13,26 @@ import base64
 import contextlib
 import io
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from avatarforge.serve.errors import field_error
 from avatarforge.serve.latents import LatentTokenError, decode_latent, encode_latent
 from avatarforge.serve.schemas import (
     MAX_SEED,
+    Amount,
     EditRequest,
     GenerateRequest,
     ImageOut,
     ImagesResponse,
     InterpolateRequest,
+    Seed,
     VariationsRequest,
 )
 from avatarforge.serve.state import ServeState
@@ -107,22 +110,113 @@ def _images_response(state: ServeState, result: Any, seeds: list[int] | None = N
     )
 
 
+def _conditioning(state: ServeState, req: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(attrs, codes)`` of a request as plain dicts, validated by the library (422 naming them)."""
+    from avatarforge.generate.conditioning import encode_attrs, encode_codes
+
+    attrs = (
+        req.attrs.model_dump(by_alias=True, exclude_none=True)
+        if isinstance(req.attrs, BaseModel)
+        else req.attrs
+    )
+    with _as_field("attrs"):
+        encode_attrs(state.pipe.labels, attrs)
+    with _as_field("codes"):
+        encode_codes(state.pipe.code_dims, req.codes)
+    return dict(attrs), dict(req.codes)
+
+
 def _source_latent(state: ServeState, req: Any) -> Any:
     """A one-image latent from ``req.seed`` (with its attrs/codes/truncation) or ``req.latent``."""
     pipe = state.pipe
     if req.latent is not None:
         with _as_field("latent"):
             return decode_latent(req.latent, pipe)
-    with _as_field("attrs"):
-        from avatarforge.generate.conditioning import encode_attrs
-
-        encode_attrs(pipe.labels, req.attrs)
-    with _as_field("codes"):
-        from avatarforge.generate.conditioning import encode_codes
-
-        encode_codes(pipe.code_dims, req.codes)
+    attrs, codes = _conditioning(state, req)
     with state.model_lock(), _as_field("seed"):
-        return pipe.map(pipe.latents([req.seed], req.attrs, req.codes, req.truncation))
+        return pipe.map(pipe.latents([req.seed], attrs, codes, req.truncation))
+
+
+def attributes_model(labels: Any) -> type[BaseModel]:
+    """A pydantic model of ``{attribute: class name}`` for one model's labels.
+
+    Each attribute is an optional field whose value is one of that attribute's class names
+    (or ``unknown``), so the OpenAPI schema lists the valid names and values, clients get
+    them in ``/docs``, and a wrong one is a 422 naming ``attrs.<attribute>``.
+    """
+    from avatarforge.generate.conditioning import UNKNOWN
+
+    fields: dict[str, Any] = {}
+    for i, name in enumerate(labels.names):
+        values = tuple(dict.fromkeys([labels.class_name(i, c) for c in range(labels.dims[i])] + [UNKNOWN]))
+        fields[f"attr{i}"] = (
+            Optional[Literal[values]],  # noqa: UP045 -- Literal built at run time
+            Field(
+                None, alias=name, description=f"{name}: one of {', '.join(values)}; unset = random per seed"
+            ),
+        )
+    return create_model("Attributes", __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields)
+
+
+def _specialise(base: type[BaseModel], attrs: type[BaseModel], **fields: Any) -> type[BaseModel]:
+    """``base`` with ``attrs`` typed by :func:`attributes_model` and the server's limits in ``fields``.
+
+    Putting this server's limits (``max_n``, ``max_frames``, ...) into the schema tells
+    clients (and the fuzzer) the real bounds; the handlers check them again regardless.
+    """
+    return create_model(
+        base.__name__,
+        __base__=base,
+        __doc__=base.__doc__,
+        attrs=(attrs, Field(default_factory=attrs, description="fixed attribute values (see /v1/info)")),
+        **fields,
+    )
+
+
+def _request_models(state: ServeState) -> dict[str, type[BaseModel]]:
+    """This server's request models: its attributes and limits in the OpenAPI schema."""
+    s = state.settings
+    attrs = attributes_model(state.pipe.labels)
+    per = f"at most {s.max_n} on this server (max_n)"
+    frames = f"at most {s.max_frames} on this server (max_frames)"
+    return {
+        "generate": _specialise(
+            GenerateRequest,
+            attrs,
+            seeds=(Optional[list[Seed]], Field(None, min_length=1, max_length=s.max_n, description=per)),  # noqa: UP045
+            n=(Optional[int], Field(None, ge=1, le=s.max_n, description=f"seeds 0..n-1; {per}")),  # noqa: UP045
+        ),
+        "variations": _specialise(
+            VariationsRequest, attrs, n=(int, Field(min(8, s.max_n), ge=1, le=s.max_n, description=per))
+        ),
+        "edit": _specialise(
+            EditRequest,
+            attrs,
+            amounts=(
+                Optional[list[Amount]],  # noqa: UP045
+                Field(None, min_length=1, max_length=s.max_n, description=f"one image each; {per}"),
+            ),
+        ),
+        "interpolate": _specialise(
+            InterpolateRequest,
+            attrs,
+            frames=(
+                int,
+                Field(max(2, min(48, s.max_frames)), ge=2, le=max(2, s.max_frames), description=frames),
+            ),
+            fps=(float, Field(float(min(24, s.max_fps)), ge=1.0, le=float(s.max_fps))),
+        ),
+    }
+
+
+def _body(model: type[BaseModel]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    # The request models are built per server (their attrs depend on the model), so they are
+    # local values; FastAPI reads parameter types from __annotations__, set here.
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__annotations__["req"] = model
+        return fn
+
+    return deco
 
 
 def _encode_animation(frames: list[np.ndarray] | np.ndarray, fps: float, fmt: str) -> bytes:
@@ -186,8 +280,10 @@ def build_router(state: ServeState) -> APIRouter:
     router = APIRouter(responses=_ERRORS)
     s = state.settings
     pipe = state.pipe
+    models = _request_models(state)
 
     @router.post("/generate", response_model=ImagesResponse, tags=["generate"], summary="avatars from seeds")
+    @_body(models["generate"])
     def generate(req: GenerateRequest) -> ImagesResponse:
         """One avatar per seed (deterministic: a seed always gives the same bytes), each with its
         latent token for ``/v1/variations``, ``/v1/edit``, ``/v1/interpolate`` and ``/v1/animate``."""
@@ -196,22 +292,14 @@ def build_router(state: ServeState) -> APIRouter:
         else:
             _limit("n", int(req.n or 0), s.max_n, "max_n")
         _colour_check(req.background)
-        seeds = req.seeds if req.seeds is not None else None
-        with _as_field("attrs"):
-            from avatarforge.generate.conditioning import encode_attrs
-
-            encode_attrs(pipe.labels, req.attrs)
-        with _as_field("codes"):
-            from avatarforge.generate.conditioning import encode_codes
-
-            encode_codes(pipe.code_dims, req.codes)
+        attrs, codes = _conditioning(state, req)
         with state.model_lock(), _as_field("seeds"):
             result = pipe(
-                seeds=seeds,
+                seeds=req.seeds,
                 n=req.n,
                 truncation=req.truncation,
-                attrs=req.attrs,
-                codes=req.codes,
+                attrs=attrs,
+                codes=codes,
                 noise_mode=req.noise_mode,
                 rgba=req.rgba,
                 background=req.background,
@@ -221,6 +309,7 @@ def build_router(state: ServeState) -> APIRouter:
     @router.post(
         "/variations", response_model=ImagesResponse, tags=["generate"], summary="variations of one avatar"
     )
+    @_body(models["variations"])
     def variations(req: VariationsRequest) -> ImagesResponse:
         """``n`` avatars near one source (a seed or a latent token); ``strength`` says how near."""
         from avatarforge.generate.variations import variations as lib_variations
@@ -244,6 +333,7 @@ def build_router(state: ServeState) -> APIRouter:
     @router.post(
         "/edit", response_model=ImagesResponse, tags=["generate"], summary="move an avatar along a slider"
     )
+    @_body(models["edit"])
     def edit(req: EditRequest) -> ImagesResponse:
         """The source at each amount along a slider (attribute, InfoGAN code or StyleGAN direction).
 
@@ -283,6 +373,7 @@ def build_router(state: ServeState) -> APIRouter:
         tags=["generate"],
         summary="animation through seeds or latents",
     )
+    @_body(models["interpolate"])
     def interpolate(req: InterpolateRequest) -> Response:
         """An animation (GIF, WebP or APNG; alpha kept, binary in GIF) morphing through the keys."""
         from avatarforge.generate.interpolate import interpolate as lib_interpolate
@@ -291,22 +382,15 @@ def build_router(state: ServeState) -> APIRouter:
         _limit("fps", int(np.ceil(req.fps)), s.max_fps, "max_fps")
         _colour_check(req.background)
         if req.seeds is not None:
-            with _as_field("attrs"):
-                from avatarforge.generate.conditioning import encode_attrs
-
-                encode_attrs(pipe.labels, req.attrs)
-            with _as_field("codes"):
-                from avatarforge.generate.conditioning import encode_codes
-
-                encode_codes(pipe.code_dims, req.codes)
+            attrs, codes = _conditioning(state, req)
             with state.model_lock(), _as_field("seeds"):
                 frames = lib_interpolate(
                     pipe,
                     req.seeds,
                     frames=req.frames,
                     truncation=req.truncation,
-                    attrs=req.attrs,
-                    codes=req.codes,
+                    attrs=attrs,
+                    codes=codes,
                     loop=req.loop,
                     noise_mode=req.noise_mode,
                     rgba=req.rgba,

@@ -18,11 +18,13 @@ __all__ = [
     "HARD_MAX_FRAMES",
     "HARD_MAX_N",
     "MAX_SEED",
+    "Amount",
     "EditRequest",
     "GenerateRequest",
     "ImageOut",
     "ImagesResponse",
     "InterpolateRequest",
+    "Seed",
     "VariationsRequest",
 ]
 
@@ -31,6 +33,7 @@ HARD_MAX_N = 256
 HARD_MAX_FRAMES = 1200
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="a non-negative integer seed")]
+Amount = Annotated[float, Field(ge=-100.0, le=100.0)]
 Token = Annotated[
     str,
     Field(
@@ -108,7 +111,7 @@ class EditRequest(_OneSource):
 
     direction: str = Field(..., min_length=1, max_length=128, description="a slider id or name from /v1/info")
     amount: float | None = Field(None, ge=-100.0, le=100.0, description="one amount")
-    amounts: list[Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+    amounts: list[Amount] | None = Field(
         None, min_length=1, max_length=HARD_MAX_N, description="or several (one image each)"
     )
 
