@@ -8,6 +8,24 @@ computes (input and/or weight, per its ``output_mask``), so a frozen discriminat
 weight-gradient FLOPs and a detached input costs no input-gradient FLOPs. Element-wise work
 (BatchNorm, activations, Adam, augmentation) is not counted: it is overhead, as in every
 MFU figure.
+
+What one GAN training step executes, per image, and so what the MFU figures count (forward
+F, backward = input gradient + weight gradient = about 2 F per layer):
+
+* G: one forward (the fakes serve both steps) and one backward (input + weight gradients);
+* D step: forward on fakes and on reals, backward with weight gradients on both and input
+  gradients on every layer but the first (the images need none; R1 steps do need them);
+* G step: D forward on the fakes again and a backward with input gradients only (D frozen).
+
+The classic reference loop also computes D's weight gradients in the G step (thrown away),
+so its count per step is higher for the same useful work; its MFU is computed from its own
+count, which flatters it.
+
+Hand count for one layer, checked in ``tests/test_bench_smoke.py``: dcgan-64's second D
+layer, ``Conv2d(64, 128, 4, 2, 1)`` from 32x32 to 16x16, is 16 * 16 * 128 * 64 * 16 =
+33.6 M multiply-adds = 67.1 MFLOP per image forward, 134.2 MFLOP backward; G's
+``ConvTranspose2d(512, 256, 4, 2, 1)`` from 4x4 to 8x8 is 4 * 4 * 512 * 256 * 16 multiply-adds,
+the same 67.1 MFLOP.
 """
 
 from __future__ import annotations

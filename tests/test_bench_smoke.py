@@ -36,6 +36,19 @@ def test_count_flops_conv_forward_and_backward_masks():
     assert by_op["convolution_backward"] == fwd
 
 
+def test_count_flops_transposed_conv_matches_a_hand_count():
+    """A DCGAN generator layer (ConvTranspose2d k4 s2 p1): every input pixel scatters a
+    C_out x 4 x 4 patch, so MACs = B * C_in * H_in * W_in * C_out * 16 (= B * H_out * W_out *
+    C_out * C_in * 4: each output sees 2 x 2 taps per input channel); backward (input and
+    weight gradients) is twice the forward."""
+    conv = nn.ConvTranspose2d(8, 4, 4, 2, 1, bias=False)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    fwd = 2 * (2 * 8 * 5 * 5) * (4 * 4 * 4)
+    assert fwd == 2 * (2 * 10 * 10 * 4) * (8 * 2 * 2)
+    total, by_op = count_flops(lambda: conv(x).sum().backward())
+    assert by_op == {"convolution": fwd, "convolution_backward": 2 * fwd} and total == 3 * fwd
+
+
 def test_matmul_rate_is_positive():
     assert matmul_rate(n=64, repeats=2) > 0
 
