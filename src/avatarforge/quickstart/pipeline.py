@@ -527,6 +527,9 @@ class _Quickstart:
             if state["run"] is None and getattr(trainer, "run_dir", None) is not None:
                 state["run"] = trainer.run_dir
                 self._remember_run(name, Path(trainer.run_dir))
+                # The trainers' clocks start at their first step, after set-up (the animator
+                # renders its pairs then); so does this bar.
+                state["t"] = time.monotonic()
             now = state["done"] + time.monotonic() - state["t"]
             bar.n = min(now, budget_s)
             bar.set_postfix_str(f"{trainer.nimg / 1000:.2f} kimg", refresh=False)
@@ -765,7 +768,8 @@ class _Quickstart:
         frames = np.stack(loop.collect(seconds=n / o.anim_fps))
         bar.close()
         big = _upscale(frames, o.upscale)
-        webp = save_animation(self.out / "avatar.webp", list(big), fps=o.anim_fps)
+        # Lossy colour (alpha stays exact): a tenth of the lossless size, and the report embeds it.
+        webp = save_animation(self.out / "avatar.webp", list(big), fps=o.anim_fps, lossless=False)
         gif = save_animation(self.out / "avatar.gif", list(big), fps=o.anim_fps)
         still = save_image(self.out / "avatar.png", _upscale(avatar[None], o.upscale)[0])
         self._record("animation", [webp, gif, still], time.monotonic() - t, frames=len(frames))
@@ -843,7 +847,7 @@ def run_quickstart(
     interp_frames: int = 72,
     anim_seconds: float = 6.0,
     anim_fps: float = 20.0,
-    upscale: int = 2,
+    upscale: int = 1,
     _fail_at: str | None = None,
     _step_hook: Callable[[str, Any], None] | None = None,
 ) -> QuickstartResult:

@@ -192,12 +192,17 @@ def _data_uri(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
-def _img(path: Path, alt: str, width: int | None = None, cls: str = "") -> str:
+def _img(path: Path, alt: str, scale: float = 2.0, checker: bool = False) -> str:
+    """An embedded image shown ``scale`` x its pixel size (64 px avatars are small on screen),
+    without smoothing."""
     if not path.is_file():
         return f"<p><em>{html.escape(path.name)} missing</em></p>"
-    w = f' width="{width}"' if width else ""
-    c = f' class="{cls}"' if cls else ""
-    return f'<img src="{_data_uri(path)}" alt="{html.escape(alt)}"{w}{c}>'
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width = round(im.size[0] * scale)
+    cls = "px checker" if checker else "px"
+    return f'<img src="{_data_uri(path)}" alt="{html.escape(alt)}" width="{width}" class="{cls}">'
 
 
 def _fmt(v: Any) -> str:
@@ -215,7 +220,7 @@ def _fmt_s(seconds: float | None) -> str:
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1000px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
+padding:0 1em;color:#222;line-height:1.45} img{max-width:100%;height:auto}
 h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 .sub{color:#666;margin-top:0}
 img.px{image-rendering:pixelated}
@@ -244,10 +249,14 @@ def write_report(out: Path, metrics: Mapping[str, Any], state: Mapping[str, Any]
 
     rows = []
     for k, v in ev.items():
-        base = k if k in _EXPLAIN else ("attr_acc" if k.startswith("attr_acc") else k.split("_")[0])
-        note = _EXPLAIN.get(k, "") or (
-            f"accuracy on {k[len('attr_acc_') :]}" if k.startswith("attr_acc_") else _EXPLAIN.get(base, "")
-        )
+        if k in _EXPLAIN:
+            note = _EXPLAIN[k]
+        elif k.startswith("attr_acc_"):
+            note = f"accuracy on {k[len('attr_acc_') :]}"
+        elif k.startswith("swd_"):
+            note = f"SWD at the {k[4:]} px level of the Laplacian pyramid"
+        else:
+            note = ""
         chance = metrics.get("chance", {}).get(k)
         if chance is not None:
             note += f" (chance: {chance:.2f})"
@@ -255,7 +264,7 @@ def write_report(out: Path, metrics: Mapping[str, Any], state: Mapping[str, Any]
             f"<tr><td><code>{esc(k)}</code></td><td class=num>{_fmt(v)}</td><td>{esc(note)}</td></tr>"
         )
     for k, v in anim.items():
-        if k.startswith("eval_"):
+        if k in _ANIM_EXPLAIN:  # the rest are in metrics.json
             rows.append(
                 f"<tr><td><code>animator.{esc(k)}</code></td><td class=num>{_fmt(v)}</td>"
                 f"<td>{esc(_ANIM_EXPLAIN.get(k, 'held-out animator metric (docs/animate.md)'))}</td></tr>"
@@ -296,16 +305,16 @@ procedural avatars ({_fmt(gen.get("kimg"))} thousand images seen, {_fmt(gen.get(
 sampled with truncation 0.7. Transparency is shown on a checkerboard.
 Training used {_fmt_s(gen.get("train_cpu_seconds"))} of CPU time on {_fmt(machine.get("cpu_count"))} cores
 (load average {_fmt(gen.get("load_avg"))} at the end: on a busy machine the same minutes buy less training).</p>
-<figure>{_img(out / "samples.png", "sample grid", cls="px")}<figcaption>samples.png: seeds 0-63</figcaption></figure>
-<figure>{_img(reals, "training data", cls="px")}<figcaption>the training data (procedural avatars)</figcaption></figure>
+<figure>{_img(out / "samples.png", "sample grid", 1.5)}<figcaption>samples.png: seeds 0-63</figcaption></figure>
+<figure>{_img(reals, "training data", 0.75)}<figcaption>the training data (procedural avatars)</figcaption></figure>
 
 <h2>Attribute control</h2>
 <p>Each row asks for one <code>{esc(label)}</code>; each column keeps one seed.</p>
-<figure>{_img(out / "attributes.png", "attribute grid", cls="px")}<figcaption>attributes.png</figcaption></figure>
+<figure>{_img(out / "attributes.png", "attribute grid", 1.5)}<figcaption>attributes.png</figcaption></figure>
 
 <h2>Interpolation and animation</h2>
-<figure>{_img(out / "interpolation.gif", "interpolation", cls="px")}<figcaption>interpolation.gif: a loop through six seeds</figcaption></figure>
-<figure class="checker">{_img(out / "avatar.webp", "animated avatar", width=256, cls="px")}<figcaption>avatar.webp: transparent, blinking and talking
+<figure>{_img(out / "interpolation.gif", "interpolation", 3)}<figcaption>interpolation.gif: a loop through six seeds</figcaption></figure>
+<figure>{_img(out / "avatar.webp", "animated avatar", 3, checker=True)}<figcaption>avatar.webp: transparent, blinking and talking
 (expression animator, {_fmt_s(anim.get("train_seconds"))} of training); also avatar.gif</figcaption></figure>
 
 <h2>Metrics</h2>
@@ -347,7 +356,9 @@ avatarforge train --data data/mine --model stylegan --minutes 60</pre>
 _ANIM_EXPLAIN = {
     "eval_ratio": "held-out error where the expression changes / copying the source (lower is better; < 1 beats doing nothing)",
     "eval_face_ratio": "the same on eyes, brows and mouth",
-    "eval_eye_err": "eye openness error on held-out pairs",
-    "eval_mouth_err": "mouth openness error on held-out pairs",
+    "eval_eye_err": "eye openness error on held-out pairs whose eyes change",
+    "eval_eye_err_baseline": "the same for copying the source (eval_eye_err should be lower)",
+    "eval_mouth_err": "mouth openness error on held-out pairs whose mouth changes",
+    "eval_mouth_err_baseline": "the same for copying the source (eval_mouth_err should be lower)",
     "eval_identity_l1": "neutral -> expression -> neutral round trip, L1 (identity kept)",
 }
