@@ -351,3 +351,45 @@ def test_server_wav_drives_the_mouth(pipe, tmp_path):
     with client, client.websocket_connect("/ws/overlay?avatar=1") as ws:
         frames = [decode(ws.receive_bytes()) for _ in range(20)]
     assert np.abs(frames[-1].astype(int) - open_mouth.astype(int)).mean() < 1.0
+
+
+def test_server_shutdown_stops_loops_and_frees_the_vmc_port(pipe):
+    import asyncio
+
+    app = FastAPI()
+    hub = mount_overlay(app, make_state(pipe, tiny_animator()), OverlayOptions(vmc="127.0.0.1:0"))
+
+    async def serve_then_shut_down():
+        async with app.router.lifespan_context(app):  # what uvicorn does around serving
+            loop = asyncio.get_running_loop()
+            session, sub = await asyncio.to_thread(hub.subscribe, "1", None, 30.0, True, loop)
+            await asyncio.wait_for(sub.queue.get(), 10)  # a frame arrived; the client is still there
+            assert hub.running() and hub._vmc is not None
+        return session
+
+    session = asyncio.run(serve_then_shut_down())
+    assert hub.running() == [] and hub._vmc is None
+    assert not session.thread.is_alive()
+    assert session.error == "the server is shutting down"  # what the socket's close reason says
+
+
+class _Broken:
+    resolution = SIZE
+
+    def prepare(self, avatar):
+        return None
+
+    def render_image(self, state, controls):
+        raise RuntimeError("out of memory (simulated)")
+
+
+def test_a_failing_animator_closes_the_stream_with_the_reason(pipe):
+    client, hub = make_client(make_state(pipe, _Broken()))
+    with (
+        client,
+        client.websocket_connect("/ws/overlay?avatar=1") as ws,
+        pytest.raises(WebSocketDisconnect) as e,
+    ):
+        ws.receive_bytes()
+    assert e.value.code == 1011 and "rendering failed: RuntimeError: out of memory" in e.value.reason
+    assert wait_until(lambda: hub.running() == [])

@@ -633,6 +633,10 @@ class OverlayHub:
             s.stop()
         for s in sessions:
             s.join()
+            # wake the sockets still waiting for frames: they close with this reason
+            s.error = s.error or "the server is shutting down"
+            for sub in list(s.subscribers):
+                sub.offer(None)
         with self._lock:
             if self._vmc is not None:
                 self._vmc.close()
@@ -927,10 +931,25 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
     """Add the overlay routes to ``app`` (FastAPI) and return the :class:`OverlayHub`.
 
     The hub is also stored as ``app.state.overlay_hub`` (the studio sends picked avatars
-    to it). Call ``hub.close()`` at shutdown to stop the loops and the VMC listener.
+    to it). The app's lifespan is wrapped so that shutting the server down stops the loops
+    and the VMC listener (``hub.close()``).
     """
     hub = OverlayHub(state, _overlay_options(state, options))
     app.state.overlay_hub = hub
+
+    # Stop the loops and free the VMC port when the server shuts down: wrap the app's
+    # lifespan (whatever it is) rather than require the caller to remember hub.close().
+    previous = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> Any:
+        async with previous(a) as maybe_state:
+            try:
+                yield maybe_state
+            finally:
+                await run_in_threadpool(hub.close)
+
+    app.router.lifespan_context = lifespan
 
     def _root(request: Any) -> str:
         return str(request.scope.get("root_path", "") or "").rstrip("/")
