@@ -393,3 +393,21 @@ def test_a_failing_animator_closes_the_stream_with_the_reason(pipe):
         ws.receive_bytes()
     assert e.value.code == 1011 and "rendering failed: RuntimeError: out of memory" in e.value.reason
     assert wait_until(lambda: hub.running() == [])
+
+
+def test_vmc_port_in_use_closes_with_a_clear_reason(pipe):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        client, hub = make_client(make_state(pipe, tiny_animator()), vmc=f"127.0.0.1:{port}")
+        with (
+            client,
+            client.websocket_connect("/ws/overlay?avatar=1") as ws,
+            pytest.raises(WebSocketDisconnect) as e,
+        ):
+            ws.receive_bytes()
+    assert e.value.code == 1011
+    assert f"cannot start the overlay: cannot listen for VMC on 127.0.0.1:{port}" in e.value.reason
+    assert hub.running() == [] and hub._vmc is None
