@@ -86,3 +86,29 @@ def test_api_key_helpers():
     assert presented_key({"authorization": "Bearer b"}) == "b"
     assert presented_key({"authorization": "Basic b"}) is None
     assert presented_key({}) is None
+
+
+def test_onnx_animator_serves_the_same_frames(serve_run, serve_state, client, tmp_path):
+    """``--animator X.onnx`` (onnxruntime) animates like the torch animator it was exported from."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from avatarforge.animate.onnx_export import export_onnx
+    from avatarforge.postprocess.export import load_animation
+    from avatarforge.serve.app import create_app
+
+    onnx_path, _ = export_onnx(serve_state.animator, tmp_path / "anim.onnx", check=False)
+    st = ServeState.load(serve_run, animator=onnx_path)
+    assert type(st.animator).__name__ == "OnnxAnimator"
+    form = {"seed": "4", "seconds": "0.25", "fps": "8", "format": "apng", "script": "talk"}
+    with TestClient(create_app(st)) as c:
+        responses = {"onnx": c.post("/v1/animate", data=form), "torch": client.post("/v1/animate", data=form)}
+    frames = {}
+    for name, r in responses.items():
+        assert r.status_code == 200, r.text
+        (tmp_path / f"{name}.png").write_bytes(r.content)
+        frames[name] = np.stack(load_animation(tmp_path / f"{name}.png")[0]).astype(int)
+    assert frames["onnx"].shape == frames["torch"].shape
+    assert np.abs(frames["onnx"] - frames["torch"]).max() <= 2  # float differences only
