@@ -39,6 +39,7 @@ def test_api_key_flag_and_environment():
         (["--port", "99999"], "--port"),
         (["--api-key", " "], "--api-key"),
         (["--threads", "0"], "--threads"),
+        (["--batch-size", "0"], "--batch-size"),
     ],
 )
 def test_bad_flags_name_the_flag(argv, flag):

@@ -112,3 +112,14 @@ def test_onnx_animator_serves_the_same_frames(serve_run, serve_state, client, tm
         frames[name] = np.stack(load_animation(tmp_path / f"{name}.png")[0]).astype(int)
     assert frames["onnx"].shape == frames["torch"].shape
     assert np.abs(frames["onnx"] - frames["torch"]).max() <= 2  # float differences only
+
+
+def test_batch_size_one_is_deterministic_and_close_to_the_default(serve_run, serve_state):
+    import numpy as np
+
+    st = ServeState.load(serve_run, settings=ServeSettings(batch_size=1))
+    assert st.info()["model"]["batch_size"] == 1 and serve_state.info()["model"]["batch_size"] == 8
+    together = st.pipe(seeds=[3, 11]).images
+    np.testing.assert_array_equal(st.pipe(seeds=[11]).images[0], together[1])  # alone = among others
+    default = serve_state.pipe(seeds=[3, 11]).images
+    assert np.abs(together.astype(int) - default.astype(int)).max() <= 2  # float rounding only

@@ -48,6 +48,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload in MiB (default 8)")
     parser.add_argument("--max-n", type=int, default=64, help="most images per request (default 64)")
     parser.add_argument("--max-frames", type=int, default=240, help="most frames per animation (default 240)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="generator batch (default 8: the same bytes as 'avatarforge generate'; 1: one-seed requests "
+        "~4x cheaper on a CPU, outputs differ from the CLI's by float rounding)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the models (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
@@ -89,6 +96,7 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
             max_frames=args.max_frames,
             device=args.device,
             threads=args.threads,
+            batch_size=args.batch_size,
         )
     except ValueError as e:
         raise ValueError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None
