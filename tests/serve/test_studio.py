@@ -191,3 +191,16 @@ def test_studio_asks_for_the_api_key(keyed_client):
     assert bad.status_code in (400, 401)
     ok = keyed_client.post("/studio/login", data={"username": "me", "password": API_KEY})
     assert ok.status_code == 200
+
+
+def test_download_folder_keeps_the_newest(tmp_path):
+    import os
+
+    from avatarforge.serve.studio import _prune
+
+    for i in range(5):
+        p = tmp_path / f"avatar-{i}.png"
+        p.write_bytes(b"x")
+        os.utime(p, (1000 + i, 1000 + i))
+    _prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["avatar-3.png", "avatar-4.png"]

@@ -406,6 +406,18 @@ def export_png(
 
 
 # =============================================================================== Gradio
+#: Finished images kept in the studio's download folder (older ones are deleted).
+KEEP_DOWNLOADS = 200
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest PNGs (every finish writes one; a session makes many)."""
+    files = sorted(directory.glob("avatar-*.png"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
 def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | None = None) -> Any:
     """The studio as a ``gr.Blocks`` (see the module docstring); ``hub`` = the overlay hub."""
     import gradio as gr
@@ -557,6 +569,7 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
                 if method != "none":
                     settings["style_reference"] = "upload" if ref_img is not None else int(ref_seed)
                 path = export_png(state, img, out_dir, sess, settings)
+                _prune(out_dir, keep=KEEP_DOWNLOADS)
             except StudioError as e:
                 raise err(e) from None
             return img, img, gr.DownloadButton(value=str(path), interactive=True)
