@@ -72,6 +72,7 @@ def _fuzz(api_schema, method: str, path: str, mode: str, examples: int) -> colle
         response = case.call()
         statuses[response.status_code] += 1
         if response.status_code == 422 and os.environ.get("FUZZ_DEBUG"):
+            # FUZZ_DEBUG=1 pytest -s: see which rule refused each generated request
             print(response.json().get("message"))
         case.validate_response(response, checks=[not_a_server_error])
 
