@@ -455,3 +455,45 @@ def test_unknown_attribute_class_round_trips_through_a_token(client):
     v = client.post("/v1/variations", json={"latent": im["latent"], "n": 1, "strength": 0.0})
     assert v.status_code == 200, v.text
     assert v.json()["images"][0]["png"] == im["png"]
+
+
+# ----------------------------------------------------------------------------- hostile latent tokens
+def _token(doc: dict) -> str:
+    import json
+    import zlib
+
+    raw = zlib.compress(json.dumps(doc).encode())
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_tampered_tokens_are_422_naming_latent(client, serve_state):
+    import json
+    import zlib
+
+    good = client.post("/v1/generate", json={"seeds": [1]}).json()["images"][0]["latent"]
+    doc = json.loads(zlib.decompress(base64.urlsafe_b64decode(good + "=" * (-len(good) % 4))))
+    other_model = {**doc, "model": "0" * 16}
+    bad_shape = json.loads(json.dumps(doc))
+    bad_shape["latent"]["z"]["shape"] = [1, 3]
+    bad_dtype = json.loads(json.dumps(doc))
+    bad_dtype["latent"]["z"]["dtype"] = "object"
+    bad_label = json.loads(json.dumps(doc))
+    bad_label["latent"]["labels"]["data"] = base64.b64encode(np.array([[99, 0]], np.int64).tobytes()).decode()
+    nan_z = json.loads(json.dumps(doc))
+    z = np.full(serve_state.pipe.z_dim, np.nan, np.float32)
+    nan_z["latent"]["z"]["data"] = base64.b64encode(z.tobytes()).decode()
+    bomb = base64.urlsafe_b64encode(zlib.compress(b"[" * 5_000_000)).decode().rstrip("=")
+    cases = {  # expected words in the message -> token
+        "another model": _token(other_model),
+        "does not match its shape": _token(bad_shape),
+        "dtype": _token(bad_dtype),
+        "class index": _token(bad_label),
+        "NaN": _token(nan_z),
+        "decompressed": bomb,
+        "not a latent token": "not-a-token",
+    }
+    for expect, tok in cases.items():
+        r = client.post("/v1/variations", json={"latent": tok, "n": 1})
+        assert r.status_code == 422, (expect, r.text)
+        _field_named(r, "latent")
+        assert expect in r.json()["message"], (expect, r.json()["message"])
