@@ -129,3 +129,19 @@ def test_real_server_subprocess(serve_run):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_missing_serve_extra_is_a_clear_error(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_uvicorn(name, *a, **kw):
+        if name == "uvicorn":
+            raise ModuleNotFoundError("No module named 'uvicorn'", name="uvicorn")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    assert serve_main(_args("runs/x")) == 2
+    err = capsys.readouterr().err
+    assert "uvicorn is missing" in err and "avatarforge[serve]" in err

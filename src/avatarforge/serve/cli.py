@@ -103,8 +103,20 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    """Load the models, print where the server listens, run uvicorn until interrupted."""
-    import uvicorn
+    """Load the models, print where the server listens, run uvicorn until interrupted.
+
+    Returns 2 (with a message naming the install command) when FastAPI/uvicorn are missing.
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        print(
+            f"avatarforge: error: 'serve' needs FastAPI and uvicorn ({e.name} is missing): "
+            "pip install 'avatarforge[serve]'",
+            file=sys.stderr,
+        )
+        return 2
 
     from avatarforge.serve.app import create_app
     from avatarforge.serve.state import ServeState
