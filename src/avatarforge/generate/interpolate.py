@@ -32,7 +32,15 @@ from torch import Tensor
 
 from avatarforge.generate.pipeline import GeneratorPipeline, Latent, composite, parse_seeds
 
-__all__ = ["VIDEO_FORMATS", "interpolate", "interpolation_latents", "lerp", "save_video", "slerp"]
+__all__ = [
+    "VIDEO_FORMATS",
+    "interpolate",
+    "interpolation_latents",
+    "latent_path",
+    "lerp",
+    "save_video",
+    "slerp",
+]
 
 #: Output suffix -> container written by :func:`save_video`.
 VIDEO_FORMATS: dict[str, str] = {
@@ -102,8 +110,20 @@ def interpolation_latents(
     if frames < 2:
         raise ValueError(f"frames must be >= 2, got {frames}")
     keys = pipe.map(pipe.latents(seed_list, attrs, codes, truncation))
-    seg, t = _positions(frames, len(seed_list), loop)
-    nxt = (seg + 1) % len(seed_list)
+    return latent_path(pipe, keys, frames, loop)
+
+
+def latent_path(pipe: GeneratorPipeline, keys: Latent, frames: int, loop: bool = False) -> Latent:
+    """The ``frames`` latents of a path through ``keys`` (mapped key latents, one row each,
+    e.g. ``pipe.map(Latent.cat([...]))`` of picked images): ``z`` along great circles, a
+    StyleGAN's ``w`` straight, labels blended, InfoGAN codes straight. ``loop`` returns to the
+    first key (the last frame is one step before it)."""
+    if len(keys) < 2:
+        raise ValueError(f"a path needs at least two key latents, got {len(keys)}")
+    if frames < 2:
+        raise ValueError(f"frames must be >= 2, got {frames}")
+    seg, t = _positions(frames, len(keys), loop)
+    nxt = (seg + 1) % len(keys)
     a, b = keys[seg], keys[nxt]
     out = a
     if pipe.is_stylegan:

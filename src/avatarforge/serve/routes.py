@@ -241,7 +241,7 @@ def _interpolation_keys_latents(state: ServeState, req: InterpolateRequest) -> A
     """The frame latents of a path through decoded latent tokens (seeds use the library)."""
     from dataclasses import replace
 
-    from avatarforge.generate.interpolate import _positions, lerp, slerp
+    from avatarforge.generate.interpolate import latent_path
     from avatarforge.generate.pipeline import Latent
 
     pipe = state.pipe
@@ -261,17 +261,7 @@ def _interpolation_keys_latents(state: ServeState, req: InterpolateRequest) -> A
     )
     with state.model_lock():
         keys = pipe.map(Latent.cat([replace(k, labels_to=None, label_t=None) for k in keys_list]))
-    seg, t = _positions(req.frames, len(keys_list), req.loop)
-    nxt = (seg + 1) % len(keys_list)
-    a, b = keys[seg], keys[nxt]
-    out = replace(a, z=slerp(a.z, b.z, t))
-    if pipe.is_stylegan:
-        out = replace(out, ws=lerp(a.ws, b.ws, t))
-    elif a.labels is not None and b.labels is not None:
-        out = replace(out, labels_to=b.labels, label_t=t.clone())
-    if a.codes is not None and b.codes is not None:
-        out = replace(out, codes=lerp(a.codes, b.codes, t))
-    return out
+    return latent_path(pipe, keys, req.frames, req.loop)
 
 
 # ----------------------------------------------------------------------------- the router
