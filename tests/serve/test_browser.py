@@ -1,5 +1,6 @@
 """A real browser (Debian's Chromium via Selenium 4) against a live server: the studio's
-pick-and-refine and download, and the overlay's frames.
+pick-and-refine and download, the overlay's frames and keys, and microphone lip sync from
+the control panel (Chromium's fake capture device plays a WAV as the microphone).
 
 Never downloads a browser or driver: ``/usr/bin/chromium`` and ``/usr/bin/chromedriver`` are
 given explicitly (Selenium Manager is not consulted) and ``SE_OFFLINE`` is set. Skips with a
@@ -74,6 +75,7 @@ def browser(tmp_path_factory):
 
     os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach the network
     downloads = tmp_path_factory.mktemp("downloads")
+    tone = _write_speech_like_wav(tmp_path_factory.mktemp("audio") / "talk.wav")
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
     for arg in (
@@ -82,6 +84,10 @@ def browser(tmp_path_factory):
         "--disable-gpu",
         "--disable-dev-shm-usage",
         "--window-size=1400,1100",
+        # a synthetic microphone playing the WAV above, no permission prompt
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={tone}",
     ):
         opts.add_argument(arg)
     opts.add_experimental_option(
@@ -99,6 +105,22 @@ def browser(tmp_path_factory):
     driver.downloads = downloads  # type: ignore[attr-defined]
     yield driver
     driver.quit()
+
+
+def _write_speech_like_wav(path: Path) -> Path:
+    """2 s of a 220 Hz tone switched on and off 4 times a second (syllables), 16-bit mono."""
+    import wave
+
+    rate = 16000
+    t = np.arange(2 * rate) / rate
+    gate = (np.floor(t * 8) % 2 == 0).astype(float)
+    x = (0.6 * gate * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(x.tobytes())
+    return path
 
 
 def _screenshot(driver, name: str) -> None:
@@ -195,3 +217,38 @@ def test_overlay_frames_arrive(server, browser):
     running = app.state.overlay_hub.running()
     assert running and running[0]["frames"] >= 10
     _screenshot(browser, "overlay.png")
+
+
+def test_control_panel_microphone_lip_sync(server, browser):
+    """The control page measures the (fake) microphone with WebAudio and sends mouth_open.
+
+    Chromium's fake capture device plays the syllable-like WAV above as the microphone.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, app = server
+    controls = app.state.overlay_hub.controls("procedural:2")
+    browser.get(url + "/overlay/control?avatar=procedural:2&fps=30")
+    WebDriverWait(browser, 20, poll_frequency=0.1).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#preview").get_attribute("src")
+    )  # the live preview gets frames
+    browser.find_element(By.CSS_SELECTOR, "#mic").click()
+    seen: list[float] = []
+
+    def mouth_moves(_d):
+        seen.append(controls.get().get("mouth_open", 0.0))
+        return max(seen) > 0.2 and browser.find_element(By.CSS_SELECTOR, "#mic").text == "Stop microphone"
+
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        WebDriverWait(browser, 20, poll_frequency=0.05).until(mouth_moves)
+    except TimeoutException:
+        level = browser.execute_script("return document.getElementById('level').value")
+        button = browser.find_element(By.CSS_SELECTOR, "#mic").text
+        raise AssertionError(
+            f"mouth_open never rose: last {seen[-5:]}, meter {level}, button {button!r}"
+        ) from None
+    browser.find_element(By.CSS_SELECTOR, "#mic").click()  # stop: the mouth is released
+    WebDriverWait(browser, 10, poll_frequency=0.05).until(lambda d: "mouth_open" not in controls.get())
