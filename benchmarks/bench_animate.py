@@ -372,12 +372,22 @@ def _generator_quality(quick: bool, tmp: Path, g: Any) -> list[Result]:
     if not quick:
         from PIL import Image
 
-        rows = [np.concatenate(list(samples[:8, ..., :3]), 1)]
+        from avatarforge.animate.model import image_to_tensor, tensor_to_image
+
+        # Row 0: the samples at the animator's resolution; then neutral, eyes closed, mouth
+        # open, smile, head turned (composited on white).
+        def white(rgba: np.ndarray) -> np.ndarray:
+            a = rgba[..., 3:4] / 255.0
+            return (rgba[..., :3] * a + 255 * (1 - a)).round().astype(np.uint8)
+
+        srcs = [tensor_to_image(image_to_tensor(im, g.resolution)) for im in samples[:8]]
+        rows = [np.concatenate([white(x) for x in srcs], 1)]
         for c in ({}, {"eye_open": 0.0}, {"mouth_open": 1.0}, {"smile": 0.8}, {"head_yaw": 0.7}):
-            rows.append(np.concatenate([g.animate(im, c)[..., :3] if g.resolution == 32 else
-                                        np.asarray(Image.fromarray(g.animate(im, c)).convert("RGB").resize((32, 32), Image.Resampling.LANCZOS))
-                                        for im in samples[:8]], 1))  # fmt: skip
-        grid = Image.fromarray(np.concatenate(rows, 0)).resize((8 * 96, 6 * 96), Image.Resampling.NEAREST)
+            rows.append(np.concatenate([white(g.animate(x, c)) for x in srcs], 1))
+        grid = Image.fromarray(np.concatenate(rows, 0))
+        grid = grid.resize(
+            (grid.width * 96 // g.resolution, grid.height * 96 // g.resolution), Image.Resampling.NEAREST
+        )
         grid.save(ROOT / "docs" / "images" / "animate_generator_avatars.png")
     return out
 

@@ -902,11 +902,13 @@ def load_animator(
 
 
 # =============================================================================== one-call training
-#: Training identities :func:`train_animator` renders for budgets up to 10 minutes: rendering
-#: the default 2000 (x 6 expressions) takes ~70 s on 2 cores, a third of a short budget, and a
-#: few minutes of training (~7 kimg = ~15 passes over 500 identities' 30 ordered pairs) do
-#: not exhaust 500 identities.
-QUICK_IDENTITIES = 500
+#: Training and held-out identities :func:`train_animator` renders for budgets up to 10
+#: minutes: rendering the default 2000 (x 6 expressions) takes ~70 s on 2 free cores (and
+#: several minutes on a busy machine: the first recorded 4-minute run spent most of its
+#: budget rendering 500), while a few minutes of training (~7 kimg = ~1.2 passes over
+#: 200 identities' 30 ordered pairs, x2 with flips) do not exhaust 200 identities.
+QUICK_IDENTITIES = 200
+QUICK_HELDOUT = 12
 
 
 def _animator_run_size(run: Path) -> int | None:
@@ -961,8 +963,9 @@ def train_animator(
             ``resume`` its newest animator run of that ``size`` continues), or an animator run
             directory (continued with ``resume``; otherwise a new run is created next to it).
         size: resolution (multiple of 8, 32-512). 64 px is the CPU-friendly choice.
-        minutes: total wall-clock budget (> 0). Measured on 2 busy CPU cores at 64 px: see
-            docs/animate.md ("How good is a short run") for what 4 minutes give.
+        minutes: total wall-clock budget (> 0); budgets up to 10 minutes render 200 training
+            and 12 held-out identities instead of 2000 and 24. See docs/animate.md ("How good
+            is a short run") for the quality per kimg and what 4 minutes give.
         resume: continue the newest matching run instead of starting over.
         progress: show a progress bar and messages.
         overrides: extra ``KEY=VALUE`` config overrides (see docs/animate.md), applied last.
@@ -994,16 +997,24 @@ def train_animator(
     base = [
         f"data.size={size}",
         f"data.workers={workers}",
+        # One intra-op thread: measured side by side on the shared 2-core box (load ~12), 64 px
+        # batch 16 trains at 117-170 pairs/s on 1 thread and 16-20 on 2 (OpenMP threads
+        # spin-wait for cores other processes hold). Override with perf.num_threads=2 on an idle machine.
+        "perf.num_threads=1",
         # A short run gets a checkpoint every ~1 minute of CPU training, so an interrupted
         # quickstart keeps its progress; samples at the same pace.
         "log.checkpoint_every_kimg=2",
         "log.sample_every_kimg=2",
     ]
     if minutes <= 10:
-        base.append(f"data.identities={QUICK_IDENTITIES}")
+        base += [
+            f"data.identities={QUICK_IDENTITIES}",
+            f"data.heldout_identities={QUICK_HELDOUT}",
+            f"log.eval_identities={QUICK_HELDOUT}",
+        ]
     config_file = run / "config.yaml" if run is not None else None
     if run is not None:
-        base = [f"data.workers={workers}"]  # keep the run's own data and model settings
+        base = [f"data.workers={workers}", "perf.num_threads=1"]  # keep the run's data and model settings
     cfg = build_animator_config(config_file=config_file, cli=cli, overrides=[*base, "minutes=1", *overrides])
     # Render (or open) the pair caches first, so their time counts against the budget.
     d = cfg.data
