@@ -17,9 +17,11 @@ page (any user name, the API key as the password; :func:`mount_studio`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -427,7 +429,11 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
 
     choices = attribute_choices(state)
     sliders = slider_directions(state)
-    out_dir = Path(download_dir or tempfile.mkdtemp(prefix="avatarforge-studio-"))
+    if download_dir is None:
+        # Finished images are served from here; remove the folder when the server exits.
+        download_dir = tempfile.mkdtemp(prefix="avatarforge-studio-")
+        atexit.register(shutil.rmtree, download_dir, True)
+    out_dir = Path(download_dir)
     has_anim = getattr(state, "animator", None) is not None
 
     def err(e: Exception) -> Exception:
