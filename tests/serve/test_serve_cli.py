@@ -40,11 +40,32 @@ def test_api_key_flag_and_environment():
         (["--api-key", " "], "--api-key"),
         (["--threads", "0"], "--threads"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--overlay-fps", "0"], "--overlay-fps"),
+        (["--overlay-audio", "no-such.wav"], "--overlay-audio"),
     ],
 )
 def test_bad_flags_name_the_flag(argv, flag):
     with pytest.raises(ValueError, match=flag):
         settings_from_args(_args("r", *argv), environ={})
+
+
+def test_overlay_flags_reach_the_overlay(tmp_path):
+    from avatarforge.serve.overlay import _overlay_options
+
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(b"RIFF")  # only its existence is checked here
+    s = settings_from_args(
+        _args("r", "--vmc", "--overlay-audio", str(wav), "--overlay-fps", "24"), environ={}
+    )
+    assert (s.vmc, s.overlay_audio, s.overlay_fps) == ("127.0.0.1:39539", str(wav), 24.0)
+    assert settings_from_args(_args("r", "--vmc", "40001"), environ={}).vmc == "40001"
+    assert settings_from_args(_args("r"), environ={}).vmc is None
+
+    class State:  # the overlay reads only the settings here
+        settings = s
+
+    opts = _overlay_options(State(), None)
+    assert (opts.vmc, opts.audio, opts.fps) == ("127.0.0.1:39539", str(wav), 24.0)
 
 
 def test_bad_flag_exits_2_with_message(capsys, serve_run):

@@ -55,6 +55,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="generator batch (default 8: the same bytes as 'avatarforge generate'; 1: one-seed requests "
         "~4x cheaper on a CPU, outputs differ from the CLI's by float rounding)",
     )
+    parser.add_argument(
+        "--vmc",
+        nargs="?",
+        const="127.0.0.1:39539",
+        default=None,
+        metavar="[HOST:]PORT",
+        help="live overlay: listen for VMC face tracking (OSC/UDP; default 127.0.0.1:39539 when given bare)",
+    )
+    parser.add_argument(
+        "--overlay-audio", default=None, metavar="WAV", help="live overlay: a WAV to lip-sync to (key P)"
+    )
+    parser.add_argument(
+        "--overlay-fps", type=float, default=None, help="live overlay: default frame rate (default 30)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the models (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
@@ -97,6 +111,9 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
             device=args.device,
             threads=args.threads,
             batch_size=args.batch_size,
+            vmc=getattr(args, "vmc", None),
+            overlay_audio=getattr(args, "overlay_audio", None),
+            overlay_fps=getattr(args, "overlay_fps", None),
         )
     except ValueError as e:
         raise ValueError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None

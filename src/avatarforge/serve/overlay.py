@@ -847,19 +847,17 @@ def control_page_html(query: Mapping[str, str], avatar: str, root: str = "") -> 
 
 # =============================================================================== FastAPI
 def _check_key(state: Any, provided: str | None) -> bool:
-    import hmac
+    # The API's check: constant-time on UTF-8 bytes (a non-ASCII key is a 4401, not a crash).
+    from avatarforge.serve.auth import check_api_key
 
-    want = getattr(getattr(state, "settings", None), "api_key", None)
-    return want is None or (provided is not None and hmac.compare_digest(str(provided), str(want)))
+    return check_api_key(getattr(getattr(state, "settings", None), "api_key", None), provided)
 
 
 def _header_key(headers: Mapping[str, str]) -> str | None:
     """The key of an ``X-API-Key`` or ``Authorization: Bearer`` header (scripts, not browsers)."""
-    key = headers.get("x-api-key")
-    if key:
-        return str(key)
-    scheme, _, token = str(headers.get("authorization", "")).partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    from avatarforge.serve.auth import presented_key
+
+    return presented_key(headers)
 
 
 def _client_params(hub: OverlayHub, q: Mapping[str, str]) -> tuple[str, int | None, float, bool]:

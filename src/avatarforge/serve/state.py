@@ -59,6 +59,10 @@ class ServeSettings:
             the default 8 gives the same bytes as the CLI and Python defaults; 1 makes
             one-seed requests about 4x cheaper on a CPU, with outputs that differ from the
             CLI's by float rounding (still deterministic per seed on this server).
+        vmc: the live overlay's VMC (OSC over UDP) listener, ``HOST:PORT`` or ``PORT``
+            (``None``: off; ``avatarforge serve --vmc`` gives ``127.0.0.1:39539``).
+        overlay_audio: a WAV the overlay lip-syncs to (the control page's "play" key).
+        overlay_fps: the overlay's default frame rate (``None``: the overlay's own default).
     """
 
     host: str = "127.0.0.1"
@@ -74,6 +78,9 @@ class ServeSettings:
     device: str = "cpu"
     threads: int | None = None
     batch_size: int = 8
+    vmc: str | None = None
+    overlay_audio: str | None = None
+    overlay_fps: float | None = None
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
@@ -91,6 +98,10 @@ class ServeSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 <= int(self.port) <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.overlay_fps is not None and not 0 < float(self.overlay_fps) <= self.max_fps:
+            raise ValueError(f"overlay_fps must be in (0, max_fps={self.max_fps}], got {self.overlay_fps}")
+        if self.overlay_audio is not None and not Path(self.overlay_audio).is_file():
+            raise ValueError(f"overlay_audio {self.overlay_audio!r} is not a file; give a PCM WAV file")
 
 
 def resolve_run(
