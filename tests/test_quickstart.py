@@ -205,6 +205,10 @@ def test_manifest_names_loadable_runs(resumed):
     assert load_animator(man["animator_run"]).resolution == 32
     raw = json.loads((resumed["out"] / MANIFEST_NAME).read_text())
     assert not Path(raw["generator_run"]).is_absolute()  # relative: the folder can move
+    # `avatarforge serve OUT` finds both models through quickstart.json.
+    state = pytest.importorskip("avatarforge.serve.state")
+    gen, anim = state.resolve_run(resumed["out"])
+    assert gen.resolve() == Path(man["generator_run"]) and anim.resolve() == Path(man["animator_run"])
 
 
 def test_rerun_skips_every_stage_and_keeps_the_outputs(resumed):
@@ -301,3 +305,18 @@ def test_a_call_interrupted_in_its_first_stage_is_resumable(tmp_path, extractor)
         with pytest.raises(RuntimeError, match="injected failure in stage 'data'"):
             run_quickstart(out, _fail_at="data", **kw)
     assert (out / STATE_NAME).is_file() and (out / "data" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_default_settings_for_one_minute(tmp_path):
+    """The real configuration (64 px, stylegan-64 preset, default animator, the cached or
+    freshly trained default avatar classifier), shortened to one minute and 300 avatars."""
+    res = run_quickstart(tmp_path / "qs", minutes=1.0, n_images=300, progress=False)
+    for name in OUTPUTS:
+        assert (res.out / name).is_file(), name
+    m = res.metrics
+    assert m["generator"]["train_seconds"] >= 0.7 * 60 * 0.99
+    assert m["animator"]["train_seconds"] >= 0.2 * 60 * 0.99
+    assert 0.0 <= m["evaluation"]["attr_acc_hair_color"] <= 1.0
+    assert math.isfinite(m["evaluation"]["fid_avatar"]) and math.isfinite(m["evaluation"]["swd"])
+    assert Image.open(res.out / "avatar.webp").size == (64, 64)
