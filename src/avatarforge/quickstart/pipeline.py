@@ -519,6 +519,8 @@ class _Quickstart:
     @contextmanager
     def _time_bar(self, name: str, budget_s: float, done_s: float) -> Iterator[Callable[[Any], None]]:
         """A stage bar in seconds of the training budget, driven from the trainer's step hook."""
+        # Estimated seconds of the stages after this one, for the overall ETA on the bar.
+        later = self._eta(_STAGES.index(name) + 1)
         bar = self.p.bar(budget_s, f"{name} (budget {_fmt_s(budget_s)})", unit="s")
         bar.update(min(done_s, budget_s))
         state: dict[str, Any] = {"t": time.monotonic(), "done": done_s, "run": None, "shown": 0.0}
@@ -532,7 +534,10 @@ class _Quickstart:
                 state["t"] = time.monotonic()
             now = state["done"] + time.monotonic() - state["t"]
             bar.n = min(now, budget_s)
-            bar.set_postfix_str(f"{trainer.nimg / 1000:.2f} kimg", refresh=False)
+            overall = max(0.0, budget_s - now) + later
+            bar.set_postfix_str(
+                f"{trainer.nimg / 1000:.2f} kimg, overall ETA {_fmt_s(overall)}", refresh=False
+            )
             if self.step_hook is not None:
                 self.step_hook(name, trainer)
             if time.monotonic() - state["shown"] > 0.5:
