@@ -93,6 +93,21 @@ def test_resume_is_bit_identical(blobs, tmp_path):
     assert [r["step"] for r in read_metrics(half, kind="train")] == [3, 4, 6, 8]
 
 
+def test_stylegan_bf16_resume_is_bit_identical(blobs, tmp_path):
+    """CPU bf16 autocast (what perf.amp=auto picks on CPUs with native bf16) keeps exact
+    resume: stylegan with lazy R1 (double backward), noise, mixing and DiffAugment."""
+    opts = [*TINY_STYLEGAN, "perf.amp=bf16", "loss.r1_interval=2", "data.augment=translation,cutout"]
+    full = GANTrainer(_config("stylegan", blobs, tmp_path / "a", "kimg=0.048", *opts)).fit()
+    half = GANTrainer(_config("stylegan", blobs, tmp_path / "b", "kimg=0.024", *opts)).fit()
+    GANTrainer(_config("stylegan", blobs, tmp_path / "b", "kimg=0.048", *opts), resume=half).fit()
+    a, b = find_checkpoint(full), find_checkpoint(half)
+    assert a.name == b.name == "ckpt-00000006"
+    wa, wb = _weights(a), _weights(b)
+    for prefix in wa:
+        for k in wa[prefix]:
+            assert torch.equal(wa[prefix][k], wb[prefix][k]), f"{prefix}.{k} differs after resume"
+
+
 # ----------------------------------------------------------------------------- run directory
 def test_run_directory_layout_samples_metrics_and_best(blobs, tmp_path):
     values = iter([5.0, 3.0, 4.0, 6.0])
