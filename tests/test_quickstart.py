@@ -80,6 +80,7 @@ def extractor(tmp_path_factory):
 
 def tiny_kwargs(tmp: Path, extractor) -> dict:
     return dict(
+        model="stylegan",
         minutes=0.1,  # 4.2 s generator, 1.2 s animator
         n_images=48,
         size=32,
@@ -290,11 +291,30 @@ def test_cli_runs_the_quickstart_and_demo_is_an_alias(resumed, tmp_path, monkeyp
 
     # The CLI's own flags go through; the tiny model settings (no CLI flags) are added here.
     monkeypatch.setattr(qs_pipeline, "run_quickstart", spy)
-    assert main(["quickstart", "--out", str(out), "--minutes", "0.1", "--images", "48"]) == 0
+    assert (
+        main(["quickstart", "--out", str(out), "--minutes", "0.1", "--images", "48", "--model", "stylegan"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert str(out / "report.html") in printed and "quickstart done" in printed
     assert calls[-1]["minutes"] == 0.1 and calls[-1]["n_images"] == 48 and calls[-1]["progress"] is True
-    assert main(["demo", "--out", str(out), "--minutes", "0.1", "--images", "48", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--minutes",
+                "0.1",
+                "--images",
+                "48",
+                "--model",
+                "stylegan",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert calls[-1]["progress"] is False
 
 
@@ -320,3 +340,22 @@ def test_default_settings_for_one_minute(tmp_path):
     assert 0.0 <= m["evaluation"]["attr_acc_hair_color"] <= 1.0
     assert math.isfinite(m["evaluation"]["fid_avatar"]) and math.isfinite(m["evaluation"]["swd"])
     assert Image.open(res.out / "avatar.webp").size == (64, 64)
+
+
+def test_cgan_generator_in_a_new_run(resumed, tmp_path):
+    """``model="cgan"`` (what ``auto`` picks on a CPU): a new generator run, everything downstream redone."""
+    out = tmp_path / "cgan"
+    shutil.copytree(resumed["out"], out)
+    tiny_cgan = ["model.g_kwargs.base_channels=8", "model.d_kwargs.base_channels=8", "log.every_steps=2"]
+    kw = {**resumed["kw"], "model": "cgan", "generator_overrides": tiny_cgan}
+    res = run_quickstart(out, **kw)
+    assert res.ran == ["generator", "evaluate", "samples", "animation", "report"]
+    assert res.generator_run != resumed["result"].generator_run  # the stylegan run is kept beside it
+    assert res.metrics["generator"]["model"] == "cgan" and res.metrics["generator"]["kimg"] > 0
+    assert json.loads((out / MANIFEST_NAME).read_text())["model"] == "cgan"
+    assert "DCGAN" in (out / "report.html").read_text("utf-8")
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(QuickstartError, match="--model must be one of auto, stylegan, cgan"):
+        run_quickstart(tmp_path / "out", model="biggan", progress=False)

@@ -32,7 +32,7 @@ def add_quickstart_arguments(
     only render the built-in data set and its preview grid, as ``demo`` used to.
     """
     p.description = (
-        "Render a built-in procedural avatar data set, train a conditional StyleGAN for the time "
+        "Render a built-in procedural avatar data set, train a conditional generator for the time "
         "budget, evaluate it, train the expression animator, and write sample/attribute grids, an "
         "interpolation GIF, a transparent blinking/talking animation, metrics.json and a "
         "self-contained report.html into OUT. Interrupt any time; rerun the same command to resume. "
@@ -46,6 +46,13 @@ def add_quickstart_arguments(
         "the rest data/evaluation/outputs; rerun with more to train further",
     )
     p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
+    p.add_argument(
+        "--model",
+        choices=["auto", "stylegan", "cgan"],
+        default="auto",
+        help="generator: stylegan (conditional StyleGAN2-style), cgan (narrow conditional DCGAN, much "
+        "faster on a CPU), auto (default): stylegan with CUDA, cgan on a CPU",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seeds data, training and samples (default 0)")
     p.add_argument(
@@ -72,7 +79,13 @@ def quickstart_main(a: argparse.Namespace) -> int:
 
     try:
         run_quickstart(
-            a.out, minutes=a.minutes, device=a.device, seed=a.seed, progress=not a.quiet, n_images=a.images
+            a.out,
+            minutes=a.minutes,
+            device=a.device,
+            seed=a.seed,
+            progress=not a.quiet,
+            model=a.model,
+            n_images=a.images,
         )
     except QuickstartInterrupted as e:
         print(f"avatarforge quickstart: {e}", file=sys.stderr)

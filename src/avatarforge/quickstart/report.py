@@ -76,6 +76,7 @@ def build_metrics(out: Path, state: Mapping[str, Any], minutes: float) -> dict[s
         "version": 1,
         "budget_minutes": minutes,
         "generator": {
+            "model": gen.get("model"),
             "run": gen.get("run"),
             "checkpoint": gen.get("checkpoint"),
             "kimg": gen.get("kimg"),
@@ -300,7 +301,7 @@ def write_report(out: Path, metrics: Mapping[str, Any], state: Mapping[str, Any]
 Generated {time.strftime("%Y-%m-%d %H:%M")}.</p>
 
 <h2>Generated avatars</h2>
-<p>A conditional StyleGAN trained from scratch for {_fmt_s(gen.get("train_seconds"))} on
+<p>A conditional {esc(_MODEL_NAMES.get(gen.get("model"), str(gen.get("model"))))} trained from scratch for {_fmt_s(gen.get("train_seconds"))} on
 procedural avatars ({_fmt(gen.get("kimg"))} thousand images seen, {_fmt(gen.get("img_per_s"))} images/s),
 sampled with truncation 0.7. Transparency is shown on a checkerboard.
 Training used {_fmt_s(gen.get("train_cpu_seconds"))} of CPU time on {_fmt(machine.get("cpu_count"))} cores
@@ -352,6 +353,8 @@ avatarforge train --data data/mine --model stylegan --minutes 60</pre>
 """
     return atomic_write_text(out / "report.html", body)
 
+
+_MODEL_NAMES = {"stylegan": "StyleGAN (stylegan-64 preset)", "cgan": "DCGAN (cgan, conditional batch norm)"}
 
 _ANIM_EXPLAIN = {
     "eval_ratio": "held-out error where the expression changes / copying the source (lower is better; < 1 beats doing nothing)",
