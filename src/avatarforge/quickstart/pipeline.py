@@ -85,6 +85,13 @@ MODELS = ("auto", *GENERATOR_OVERRIDES)
 #: ~20 s on 2 cores (the default 2000 take ~1 min) and are enough for a few minutes of training.
 ANIMATOR_OVERRIDES: tuple[str, ...] = ("data.identities=600",)
 
+#: Torch intra-op threads on a CPU. Measured on the 2-core development machine while other
+#: jobs ran: the cgan quickstart generator trained at 55-63 images/s on 1 thread and 2.3-3.9
+#: on 2 (OpenMP threads spin-waiting for a busy core); on an idle machine a second thread
+#: would gain at most ~1.6x. One thread is the robust choice for a laptop that is also doing
+#: other things; ``threads=`` overrides it.
+CPU_THREADS = 1
+
 #: Truncation psi of the report's samples: trades a little variety for cleaner avatars.
 TRUNCATION = 0.7
 
@@ -258,6 +265,7 @@ class _Progress:
 class _Options:
     minutes: float
     model: str
+    threads: int | None
     device: str
     seed: int
     n_images: int
@@ -618,6 +626,7 @@ class _Quickstart:
                     f"minutes={minutes}",
                     f"seed={o.seed}",
                     f"device={o.device}",
+                    f"perf.num_threads={o.threads if o.threads else 'null'}",
                     f"runs_dir={self.out / 'runs'}",
                     "desc=generator",
                     "log.progress=false",
@@ -655,6 +664,7 @@ class _Quickstart:
                     f"minutes={minutes}",
                     f"seed={o.seed}",
                     f"device={o.device}",
+                    f"perf.num_threads={o.threads if o.threads else 'null'}",
                     f"runs_dir={self.out / 'runs'}",
                     "desc=animator",
                     "data.workers=2",
@@ -858,6 +868,7 @@ def run_quickstart(
     progress: bool = True,
     *,
     model: str = "auto",
+    threads: int | None = None,
     n_images: int = 5000,
     size: int = 64,
     condition_on: Sequence[str] = DEFAULT_CONDITION_ON,
@@ -887,6 +898,8 @@ def run_quickstart(
             ``cgan`` (a narrow conditional DCGAN), or ``auto``: stylegan with CUDA, cgan on a
             CPU, where 10 minutes of the stylegan preset do not reach recognisable avatars
             (docs/quickstart.md, "Time and quality").
+        threads: torch threads (default: 1 on a CPU, see :data:`CPU_THREADS`; torch's
+            default with CUDA).
 
     Keyword-only (smaller settings for tests and experiments):
         n_images, size: the built-in data set (procedural avatars, 32 or 64 px).
@@ -928,11 +941,17 @@ def run_quickstart(
             raise QuickstartError(f"{name} must be >= 2, got {value}")
     if model not in MODELS:
         raise QuickstartError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+    on_gpu = device.startswith("cuda") or (device == "auto" and _cuda())
     if model == "auto":
-        model = "stylegan" if (device.startswith("cuda") or (device == "auto" and _cuda())) else "cgan"
+        model = "stylegan" if on_gpu else "cgan"
+    if threads is None:
+        threads = None if on_gpu else CPU_THREADS
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise QuickstartError(f"threads must be an integer >= 1, got {threads!r}")
     opts = _Options(
         minutes=float(minutes),
         model=model,
+        threads=threads,
         device=str(device),
         seed=int(seed),
         n_images=int(n_images),
@@ -948,6 +967,15 @@ def run_quickstart(
         anim_fps=float(anim_fps),
         upscale=int(upscale),
     )
-    return _Quickstart(
+    runner = _Quickstart(
         _check_out(out), opts, progress, extractor=extractor, fail_at=_fail_at, step_hook=_step_hook
-    ).run()
+    )
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)  # evaluation and rendering too, not only the trainers
+    try:
+        return runner.run()
+    finally:
+        torch.set_num_threads(before)
