@@ -328,6 +328,7 @@ def test_a_call_interrupted_in_its_first_stage_is_resumable(tmp_path, extractor)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes of training, evaluation and rendering on a busy 2-core machine
 def test_default_settings_for_one_minute(tmp_path):
     """The real configuration (64 px, stylegan-64 preset, default animator, the cached or
     freshly trained default avatar classifier), shortened to one minute and 300 avatars."""
