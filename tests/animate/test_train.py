@@ -47,7 +47,13 @@ def _config(tmp, *overrides):
 
 def test_resume_is_bit_identical(tmp_path):
     """6 steps in one go == 3 steps, stop, resume through the CLI, 3 more."""
-    opts = ["log.every_steps=2", "log.sample_every_kimg=0", "log.checkpoint_every_kimg=0"]
+    # soften_prob: the softening augmentation draws from the step's own seed, so resume stays exact
+    opts = [
+        "log.every_steps=2",
+        "log.sample_every_kimg=0",
+        "log.checkpoint_every_kimg=0",
+        "data.soften_prob=0.5",
+    ]
     full = AnimatorTrainer(_config(tmp_path / "full", "kimg=0.048", *opts)).fit()
     half = AnimatorTrainer(_config(tmp_path / "half", "kimg=0.024", *opts)).fit()
     args = build_parser().parse_args(["train", "--resume", str(half), "--kimg", "0.048"])
@@ -140,3 +146,43 @@ def test_train_animator_budget_resume_and_new_runs(tmp_path):
         train_animator(runs, minutes=0)
     with pytest.raises(ConfigError, match="size"):
         train_animator(runs, size=30, minutes=1)
+
+
+def test_soften_pairs_is_seeded_and_keeps_transparency():
+    import torch.nn.functional as F
+
+    from avatarforge.animate.pairs import PairBatch
+    from avatarforge.animate.train import soften_pairs
+    from avatarforge.data.procedural import render_avatar
+
+    imgs = torch.stack(
+        [torch.from_numpy(render_avatar(s, 32)).permute(2, 0, 1).float() / 127.5 - 1 for s in range(8)]
+    )
+    parts = torch.zeros(8, 32, 32, dtype=torch.uint8)
+    ctrl = torch.zeros(8, 5)
+    b = PairBatch(imgs, imgs.flip(0), ctrl, ctrl, parts, parts)
+    assert soften_pairs(b, 0.0, 1) is b
+    a1, a2 = soften_pairs(b, 0.5, 7), soften_pairs(b, 0.5, 7)
+    assert torch.equal(a1.source, a2.source) and torch.equal(a1.target, a2.target)  # a function of the seed
+    changed = (a1.source != b.source).flatten(1).any(1)
+    assert 0 < int(changed.sum()) < 8  # about half the pairs
+    assert torch.equal(changed, (a1.target != b.target).flatten(1).any(1))  # source and target alike
+    soft = soften_pairs(b, 1.0, 0).source
+    alpha = (b.source[:, 3] + 1) / 2
+
+    # Soft, not shifted: at 1/4 resolution (premultiplied) it is the original.
+    def pm(x):
+        u = (x + 1) / 2
+        return torch.cat([u[:, :3] * u[:, 3:], u[:, 3:]], 1)
+
+    def low_err(x):
+        return float((F.avg_pool2d(pm(x), 4) - F.avg_pool2d(pm(b.source), 4)).abs().mean())
+
+    assert low_err(soft) < 0.5 * low_err(b.source.roll(2, -1))  # closer than a 2-px shift
+    # Edges get softer: less high-frequency energy than the original.
+    hf = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean()  # noqa: E731
+    assert hf(soft) < 0.8 * hf(b.source)
+    # Transparent pixels far from the character stay transparent (premultiplied resampling).
+    far = F.max_pool2d(alpha[:, None], 7, stride=1, padding=3)[:, 0] == 0
+    assert bool((soft[:, 3][far] == -1).all())
+    assert torch.equal(b.source, imgs) and torch.equal(b.target, imgs.flip(0))  # not modified in place

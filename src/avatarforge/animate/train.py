@@ -42,6 +42,7 @@ errors).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -152,6 +153,7 @@ class AnimatorDataConfig:
     prefetch: int = 4  # stream: batches rendered ahead
     flip: bool = True  # random horizontal flips (yaw and tilt negated)
     background_prob: float = 0.2  # pairs composited on their drawn background (RGB avatars)
+    soften_prob: float = 0.0  # pairs (source and target alike) taken to half size and back: soft avatars
 
 
 @dataclass
@@ -241,6 +243,7 @@ class AnimatorConfig:
             (d.expressions >= 2, "data.expressions must be >= 2 (pairs need two renders)"),
             (d.workers >= 0 and d.prefetch >= 1, "data.workers must be >= 0 and data.prefetch >= 1"),
             (0 <= d.background_prob <= 1, "data.background_prob must be in [0, 1]"),
+            (0 <= d.soften_prob <= 1, "data.soften_prob must be in [0, 1]"),
             (
                 min(
                     lo.mse_weight,
@@ -325,6 +328,32 @@ def pair_weight(batch: PairBatch, loss: AnimatorLossConfig) -> Tensor:
         changed = (batch.source - batch.target).abs().amax(1) > 0.1  # 5% in [0, 1] units
         w = w + loss.change_weight * dilate(changed)
     return w
+
+
+def soften_pairs(batch: PairBatch, prob: float, seed: int) -> PairBatch:
+    """With probability ``prob`` per pair, take source and target to half size and back
+    (antialiased down, bilinear up): the softness of generator samples made at half the
+    animator's resolution. A pure function of ``seed`` (the step's), so resume stays exact."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.rand(batch.source.shape[0], generator=g) < prob
+    if not bool(pick.any()):
+        return batch
+    s = batch.source.shape[-1]
+
+    def soft(x: Tensor) -> Tensor:
+        # Premultiplied alpha, so transparent pixels do not bleed black into the edges.
+        a = (x[:, 3:] + 1) / 2
+        pm = torch.cat([(x[:, :3] + 1) / 2 * a, a], 1)
+        pm = F.interpolate(pm, size=(s // 2, s // 2), mode="bilinear", antialias=True, align_corners=False)
+        pm = F.interpolate(pm, size=(s, s), mode="bilinear", align_corners=False)
+        a = pm[:, 3:].clamp(0, 1)
+        rgb = torch.where(a > 1e-4, pm[:, :3] / a.clamp_min(1e-4), torch.zeros_like(pm[:, :3])).clamp(0, 1)
+        return torch.cat([rgb, a], 1) * 2 - 1
+
+    src, tgt = batch.source.clone(), batch.target.clone()
+    idx = pick.nonzero()[:, 0]
+    src[idx], tgt[idx] = soft(src[idx].float()), soft(tgt[idx].float())
+    return dataclasses.replace(batch, source=src, target=tgt)
 
 
 def flow_tv(flow: Tensor) -> Tensor:
@@ -520,6 +549,8 @@ class AnimatorTrainer:
         else:
             assert self.stream is not None
             b = self.stream.batch(step)
+        if cfg.data.soften_prob > 0:
+            b = soften_pairs(b, cfg.data.soften_prob, derive_seed(cfg.seed, 0x50F7, step))
         return b.to(self.device, self.memory_format)
 
     def _fixed_pairs(self) -> PairBatch:
