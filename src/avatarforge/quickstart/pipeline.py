@@ -86,8 +86,8 @@ MODELS = ("auto", *GENERATOR_OVERRIDES)
 ANIMATOR_OVERRIDES: tuple[str, ...] = ("data.identities=600",)
 
 #: Torch intra-op threads on a CPU. Measured on the 2-core development machine while other
-#: jobs ran: the cgan quickstart generator trained at 55-63 images/s on 1 thread and 2.3-3.9
-#: on 2 (OpenMP threads spin-waiting for a busy core); on an idle machine a second thread
+#: jobs ran: the cgan quickstart generator trained at 55-63 images/s on 1 thread and 2.3 on
+#: 2 (OpenMP threads spin-waiting for a busy core); on an idle machine a second thread
 #: would gain at most ~1.6x. One thread is the robust choice for a laptop that is also doing
 #: other things; ``threads=`` overrides it.
 CPU_THREADS = 1
