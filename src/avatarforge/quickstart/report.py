@@ -287,7 +287,8 @@ def write_report(out: Path, metrics: Mapping[str, Any], state: Mapping[str, Any]
     )
     reals = gen_run / "samples" / "reals.png"
     machine = metrics.get("machine", {})
-    device = machine.get("cuda") or f"CPU, {machine.get('threads')} threads"
+    n = machine.get("threads")
+    device = machine.get("cuda") or f"CPU, {n} torch thread{'' if n == 1 else 's'}"
 
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
