@@ -508,13 +508,14 @@ class _Quickstart:
             "model": o.model,
             "data": [o.n_images, o.size, o.seed],
             "condition_on": list(o.condition_on),
-            "overrides": list(o.generator_overrides),
+            # The built-in recipe too: a changed recipe must not resume an incompatible run.
+            "overrides": [*GENERATOR_OVERRIDES[o.model], *o.generator_overrides],
             "seed": o.seed,
         }
 
     def _animator_model_inputs(self) -> Any:
         o = self.o
-        return {"size": o.size, "overrides": list(o.animator_overrides), "seed": o.seed}
+        return {"size": o.size, "overrides": [*ANIMATOR_OVERRIDES, *o.animator_overrides], "seed": o.seed}
 
     def _find_run(self, name: str) -> Path | None:
         """The stage's run directory, if an earlier call started one for the same model inputs.
@@ -630,6 +631,9 @@ class _Quickstart:
                     f"runs_dir={self.out / 'runs'}",
                     "desc=generator",
                     "log.progress=false",
+                    # About a minute of CPU training between checkpoints: a killed quickstart
+                    # (no chance to checkpoint on a signal) loses little on resume.
+                    "log.checkpoint_every_kimg=10",
                 ],
             )
             return GANTrainer(cfg, resume=resume)
@@ -669,6 +673,7 @@ class _Quickstart:
                     "desc=animator",
                     "data.workers=2",
                     "log.progress=false",
+                    "log.checkpoint_every_kimg=4",
                 ]
             )
             return AnimatorTrainer(cfg, resume=resume)
