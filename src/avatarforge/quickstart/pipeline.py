@@ -602,7 +602,7 @@ class _Quickstart:
         if trainer.stopped_by and trainer.stopped_by.startswith("signal"):
             raise QuickstartInterrupted(
                 f"stopped by {trainer.stopped_by.split(':', 1)[1]} during {name} training (checkpoint saved); "
-                f"rerun the same command to resume: avatarforge quickstart --out {self.out} --minutes {self.o.minutes:g}"
+                f"rerun the same command (same --out {self.out} and options) to resume"
             )
         info = _checkpoint_info(run)
         assert info is not None
