@@ -19,9 +19,11 @@ dataclass and reuse it.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import math
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +44,7 @@ __all__ = [
     "OptimConfig",
     "PerfConfig",
     "TrainConfig",
+    "accept_overrides_anywhere",
     "apply_overrides",
     "build_train_config",
     "find_preset",
@@ -517,36 +520,58 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def normalize_override_argv(argv: Sequence[str], known_options: Iterable[str] = ()) -> list[str]:
-    """Turn ``--a.b=c`` / ``--a.b c`` tokens into ``a.b=c`` so argparse passes them as overrides.
+def normalize_override_argv(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Reorder a command line so argparse accepts config overrides anywhere among the flags.
 
-    Tokens whose option name (before ``=``) is in ``known_options`` are left alone, as is
-    everything after a literal ``--``.
+    Flags (and their values) come first, then every other token in its order: positional
+    arguments and ``key=value`` overrides. ``--a.b=c`` and ``--a.b c`` become ``a.b=c``, as
+    does ``--key=value`` for a key that is not one of ``parser``'s options; everything after
+    a literal ``--`` is kept as positional tokens. argparse's ``nargs="*"`` positional would
+    otherwise stop at the first flag.
     """
-    known = set(known_options)
-    out: list[str] = []
-    i = 0
+    known = {s for act in parser._actions for s in act.option_strings}
+    takes_value = {s for act in parser._actions for s in act.option_strings if act.nargs != 0}
     argv = list(argv)
+    flags: list[str] = []
+    rest: list[str] = []
+    i = 0
     while i < len(argv):
         tok = argv[i]
+        name = tok.split("=", 1)[0]
         if tok == "--":
-            out.extend(argv[i:])
+            rest.extend(argv[i + 1 :])
             break
-        if tok.startswith("--") and len(tok) > 2:
-            name, eq, value = tok.partition("=")
-            if name not in known and "." in name:
-                if eq:
-                    out.append(f"{name[2:]}={value}")
-                elif i + 1 < len(argv):
-                    out.append(f"{name[2:]}={argv[i + 1]}")
-                    i += 1
-                else:
-                    out.append(name[2:])  # parse_overrides will name the missing value
+        if tok in takes_value and i + 1 < len(argv):
+            flags += [tok, argv[i + 1]]
+            i += 2
+            continue
+        if tok.startswith("--") and len(name) > 2 and name not in known and ("=" in tok or "." in name):
+            if "=" in tok:
+                rest.append(tok[2:])
+            elif i + 1 < len(argv):
+                rest.append(f"{tok[2:]}={argv[i + 1]}")
                 i += 1
-                continue
-        out.append(tok)
+            else:
+                rest.append(tok[2:])  # parse_overrides names the missing value
+        elif tok.startswith("-"):
+            flags.append(tok)  # argparse reports an unknown one
+        else:
+            rest.append(tok)
         i += 1
-    return out
+    return [*flags, *rest]
+
+
+def accept_overrides_anywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` take ``key=value`` / ``--a.b=c`` / ``--a.b c`` overrides anywhere on the
+    command line (see :func:`normalize_override_argv`); returns ``parser``."""
+    original = parser.parse_known_args
+
+    def parse_known_args(args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        return original(normalize_override_argv(argv, parser), namespace)
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    return parser
 
 
 # --------------------------------------------------------------------------- presets

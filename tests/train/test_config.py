@@ -151,3 +151,22 @@ def test_add_train_arguments_works_as_a_subcommand():
     )
     assert args.data == "d" and args.model == "dcgan" and args.dry_run
     assert args.overrides == ["optim.d_lr=3e-4", "seed=2"]
+
+
+def test_overrides_are_accepted_anywhere_among_the_flags():
+    import argparse
+
+    from avatarforge.config import accept_overrides_anywhere, normalize_override_argv
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--data")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("rest", nargs="*")
+    argv = ["a.b=1", "--data", "d", "--x.y=2", "pos", "--z.w", "3", "--dry-run", "--k=4", "--", "--raw"]
+    assert normalize_override_argv(argv, p) == [
+        "--data", "d", "--dry-run", "a.b=1", "x.y=2", "pos", "z.w=3", "k=4", "--raw",
+    ]  # fmt: skip
+    ns = accept_overrides_anywhere(p).parse_args(["--x.y", "5", "--data", "d", "q=1"])
+    assert (ns.data, ns.rest) == ("d", ["x.y=5", "q=1"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["--unknown-flag"])  # still an argparse error, not an override

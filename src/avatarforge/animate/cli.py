@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avatarforge.config import accept_overrides_anywhere
+
 __all__ = ["add_animate_arguments", "animate_main", "build_parser", "main"]
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
@@ -130,7 +132,7 @@ def add_animate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     t.add_argument("--desc", metavar="TEXT", help="run directory suffix (default: animator-<size>)")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config (YAML) and exit")
     t.set_defaults(animate_func=_cmd_train)
-    _install_override_normalizer(t)
+    accept_overrides_anywhere(t)
 
     e = sub.add_parser(
         "export-onnx",
@@ -163,42 +165,6 @@ def _install_default_command(parser: argparse.ArgumentParser) -> None:
         ):
             argv.insert(first, "render")
         return original(argv, namespace)
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-
-def _install_override_normalizer(parser: argparse.ArgumentParser) -> None:
-    """Let ``train`` take ``--a.b=c`` / ``--a.b c`` overrides anywhere among the flags."""
-    original = parser.parse_known_args
-
-    def parse_known_args(args: Sequence[str] | None = None, namespace: Any = None) -> Any:
-        argv = list(sys.argv[1:] if args is None else args)
-        known = {s for act in parser._actions for s in act.option_strings}
-        takes_value = {s for act in parser._actions for s in act.option_strings if act.nargs != 0}
-        flags: list[str] = []
-        rest: list[str] = []
-        i = 0
-        while i < len(argv):
-            tok = argv[i]
-            name = tok.split("=", 1)[0]
-            if tok in takes_value and i + 1 < len(argv):
-                flags += [tok, argv[i + 1]]
-                i += 2
-                continue
-            if tok.startswith("--") and name not in known and "." in name:
-                if "=" in tok:
-                    rest.append(tok[2:])
-                elif i + 1 < len(argv):
-                    rest.append(f"{tok[2:]}={argv[i + 1]}")
-                    i += 1
-                else:
-                    rest.append(tok[2:])
-            elif tok.startswith("-"):
-                flags.append(tok)
-            else:
-                rest.append(tok)
-            i += 1
-        return original([*flags, *rest], namespace)
 
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 

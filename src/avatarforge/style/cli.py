@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avatarforge.config import accept_overrides_anywhere
+
 __all__ = ["METHODS", "add_style_arguments", "build_parser", "main", "style_main"]
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
@@ -109,7 +111,7 @@ def add_style_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     r.add_argument("--desc", metavar="TEXT", help="run directory suffix (default: cyclegan-<resolution>)")
     r.add_argument("--dry-run", action="store_true", help="print the resolved config (YAML) and exit")
     r.set_defaults(style_func=_cmd_train)
-    _install_override_normalizer(r)
+    accept_overrides_anywhere(r)
 
     a = sub.add_parser(
         "apply",
@@ -162,53 +164,6 @@ def _method(text: str) -> str:
     if m not in METHODS:
         raise argparse.ArgumentTypeError(f"invalid method {text!r}; choose from {', '.join(METHODS)}")
     return m
-
-
-def _install_override_normalizer(parser: argparse.ArgumentParser) -> None:
-    """Let ``style train`` take ``--a.b=c`` / ``--a.b c`` overrides and flags anywhere.
-
-    argparse's ``nargs='*'`` positional stops at the first flag, so flags are moved before
-    the positional tokens; ``--a.b=c`` and ``--a.b c`` become ``a.b=c``.
-    """
-    original = parser.parse_known_args
-
-    def parse_known_args(args: Sequence[str] | None = None, namespace: Any = None) -> Any:
-        argv = list(sys.argv[1:] if args is None else args)
-        return original(_normalize_argv(argv, parser), namespace)
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-
-def _normalize_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
-    known = {s for act in parser._actions for s in act.option_strings}
-    takes_value = {s for act in parser._actions for s in act.option_strings if act.nargs != 0}
-    flags: list[str] = []
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        name = tok.split("=", 1)[0]
-        if tok == "--":
-            rest.extend(argv[i + 1 :])
-            break
-        if tok in takes_value and i + 1 < len(argv):
-            flags += [tok, argv[i + 1]]
-            i += 2
-            continue
-        if tok.startswith("--") and name not in known and "." in name:
-            if "=" in tok:
-                rest.append(tok[2:])
-            elif i + 1 < len(argv):
-                rest.append(f"{tok[2:]}={argv[i + 1]}")
-                i += 1
-            else:
-                rest.append(tok[2:])  # parse_overrides names the missing value
-        elif tok.startswith("-"):
-            flags.append(tok)
-        else:
-            rest.append(tok)
-        i += 1
-    return [*flags, *rest]
 
 
 def build_parser() -> argparse.ArgumentParser:

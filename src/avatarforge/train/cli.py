@@ -25,7 +25,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from avatarforge.config import ConfigError, build_train_config, list_presets, parse_overrides, to_yaml
+from avatarforge.config import (
+    ConfigError,
+    accept_overrides_anywhere,
+    build_train_config,
+    list_presets,
+    parse_overrides,
+    to_yaml,
+)
 
 __all__ = ["add_train_arguments", "build_parser", "config_from_args", "main", "train_main"]
 
@@ -66,51 +73,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         metavar="KEY=VALUE",
         help="config overrides, e.g. batch_size=16 optim.g_lr=1e-3",
     )
-    _install_override_normalizer(parser)
+    accept_overrides_anywhere(parser)
     return parser
-
-
-def _install_override_normalizer(parser: argparse.ArgumentParser) -> None:
-    original = parser.parse_known_args
-
-    def parse_known_args(args: Sequence[str] | None = None, namespace: Any = None) -> Any:
-        argv = list(sys.argv[1:] if args is None else args)
-        return original(_normalize_argv(argv, parser), namespace)
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-
-def _normalize_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
-    """Flags first, then every override as ``key=value`` (``--a.b=c``, ``--a.b c`` and ``a.b=c``)."""
-    known = {s for a in parser._actions for s in a.option_strings}
-    takes_value = {s for a in parser._actions for s in a.option_strings if a.nargs != 0}
-    flags: list[str] = []
-    overrides: list[str] = []
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        name = tok.split("=", 1)[0]
-        if tok == "--":
-            overrides.extend(argv[i + 1 :])
-            break
-        if tok in takes_value and i + 1 < len(argv):
-            flags += [tok, argv[i + 1]]
-            i += 2
-            continue
-        if tok.startswith("--") and name not in known and len(name) > 2:
-            if "=" in tok:
-                overrides.append(tok[2:])
-            elif "." in name and i + 1 < len(argv):
-                overrides.append(f"{tok[2:]}={argv[i + 1]}")
-                i += 1
-            else:
-                flags.append(tok)  # argparse reports the unknown flag
-        elif not tok.startswith("-") and "=" in tok:
-            overrides.append(tok)
-        else:
-            flags.append(tok)
-        i += 1
-    return flags + overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
