@@ -289,7 +289,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     )
     add_quickstart_arguments(p)
     p = sub.add_parser("demo", help="alias of quickstart")
-    add_quickstart_arguments(p, legacy_demo=True)
+    add_quickstart_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,14 +23,8 @@ def _minutes(text: str) -> float:
     return value
 
 
-def add_quickstart_arguments(
-    p: argparse.ArgumentParser, legacy_demo: bool = False
-) -> argparse.ArgumentParser:
-    """Add the quickstart flags to ``p``.
-
-    ``legacy_demo`` adds the old ``demo`` flags ``--n``/``--size`` (hidden): given, they
-    only render the built-in data set and its preview grid, as ``demo`` used to.
-    """
+def add_quickstart_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the quickstart flags to ``p``."""
     p.description = (
         "Render a built-in procedural avatar data set, train a conditional generator for the time "
         "budget, evaluate it, train the expression animator, and write sample/attribute grids, an "
@@ -65,22 +59,12 @@ def add_quickstart_arguments(
         "--images", type=int, default=5000, help="procedural avatars in the data set (default 5000)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
-    if legacy_demo:
-        p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
-        p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=quickstart_main)
     return p
 
 
 def quickstart_main(a: argparse.Namespace) -> int:
     """Run the quickstart from parsed arguments; returns the exit code."""
-    if getattr(a, "n", None) is not None or getattr(a, "size", None) is not None:
-        from avatarforge.demo import run_demo
-
-        print("note: `demo --n/--size` only previews the data set; `avatarforge quickstart` is the full job")
-        out = a.out if a.out != "runs/quickstart" else "runs/demo"
-        run_demo(out, n=a.n or 2000, size=a.size or 64, progress=not a.quiet)
-        return 0
     from avatarforge.quickstart.pipeline import QuickstartInterrupted, run_quickstart
 
     try:
