@@ -108,7 +108,8 @@ def train_for_cpu(
     used = {
         "cpu_s": time.process_time() - start[0] if start else 0.0,
         "wall_s": time.perf_counter() - t0,
-        "stopped_by": trainer.stopped_by,
+        # The budget stops the run through the trainer's stop signal ("signal:cpu-budget").
+        "stopped_by": "cpu-budget" if trainer.stopped_by == "signal:cpu-budget" else trainer.stopped_by,
         "budget_cpu_s": cpu_minutes * 60,
     }
     atomic_write_json(run_dir / "cpu_budget.json", used)
