@@ -20,7 +20,10 @@ round of each kept, because the 2-core box is shared with other jobs:
   too.
 
 Each figure is measured with 1 torch thread (headline: robust on a shared machine, where one
-thread is also the faster setting) and with torch's default thread count.
+thread is also the faster setting) and, in full mode, with torch's default thread count
+(``OMP_NUM_THREADS=1`` skips that: on a loaded 2-core box it takes an hour). With one
+thread, rates are also measured per CPU-second of the thread (``time.thread_time``), which
+time spent descheduled by other jobs does not dilute: the figures to compare on a shared box.
 ``stylegan``: images/s and MFU (batch 32, its preset; FLOPs include the lazy R1 steps that
 fall in the measured window).
 Data: the shared anime-faces-96 prepared to 64 px, else 4,000 procedural avatars.
@@ -141,7 +144,8 @@ def run(quick: bool = False) -> list[Result]:
     data, source = dataset()
     jpeg_dir = jpeg_copy(data)
     default_threads = torch.get_num_threads()
-    thread_counts = sorted({1, default_threads})
+    # Quick mode is a smoke run: one thread only (a second thread count doubles its time).
+    thread_counts = [1] if quick else sorted({1, default_threads})
     dc_steps, sg_steps, rounds = (4, 4, 3) if quick else (8, 8, 5)
     batch = 64
 
