@@ -151,7 +151,8 @@ class LogConfig:
 class PerfConfig:
     """Speed settings. See docs/training.md for what each one measured."""
 
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    # auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else off
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     tf32: bool = True  # TF32 matmuls/convs on CUDA
     channels_last: bool = True  # NHWC memory format: measured +5-10% img/s on CPU (docs/training.md)
     num_threads: int | None = None  # torch intra-op threads; None = torch default
