@@ -132,3 +132,19 @@ def test_parser_is_buildable_for_docs():
 def test_train_points_translation_models_to_their_own_command(capsys):
     assert main(["train", "--data", "x", "--model", "cyclegan"]) == 2
     assert "avatarforge style train" in capsys.readouterr().err
+
+
+def test_package_functions_win_over_submodules_of_the_same_name():
+    # `avatarforge.eval.evaluate` is both a function and a module; importing the module first
+    # (as the quickstart does) must not replace the package's function by the module.
+    code = (
+        "import avatarforge.eval.evaluate, avatarforge.generate.variations, avatarforge.generate.invert\n"
+        "from avatarforge.eval import evaluate\n"
+        "from avatarforge.generate import variations, invert, interpolate\n"
+        "import avatarforge.generate.interpolate\n"
+        "import avatarforge.generate as g\n"
+        "assert all(callable(f) and not hasattr(f, '__path__') and f.__class__.__name__ == 'function'\n"
+        "           for f in (evaluate, variations, invert, interpolate, g.interpolate)), 'shadowed'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

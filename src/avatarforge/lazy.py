@@ -11,10 +11,26 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["lazy_attributes"]
+
+
+class _LazyPackage(types.ModuleType):
+    """A package whose public names win over its submodules of the same name.
+
+    Importing ``pkg.evaluate`` makes the import system set ``pkg.evaluate`` to the submodule,
+    which would shadow the function ``evaluate`` it defines; this stores the function instead
+    (import the module's other names with ``from pkg.evaluate import ...``).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        where = self.__dict__.get("_lazy_where", {})
+        if isinstance(value, types.ModuleType) and where.get(name) == value.__name__ and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
 
 
 def lazy_attributes(
@@ -26,9 +42,13 @@ def lazy_attributes(
         package: the package's ``__name__``.
         where: public name -> the module (dotted path) that defines it.
 
-    The value is cached in the package's namespace, which also makes a function win over a
-    submodule of the same name (``avatarforge.eval.evaluate`` is the function).
+    The value is cached in the package's namespace, and a public name always wins over a
+    submodule of the same name, whichever is imported first (``avatarforge.eval.evaluate``
+    is the function).
     """
+    module = sys.modules[package]
+    vars(module)["_lazy_where"] = dict(where)
+    module.__class__ = _LazyPackage
 
     def __getattr__(name: str) -> Any:
         if name in where:

@@ -200,7 +200,6 @@ def test_make_metric_fn_with_a_trainer_like_object(blobs, monkeypatch):
     fn = make_metric_fn(metrics=("swd", "fid"), num_images=16, extractor="tiny")
     first = fn(trainer)
     assert set(first) == {"swd", "swd_32", "swd_16", "fid_tiny"}
-    import avatarforge.eval.evaluate as E_mod  # noqa: F401
 
     # The reference is prepared once and reused; unchanged weights give the same numbers.
     calls = []

@@ -26,10 +26,6 @@ import ...``).
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
 from avatarforge.lazy import lazy_attributes
 
 __all__ = [
@@ -97,26 +93,6 @@ _LAZY = {
     "interpolate_main": "avatarforge.generate.cli",
     "personalise_main": "avatarforge.generate.cli",
 }
-
-
-# Function names that are also submodule names.
-_SHADOWED = ("interpolate", "invert", "variations")
-
-
-class _Package(types.ModuleType):
-    """Keeps ``avatarforge.generate.variations`` (etc.) the *function* after the submodule loads.
-
-    Importing a submodule makes the import system set it as an attribute of the package,
-    which would replace the function of the same name; this stores the function instead.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType) and hasattr(value, name):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
