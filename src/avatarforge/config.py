@@ -47,8 +47,10 @@ __all__ = [
     "accept_overrides_anywhere",
     "apply_overrides",
     "build_train_config",
+    "check_all",
     "find_preset",
     "from_dict",
+    "layered_config",
     "list_presets",
     "load_yaml",
     "normalize_override_argv",
@@ -209,9 +211,7 @@ class TrainConfig:
                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
             ),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        check_all(checks)
         return self
 
 
@@ -519,6 +519,30 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
     return data
+
+
+def check_all(checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise :class:`ConfigError` with the message of the first failed ``(ok, message)`` check
+    (config dataclasses' ``validate`` methods list their range checks this way)."""
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def layered_config(
+    cls: type[T],
+    *,
+    config_file: str | Path | None = None,
+    cli: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> T:
+    """A config dataclass from its layers, validated: defaults < ``config_file`` (YAML, e.g. a
+    run's ``config.yaml``) < ``cli`` dict < ``key=value`` overrides. For configs without
+    presets (CycleGAN, the animator); :func:`build_train_config` adds the presets."""
+    layered = load_yaml(config_file) if config_file else {}
+    layered = deep_merge(layered, dict(cli or {}))
+    layered = apply_overrides(layered, cls, list(overrides))
+    return from_dict(cls, layered).validate()
 
 
 def normalize_override_argv(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:

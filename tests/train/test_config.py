@@ -170,3 +170,15 @@ def test_overrides_are_accepted_anywhere_among_the_flags():
     assert (ns.data, ns.rest) == ("d", ["x.y=5", "q=1"])
     with pytest.raises(SystemExit):
         p.parse_args(["--unknown-flag"])  # still an argparse error, not an override
+
+
+def test_layered_config_orders_file_cli_overrides_and_validates(tmp_path):
+    from avatarforge.config import ConfigError, layered_config
+    from avatarforge.style.train_cyclegan import CycleGANConfig
+
+    f = tmp_path / "c.yaml"
+    f.write_text("batch_size: 2\nkimg: 5\n")
+    cfg = layered_config(CycleGANConfig, config_file=f, cli={"kimg": 7}, overrides=["seed=3"])
+    assert (cfg.batch_size, cfg.kimg, cfg.seed) == (2, 7, 3)  # file < cli < key=value
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        layered_config(CycleGANConfig, overrides=["batch_size=0"])

@@ -73,10 +73,8 @@ from avatarforge.animate.pairs import (
 from avatarforge.config import (
     ConfigError,
     PerfConfig,
-    apply_overrides,
-    deep_merge,
-    from_dict,
-    load_yaml,
+    check_all,
+    layered_config,
     to_dict,
     to_yaml,
 )
@@ -274,9 +272,7 @@ class AnimatorConfig:
                 "perf.amp=fp16 is not supported by the animator trainer; use bf16 or off",
             ),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        check_all(checks)
         return self
 
 
@@ -287,10 +283,7 @@ def build_animator_config(
     overrides: Sequence[str] = (),
 ) -> AnimatorConfig:
     """Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``."""
-    layered = load_yaml(config_file) if config_file else {}
-    layered = deep_merge(layered, dict(cli or {}))
-    layered = apply_overrides(layered, AnimatorConfig, list(overrides))
-    return from_dict(AnimatorConfig, layered).validate()
+    return layered_config(AnimatorConfig, config_file=config_file, cli=cli, overrides=overrides)
 
 
 # =============================================================================== losses

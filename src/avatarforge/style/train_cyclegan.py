@@ -45,10 +45,8 @@ from torch import Tensor, nn
 from avatarforge.config import (
     ConfigError,
     PerfConfig,
-    apply_overrides,
-    deep_merge,
-    from_dict,
-    load_yaml,
+    check_all,
+    layered_config,
     to_dict,
 )
 from avatarforge.imageio import make_grid, save_image
@@ -179,9 +177,7 @@ class CycleGANConfig:
                 "perf.amp=fp16 is not supported by the CycleGAN trainer; use bf16 or off",
             ),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        check_all(checks)
         return self
 
 
@@ -192,10 +188,7 @@ def build_cyclegan_config(
     overrides: Sequence[str] = (),
 ) -> CycleGANConfig:
     """Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``."""
-    layered = load_yaml(config_file) if config_file else {}
-    layered = deep_merge(layered, dict(cli or {}))
-    layered = apply_overrides(layered, CycleGANConfig, list(overrides))
-    return from_dict(CycleGANConfig, layered).validate()
+    return layered_config(CycleGANConfig, config_file=config_file, cli=cli, overrides=overrides)
 
 
 # =============================================================================== image pool
