@@ -259,7 +259,10 @@ def run(quick: bool = False) -> list[Result]:
     if runs_dir.exists():
         shutil.rmtree(runs_dir)
     runs_dir.mkdir(parents=True)
-    run_dirs = train_side_by_side(data, runs_dir, minutes, meanwhile=reference_statistics)
+    # Full runs keep a sample grid every 10 kimg in each run directory (samples/), to see
+    # how each model gets where it ends; they cost a fraction of a second each.
+    snapshots = None if quick else {m: ["log.sample_every_kimg=10"] for m in MODELS}
+    run_dirs = train_side_by_side(data, runs_dir, minutes, snapshots, meanwhile=reference_statistics)
     fid, floor = state["fid"], state["floor"]
 
     grids: dict[str, np.ndarray] = {}

@@ -350,3 +350,41 @@ def test_training_forward_under_bf16_autocast_keeps_w_avg_fp32():
     w_avg = G.mapping.w_avg
     assert w_avg.dtype == torch.float32 and torch.isfinite(w_avg).all() and w_avg.abs().sum() > 0
     assert torch.isfinite(y.float()).all()
+
+
+@pytest.mark.parametrize("noise_max_res", [0, 8])
+def test_noise_max_res_limits_noise_inputs(noise_max_res: int, tmp_path) -> None:
+    G = make_g(noise_max_res=noise_max_res, mixing_prob=0.0)
+    noisy = {
+        b.resolution
+        for b in G.synthesis.blocks
+        for layer in (b.conv0, b.conv1)
+        if layer is not None and hasattr(layer, "noise_strength")
+    }
+    assert noisy == {r for r in (4, 8) if r <= noise_max_res}
+    # Give every remaining noise input a strength, so noise would show if it were drawn.
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(1.0)
+    z = G.sample_z(2, generator=torch.Generator().manual_seed(0))
+    G.train()
+    a = G(z, noise_generator=torch.Generator().manual_seed(1))
+    b = G(z, noise_generator=torch.Generator().manual_seed(2))
+    if noise_max_res == 0:
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # no noise anywhere: the mode is moot
+    else:
+        assert (a - b).abs().max() > 1e-3  # the coarse blocks still draw noise
+    with pytest.raises(ValueError, match="noise_mode"):
+        G(z, noise_mode="bogus")
+    G.eval()
+    G.save_pretrained(tmp_path)
+    G2 = load_pretrained(tmp_path).eval()  # eval: constant noise, no style mixing
+    assert G2.synthesis.blocks[-1].conv1.use_noise is False
+    torch.testing.assert_close(G2(z), G(z), rtol=0, atol=0)
+
+
+def test_noise_max_res_rejects_bad_values() -> None:
+    for bad in (-1, True):
+        with pytest.raises(ValueError, match="noise_max_res"):
+            make_g(noise_max_res=bad)

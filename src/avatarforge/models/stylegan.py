@@ -379,9 +379,11 @@ class SynthesisLayer(nn.Module):
         up: bool = False,
         impl: str = "scaled",
         channels_last: bool = False,
+        use_noise: bool = True,
     ) -> None:
         super().__init__()
         self.up = up
+        self.use_noise = use_noise
         self.impl = impl
         self.channels_last = channels_last
         self.resolution = resolution
@@ -389,10 +391,11 @@ class SynthesisLayer(nn.Module):
         self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(out_channels))
-        # "B": per-pixel noise, one map shared by all channels, learned strength initialised to 0.
-        self.noise_strength = nn.Parameter(torch.zeros([]))
-        # Fixed noise for deterministic sampling (noise_mode="const"); saved with the weights.
-        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        if use_noise:
+            # "B": per-pixel noise, one map shared by all channels, learned strength initialised to 0.
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+            # Fixed noise for deterministic sampling (noise_mode="const"); saved with the weights.
+            self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
     def forward(
         self,
@@ -404,13 +407,15 @@ class SynthesisLayer(nn.Module):
         # x: (B, I, H, W), w: (B, w_dim) -> (B, O, R, R)
         styles = self.affine(w)  # (B, I)
         noise = None
-        if noise_mode == "random":
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if not self.use_noise:
+            pass  # built without noise inputs: every mode is "none"
+        elif noise_mode == "random":
             r = self.resolution
             noise = _randn_like_on((x.shape[0], 1, r, r), x, generator) * self.noise_strength
         elif noise_mode == "const":
             noise = self.noise_const * self.noise_strength  # (R, R), broadcasts
-        elif noise_mode != "none":
-            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         # The lrelu's sqrt(2) gain is folded into the demodulation, noise and bias (_act_gain).
         x = modulated_conv2d(
             x,
@@ -427,7 +432,7 @@ class SynthesisLayer(nn.Module):
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape[:2]
-        return f"{i}->{o}, res={self.resolution}, up={self.up}"
+        return f"{i}->{o}, res={self.resolution}, up={self.up}, noise={self.use_noise}"
 
 
 class ToRGB(nn.Module):
@@ -470,9 +475,11 @@ class SynthesisBlock(nn.Module):
         img_channels: int,
         impl: str = "scaled",
         channels_last: bool = False,
+        use_noise: bool = True,
     ) -> None:
         super().__init__()
         kw = {"impl": impl, "channels_last": channels_last}
+        lkw = {**kw, "use_noise": use_noise}
         self.resolution = resolution
         self.is_first = resolution == 4
         if self.is_first:
@@ -480,8 +487,8 @@ class SynthesisBlock(nn.Module):
             self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
             self.conv0 = None
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=True, **kw)
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, **kw)
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=True, **lkw)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, **lkw)
         self.torgb = ToRGB(out_channels, img_channels, w_dim, **kw)
         self.num_conv = 1 if self.is_first else 2
 
@@ -583,6 +590,7 @@ class SynthesisNetwork(nn.Module):
         channel_max: int,
         impl: str = "scaled",
         channels_last: bool = False,
+        noise_max_res: int | None = None,
     ) -> None:
         super().__init__()
         self.w_dim = w_dim
@@ -593,7 +601,10 @@ class SynthesisNetwork(nn.Module):
         for res in self.block_resolutions:
             in_ch = _channels(res // 2, channel_base, channel_max) if res > 4 else 0
             out_ch = _channels(res, channel_base, channel_max)
-            self.blocks.append(SynthesisBlock(in_ch, out_ch, w_dim, res, img_channels, impl, channels_last))
+            use_noise = noise_max_res is None or res <= noise_max_res
+            self.blocks.append(
+                SynthesisBlock(in_ch, out_ch, w_dim, res, img_channels, impl, channels_last, use_noise)
+            )
         # StyleGAN2-ADA ws bookkeeping: each block consumes num_conv ws, and the last toRGB one
         # more -> num_ws = 2 * log2(R) - 2 (10 at 64 px).
         self.num_ws = sum(b.num_conv for b in self.blocks) + 1
@@ -650,6 +661,9 @@ class StyleGANGenerator(ConfigModule):
             "scaled" is ~3.5x faster for forward+backward on CPU at 64 px).
         channels_last: run the "scaled" convolutions in NHWC layout (~20% faster on CPU; values
             unaffected, images are returned NCHW-contiguous).
+        noise_max_res: per-pixel noise inputs only in blocks up to this resolution (``None``:
+            every block, StyleGAN2; ``0``: none, as in StyleGAN3). Layers built without noise
+            have no ``noise_strength``/``noise_const`` and ignore ``noise_mode``.
 
     The common GAN interface: ``resolution``, ``channels``, ``z_dim``, ``label_dims``,
     ``code_dims`` (no latent codes: ``{"categorical": [], "continuous": 0}``), :meth:`sample_z`
@@ -672,6 +686,7 @@ class StyleGANGenerator(ConfigModule):
         w_avg_beta: float = 0.995,
         modconv: str = "scaled",
         channels_last: bool = True,
+        noise_max_res: int | None = None,
     ) -> None:
         super().__init__()
         check_resolution(resolution)
@@ -680,6 +695,11 @@ class StyleGANGenerator(ConfigModule):
             raise ValueError(f"modconv must be one of {MODCONV_IMPLS}, got {modconv!r}")
         if not 0.0 <= mixing_prob <= 1.0:
             raise ValueError(f"mixing_prob must be in [0, 1], got {mixing_prob}")
+        if noise_max_res is not None and (isinstance(noise_max_res, bool) or int(noise_max_res) < 0):
+            raise ValueError(
+                f"noise_max_res must be null (noise at every resolution) or a resolution >= 0 "
+                f"(0 = no noise inputs), got {noise_max_res!r}"
+            )
         label_dims = normalize_label_dims(label_dims)
         self.resolution = resolution
         self.channels = channels
@@ -689,7 +709,14 @@ class StyleGANGenerator(ConfigModule):
         self.code_dims: dict[str, Any] = dict(EMPTY_CODE_DIMS, categorical=[])
         self.mixing_prob = float(mixing_prob)
         self.synthesis = SynthesisNetwork(
-            w_dim, resolution, channels, channel_base, channel_max, impl=modconv, channels_last=channels_last
+            w_dim,
+            resolution,
+            channels,
+            channel_base,
+            channel_max,
+            impl=modconv,
+            channels_last=channels_last,
+            noise_max_res=noise_max_res,
         )
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(
