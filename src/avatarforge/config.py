@@ -77,6 +77,9 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to G and D constructors
     g_kwargs: dict[str, Any] = field(default_factory=dict)  # generator only
     d_kwargs: dict[str, Any] = field(default_factory=dict)  # discriminator only
+    # Registry name of the discriminator's family; "" = the same as ``name``. Pairs a generator
+    # with another family's D, e.g. stylegan's G against dcgan's BatchNorm D (docs/training.md).
+    discriminator: str = ""
 
 
 @dataclass

@@ -187,6 +187,30 @@ def test_stylegan_with_lazy_r1_and_augment(blobs, tmp_path):
     assert torch.isfinite(G(G.sample_z(2))).all()
 
 
+def test_model_discriminator_pairs_another_family_and_resumes(blobs, tmp_path):
+    from avatarforge.models.dcgan import DCGANDiscriminator
+    from avatarforge.models.stylegan import StyleGANGenerator
+
+    # model.kwargs go to both networks, so the StyleGAN widths go to G alone here.
+    tiny_g = [o.replace("model.kwargs.", "model.g_kwargs.") for o in TINY_STYLEGAN]
+    over = [*tiny_g, "model.discriminator=dcgan", "model.d_kwargs.base_channels=8", "optim.d_lr=2e-4"]
+    trainer = GANTrainer(_config("stylegan", blobs, tmp_path, *over, "kimg=0.016"))
+    run = trainer.fit()
+    assert isinstance(trainer.G, StyleGANGenerator) and isinstance(trainer.D, DCGANDiscriminator)
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["discriminator"] == "dcgan"
+    # Resume (CLI path: the config comes from the run directory) rebuilds the same pair and
+    # loads D's weights into it; a StyleGAN D would not load them.
+    assert train_main(build_parser().parse_args(["--resume", str(run), "--kimg", "0.032"])) == 0
+    assert find_checkpoint(run).name == "ckpt-00000004"
+
+
+def test_model_discriminator_unknown_name_is_a_config_error(blobs, tmp_path):
+    from avatarforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.discriminator: unknown model 'stylgan'.*available: .*dcgan"):
+        GANTrainer(_config("stylegan", blobs, tmp_path, *TINY_STYLEGAN, "model.discriminator=stylgan")).fit()
+
+
 def test_infogan_trains_q_head(blobs, tmp_path):
     cfg = _config("infogan", blobs, tmp_path, *TINY_DCGAN, "kimg=0.032", "log.every_steps=4")
     run = GANTrainer(cfg).fit()

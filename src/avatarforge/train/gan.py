@@ -76,6 +76,9 @@ def build_gan(
 ) -> tuple[nn.Module, nn.Module]:
     """Create ``(G, D)`` from the registry: ``model.kwargs`` go to both, ``g_kwargs``/``d_kwargs`` to one.
 
+    D is ``model.name``'s discriminator, or ``model.discriminator``'s when that is set (a
+    registry short name: user input never names a class or a module path).
+
     ``label_dims`` is passed to models that take it (required when non-empty); an InfoGAN
     discriminator gets ``code_dims=G.code_dims`` unless ``d_kwargs`` sets it.
     """
@@ -83,9 +86,14 @@ def build_gan(
 
     try:
         g_cls = get_model_class(cfg.model.name, "generator")
-        d_cls = get_model_class(cfg.model.name, "discriminator")
     except KeyError as e:
         raise ConfigError(f"model.name: {e.args[0]}") from None
+    d_name = cfg.model.discriminator or cfg.model.name
+    try:
+        d_cls = get_model_class(d_name, "discriminator")
+    except KeyError as e:
+        where = "model.discriminator" if cfg.model.discriminator else "model.name"
+        raise ConfigError(f"{where}: {e.args[0]}") from None
     common = {"resolution": resolution, "channels": channels, **cfg.model.kwargs}
     g_kw: dict[str, Any] = {**common, "z_dim": cfg.model.z_dim, **cfg.model.g_kwargs}
     d_kw: dict[str, Any] = {**common, **cfg.model.d_kwargs}
