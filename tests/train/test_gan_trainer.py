@@ -207,7 +207,9 @@ def test_model_discriminator_pairs_another_family_and_resumes(blobs, tmp_path):
 def test_model_discriminator_unknown_name_is_a_config_error(blobs, tmp_path):
     from avatarforge.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"model\.discriminator: unknown model 'stylgan'.*available: .*dcgan"):
+    with pytest.raises(
+        ConfigError, match=r"model\.discriminator: unknown model 'stylgan'.*available: .*dcgan"
+    ):
         GANTrainer(_config("stylegan", blobs, tmp_path, *TINY_STYLEGAN, "model.discriminator=stylgan")).fit()
 
 
