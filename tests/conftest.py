@@ -50,3 +50,49 @@ def make_packed(
             labels = {"color": c, "smile": float(rng.random())} if labelled and i % 4 else None
             w.add(img, source=f"blob{i}.png", labels=labels)
     return path
+
+
+def save_tiny_stylegan(
+    path: Path,
+    seed: int,
+    *,
+    resolution: int,
+    channel_base: int,
+    channel_max: int,
+    dim: int,
+    label_dims: list[int] | None = None,
+    w_avg_samples: int = 256,
+    noise_strength: float | None = None,
+) -> Path:
+    """An untrained RGBA StyleGAN generator saved as an EMA checkpoint (``g_ema_*``) in ``path``.
+
+    ``w_avg`` is set to the mean w of ``w_avg_samples`` latents (random labels for a
+    conditional model), so truncation pulls toward a real centre; ``noise_strength`` makes
+    the (untrained, zero) noise inputs visible. Seeded and independent of the global RNG.
+    """
+    from avatarforge.models.stylegan import StyleGANGenerator
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        G = StyleGANGenerator(
+            resolution=resolution,
+            channels=4,
+            channel_base=channel_base,
+            channel_max=channel_max,
+            z_dim=dim,
+            w_dim=dim,
+            mapping_layers=2,
+            label_dims=label_dims,
+        ).eval()
+        with torch.no_grad():
+            labels = None
+            if label_dims:
+                labels = torch.stack([torch.randint(k, (w_avg_samples,)) for k in label_dims], 1)
+            z = torch.randn(w_avg_samples, dim)
+            G.mapping.w_avg.copy_(G.mapping(z, labels, update_w_avg=False)[:, 0].mean(0))
+            if noise_strength is not None:
+                for name, p in G.named_parameters():
+                    if name.endswith("noise_strength"):
+                        p.fill_(noise_strength)
+    G.save_pretrained(path, prefix="g_ema_")
+    return path

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from avatarforge.data import procedural as P
+from tests.conftest import save_tiny_stylegan
 
 SIZE = 32
 HAIR = list(P.HAIR_COLORS)
@@ -92,27 +93,18 @@ def cgan_run(hair_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def stylegan_ckpt(tmp_path_factory) -> Path:
-    from avatarforge.models.stylegan import StyleGANGenerator
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        G = StyleGANGenerator(
-            resolution=SIZE,
-            channels=4,
-            channel_base=512,
-            channel_max=64,
-            z_dim=64,
-            w_dim=64,
-            mapping_layers=2,
-        ).eval()
-        with torch.no_grad():
-            G.mapping.w_avg.copy_(G.mapping(torch.randn(512, 64), update_w_avg=False)[:, 0].mean(0))
-            for name, p in G.named_parameters():  # untrained noise strengths are 0: make noise visible
-                if name.endswith("noise_strength"):
-                    p.fill_(0.1)
+    # Untrained noise strengths are 0: 0.1 makes the noise visible.
     path = tmp_path_factory.mktemp("gen-stylegan") / "ckpt"
-    G.save_pretrained(path, prefix="g_ema_")
-    return path
+    return save_tiny_stylegan(
+        path,
+        1,
+        resolution=SIZE,
+        channel_base=512,
+        channel_max=64,
+        dim=64,
+        w_avg_samples=512,
+        noise_strength=0.1,
+    )
 
 
 @pytest.fixture(scope="session")

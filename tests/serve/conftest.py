@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import save_tiny_stylegan
+
 SIZE = 32
 API_KEY = "test-key-0123456789"
 HAIR = ["black", "pink", "blonde"]
@@ -40,25 +42,15 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def serve_run(tmp_path_factory) -> Path:
-    from avatarforge.models.stylegan import StyleGANGenerator
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        G = StyleGANGenerator(
-            resolution=SIZE,
-            channels=4,
-            channel_base=256,
-            channel_max=32,
-            z_dim=32,
-            w_dim=32,
-            mapping_layers=2,
-            label_dims=[len(HAIR), len(EYES)],
-        ).eval()
-        with torch.no_grad():
-            labels = torch.stack([torch.randint(len(HAIR), (256,)), torch.randint(len(EYES), (256,))], 1)
-            G.mapping.w_avg.copy_(G.mapping(torch.randn(256, 32), labels, update_w_avg=False)[:, 0].mean(0))
-    run = tmp_path_factory.mktemp("serve-run") / "ckpt"
-    G.save_pretrained(run, prefix="g_ema_")
+    run = save_tiny_stylegan(
+        tmp_path_factory.mktemp("serve-run") / "ckpt",
+        7,
+        resolution=SIZE,
+        channel_base=256,
+        channel_max=32,
+        dim=32,
+        label_dims=[len(HAIR), len(EYES)],
+    )
     schema = [{"name": "hair_color", "values": HAIR}, {"name": "eye_color", "values": EYES}]
     (run / "training_state.json").write_text(json.dumps({"label_schema": schema}))
     return run
