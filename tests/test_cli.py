@@ -50,6 +50,26 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0 and out.stdout.startswith("avatarforge ")
 
 
+def test_closed_stdout_pipe_exits_quietly():
+    """``avatarforge post --list-ops | head -1``: a reader that stops early is no error."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "avatarforge", "post", "--list-ops"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
 def test_data_builtin_info_grid_round_trip(tmp_path, capsys):
     ds = tmp_path / "ds"
     assert main(["data", "builtin", str(ds), "--n", "12", "--size", "32", "--workers", "1", "--quiet"]) == 0

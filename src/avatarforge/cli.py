@@ -7,6 +7,7 @@ so everything the CLI does is also available from Python.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -327,6 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Library errors carry messages that name the problem and the fix; no traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         parser.exit(2, f"avatarforge: error: {msg}\n")
+    except BrokenPipeError:
+        # The reader closed the pipe early (``avatarforge post --list-ops | head``): it has
+        # what it wanted. Point stdout at /dev/null so the interpreter's final flush cannot
+        # raise again, and exit 0, since stdout only ever carries reports, never results.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return 0
 
 
