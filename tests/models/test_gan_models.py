@@ -368,3 +368,35 @@ def test_minibatch_stddev_any_batch_size():
         assert y.shape == (b, 9, 4, 4) and torch.equal(y[:, :8], x) and torch.isfinite(y).all()
     y = layer(torch.ones(4, 8, 4, 4))
     assert y[:, 8].abs().max() < 1e-3  # identical samples -> ~zero std feature
+
+
+def test_batchnorm_d_is_blind_to_batch_contrast_and_image_stats_head_sees_it(tmp_path):
+    # The reason the head exists: a BN DCGAN D (no conv biases, leaky ReLU) gives the same
+    # logits when every image of the batch is scaled by one factor, so a generator with a
+    # linear output gets no signal against clipped, over-contrasted colours.
+    from avatarforge.models.dcgan import DCGANDiscriminator, ImageStatsHead
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    plain = DCGANDiscriminator(32, 3).train()
+    # (only up to BatchNorm's eps)
+    torch.testing.assert_close(plain(3.0 * x), plain(x), rtol=0, atol=2e-3)
+    D = DCGANDiscriminator(32, 3, image_stats=True).train()
+    assert (D(3.0 * x) - D(x)).abs().min() > 0.02  # 10x what eps leaves of the plain D's
+    # The statistics mean what they say: a flat image has its colour in every pooled cell
+    # and no contrast or neighbour differences.
+    flat = torch.full((1, 3, 32, 32), 0.25)
+    s = ImageStatsHead.statistics(flat)
+    assert s.shape == (1, 3 * 18)
+    torch.testing.assert_close(s[0, :48], torch.full((48,), 0.25))
+    torch.testing.assert_close(s[0, 48:], torch.zeros(6))
+    stripes = torch.zeros(1, 3, 32, 32)
+    stripes[..., ::2] = 1.0  # vertical stripes: horizontal neighbours differ by 1, vertical by 0
+    torch.testing.assert_close(ImageStatsHead.statistics(stripes)[0, 51:], torch.ones(3))
+    # Round trip: the option is part of the saved config.
+    D.eval().save_pretrained(tmp_path)
+    D2 = load_pretrained(tmp_path).eval()
+    assert D2.stats_head is not None
+    torch.testing.assert_close(D2(x), D(x), rtol=0, atol=0)
+    D2(x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in D2.stats_head.parameters())

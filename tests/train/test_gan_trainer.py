@@ -204,6 +204,31 @@ def test_model_discriminator_pairs_another_family_and_resumes(blobs, tmp_path):
     assert find_checkpoint(run).name == "ckpt-00000004"
 
 
+def test_small_budget_stylegan_config_builds_its_pair_and_trains(blobs, tmp_path):
+    # configs/stylegan-64-cpu.yaml (the bench_quality stylegan setup) layered on the preset:
+    # StyleGAN G with noise inputs up to 16 px, DCGAN BatchNorm D with the image-stats head.
+    from avatarforge.models.dcgan import DCGANDiscriminator
+    from avatarforge.models.stylegan import StyleGANGenerator
+
+    tiny_g = [o.replace("model.kwargs.", "model.g_kwargs.") for o in TINY_STYLEGAN]
+    base = ["batch_size=8", f"runs_dir={tmp_path}", "log.sample_every_kimg=0", "log.checkpoint_every_kimg=0"]
+    cfg = build_train_config(
+        config_file=Path(__file__).parents[2] / "configs" / "stylegan-64-cpu.yaml",
+        cli={"model": {"name": "stylegan"}, "data": {"path": str(blobs)}},
+        overrides=[*base, *QUIET, *tiny_g, "model.d_kwargs.base_channels=8", "kimg=0.032"],
+    )
+    assert cfg.preset == "stylegan-32.yaml" and cfg.optim.d_lr == 2e-4 and cfg.optim.g_lr == 2.5e-3
+    trainer = GANTrainer(cfg)
+    run = trainer.fit()
+    assert isinstance(trainer.G, StyleGANGenerator) and isinstance(trainer.D, DCGANDiscriminator)
+    assert trainer.D.stats_head is not None
+    noisy = {b.resolution for b in trainer.G.synthesis.blocks if b.conv1.use_noise}
+    assert noisy == {4, 8, 16}  # not 32: the blobs are 32 px
+    assert all(np.isfinite(r["loss_g"]) and np.isfinite(r["loss_d"]) for r in read_metrics(run, kind="train"))
+    G = load_generator(run)
+    assert torch.isfinite(G(G.sample_z(2))).all()
+
+
 def test_model_discriminator_unknown_name_is_a_config_error(blobs, tmp_path):
     from avatarforge.config import ConfigError
 

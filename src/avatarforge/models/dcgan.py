@@ -44,6 +44,7 @@ from avatarforge.models.registry import register_model
 __all__ = [
     "DCGANDiscriminator",
     "DCGANGenerator",
+    "ImageStatsHead",
     "build_discriminator_trunk",
     "build_generator_net",
     "discriminator_widths",
@@ -123,6 +124,39 @@ def build_discriminator_trunk(
     return nn.Sequential(*layers), c_in
 
 
+class ImageStatsHead(nn.Module):
+    """Un-normalised logit from low-dimensional image statistics: ``(B, C, H, W)`` -> ``(B,)``.
+
+    A BatchNorm discriminator normalises each batch of features, so it cannot see a change
+    that is shared by the whole batch: with no conv biases it is exactly invariant to scaling
+    every image by the same factor. A generator with a linear output (StyleGAN) then drifts
+    into clipped, saturated colours. This head sees per image, before any normalisation, the
+    4x4 average-pooled colours (layout and palette), the per-channel standard deviation
+    (contrast) and the mean absolute neighbour difference (high-frequency energy: speckles),
+    ``C * 18`` numbers through a two-layer MLP. That is too little to judge structure, which
+    stays the BatchNorm trunk's job.
+    """
+
+    def __init__(self, channels: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(channels * 18, hidden), nn.LeakyReLU(0.2, inplace=True), nn.Linear(hidden, 1)
+        )
+
+    @staticmethod
+    def statistics(images: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> ``(B, C * 18)``: 4x4 pooled colours, std, neighbour differences."""
+        x = images.float()
+        pooled = nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)  # (B, C * 16)
+        std = x.flatten(2).std(dim=2)  # (B, C)
+        dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(2, 3))  # (B, C)
+        dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(2, 3))
+        return torch.cat([pooled, std, dx + dy], dim=1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.mlp(self.statistics(images).to(self.mlp[0].weight.dtype)).reshape(-1)  # (B,)
+
+
 def _param_device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -200,6 +234,8 @@ class DCGANDiscriminator(ConfigModule):
         spectral_norm: spectral-normalise every weight (then BN is dropped, as in SNGAN).
         base_channels: width of the first layer (the paper's ndf); doubles per halving.
         max_channels: cap on any layer's width.
+        image_stats: add :class:`ImageStatsHead`'s un-normalised logit, so the BatchNorm D also
+            judges each image's colours and contrast (for generators with a linear output).
     """
 
     def __init__(
@@ -210,6 +246,7 @@ class DCGANDiscriminator(ConfigModule):
         spectral_norm: bool = False,
         base_channels: int = 64,
         max_channels: int = 512,
+        image_stats: bool = False,
     ) -> None:
         super().__init__()
         self.resolution = gan_api.check_resolution(resolution)
@@ -221,6 +258,9 @@ class DCGANDiscriminator(ConfigModule):
         self.head = nn.Conv2d(feat, 1, 4, 1, 0, bias=False)  # (B, feat, 4, 4) -> (B, 1, 1, 1)
         self.proj = ProjectionHead(feat, self.label_dims) if self.label_dims else None
         self.apply(init_weights_)
+        # Built after the N(0, 0.02) init: the head keeps PyTorch's default (Kaiming-uniform)
+        # init, since 0.02 on 54 standardised-ish inputs would make its logit start near zero.
+        self.stats_head = ImageStatsHead(channels) if image_stats else None
         if spectral_norm:
             apply_spectral_norm_(self)
 
@@ -238,4 +278,7 @@ class DCGANDiscriminator(ConfigModule):
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         """``(B, C, H, W)`` images -> ``(B,)`` logits."""
-        return self.logits_from_features(self.features(images), labels)
+        out = self.logits_from_features(self.features(images), labels)
+        if self.stats_head is not None:
+            out = out + self.stats_head(images)
+        return out
