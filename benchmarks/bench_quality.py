@@ -197,6 +197,61 @@ def side_by_side(grids: dict[str, np.ndarray], path: Path, captions: dict[str, s
     return path
 
 
+def snapshots(run_dir: Path) -> dict[int, Path]:
+    """``{kimg: samples/fakes_<kimg>.png}`` of a run's sample grids (the trainer's fixed latents)."""
+    out = {}
+    for p in sorted((run_dir / "samples").glob("fakes_*.png")):
+        out[int(p.stem.split("_")[1])] = p
+    return out
+
+
+def progress_figure(
+    run_dirs: dict[str, Path],
+    img_per_cpu_s: dict[str, float],
+    lead: str,
+    path: Path,
+    tiles: int = 4,
+    tile_px: int = 64,
+    pad_px: int = 2,
+) -> Path:
+    """Snapshots of each run at about equal CPU time, one row per model.
+
+    The columns are ``lead``'s snapshots (the slowest model's, so it has the fewest); each
+    other model shows the snapshot nearest to the kimg it reached in the same CPU time
+    (``kimg / img_per_cpu_s``). Each cell is the top-left ``tiles x tiles`` images of the
+    trainer's sample grid (``tile_px`` images with ``pad_px`` padding, as written by
+    :func:`avatarforge.imageio.make_grid`).
+    """
+    shots = {m: snapshots(d) for m, d in run_dirs.items()}
+    kimgs = sorted(k for k in shots[lead] if k > 0)
+    if not kimgs:
+        raise ValueError(f"no sample snapshots in {run_dirs[lead] / 'samples'}")
+    # The end-of-run grid often lands just after the last periodic one: keep only the later.
+    step = kimgs[1] - kimgs[0] if len(kimgs) > 1 else kimgs[0]
+    columns = [k for i, k in enumerate(kimgs) if i + 1 == len(kimgs) or kimgs[i + 1] - k > step / 4]
+    side = pad_px + tiles * (tile_px + pad_px)
+    label_w, top, gap = 70, 14, 10
+    canvas = Image.new(
+        "RGB", (label_w + len(columns) * (side + gap), len(run_dirs) * (side + top + gap)), "white"
+    )
+    draw = ImageDraw.Draw(canvas)
+    for row, model in enumerate(run_dirs):
+        y = row * (side + top + gap)
+        draw.text((4, y + top + side // 2), model, fill="black")
+        for col, k_lead in enumerate(columns):
+            cpu_s = k_lead * 1000 / img_per_cpu_s[lead]
+            want = cpu_s * img_per_cpu_s[model] / 1000
+            k = min(shots[model], key=lambda k, want=want: abs(k - want))
+            x = label_w + col * (side + gap)
+            cell = Image.open(shots[model][k]).convert("RGB").crop((0, 0, side, side))
+            canvas.paste(cell, (x, y + top))
+            cpu_min = k * 1000 / img_per_cpu_s[model] / 60
+            draw.text((x, y), f"{k} kimg, {cpu_min:.1f} CPU min", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 def _swd(real: np.ndarray, fake: torch.Tensor | np.ndarray) -> float:
     from avatarforge.eval.metrics import swd
 
@@ -297,6 +352,13 @@ def run(quick: bool = False) -> list[Result]:
         )
     grid_path = RESULTS / f"quality_grid{'_quick' if quick else ''}.png"
     side_by_side(grids, grid_path, captions)
+    if not quick:
+        progress_figure(
+            {m: run_dirs[m] for m in ("dcgan", "stylegan")},
+            {m: figures[m]["img_per_cpu_s"] for m in ("dcgan", "stylegan")},
+            "stylegan",
+            RESULTS / "quality_progress.png",
+        )
     rel = grid_path.relative_to(ROOT)
     link = f"[grid]({grid_path.relative_to(ROOT / 'benchmarks')})"  # relative to REPORT.md
 

@@ -142,3 +142,37 @@ def test_avatar_fid_is_zero_for_the_reference_and_grows_with_a_shift():
     fid = AvatarFID(reals, extractor=MeanColours())
     assert fid(reals) == pytest.approx(0.0, abs=1e-4)
     assert fid(reals + 40) > fid(reals + 10) > 0.01
+
+
+def test_quality_progress_figure_pairs_snapshots_at_equal_cpu_time(tmp_path):
+    from benchmarks.bench_quality import progress_figure
+
+    from avatarforge.imageio import make_grid
+
+    # Two fake runs: "slow" trains 10 images per CPU-second, "fast" 20, so at slow's 10 kimg
+    # fast is at 20 kimg. Each snapshot's grid is one flat grey level that encodes its kimg.
+    def run(name: str, kimgs: list[int]) -> Path:
+        d = tmp_path / name / "samples"
+        d.mkdir(parents=True)
+        for k in kimgs:
+            x = torch.full((16, 3, 8, 8), k / 100 - 1)  # in [-1, 1]
+            Image.fromarray(make_grid(x, nrow=4)).save(d / f"fakes_{k:06d}.png")
+        return d.parent
+
+    runs = {"fast": run("fast", [10, 20, 30, 40, 41]), "slow": run("slow", [10, 20, 21])}
+    path = progress_figure(runs, {"fast": 20.0, "slow": 10.0}, "slow", tmp_path / "p.png", tiles=2, tile_px=8)
+    im = np.asarray(Image.open(path).convert("L")).astype(int)
+    side = 2 + 2 * (8 + 2)
+    # slow's columns: 10 and 21 (20 is dropped: the end-of-run grid follows it closely).
+    assert im.shape[1] == 70 + 2 * (side + 10)
+    top, gap = 14, 10
+
+    def cell_level(row: int, col: int) -> int:
+        y = row * (side + top + gap) + top + 2
+        x = 70 + col * (side + gap) + 2
+        return int(im[y + 3, x + 3])
+
+    expect = {("fast", 0): 20, ("fast", 1): 41, ("slow", 0): 10, ("slow", 1): 21}
+    for (model, col), k in expect.items():
+        row = list(runs).index(model)
+        assert abs(cell_level(row, col) - round((k / 100) * 127.5)) <= 2, (model, col)
