@@ -3,6 +3,8 @@ reference DCGAN loop and the trainer-step FLOP count, each on tiny inputs (a few
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
