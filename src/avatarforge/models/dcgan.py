@@ -103,18 +103,46 @@ def build_generator_net(
     return nn.Sequential(*layers)
 
 
+class Blur(nn.Module):
+    """Depthwise ``[1, 2, 1] x [1, 2, 1] / 16`` low-pass, same size (replicated edges).
+
+    Before a stride-2 convolution it removes the frequencies the stride would fold onto
+    others (aliasing), as StyleGAN2's discriminator does before each downsampling: without
+    it, some fine patterns are invisible to D and a generator can draw them freely.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.channels = channels
+        kernel = (k[:, None] * k[None, :] / 16).expand(channels, 1, 3, 3).clone()
+        self.register_buffer("kernel", kernel, persistent=False)  # a constant: not in checkpoints
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+        return nn.functional.conv2d(x, self.kernel.to(x.dtype), groups=self.channels)
+
+
 def build_discriminator_trunk(
-    resolution: int, channels: int, base_channels: int, max_channels: int, batch_norm: bool = True
+    resolution: int,
+    channels: int,
+    base_channels: int,
+    max_channels: int,
+    batch_norm: bool = True,
+    antialias: bool = False,
 ) -> tuple[nn.Sequential, int]:
     """DCGAN discriminator body ``(B, channels, H, W) -> (B, C_last, 4, 4)``; returns (trunk, C_last).
 
     ``batch_norm=False`` (used with spectral norm) drops BN and gives the convs a bias instead.
+    ``antialias=True`` puts a :class:`Blur` before every stride-2 convolution.
     """
     widths = discriminator_widths(resolution, base_channels, max_channels)
     layers: list[nn.Module] = []
     c_in = channels
     for i, c_out in enumerate(widths):
         use_bn = batch_norm and i > 0  # the paper leaves the input layer un-normalised
+        if antialias:
+            layers.append(Blur(c_in))
         # Classic DCGAN has no conv biases at all; without BN (spectral-norm mode) they return.
         layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not batch_norm))  # side /2
         if use_bn:
@@ -236,6 +264,7 @@ class DCGANDiscriminator(ConfigModule):
         max_channels: cap on any layer's width.
         image_stats: add :class:`ImageStatsHead`'s un-normalised logit, so the BatchNorm D also
             judges each image's colours and contrast (for generators with a linear output).
+        antialias: low-pass (:class:`Blur`) before each stride-2 convolution.
     """
 
     def __init__(
@@ -247,13 +276,19 @@ class DCGANDiscriminator(ConfigModule):
         base_channels: int = 64,
         max_channels: int = 512,
         image_stats: bool = False,
+        antialias: bool = False,
     ) -> None:
         super().__init__()
         self.resolution = gan_api.check_resolution(resolution)
         self.channels = gan_api.check_channels(channels)
         self.label_dims = gan_api.normalize_label_dims(label_dims)
         self.trunk, feat = build_discriminator_trunk(
-            resolution, channels, base_channels, max_channels, batch_norm=not spectral_norm
+            resolution,
+            channels,
+            base_channels,
+            max_channels,
+            batch_norm=not spectral_norm,
+            antialias=antialias,
         )
         self.head = nn.Conv2d(feat, 1, 4, 1, 0, bias=False)  # (B, feat, 4, 4) -> (B, 1, 1, 1)
         self.proj = ProjectionHead(feat, self.label_dims) if self.label_dims else None
