@@ -42,6 +42,7 @@ from avatarforge.models.layers import LabelEmbedding, ProjectionHead, apply_spec
 from avatarforge.models.registry import register_model
 
 __all__ = [
+    "Blur",
     "DCGANDiscriminator",
     "DCGANGenerator",
     "ImageStatsHead",
@@ -156,8 +157,8 @@ class ImageStatsHead(nn.Module):
     """Un-normalised logit from low-dimensional image statistics: ``(B, C, H, W)`` -> ``(B,)``.
 
     A BatchNorm discriminator normalises each batch of features, so it cannot see a change
-    that is shared by the whole batch: with no conv biases it is exactly invariant to scaling
-    every image by the same factor. A generator with a linear output (StyleGAN) then drifts
+    that is shared by the whole batch: with no conv biases it is invariant (up to BatchNorm's
+    eps) to scaling every image by the same factor. A generator with a linear output (StyleGAN) then drifts
     into clipped, saturated colours. This head sees per image, before any normalisation, the
     4x4 average-pooled colours (layout and palette), the per-channel standard deviation
     (contrast) and the mean absolute neighbour difference (high-frequency energy: speckles),
