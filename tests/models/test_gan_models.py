@@ -427,3 +427,33 @@ def test_antialiased_dcgan_d_filters_the_pattern_a_stride_folds(tmp_path):
     D2 = load_pretrained(tmp_path).eval()
     assert "trunk.0.kernel" not in D2.state_dict()  # a constant, not a weight
     torch.testing.assert_close(D2(x), D(x), rtol=0, atol=0)
+
+
+def test_dcgan_d_stem_lets_the_antialiased_d_see_the_finest_pattern(tmp_path):
+    # The blur before the first stride zeroes a checkerboard, so the antialiased D cannot see
+    # one whatever its weights are. A full-resolution stem conv (+ LeakyReLU) first turns it
+    # into a rectified, smooth response that the blur keeps: here the stem is set to a
+    # checker-matched filter, as training would find it.
+    from avatarforge.models.dcgan import DCGANDiscriminator
+
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    board = ((yy + xx) % 2 * 2 - 1).float().expand(4, 3, 32, 32)  # +-1
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    shift = {}
+    for stem in (0, 16):
+        torch.manual_seed(1)
+        D = DCGANDiscriminator(32, 3, antialias=True, stem_channels=stem).eval()
+        if stem:
+            assert D.trunk[0].weight.shape == (16, 3, 3, 3)  # stride 1: full resolution
+            k = ((torch.arange(3)[:, None] + torch.arange(3)) % 2 * 2 - 1).float()
+            with torch.no_grad():
+                D.trunk[0].weight[:] = 0.02 * k
+        shift[stem] = (D(x + 0.5 * board) - D(x)).abs().mean().item()
+    assert shift[16] > 20 * shift[0]  # measured: ~80x
+    D.save_pretrained(tmp_path)
+    D2 = load_pretrained(tmp_path).eval()
+    assert D2.config["stem_channels"] == 16
+    torch.testing.assert_close(D2(x), D(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="stem_channels must be >= 0"):
+        DCGANDiscriminator(32, 3, stem_channels=-1)

@@ -131,15 +131,26 @@ def build_discriminator_trunk(
     max_channels: int,
     batch_norm: bool = True,
     antialias: bool = False,
+    stem_channels: int = 0,
 ) -> tuple[nn.Sequential, int]:
     """DCGAN discriminator body ``(B, channels, H, W) -> (B, C_last, 4, 4)``; returns (trunk, C_last).
 
     ``batch_norm=False`` (used with spectral norm) drops BN and gives the convs a bias instead.
     ``antialias=True`` puts a :class:`Blur` before every stride-2 convolution.
+    ``stem_channels > 0`` starts with a stride-1 3x3 convolution of that width at full
+    resolution (un-normalised, like the paper's input layer).
     """
     widths = discriminator_widths(resolution, base_channels, max_channels)
     layers: list[nn.Module] = []
     c_in = channels
+    if stem_channels > 0:
+        # Why: a low-pass before the first stride removes the finest patterns (the Nyquist
+        # checkerboard entirely) from what D sees, so G is free to draw them. A full-resolution
+        # conv first turns them into features the blur and stride then keep (as StyleGAN2's
+        # D does with its fromRGB layer at full resolution).
+        layers.append(nn.Conv2d(c_in, stem_channels, 3, 1, 1, bias=not batch_norm))  # (B, S, H, W)
+        layers.append(nn.LeakyReLU(0.2, inplace=True))
+        c_in = stem_channels
     for i, c_out in enumerate(widths):
         use_bn = batch_norm and i > 0  # the paper leaves the input layer un-normalised
         if antialias:
@@ -266,6 +277,9 @@ class DCGANDiscriminator(ConfigModule):
         image_stats: add :class:`ImageStatsHead`'s un-normalised logit, so the BatchNorm D also
             judges each image's colours and contrast (for generators with a linear output).
         antialias: low-pass (:class:`Blur`) before each stride-2 convolution.
+        stem_channels: width of a stride-1 3x3 convolution at full resolution before the
+            first stride (0 = none, the classic layout). Use it with ``antialias``, whose first
+            blur otherwise hides the finest patterns from D.
     """
 
     def __init__(
@@ -278,8 +292,11 @@ class DCGANDiscriminator(ConfigModule):
         max_channels: int = 512,
         image_stats: bool = False,
         antialias: bool = False,
+        stem_channels: int = 0,
     ) -> None:
         super().__init__()
+        if stem_channels < 0:
+            raise ValueError(f"stem_channels must be >= 0 (0 = no stem), got {stem_channels}")
         self.resolution = gan_api.check_resolution(resolution)
         self.channels = gan_api.check_channels(channels)
         self.label_dims = gan_api.normalize_label_dims(label_dims)
@@ -290,6 +307,7 @@ class DCGANDiscriminator(ConfigModule):
             max_channels,
             batch_norm=not spectral_norm,
             antialias=antialias,
+            stem_channels=stem_channels,
         )
         self.head = nn.Conv2d(feat, 1, 4, 1, 0, bias=False)  # (B, feat, 4, 4) -> (B, 1, 1, 1)
         self.proj = ProjectionHead(feat, self.label_dims) if self.label_dims else None
