@@ -206,7 +206,8 @@ def test_model_discriminator_pairs_another_family_and_resumes(blobs, tmp_path):
 
 def test_small_budget_stylegan_config_builds_its_pair_and_trains(blobs, tmp_path):
     # configs/stylegan-64-cpu.yaml (the bench_quality stylegan setup) layered on the preset:
-    # StyleGAN G with noise inputs up to 16 px, DCGAN BatchNorm D with the image-stats head.
+    # StyleGAN G with noise inputs up to 16 px, DCGAN BatchNorm D with the image-stats head,
+    # antialiased strides after a full-resolution stem, R1 gamma 0.4.
     from avatarforge.models.dcgan import DCGANDiscriminator
     from avatarforge.models.stylegan import StyleGANGenerator
 
@@ -222,6 +223,8 @@ def test_small_budget_stylegan_config_builds_its_pair_and_trains(blobs, tmp_path
     run = trainer.fit()
     assert isinstance(trainer.G, StyleGANGenerator) and isinstance(trainer.D, DCGANDiscriminator)
     assert trainer.D.stats_head is not None
+    assert trainer.D.config["antialias"] and trainer.D.config["stem_channels"] == 32
+    assert cfg.loss.r1_gamma == 0.4 and cfg.loss.kind == "logistic" and cfg.loss.r1_interval == 16
     noisy = {b.resolution for b in trainer.G.synthesis.blocks if b.conv1.use_noise}
     assert noisy == {4, 8, 16}  # not 32: the blobs are 32 px
     assert all(np.isfinite(r["loss_g"]) and np.isfinite(r["loss_d"]) for r in read_metrics(run, kind="train"))
