@@ -402,21 +402,26 @@ def test_batchnorm_d_is_blind_to_batch_contrast_and_image_stats_head_sees_it(tmp
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in D2.stats_head.parameters())
 
 
+def _board_and_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """A +-1 one-pixel checkerboard ``(4, 3, 32, 32)`` and 4 seeded random images in [-1, 1]."""
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    board = ((yy + xx) % 2 * 2 - 1).float().expand(4, 3, 32, 32)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return board, x
+
+
 def test_antialiased_dcgan_d_filters_the_pattern_a_stride_folds(tmp_path):
     # A checkerboard is the finest pattern an image holds; a stride-2 conv folds it onto a
     # coarse one. Blur removes it (inside the border), so the antialiased D barely sees it.
     from avatarforge.models.dcgan import Blur, DCGANDiscriminator
 
-    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
-    board = ((yy + xx) % 2 * 2 - 1).float().expand(4, 3, 32, 32)  # +-1
+    board, x = _board_and_images()
     blurred = Blur(3)(board)
     assert blurred.shape == board.shape
     assert blurred[..., 1:-1, 1:-1].abs().max() < 1e-6
     smooth = torch.full((1, 3, 32, 32), 0.3)
     torch.testing.assert_close(Blur(3)(smooth), smooth)  # unit gain: flat images pass
 
-    torch.manual_seed(0)
-    x = torch.rand(4, 3, 32, 32) * 2 - 1
     shift = {}
     for antialias in (False, True):
         torch.manual_seed(1)
@@ -436,10 +441,7 @@ def test_dcgan_d_stem_lets_the_antialiased_d_see_the_finest_pattern(tmp_path):
     # checker-matched filter, as training would find it.
     from avatarforge.models.dcgan import DCGANDiscriminator
 
-    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
-    board = ((yy + xx) % 2 * 2 - 1).float().expand(4, 3, 32, 32)  # +-1
-    torch.manual_seed(0)
-    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    board, x = _board_and_images()
     shift = {}
     for stem in (0, 16):
         torch.manual_seed(1)
