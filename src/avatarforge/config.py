@@ -114,6 +114,10 @@ class LossConfig:
     r1_gamma: float = 0.0  # R1 penalty weight on real images; 0 = off
     r1_interval: int = 16  # lazy regularisation: apply R1 every N steps (scaled by N)
     info_lambda: float = 1.0  # InfoGAN mutual-information weight (models with codes only)
+    # Self-supervised D (FastGAN): weight of the MSE between D's reconstruction of each real
+    # it sees and that image at 32 px. Needs a D built with a decoder
+    # (model.d_kwargs.recon_channels > 0 on the dcgan D); 0 = off.
+    d_recon: float = 0.0
     # VAE family (docs/vae.md): loss = recon + beta * ramp(kimg) * KL (with free bits).
     recon: Literal["mse", "l1"] = "mse"  # per-image sum of squared / absolute errors in [-1, 1] units
     beta: float = 1.0  # KL weight after warm-up (beta-VAE when > 1)
@@ -194,6 +198,7 @@ class TrainConfig:
             (self.kimg is not None or self.minutes is not None, "set kimg or minutes (or both)"),
             (self.model.z_dim >= 1, "model.z_dim must be >= 1"),
             (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),
+            (self.loss.d_recon >= 0, "loss.d_recon must be >= 0 (0 = off)"),
             (self.loss.r1_interval >= 1, "loss.r1_interval must be >= 1"),
             (self.loss.beta >= 0, "loss.beta must be >= 0"),
             (self.loss.kl_warmup_kimg >= 0, "loss.kl_warmup_kimg must be >= 0"),

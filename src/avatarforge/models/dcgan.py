@@ -197,6 +197,40 @@ class ImageStatsHead(nn.Module):
         return self.mlp(self.statistics(images).to(self.mlp[0].weight.dtype)).reshape(-1)  # (B,)
 
 
+class ReconDecoder(nn.Module):
+    """Small decoder from D's final ``(B, feat, 4, 4)`` features to a ``(B, C, 32, 32)`` image.
+
+    The self-supervised discriminator of FastGAN (Liu et al. 2021): D also has to reconstruct
+    each real image it sees from its own last features, so those features must describe the
+    whole face (where the eyes are, what they look like), not just whatever separates this
+    batch of fakes from reals. Cheap: 1x1 to ``width`` channels, then three nearest-x2 +
+    3x3 conv stages at widths ``width``, ``width/2``, ``width/4``.
+    """
+
+    def __init__(self, feat: int, width: int, channels: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(feat, width, 1), nn.LeakyReLU(0.2, inplace=True)]
+        c = width
+        for _ in range(3):  # 4 -> 8 -> 16 -> 32
+            nxt = max(c // 2, 8)
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(c, nxt, 3, 1, 1),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            c = nxt
+        layers.append(nn.Conv2d(c, channels, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(h)  # (B, C, 32, 32)
+
+
+def reconstruction_target(images: Tensor) -> Tensor:
+    """What :class:`ReconDecoder` reconstructs: the images average-pooled to 32x32."""
+    return nn.functional.adaptive_avg_pool2d(images.float(), 32)
+
+
 def _param_device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -293,8 +327,11 @@ class DCGANDiscriminator(ConfigModule):
         image_stats: bool = False,
         antialias: bool = False,
         stem_channels: int = 0,
+        recon_channels: int = 0,
     ) -> None:
         super().__init__()
+        if recon_channels < 0:
+            raise ValueError(f"recon_channels must be >= 0 (0 = no decoder), got {recon_channels}")
         if stem_channels < 0:
             raise ValueError(f"stem_channels must be >= 0 (0 = no stem), got {stem_channels}")
         self.resolution = gan_api.check_resolution(resolution)
@@ -315,6 +352,7 @@ class DCGANDiscriminator(ConfigModule):
         # Built after the N(0, 0.02) init: the head keeps PyTorch's default (Kaiming-uniform)
         # init, since 0.02 on 54 standardised-ish inputs would make its logit start near zero.
         self.stats_head = ImageStatsHead(channels) if image_stats else None
+        self.recon = ReconDecoder(feat, recon_channels, channels) if recon_channels else None
         if spectral_norm:
             apply_spectral_norm_(self)
 
@@ -330,9 +368,17 @@ class DCGANDiscriminator(ConfigModule):
             out = out + self.proj(h.sum(dim=(2, 3)), labels)  # sum-pooled (B, feat)
         return out
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
-        """``(B, C, H, W)`` images -> ``(B,)`` logits."""
-        out = self.logits_from_features(self.features(images), labels)
+    def forward(
+        self, images: Tensor, labels: Tensor | None = None, return_recon: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """``(B, C, H, W)`` images -> ``(B,)`` logits; with ``return_recon`` (needs
+        ``recon_channels``) also the ``(B, C, 32, 32)`` reconstruction from the same features."""
+        h = self.features(images)
+        out = self.logits_from_features(h, labels)
         if self.stats_head is not None:
             out = out + self.stats_head(images)
+        if return_recon:
+            if self.recon is None:
+                raise ValueError("return_recon=True needs a discriminator built with recon_channels > 0")
+            return out, self.recon(h)
         return out

@@ -137,7 +137,7 @@ class GANTrainer(Trainer):
     the sample grids.
     """
 
-    ACC_KEYS = ("loss_g", "loss_d", "r1", "info")
+    ACC_KEYS = ("loss_g", "loss_d", "r1", "info", "d_recon")
     BAR_KEYS = ("loss_g", "loss_d")
 
     # ================================================================== set-up
@@ -154,6 +154,12 @@ class GANTrainer(Trainer):
             self.D.to(memory_format=torch.channels_last)
         D_.broadcast_module(self.G, self.dist)
         D_.broadcast_module(self.D, self.dist)
+        if cfg.loss.d_recon > 0 and getattr(self.D, "recon", None) is None:
+            raise ConfigError(
+                f"loss.d_recon={cfg.loss.d_recon} needs a discriminator with a reconstruction "
+                f"decoder: set model.d_kwargs.recon_channels (e.g. 128) on the dcgan discriminator "
+                f"(model.discriminator=dcgan for stylegan), or loss.d_recon=0"
+            )
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         torch.manual_seed(derive_seed(cfg.seed, self.dist.rank, 0x610B))  # anything on the global RNG
         self.code_dims = dict(getattr(self.G, "code_dims", None) or {"categorical": [], "continuous": 0})
@@ -220,9 +226,15 @@ class GANTrainer(Trainer):
         reals_in = reals.detach().requires_grad_(do_r1)  # R1 needs d D(x) / d x
         with self._autocast():
             fake_logits, q = self._discriminate(fakes.detach(), y, with_q=self.has_codes)
-            real_logits, _ = self._discriminate(reals_in, y)
+            if cfg.loss.d_recon > 0:
+                real_logits, recon_err = self._discriminate_and_reconstruct(reals_in, y)
+            else:
+                real_logits, _ = self._discriminate(reals_in, y)
             loss_d = d_loss(real_logits, fake_logits, cfg.loss.kind)
             stats["loss_d"] = loss_d.detach()
+            if cfg.loss.d_recon > 0:
+                loss_d = loss_d + cfg.loss.d_recon * recon_err
+                stats["d_recon"] = recon_err.detach()
             if self.has_codes:
                 mi_d = info_loss(q, codes, self.code_dims)
                 loss_d = loss_d + cfg.loss.info_lambda * mi_d
@@ -278,6 +290,15 @@ class GANTrainer(Trainer):
         for k in self._g_rng_kwargs:
             kw[k] = self.gens["g_noise"]
         return kw
+
+    def _discriminate_and_reconstruct(self, images: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``D(aug(images))`` and the mean squared error of D's 32 px reconstruction of what it saw."""
+        from avatarforge.models.dcgan import reconstruction_target
+
+        if self.augment is not None:
+            images = self.augment(images, generator=self.gens["augment"])
+        logits, recon = self.D(images, y, return_recon=True)
+        return logits, (recon.float() - reconstruction_target(images.detach())).square().mean()
 
     def _discriminate(self, images: Tensor, y: Tensor | None, with_q: bool = False) -> tuple[Tensor, Any]:
         """``D(aug(images))`` -> ``(logits, q_outputs or None)``."""
