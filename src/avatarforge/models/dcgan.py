@@ -314,6 +314,9 @@ class DCGANDiscriminator(ConfigModule):
         stem_channels: width of a stride-1 3x3 convolution at full resolution before the
             first stride (0 = none, the classic layout). Use it with ``antialias``, whose first
             blur otherwise hides the finest patterns from D.
+        recon_channels: width of a :class:`ReconDecoder` on the last features (0 = none), for
+            the trainer's self-supervised loss ``loss.d_recon``; ``forward(..., return_recon=True)``
+            returns its 32 px reconstruction too.
     """
 
     def __init__(
