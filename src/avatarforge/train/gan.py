@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from avatarforge.config import ConfigError, TrainConfig
 from avatarforge.imageio import make_grid, save_image
+from avatarforge.models.dcgan import reconstruction_target
 from avatarforge.train import distributed as D_
 from avatarforge.train.common import autocast, derive_seed, make_generator
 from avatarforge.train.ema import ema_beta, update_ema
@@ -226,13 +227,10 @@ class GANTrainer(Trainer):
         reals_in = reals.detach().requires_grad_(do_r1)  # R1 needs d D(x) / d x
         with self._autocast():
             fake_logits, q = self._discriminate(fakes.detach(), y, with_q=self.has_codes)
-            if cfg.loss.d_recon > 0:
-                real_logits, recon_err = self._discriminate_and_reconstruct(reals_in, y)
-            else:
-                real_logits, _ = self._discriminate(reals_in, y)
+            real_logits, recon_err = self._discriminate_reals(reals_in, y)
             loss_d = d_loss(real_logits, fake_logits, cfg.loss.kind)
             stats["loss_d"] = loss_d.detach()
-            if cfg.loss.d_recon > 0:
+            if recon_err is not None:
                 loss_d = loss_d + cfg.loss.d_recon * recon_err
                 stats["d_recon"] = recon_err.detach()
             if self.has_codes:
@@ -291,19 +289,24 @@ class GANTrainer(Trainer):
             kw[k] = self.gens["g_noise"]
         return kw
 
-    def _discriminate_and_reconstruct(self, images: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``D(aug(images))`` and the mean squared error of D's 32 px reconstruction of what it saw."""
-        from avatarforge.models.dcgan import reconstruction_target
+    def _augment(self, images: Tensor) -> Tensor:
+        """DiffAugment (when configured), applied alike to reals and fakes before D."""
+        if self.augment is None:
+            return images
+        return self.augment(images, generator=self.gens["augment"])
 
-        if self.augment is not None:
-            images = self.augment(images, generator=self.gens["augment"])
+    def _discriminate_reals(self, images: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``D(aug(reals))``, and with ``loss.d_recon`` the mean squared error of D's 32 px
+        reconstruction of what it saw (else None)."""
+        images = self._augment(images)
+        if self.cfg.loss.d_recon <= 0:
+            return self.D(images, y), None
         logits, recon = self.D(images, y, return_recon=True)
         return logits, (recon.float() - reconstruction_target(images.detach())).square().mean()
 
     def _discriminate(self, images: Tensor, y: Tensor | None, with_q: bool = False) -> tuple[Tensor, Any]:
         """``D(aug(images))`` -> ``(logits, q_outputs or None)``."""
-        if self.augment is not None:
-            images = self.augment(images, generator=self.gens["augment"])
+        images = self._augment(images)
         if with_q:
             out = self.D(images, y, return_q=True)
             return out[0], out
