@@ -118,3 +118,89 @@ def test_default_chain_and_listing(avatar):
 def test_empty_chain_returns_a_copy(avatar):
     out = apply_chain(avatar, "")
     assert np.array_equal(out, avatar) and out is not avatar
+
+
+# ----------------------------------------------------------------------------- sizes and limits
+def _variants(spec):
+    """Parameter sets of an op that may change its size: defaults, then each int/choice value."""
+    out = [{}]
+    for p in spec.params:
+        if p.kind == "choice" or (p.kind == "int" and p.choices):
+            out += [{p.name: c} for c in p.choices]
+    return out
+
+
+@pytest.mark.parametrize("name", list_ops())
+def test_every_op_declares_its_output_size(name, avatar, avatar_rgb):
+    """The size rule (what limits are checked against) must match what the op really does,
+    for odd and non-square sizes too; an op that resizes without declaring it fails here."""
+    from avatarforge.postprocess import get_op
+
+    spec = get_op(name)
+    for image in (avatar[:37, :50], avatar_rgb[:50, :37]):
+        for params in _variants(spec):
+            op = Op.create(name, **params)
+            try:
+                out = op(np.ascontiguousarray(image))
+            except ValueError:
+                continue  # e.g. a key colour that is not on the border: no image, no size
+            declared = op.output_size((image.shape[1], image.shape[0]))
+            assert (out.shape[1], out.shape[0]) == declared, (name, params)
+
+
+def test_size_ops_must_declare_a_rule():
+    from avatarforge.postprocess.registry import Param, register_op
+
+    with pytest.raises(TypeError, match="declares no size rule"):
+        register_op("crop_test_only", Param("px", "int", 0, 10), group="size")(lambda image, px=0: image)
+
+
+def test_plan_gives_every_size_and_the_work_without_pixels():
+    plan = Chain.parse("sharpen, upscale=4, upscale=3, denoise").plan((16, 10))
+    assert plan.sizes == ((16, 10), (16, 10), (64, 40), (192, 120), (192, 120))
+    assert plan.output_size == (192, 120) and plan.largest_side == 192
+    assert plan.work == 160 + 64 * 40 + 192 * 120 + 192 * 120
+
+
+def test_limits_refuse_before_any_work(monkeypatch, avatar):
+    from avatarforge.postprocess.chain import ChainLimitError, ChainLimits
+
+    calls = []
+    chain = Chain.parse("sharpen, upscale=4, upscale=4, upscale=4, upscale=4")
+    monkeypatch.setattr(Op, "__call__", lambda self, image: calls.append(self) or image)
+    limits = ChainLimits(max_side=2048, names={"max_side": "the server's max_output_side"})
+    with pytest.raises(ChainLimitError) as e:
+        chain.apply(avatar[:16, :16], limits=limits)
+    msg = str(e.value)
+    assert "upscale(factor=4) (op 5 of 5)" in msg and "4096x4096" in msg and "from 1024x1024" in msg
+    assert "2048 px per side (the server's max_output_side)" in msg
+    assert calls == []  # refused from the plan: not one op ran
+    # an intermediate image over the limit is refused even when a later op would shrink nothing
+    with pytest.raises(ChainLimitError, match="op 1 of 2"):
+        Chain.parse("upscale=4, sharpen").check((600, 10), ChainLimits(max_side=2048))
+    with pytest.raises(ChainLimitError, match="3 ops; at most 2 are allowed"):
+        Chain.parse("sharpen, sharpen, sharpen").check((8, 8), ChainLimits(max_ops=2))
+    with pytest.raises(
+        ChainLimitError, match=r"would process 2,048 pixels.*at most 2,000 are allowed \(budget\)"
+    ):
+        Chain.parse("upscale=4, sharpen").check(
+            (4, 16), ChainLimits(max_work=2000, names={"max_work": "budget"})
+        )
+    # within the limits the chain runs as without them
+    real = Chain.parse("upscale=2, sharpen")
+    monkeypatch.undo()
+    assert np.array_equal(real.apply(avatar, limits=limits), real.apply(avatar))
+
+
+def test_an_op_lying_about_its_size_is_caught(avatar):
+    from dataclasses import replace
+
+    op = Op.create("sharpen")
+    liar = Op(replace(op.spec, size=lambda size, params: (size[0] * 2, size[1] * 2)), {})
+    with pytest.raises(RuntimeError, match="declares 128x128"):
+        Chain([liar]).apply(avatar)
+
+
+def test_listing_shows_size_rules():
+    text = describe_ops()
+    assert "size: both sides times factor" in text

@@ -137,3 +137,27 @@ def test_train_sr_flag(tmp_path, monkeypatch, capsys):
         == 0
     )
     assert np.asarray(Image.open(tmp_path / "b.png")).shape == (64, 64, 4)
+
+
+def test_output_side_limit_is_checked_before_any_work(frames_dir, tmp_path):
+    src, _ = frames_dir  # three 32 px frames
+    out = tmp_path / "o"
+    with pytest.raises(ValueError) as e:
+        run(str(src), str(out), "--ops", "sharpen,upscale=4", "--max-output-side", "100", "--quiet")
+    msg = str(e.value)
+    assert msg.startswith("--ops: ") and "frame_1.png" in msg
+    assert "128x128" in msg and "at most 100 px per side (--max-output-side)" in msg
+    assert not out.exists()  # refused for every input before the first was processed
+    assert run(str(src), str(out), "--ops", "upscale=3", "--max-output-side", "96", "--quiet") == 0
+    with pytest.raises(ValueError, match="--max-output-side must be >= 1"):
+        run(str(src), str(tmp_path / "o2"), "--max-output-side", "0")
+
+
+def test_default_output_side_limit_stops_runaway_upscales(frames_dir, tmp_path):
+    from avatarforge.postprocess.cli import DEFAULT_MAX_OUTPUT_SIDE
+
+    src, _ = frames_dir
+    # 32 px x 4^4 = 8192 is allowed; one more x2 would be 16384 px (4 GiB of float pixels)
+    ops = "upscale=4,upscale=4,upscale=4,upscale=4,upscale=2"
+    with pytest.raises(ValueError, match=f"at most {DEFAULT_MAX_OUTPUT_SIDE} px per side"):
+        run(str(src / "frame_1.png"), str(tmp_path / "big.png"), "--ops", ops)

@@ -18,9 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarforge.postprocess.chain import DEFAULT_CHAIN, Chain, describe_ops
+from avatarforge.postprocess.chain import DEFAULT_CHAIN, Chain, ChainLimits, describe_ops
 
-__all__ = ["OUTPUT_FORMATS", "add_post_arguments", "post_main"]
+__all__ = ["DEFAULT_MAX_OUTPUT_SIDE", "OUTPUT_FORMATS", "add_post_arguments", "post_main"]
+
+#: ``--max-output-side`` default: larger than the server's 2048 (the machine is the user's
+#: own), still a guard against a typo such as ``upscale=4,upscale=4`` on a big image (an
+#: 8192 px RGBA image takes 256 MiB, and an op works on several float copies of it).
+DEFAULT_MAX_OUTPUT_SIDE = 8192
 
 #: ``--format`` choices (the suffix of each written image).
 OUTPUT_FORMATS = ("png", "webp", "jpg")
@@ -47,6 +52,14 @@ def add_post_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument(
         "--list-ops", action="store_true", help="list every op with its parameters and ranges, then exit"
+    )
+    parser.add_argument(
+        "--max-output-side",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT_SIDE,
+        metavar="PX",
+        help=f"refuse a chain that would make an image (or an intermediate one) larger than PX per side, "
+        f"checked for every input before any is processed (default {DEFAULT_MAX_OUTPUT_SIDE})",
     )
     parser.add_argument(
         "--format",
@@ -175,6 +188,37 @@ def _train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header (no pixels decoded), or None if unreadable
+    (the decode reports why later, and the file is skipped)."""
+    import warnings
+
+    from PIL import Image
+
+    from avatarforge.data.imagefile import SUPPORTED_FORMATS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # decompression-bomb warnings: load_image decides
+            with Image.open(path, formats=SUPPORTED_FORMATS) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Exception:
+        return None
+
+
+def _check_sizes(chain: Chain, inputs: list[tuple[Path, Path]], max_side: int) -> None:
+    """Refuse the run before anything is written if any input would grow past ``max_side``."""
+    limits = ChainLimits(max_side=max_side, names={"max_side": "--max-output-side"})
+    for src, _ in inputs:
+        size = _header_size(src)
+        if size is None:
+            continue
+        try:
+            chain.check(size, limits)
+        except ValueError as e:
+            raise ValueError(f"--ops: {src}: {e}") from None
+
+
 def _save(path: Path, image: np.ndarray) -> None:
     from avatarforge.imageio import save_image
     from avatarforge.postprocess.background import composite
@@ -215,6 +259,9 @@ def post_main(args: argparse.Namespace) -> int:
             else op
             for op in chain
         )
+    max_side = getattr(args, "max_output_side", DEFAULT_MAX_OUTPUT_SIDE)
+    if max_side < 1:
+        raise ValueError(f"--max-output-side must be >= 1, got {max_side}")
     inputs = _collect(args.paths[:-1])
     out = Path(args.paths[-1])
     animations = {
@@ -251,6 +298,7 @@ def post_main(args: argparse.Namespace) -> int:
         raise ValueError(f"--loop must be >= 0 (0 = forever), got {args.loop}")
     if not 0 <= args.padding <= 64 or (args.columns is not None and args.columns < 1):
         raise ValueError("--padding must be from 0 to 64 and --columns >= 1")
+    _check_sizes(chain, inputs, max_side)
     keep = args.sprite_sheet or bool(animations)
     frames: list[np.ndarray] = []
     names: list[str] = []
@@ -262,7 +310,10 @@ def post_main(args: argparse.Namespace) -> int:
             failed += 1
             print(f"skipped {src}: {e}", file=sys.stderr)
             continue
-        result = chain.apply(image)
+        # EXIF rotation can swap the sides the header gave: check the decoded size as well.
+        result = chain.apply(
+            image, limits=ChainLimits(max_side=max_side, names={"max_side": "--max-output-side"})
+        )
         _save(target, result)
         if not args.quiet:
             print(

@@ -5,7 +5,10 @@ Each public op function is declared with :func:`register_op`, which
 - records an :class:`OpSpec` under a short name (what ``--ops "saturation=1.2"`` refers to),
 - reads each parameter's default from the function signature (one source of truth), and
 - wraps the function so that a Python call validates the image and every parameter exactly
-  as the chain parser does, with the same error messages.
+  as the chain parser does, with the same error messages, and
+- records how the op changes the image size (a :data:`SizeRule`; ops without one keep the
+  size), so a chain's output size -- and every intermediate one -- is known before any
+  pixel is touched (:meth:`avatarforge.postprocess.chain.Chain.plan`).
 
 The ranges therefore live in one place, next to the function they constrain, and the chain
 parser (:mod:`avatarforge.postprocess.chain`), the CLI's ``--list-ops`` and the docs all
@@ -19,7 +22,7 @@ import functools
 import inspect
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,12 +31,44 @@ import numpy as np
 from avatarforge.data.imagefile import parse_color
 from avatarforge.postprocess.alpha import check_image
 
-__all__ = ["GROUPS", "OPS", "OpSpec", "Param", "closest", "get_op", "list_ops", "register_op"]
+__all__ = [
+    "GROUPS",
+    "OPS",
+    "OpSpec",
+    "Param",
+    "SizeRule",
+    "closest",
+    "get_op",
+    "list_ops",
+    "register_op",
+    "scale_by",
+]
 
 #: Op groups, in the order ops are listed (``--list-ops``, docs, error messages).
 GROUPS = ("color", "detail", "size", "alpha")
 
 _KINDS = ("float", "int", "bool", "choice", "color", "path")
+
+#: How an op changes the image size: ``rule((width, height), params) -> (width, height)``,
+#: where ``params`` holds every parameter (defaults filled in). Pure arithmetic: it must not
+#: look at pixels, so limits can be checked before any work.
+SizeRule = Callable[[tuple[int, int], Mapping[str, Any]], tuple[int, int]]
+
+
+def scale_by(param: str) -> SizeRule:
+    """A :data:`SizeRule`: both sides multiplied by the integer parameter ``param``."""
+
+    def rule(size: tuple[int, int], params: Mapping[str, Any]) -> tuple[int, int]:
+        k = int(params[param])
+        return size[0] * k, size[1] * k
+
+    rule.__doc__ = f"both sides times {param}"
+    return rule
+
+
+#: Size rules of ops whose module does not pass ``size=`` to :func:`register_op` itself
+#: (applied by name at registration; an explicit ``size=`` wins).
+_SIZE_RULES: dict[str, SizeRule] = {"upscale": scale_by("factor")}
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -211,6 +246,7 @@ class OpSpec:
             (background removal) or ``"removed"`` (compositing returns RGB).
         group: one of :data:`GROUPS`.
         summary: first line of the function's docstring.
+        size: how the op changes the image size (:data:`SizeRule`); ``None``: it keeps it.
     """
 
     name: str
@@ -220,6 +256,7 @@ class OpSpec:
     alpha: str = "kept"
     group: str = "color"
     summary: str = ""
+    size: SizeRule | None = field(default=None, repr=False, compare=False)
     _by_name: dict[str, Param] = field(default_factory=dict, repr=False, compare=False)
 
     def param(self, name: str) -> Param:
@@ -238,7 +275,16 @@ class OpSpec:
         return {k: self.param(k).validate(v, self.name) for k, v in kwargs.items()}
 
     def defaults(self) -> dict[str, Any]:
+        """Every parameter's default value, by name."""
         return {p.name: p.default for p in self.params}
+
+    def output_size(self, size: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, int]:
+        """``(width, height)`` of this op's output for an input of ``size`` and ``params``
+        (validated values; missing ones take their defaults), computed without any pixels."""
+        if self.size is None:
+            return int(size[0]), int(size[1])
+        w, h = self.size((int(size[0]), int(size[1])), {**self.defaults(), **(params or {})})
+        return int(w), int(h)
 
     def signature(self) -> str:
         """``"sharpen(amount=0.5, radius=1, threshold=0)"`` for listings."""
@@ -263,17 +309,28 @@ _ALIASES: dict[str, str] = {}
 
 
 def register_op(
-    name: str, *params: Param, aliases: Sequence[str] = (), alpha: str = "kept", group: str = "color"
+    name: str,
+    *params: Param,
+    aliases: Sequence[str] = (),
+    alpha: str = "kept",
+    group: str = "color",
+    size: SizeRule | None = None,
 ) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
     """Decorator: register ``func(image, **params)`` as op ``name`` and return a validating
     wrapper with the same signature.
 
     Every parameter of ``func`` after ``image`` must be described by a :class:`Param` (same
-    order); its default is taken from the signature.
+    order); its default is taken from the signature. An op that changes the image size must
+    say how with ``size`` (a :data:`SizeRule`, e.g. :func:`scale_by`); the ``"size"`` group
+    cannot be registered without one, so a new resizing op cannot slip past the output-size
+    limits of chains.
     """
 
     if group not in GROUPS:
         raise ValueError(f"op group must be one of {GROUPS}, got {group!r}")
+    size = size if size is not None else _SIZE_RULES.get(name)
+    if group == "size" and size is None:
+        raise TypeError(f"op {name!r} is in the 'size' group but declares no size rule (size=...)")
 
     def deco(func: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         sig = inspect.signature(func)
@@ -300,6 +357,7 @@ def register_op(
             alpha=alpha,
             group=group,
             summary=" ".join(doc.split("\n\n")[0].split()).replace("``", ""),
+            size=size,
             _by_name=by_name,
         )
         for key in (name, *aliases):
