@@ -4,7 +4,7 @@
 with changing controls, each timed from controls to a ``(S, S, 4)`` uint8 frame, for the
 torch path (eager, ``torch.inference_mode``, contiguous NCHW; channels_last measured no
 faster at batch 1), the TorchScript-frozen decoder
-(:class:`~avatarforge.animate.model.FrozenAnimator`) and the onnxruntime path
+(:class:`~avatarforge.models.animator.FrozenAnimator`) and the onnxruntime path
 (:class:`~avatarforge.animate.onnx_export.OnnxAnimator`), at 64, 128 and 256 px, with 1
 and 2 threads. Runtimes and thread counts are interleaved in
 chunks of frames so that load from other jobs on the shared machine hits them alike; the
@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avatarforge.animate.model import CONTROL_NAMES, ExpressionAnimator
+from avatarforge.models.animator import CONTROL_NAMES, ExpressionAnimator
 from avatarforge.data.procedural import render_avatar
 from benchmarks.common import ROOT, Result
 
@@ -86,7 +86,7 @@ def _woken(size: int) -> ExpressionAnimator:
 def _speed(
     frames: int, chunk: int, tmp: Path, threads_tried: tuple[int, ...] = THREADS
 ) -> tuple[list[Result], dict[str, Any]]:
-    from avatarforge.animate.model import FrozenAnimator
+    from avatarforge.models.animator import FrozenAnimator
     from avatarforge.animate.onnx_export import OnnxAnimator, export_onnx, onnx_available
 
     have_ort = onnx_available()
@@ -168,7 +168,7 @@ def _loop(seconds: float, tmp: Path, compare_first_run: bool = True) -> list[Res
     """The whole frame loop at 128 px, real-time paced at 60 FPS, next to the first run's set-up."""
     from avatarforge.animate.drivers import ScriptedDriver
     from avatarforge.animate.loop import AvatarRenderer, FrameLoop
-    from avatarforge.animate.model import FrozenAnimator
+    from avatarforge.models.animator import FrozenAnimator
     from avatarforge.animate.onnx_export import OnnxAnimator, onnx_available
 
     threads = torch.get_num_threads()
@@ -377,7 +377,7 @@ def _generator_quality(quick: bool, tmp: Path, g: Any) -> list[Result]:
     if not quick:
         from PIL import Image
 
-        from avatarforge.animate.model import image_to_tensor, tensor_to_image
+        from avatarforge.models.animator import image_to_tensor, tensor_to_image
 
         # Row 0: the samples at the animator's resolution; then neutral, eyes closed, mouth
         # open, smile, head turned (composited on white).

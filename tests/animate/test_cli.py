@@ -177,7 +177,7 @@ def test_user_errors_exit_2(trained, tmp_path, capsys):
 @pytest.mark.parametrize("suffix", [".png", ".webp", ".gif", ".webm"])
 def test_alpha_survives_in_the_written_file(trained, tmp_path, suffix):
     """The first frame read back from the file is the animator's neutral frame, alpha included."""
-    from avatarforge.animate.model import NEUTRAL_CONTROLS
+    from avatarforge.models.animator import NEUTRAL_CONTROLS
 
     trainer, run = trained
     g = trainer.G_ema
@@ -212,7 +212,7 @@ def test_alpha_survives_in_the_written_file(trained, tmp_path, suffix):
 
 def test_avatar_from_a_generator_run(trained, cgan_avatars, tmp_path, capsys):
     from avatarforge.animate.cli import AnimateCLIError, load_avatar
-    from avatarforge.animate.model import NEUTRAL_CONTROLS
+    from avatarforge.models.animator import NEUTRAL_CONTROLS
 
     trainer, run = trained
     images, gen_run = cgan_avatars

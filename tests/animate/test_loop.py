@@ -7,7 +7,7 @@ import pytest
 
 from avatarforge.animate.drivers import ManualDriver, ScriptedDriver
 from avatarforge.animate.loop import CriticalSmoother, FrameLoop
-from avatarforge.animate.model import CONTROL_NAMES
+from avatarforge.models.animator import CONTROL_NAMES
 
 
 def _dummy_render(controls):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from avatarforge.animate.model import (
+from avatarforge.data.procedural import render_avatar
+from avatarforge.models.animator import (
     CONTROL_NAMES,
     NEUTRAL_CONTROLS,
     AnimatorDiscriminator,
@@ -17,13 +18,12 @@ from avatarforge.animate.model import (
     image_to_tensor,
     tensor_to_image,
 )
-from avatarforge.data.procedural import render_avatar
 from avatarforge.models.base import load_pretrained
 from avatarforge.models.registry import get_model_class
 
 
 def test_registry_shapes_and_round_trip(tmp_path):
-    import avatarforge.animate.model  # noqa: F401 - registers the classes
+    import avatarforge.models.animator  # noqa: F401 - registers the classes
 
     assert get_model_class("animator", "generator") is ExpressionAnimator
     assert get_model_class("animator", "discriminator") is AnimatorDiscriminator

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from avatarforge.animate.model import ExpressionAnimator
 from avatarforge.data.procedural import render_avatar
+from avatarforge.models.animator import ExpressionAnimator
 
 pytest.importorskip("onnx", reason="ONNX export needs: pip install onnx onnxruntime")
 pytest.importorskip("onnxruntime", reason="ONNX inference needs: pip install onnxruntime")

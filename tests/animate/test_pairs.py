@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from avatarforge.animate.model import CONTROL_NAMES
 from avatarforge.animate.pairs import (
     HELDOUT,
     TRAIN,
@@ -19,6 +18,7 @@ from avatarforge.animate.pairs import (
     part_mask,
 )
 from avatarforge.data.procedural import NEUTRAL_EXPRESSION, PART_NAMES, render
+from avatarforge.models.animator import CONTROL_NAMES
 
 SPEC = PairSpec(size=32, identities=6, expressions=3, seed=5)
 

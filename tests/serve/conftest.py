@@ -58,7 +58,7 @@ def serve_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def animator_dir(tmp_path_factory) -> Path:
-    from avatarforge.animate.model import ExpressionAnimator
+    from avatarforge.models.animator import ExpressionAnimator
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(8)

@@ -50,7 +50,7 @@ def tiny_pipe(seed: int = 1) -> Any:
 
 
 def tiny_animator(seed: int = 0) -> Any:
-    from avatarforge.animate.model import ExpressionAnimator
+    from avatarforge.models.animator import ExpressionAnimator
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -55,11 +55,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CONTROL_NAMES": "avatarforge.animate.model",
-    "NEUTRAL_CONTROLS": "avatarforge.animate.model",
-    "AnimatorDiscriminator": "avatarforge.animate.model",
-    "AnimatorState": "avatarforge.animate.model",
-    "ExpressionAnimator": "avatarforge.animate.model",
+    "CONTROL_NAMES": "avatarforge.models.animator",
+    "NEUTRAL_CONTROLS": "avatarforge.models.animator",
+    "AnimatorDiscriminator": "avatarforge.models.animator",
+    "AnimatorState": "avatarforge.models.animator",
+    "ExpressionAnimator": "avatarforge.models.animator",
     "PairCache": "avatarforge.animate.pairs",
     "StreamingPairs": "avatarforge.animate.pairs",
     "evaluate_animator": "avatarforge.animate.metrics",

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from avatarforge.animate.drivers import merge_targets
-from avatarforge.animate.model import CONTROL_NAMES, NEUTRAL_CONTROLS
+from avatarforge.models.animator import CONTROL_NAMES, NEUTRAL_CONTROLS
 
 __all__ = [
     "DEFAULT_RESPONSE",
@@ -140,7 +140,7 @@ class LoopStats:
 class AvatarRenderer:
     """``controls -> (S, S, 4) uint8`` for one avatar: prepares it once, renders per frame.
 
-    Works with :class:`~avatarforge.animate.model.ExpressionAnimator` and
+    Works with :class:`~avatarforge.models.animator.ExpressionAnimator` and
     :class:`~avatarforge.animate.onnx_export.OnnxAnimator` alike (anything with
     ``prepare(avatar)`` and ``render_image(state, controls)``). :meth:`set_avatar` swaps the
     avatar between frames (thread-safe).

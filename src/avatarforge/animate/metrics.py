@@ -47,14 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avatarforge.animate.model import (
+from avatarforge.animate.pairs import FACE_PARTS, PairCache, part_mask
+from avatarforge.models.animator import (
     CONTROL_NAMES,
     NEUTRAL_CONTROLS,
     ExpressionAnimator,
     controls_tensor,
     image_to_tensor,
 )
-from avatarforge.animate.pairs import FACE_PARTS, PairCache, part_mask
 
 __all__ = [
     "EYE_PARTS",

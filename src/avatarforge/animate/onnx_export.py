@@ -14,7 +14,7 @@ the image size is fixed at the animator's resolution. The exporter is torch's To
 based one (``dynamo=False``): it needs only the ``onnx`` package, not ``onnxscript``.
 
 :class:`OnnxAnimator` has ``prepare``/``render``/``render_image``/``animate`` like
-:class:`~avatarforge.animate.model.ExpressionAnimator`, so the frame loop, the CLI and the
+:class:`~avatarforge.models.animator.ExpressionAnimator`, so the frame loop, the CLI and the
 benchmark take either. Install the extras with ``pip install onnx onnxruntime``; without
 them these functions raise :class:`~avatarforge.train.metrics_log.MissingDependencyError`.
 """
@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from avatarforge.animate.model import (
+from avatarforge.fileio import atomic_write_bytes
+from avatarforge.models.animator import (
     CONTROL_NAMES,
     STATE_NAMES,
     ControlsLike,
@@ -42,7 +43,6 @@ from avatarforge.animate.model import (
     controls_tensor,
     image_to_tensor,
 )
-from avatarforge.fileio import atomic_write_bytes
 from avatarforge.train.metrics_log import MissingDependencyError
 
 __all__ = [

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avatarforge.animate.model import CONTROL_NAMES
 from avatarforge.data.procedural import (
     NEUTRAL_EXPRESSION,
     PART_NAMES,
@@ -52,6 +51,7 @@ from avatarforge.data.procedural import (
     render_background,
     sample_attributes,
 )
+from avatarforge.models.animator import CONTROL_NAMES
 from avatarforge.train.common import derive_seed
 
 __all__ = [

@@ -16,7 +16,7 @@ mouth of source and target, plus ``loss.mouth_weight`` on the mouth (a few pixel
 matter a lot), plus ``loss.change_weight`` where source and target differ. The
 reconstruction is mostly squared error, not L1 alone: see :func:`weighted_recon` for the
 measurement behind that. The adversarial term (hinge by default, spectral-norm conditional
-PatchGAN, :class:`~avatarforge.animate.model.AnimatorDiscriminator`) has a small weight and
+PatchGAN, :class:`~avatarforge.models.animator.AnimatorDiscriminator`) has a small weight and
 starts after ``loss.adv_start_kimg``: the reconstruction gets the shapes right and the GAN
 only sharpens them, so D is not trained (nor run) before it matters.
 
@@ -58,7 +58,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avatarforge.animate.model import AnimatorDiscriminator, ExpressionAnimator
 from avatarforge.animate.pairs import (
     FACE_PARTS,
     HELDOUT,
@@ -80,6 +79,7 @@ from avatarforge.config import (
 )
 from avatarforge.fileio import atomic_write_json, atomic_write_text
 from avatarforge.imageio import make_grid, save_image
+from avatarforge.models.animator import AnimatorDiscriminator, ExpressionAnimator
 from avatarforge.models.base import load_pretrained
 from avatarforge.train.checkpoint import (
     Snapshot,
@@ -127,7 +127,7 @@ _PREFIXES = ("g", "g_ema", "d")
 # =============================================================================== config
 @dataclass
 class AnimatorModelConfig:
-    """Network sizes (see :mod:`avatarforge.animate.model`)."""
+    """Network sizes (see :mod:`avatarforge.models.animator`)."""
 
     widths: tuple[int, int, int, int] = (8, 16, 32, 64)  # channels at 1, 1/2, 1/4, 1/8 resolution
     ctrl_hidden: int = 64
@@ -373,7 +373,7 @@ StepHook = Callable[["AnimatorTrainer"], None]
 
 
 class AnimatorTrainer:
-    """Train an :class:`~avatarforge.animate.model.ExpressionAnimator` on procedural pairs.
+    """Train an :class:`~avatarforge.models.animator.ExpressionAnimator` on procedural pairs.
 
     Args:
         config: the resolved configuration (:func:`build_animator_config`).
@@ -900,7 +900,7 @@ def load_animator(
         device: torch device (``.onnx`` files run on onnxruntime's CPU provider).
         threads: ``.onnx`` only: onnxruntime intra-op threads (None: its default).
 
-    Returns an :class:`~avatarforge.animate.model.ExpressionAnimator` in eval mode without
+    Returns an :class:`~avatarforge.models.animator.ExpressionAnimator` in eval mode without
     gradients, or for ``.onnx`` an :class:`~avatarforge.animate.onnx_export.OnnxAnimator`
     (same ``prepare`` / ``render_image`` / ``resolution`` API). Nothing is unpickled.
     """

@@ -17,4 +17,15 @@ __all__ = [
 ]
 
 # Importing an architecture module registers it. Added as architectures land.
-from avatarforge.models import cgan, dcgan, infogan, stylegan, vae  # noqa: F401
+from avatarforge.models import (  # noqa: F401
+    adain,
+    animator,
+    avatar_net,
+    cgan,
+    cyclegan,
+    dcgan,
+    infogan,
+    stylegan,
+    upscaler,
+    vae,
+)

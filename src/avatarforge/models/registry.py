@@ -31,24 +31,10 @@ def register_model(name: str, role: str = "generator") -> Callable[[T], T]:
     return deco
 
 
-# Modules outside avatarforge.models that define registered networks (imported lazily so
-# that loading a checkpoint of, say, the upscaler works without importing it first).
-_EXTRA_MODULES = (
-    "avatarforge.eval.avatar_net",
-    "avatarforge.postprocess.resample",
-    "avatarforge.style.cyclegan",
-    "avatarforge.style.neural",
-)
-
-
 def _ensure_loaded() -> None:
-    # Importing the package registers every built-in architecture.
-    import importlib
-
+    # Importing the package registers every built-in architecture: each lives in its own
+    # file under avatarforge.models, which avatarforge/models/__init__.py imports.
     import avatarforge.models  # noqa: F401
-
-    for mod in _EXTRA_MODULES:
-        importlib.import_module(mod)
 
 
 def list_models(role: str | None = None) -> list[str]:

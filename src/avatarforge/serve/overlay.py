@@ -239,7 +239,7 @@ def apply_control(controls: OverlayControls, message: Any) -> dict[str, float]:
         OverlayError: not JSON, not an object, unknown fields, controls, keys or actions,
             or values that are not finite numbers (the message names the field).
     """
-    from avatarforge.animate.model import CONTROL_NAMES, CONTROL_RANGES
+    from avatarforge.models.animator import CONTROL_NAMES, CONTROL_RANGES
 
     if isinstance(message, (str, bytes)):
         try:
@@ -334,7 +334,7 @@ class _Neutral:
     """Every control at rest; the other drivers override it."""
 
     def update(self, t: float) -> Mapping[str, float]:
-        from avatarforge.animate.model import NEUTRAL_CONTROLS
+        from avatarforge.models.animator import NEUTRAL_CONTROLS
 
         return NEUTRAL_CONTROLS
 
@@ -824,7 +824,7 @@ def overlay_page_html(query: Mapping[str, str], root: str = "", error: str | Non
 
 def control_page_html(query: Mapping[str, str], avatar: str, root: str = "") -> str:
     """The ``/overlay/control`` page (buttons, sliders, keys, microphone lip sync, preview)."""
-    from avatarforge.animate.model import CONTROL_NAMES, CONTROL_RANGES, NEUTRAL_CONTROLS
+    from avatarforge.models.animator import CONTROL_NAMES, CONTROL_RANGES, NEUTRAL_CONTROLS
 
     cfg = {
         "query": dict(query),

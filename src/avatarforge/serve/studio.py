@@ -424,7 +424,7 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
     """The studio as a ``gr.Blocks`` (see the module docstring); ``hub`` = the overlay hub."""
     import gradio as gr
 
-    from avatarforge.animate.model import CONTROL_NAMES, CONTROL_RANGES, NEUTRAL_CONTROLS
+    from avatarforge.models.animator import CONTROL_NAMES, CONTROL_RANGES, NEUTRAL_CONTROLS
     from avatarforge.postprocess.registry import get_op, list_ops
 
     choices = attribute_choices(state)

@@ -51,7 +51,7 @@ from avatarforge.config import (
 )
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.base import load_pretrained
-from avatarforge.style.cyclegan import CycleGANGenerator, PatchDiscriminator
+from avatarforge.models.cyclegan import CycleGANGenerator, PatchDiscriminator
 from avatarforge.train.checkpoint import Snapshot, find_checkpoint
 from avatarforge.train.common import autocast, derive_seed, make_generator
 from avatarforge.train.engine import Optimizer, Trainer
@@ -79,7 +79,7 @@ DIRECTIONS = ("a2b", "b2a")
 # =============================================================================== config
 @dataclass
 class CycleModelConfig:
-    """Network sizes (see :mod:`avatarforge.style.cyclegan`)."""
+    """Network sizes (see :mod:`avatarforge.models.cyclegan`)."""
 
     ngf: int = 32  # generator base width (paper: 64)
     n_blocks: int = 6  # residual blocks (paper: 9 at 256 px)
