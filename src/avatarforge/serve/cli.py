@@ -46,6 +46,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help=f"require this key (X-API-Key or Authorization: Bearer); default: ${API_KEY_ENV} if set, else open",
     )
     parser.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload in MiB (default 8)")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=16_000_000,
+        help="most pixels of an uploaded image, read from its header before decoding (default 16000000)",
+    )
+    parser.add_argument(
+        "--max-output-side",
+        type=int,
+        default=2048,
+        metavar="PX",
+        help="longest side of a post-processing result or any intermediate image of its chain, "
+        "checked before any work (default 2048)",
+    )
     parser.add_argument("--max-n", type=int, default=64, help="most images per request (default 64)")
     parser.add_argument("--max-frames", type=int, default=240, help="most frames per animation (default 240)")
     parser.add_argument(
@@ -95,7 +109,12 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
     key = args.api_key if args.api_key is not None else (env.get(API_KEY_ENV) or None)
     if not args.max_upload_mb > 0:
         raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
-    for flag, v in (("--max-n", args.max_n), ("--max-frames", args.max_frames)):
+    for flag, v in (
+        ("--max-n", args.max_n),
+        ("--max-frames", args.max_frames),
+        ("--max-pixels", getattr(args, "max_pixels", 1)),
+        ("--max-output-side", getattr(args, "max_output_side", 1)),
+    ):
         if v < 1:
             raise ValueError(f"{flag} must be >= 1, got {v}")
     if args.threads is not None and args.threads < 1:
@@ -106,6 +125,8 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
             port=args.port,
             api_key=key,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+            max_pixels=getattr(args, "max_pixels", 16_000_000),
+            max_output_side=getattr(args, "max_output_side", 2048),
             max_n=args.max_n,
             max_frames=args.max_frames,
             device=args.device,

@@ -14,6 +14,7 @@ import contextlib
 import io
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -36,9 +37,9 @@ from avatarforge.serve.schemas import (
     VariationsRequest,
 )
 from avatarforge.serve.state import ServeState
-from avatarforge.serve.uploads import read_upload
+from avatarforge.serve.uploads import receive_image
 
-__all__ = ["VIDEO_MEDIA_TYPES", "build_router", "encode_png"]
+__all__ = ["VIDEO_MEDIA_TYPES", "build_router", "chain_limits", "encode_png"]
 
 _DEFAULT_SLIDE_STEPS = 7
 
@@ -75,9 +76,30 @@ def _as_field(field: str) -> Iterator[None]:
         raise field_error(field, str(msg)) from None
 
 
+def _upload_limits(s: Any) -> dict[str, int]:
+    return {"max_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels, "max_side": s.max_image_side}
+
+
 def _limit(field: str, value: int, maximum: int, setting: str) -> None:
     if value > maximum:
         raise field_error(field, f"at most {maximum} on this server (its {setting}), got {value}")
+
+
+def chain_limits(settings: Any) -> Any:
+    """The :class:`~avatarforge.postprocess.chain.ChainLimits` of a server's settings (the
+    messages name the settings, so an operator knows what to raise)."""
+    from avatarforge.postprocess.chain import ChainLimits
+
+    return ChainLimits(
+        max_side=settings.max_output_side,
+        max_work=settings.max_chain_pixels,
+        max_ops=settings.max_chain_ops,
+        names={
+            "max_side": "the server's max_output_side",
+            "max_work": "the server's max_chain_pixels",
+            "max_ops": "the server's max_chain_ops",
+        },
+    )
 
 
 def _colour_check(background: str | None) -> None:
@@ -239,8 +261,6 @@ def _video_response(data: bytes, fmt: str, name: str) -> Response:
 
 def _interpolation_keys_latents(state: ServeState, req: InterpolateRequest) -> Any:
     """The frame latents of a path through decoded latent tokens (seeds use the library)."""
-    from dataclasses import replace
-
     from avatarforge.generate.interpolate import latent_path
     from avatarforge.generate.pipeline import Latent
 
@@ -410,16 +430,27 @@ def build_router(state: ServeState) -> APIRouter:
             ),
         ],
     ) -> Response:
-        """Run an alpha-preserving post-processing chain (``avatarforge post``'s ops) on one image."""
+        """Run an alpha-preserving post-processing chain (``avatarforge post``'s ops) on one image.
+
+        The chain is planned from the upload's header size before anything is decoded: an
+        output or intermediate image over ``max_output_side`` px per side, more than
+        ``max_chain_pixels`` pixels of work or more than ``max_chain_ops`` ops is a 422
+        naming ``ops`` and the limit (see ``/v1/info`` ``limits``)."""
         from avatarforge.postprocess.chain import Chain
 
-        chain = _parse_ops(ops)
-        arr = read_upload(
-            image, "image", max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels, max_side=s.max_image_side
-        )
-        with _as_field("ops"):
-            out = Chain(chain).apply(arr)
-        return Response(content=encode_png(out), media_type="image/png")
+        chain = Chain(_parse_ops(ops))
+        limits = chain_limits(s)
+        pending = receive_image(image, "image", **_upload_limits(s))
+        if pending.size is not None:
+            with _as_field("ops"):
+                chain.check(pending.size, limits)
+        with state.image_slot():
+            arr = pending.decode()
+            with _as_field("ops"):
+                # checked again on the decoded size (an unreadable header is only read here)
+                out = chain.apply(arr, limits=limits)
+            data = encode_png(out)
+        return Response(content=data, media_type="image/png")
 
     @router.post("/style", response_class=Response, responses=_PNG, tags=["image"], summary="style transfer")
     def style(
@@ -439,21 +470,27 @@ def build_router(state: ServeState) -> APIRouter:
 
         if method in ("gatys", "adain"):
             _limit("steps", steps, s.max_steps, "max_steps")
-        kw = {"max_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels, "max_side": s.max_image_side}
-        c = read_upload(content, "content", **kw)
-        st = read_upload(style, "style", **kw)
-        if method == "colour":
-            with _as_field("style"):
-                out = classical.colour_transfer(c, st, strength=strength)
-        elif method == "histogram":
-            with _as_field("style"):
-                out = classical.histogram_match(c, st, space=space, strength=strength)
-        else:
-            fn = neural.gatys_transfer if method == "gatys" else neural.adain_transfer
-            with state.model_lock(), _as_field("style"):
-                out = fn(
-                    c, st, net=state.feature_net(), steps=steps, size=size, strength=strength, device=s.device
-                )
+        pending_c = receive_image(content, "content", **_upload_limits(s))
+        pending_s = receive_image(style, "style", **_upload_limits(s))
+        if method in ("colour", "histogram"):
+            with state.image_slot():
+                c, st = pending_c.decode(), pending_s.decode()
+                with _as_field("style"):
+                    if method == "colour":
+                        out = classical.colour_transfer(c, st, strength=strength)
+                    else:
+                        out = classical.histogram_match(c, st, space=space, strength=strength)
+                data = encode_png(out)
+            return Response(content=data, media_type="image/png")
+        # Neural: the slot covers decoding only, not the wait for the model lock (a queue of
+        # style requests must not hold every slot while post-processing could run).
+        with state.image_slot():
+            c, st = pending_c.decode(), pending_s.decode()
+        fn = neural.gatys_transfer if method == "gatys" else neural.adain_transfer
+        with state.model_lock(), _as_field("style"):
+            out = fn(
+                c, st, net=state.feature_net(), steps=steps, size=size, strength=strength, device=s.device
+            )
         return Response(content=encode_png(out), media_type="image/png")
 
     @router.post(
@@ -501,13 +538,9 @@ def build_router(state: ServeState) -> APIRouter:
         with _as_field("script"):
             driver = ScriptedDriver(script, seed=action_seed)
         if avatar is not None:
-            img = read_upload(
-                avatar,
-                "avatar",
-                max_bytes=s.max_upload_bytes,
-                max_pixels=s.max_pixels,
-                max_side=s.max_image_side,
-            )
+            pending = receive_image(avatar, "avatar", **_upload_limits(s))
+            with state.image_slot():
+                img = pending.decode()
         else:
             if latent is not None:
                 with _as_field("latent"):

@@ -47,8 +47,18 @@ class ServeSettings:
         max_upload_bytes: largest accepted upload (checked while reading, before decoding).
         max_pixels: largest accepted upload in pixels (decompression-bomb guard, checked from
             the header before the pixel data is decoded).
-        max_image_side: uploads are downscaled (aspect kept) so the longer side is at most
-            this before any processing, which bounds the work per request.
+        max_image_side: longest side of an accepted upload (read from the header, before
+            any pixel is decoded: 413 over it), which bounds the work per request.
+        max_output_side: longest side of a post-processing result and of every
+            intermediate image of its chain (planned from the upload's header size before
+            any work: 422 naming ``ops`` over it).
+        max_chain_pixels: most pixels one post-processing chain may process (each op counts
+            the larger of its input and output): bounds the time of a chain.
+        max_chain_ops: most ops in one post-processing chain.
+        max_concurrent_images: most requests decoding and processing uploaded images at
+            once (post-processing, style, animate uploads); the others wait their turn. With
+            the limits above this bounds the server's memory: each slot needs at most a few
+            hundred MB (docs/serving.md, "Memory").
         max_n: most images per generate/variations request.
         max_frames: most frames per interpolate/animate request.
         max_fps: highest frame rate of a video response.
@@ -71,6 +81,10 @@ class ServeSettings:
     max_upload_bytes: int = 8 * _MiB
     max_pixels: int = 16_000_000
     max_image_side: int = 1024
+    max_output_side: int = 2048
+    max_chain_pixels: int = 32_000_000
+    max_chain_ops: int = 32
+    max_concurrent_images: int = 2
     max_n: int = 64
     max_frames: int = 240
     max_fps: int = 60
@@ -89,6 +103,10 @@ class ServeSettings:
             "max_upload_bytes",
             "max_pixels",
             "max_image_side",
+            "max_output_side",
+            "max_chain_pixels",
+            "max_chain_ops",
+            "max_concurrent_images",
             "max_n",
             "max_frames",
             "max_fps",
@@ -159,6 +177,9 @@ class ServeState:
     directions: dict[str, Any] = field(default_factory=dict)
     post_ops: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Bounds concurrent upload decoding/processing (see :meth:`image_slot`); shared by
+    #: :meth:`with_settings` copies like the lock. Made from the settings when not given.
+    image_slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
     generator_run: Path | None = None
     animator_run: Path | None = None
     _feature_net: Any = field(default=None, repr=False)
@@ -218,14 +239,17 @@ class ServeState:
         )
 
     def with_settings(self, **changes: Any) -> ServeState:
-        """A state sharing these models *and their lock*, with some settings changed.
+        """A state sharing these models *and their lock* (and image slots), with some settings changed.
 
         For a second app on the same models (e.g. one with an API key, or smaller limits):
         sharing the lock keeps concurrent requests of both apps safe.
         """
         from dataclasses import replace
 
-        return replace(self, settings=replace(self.settings, **changes))
+        settings = replace(self.settings, **changes)
+        # The image slots are shared too, unless their number changes.
+        same = settings.max_concurrent_images == self.settings.max_concurrent_images
+        return replace(self, settings=settings, image_slots=self.image_slots if same else None)
 
     @contextlib.contextmanager
     def model_lock(self) -> Iterator[None]:
@@ -235,6 +259,19 @@ class ServeState:
         transfer optimise an image and need it.
         """
         with self.lock:
+            yield
+
+    def __post_init__(self) -> None:
+        if self.image_slots is None:
+            self.image_slots = threading.BoundedSemaphore(self.settings.max_concurrent_images)
+
+    @contextlib.contextmanager
+    def image_slot(self) -> Iterator[None]:
+        """Hold one of ``settings.max_concurrent_images`` slots while decoding and processing
+        uploaded images: requests beyond that wait here instead of each holding decoded
+        pixels (and a chain's working copies) at the same time."""
+        assert self.image_slots is not None  # set by __post_init__
+        with self.image_slots:
             yield
 
     def feature_net(self) -> Any:
@@ -284,6 +321,9 @@ class ServeState:
                 "max_upload_bytes": s.max_upload_bytes,
                 "max_pixels": s.max_pixels,
                 "max_image_side": s.max_image_side,
+                "max_output_side": s.max_output_side,
+                "max_chain_pixels": s.max_chain_pixels,
+                "max_chain_ops": s.max_chain_ops,
                 "max_n": s.max_n,
                 "max_frames": s.max_frames,
                 "max_fps": s.max_fps,

@@ -292,7 +292,8 @@ def apply_finish(
     """Style (towards a reference image, or the generator's avatar of a seed) then the post chain.
 
     Both keep the alpha channel (the style functions and every colour/detail op return it
-    unchanged; see docs/postprocess.md).
+    unchanged; see docs/postprocess.md). The chain is held to the server's post-processing
+    limits (``max_output_side``, ``max_chain_pixels``, ``max_chain_ops``), checked before it runs.
     """
     from avatarforge.postprocess.chain import Chain
 
@@ -323,8 +324,14 @@ def apply_finish(
         except ValueError as e:
             raise StudioError(f"style: {e}") from None
     if chain and chain.strip():
+        settings = getattr(state, "settings", None)
+        limits = None
+        if hasattr(settings, "max_output_side"):
+            from avatarforge.serve.routes import chain_limits
+
+            limits = chain_limits(settings)  # the API's limits: planned before any work
         try:
-            out = Chain.parse(chain).apply(out)
+            out = Chain.parse(chain).apply(out, limits=limits)
         except ValueError as e:
             raise StudioError(f"post-processing: {e}") from None
     return out
