@@ -16,6 +16,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from avatarforge.serve.overlay import (
     NO_ANIMATOR_CLOSE_CODE,
+    UNAUTHORIZED_CLOSE_CODE,
     OverlayControls,
     OverlayError,
     OverlayOptions,
@@ -216,9 +217,11 @@ def test_http_control_and_api_key(pipe):
             "/overlay/control?avatar=4", json={"set": {"smile": "big"}}, headers={"X-API-Key": "s3cret"}
         )
         assert r.status_code == 422 and "smile must be a number" in r.json()["detail"]
-        with client.websocket_connect("/ws/overlay?avatar=4") as ws, pytest.raises(WebSocketDisconnect) as e:
-            ws.receive_bytes()
-        assert e.value.code == 4401
+        # refused before the handshake (no socket opens; a real server answers HTTP 403)
+        for url in ("/ws/overlay?avatar=4", "/ws/overlay?avatar=4&key=wrong", "/ws/overlay/control?avatar=4"):
+            with pytest.raises(WebSocketDisconnect) as e, client.websocket_connect(url):
+                pytest.fail("the socket opened without the key")
+            assert e.value.code == UNAUTHORIZED_CLOSE_CODE == 1008
         r = client.post(
             "/overlay/control?avatar=4", json={"key": "b"}, headers={"Authorization": "Bearer s3cret"}
         )

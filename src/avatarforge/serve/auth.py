@@ -20,6 +20,7 @@ __all__ = [
     "check_api_key",
     "presented_key",
     "require_api_key",
+    "unauthorized",
 ]
 
 API_KEY_HEADER = "X-API-Key"
@@ -50,7 +51,8 @@ def check_api_key(expected: str | None, presented: str | None) -> bool:
     return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
 
 
-def _unauthorized() -> HTTPException:
+def unauthorized() -> HTTPException:
+    """The API's 401 (raise it): names both ways to send the key."""
     return HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
         detail="missing or wrong API key: send header 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
@@ -63,7 +65,7 @@ def api_key_dependency(expected: str | None) -> Callable[[Request], None]:
 
     def dependency(request: Request) -> None:
         if not check_api_key(expected, presented_key(request.headers)):
-            raise _unauthorized()
+            raise unauthorized()
 
     return dependency
 
@@ -86,4 +88,4 @@ def require_api_key(request: Request) -> None:
     if state is None:
         raise RuntimeError("require_api_key needs an app built by avatarforge.serve.create_app")
     if not check_api_key(state.settings.api_key, presented_key(request.headers)):
-        raise _unauthorized()
+        raise unauthorized()

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -75,8 +76,14 @@ __all__ = [
 NO_ANIMATOR_CLOSE_CODE = 4503
 #: Close code for a bad query parameter (the reason names it).
 BAD_REQUEST_CLOSE_CODE = 4400
-#: Close code for a missing or wrong API key.
-UNAUTHORIZED_CLOSE_CODE = 4401
+#: Close code for a missing or wrong API key (policy violation). Such sockets are refused
+#: *before* the handshake: the client gets HTTP 403 and never an open socket, and the
+#: server log records the attempt as rejected (``"WebSocket /ws/overlay?key=[redacted]" 403``).
+UNAUTHORIZED_CLOSE_CODE = 1008
+
+# uvicorn prints its WebSocket lines ("[accepted]", "403") here; explicit rejections go
+# next to them so the log tells what happened (query keys are redacted on this logger).
+_ws_log = logging.getLogger("uvicorn.error")
 
 NO_ANIMATOR_MESSAGE = (
     "no animator loaded: start the server with an animator (avatarforge serve RUN --animator ANIMATOR_RUN)"
@@ -847,7 +854,7 @@ def control_page_html(query: Mapping[str, str], avatar: str, root: str = "") -> 
 
 # =============================================================================== FastAPI
 def _check_key(state: Any, provided: str | None) -> bool:
-    # The API's check: constant-time on UTF-8 bytes (a non-ASCII key is a 4401, not a crash).
+    # The API's check: constant-time on UTF-8 bytes (a non-ASCII key is refused, not a crash).
     from avatarforge.serve.auth import check_api_key
 
     return check_api_key(getattr(getattr(state, "settings", None), "api_key", None), provided)
@@ -996,10 +1003,24 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
             return JSONResponse({"detail": str(e)}, status_code=422)
         return JSONResponse({"avatar": avatar, "manual": manual})
 
-    async def _reject(ws: WebSocket, code: int, reason: str) -> None:
-        await ws.accept()
+    def _short(reason: str) -> str:
         # Close reasons are limited to 123 bytes by the protocol.
-        await ws.close(code=code, reason=reason.encode()[:123].decode("utf-8", "ignore"))
+        return reason.encode()[:123].decode("utf-8", "ignore")
+
+    async def _refuse(ws: WebSocket, reason: str) -> None:
+        """No (or a wrong) key: close before accepting, so no socket ever opens (HTTP 403)."""
+        await ws.close(code=UNAUTHORIZED_CLOSE_CODE, reason=_short(reason))
+
+    async def _reject(ws: WebSocket, code: int, reason: str) -> None:
+        """An authorised client's bad request: accept, then close with ``code`` and the reason,
+        which the page shows (it stops reconnecting on 4400-4599); logged as rejected."""
+        await ws.accept()
+        await ws.close(code=code, reason=_short(reason))
+        client = ws.client
+        where = f"{client.host}:{client.port}" if client else "-"
+        query = ws.scope.get("query_string", b"").decode("latin-1")
+        path = ws.scope.get("path", "") + (f"?{query}" if query else "")
+        _ws_log.info('%s - "WebSocket %s" rejected: %d %s', where, path, code, reason)
 
     async def _control_messages(ws: WebSocket, controls: OverlayControls, reply: bool) -> None:
         while True:
@@ -1022,7 +1043,7 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
     async def control_socket(ws: WebSocket) -> None:
         q = dict(ws.query_params)
         if not _check_key(state, q.get("key") or _header_key(ws.headers)):
-            return await _reject(ws, UNAUTHORIZED_CLOSE_CODE, "wrong or missing API key: add ?key=YOUR_KEY")
+            return await _refuse(ws, "wrong or missing API key: add ?key=YOUR_KEY")
         try:
             avatar = parse_avatar(q.get("avatar"))
         except OverlayError as e:
@@ -1035,7 +1056,7 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
     async def frame_socket(ws: WebSocket) -> None:
         q = dict(ws.query_params)
         if not _check_key(state, q.get("key") or _header_key(ws.headers)):
-            return await _reject(ws, UNAUTHORIZED_CLOSE_CODE, "wrong or missing API key: add ?key=YOUR_KEY")
+            return await _refuse(ws, "wrong or missing API key: add ?key=YOUR_KEY")
         if not hub.has_animator:
             return await _reject(ws, NO_ANIMATOR_CLOSE_CODE, NO_ANIMATOR_MESSAGE)
         try:
