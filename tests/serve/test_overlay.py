@@ -139,6 +139,42 @@ def test_one_loop_is_shared_and_stops_with_the_last_client(pipe):
         assert wait_until(lambda: hub.running() == [])
 
 
+def test_running_loops_are_capped_but_clients_join_running_ones(pipe):
+    from avatarforge.serve.overlay import TOO_MANY_LOOPS_CLOSE_CODE
+
+    client, hub = make_client(make_state(pipe, tiny_animator()), max_loops=2, fps=30)
+    with client:
+        with (
+            client.websocket_connect("/ws/overlay?avatar=1") as a,
+            client.websocket_connect("/ws/overlay?avatar=2") as b,
+        ):
+            a.receive_bytes(), b.receive_bytes()
+            # a third distinct loop is refused, with a reason the page shows
+            with (
+                client.websocket_connect("/ws/overlay?avatar=3") as c,
+                pytest.raises(WebSocketDisconnect) as e,
+            ):
+                c.receive_bytes()
+            assert e.value.code == TOO_MANY_LOOPS_CLOSE_CODE and "max_loops" in e.value.reason
+            # joining a running loop costs nothing and is allowed
+            with client.websocket_connect("/ws/overlay?avatar=1") as d:
+                d.receive_bytes()
+                assert len(hub.running()) == 2
+        assert wait_until(lambda: hub.running() == [])
+
+
+def test_manual_controls_of_many_avatars_do_not_accumulate(pipe):
+    from avatarforge.serve.overlay import MAX_CONTROLLED_AVATARS
+
+    client, hub = make_client(make_state(pipe, tiny_animator()))
+    with client:
+        for seed in range(MAX_CONTROLLED_AVATARS + 50):
+            r = client.post(f"/overlay/control?avatar={seed}", json={"set": {"smile": 0.5}})
+            assert r.status_code == 200
+    assert len(hub._controls) == MAX_CONTROLLED_AVATARS
+    assert str(MAX_CONTROLLED_AVATARS + 49) in hub._controls and "0" not in hub._controls  # oldest dropped
+
+
 def test_slow_client_queue_is_bounded_and_keeps_the_newest_frames():
     import asyncio
 

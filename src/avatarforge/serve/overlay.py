@@ -59,7 +59,9 @@ __all__ = [
     "AUDIO_ENV",
     "KEY_BINDINGS",
     "NO_ANIMATOR_CLOSE_CODE",
+    "TOO_MANY_LOOPS_CLOSE_CODE",
     "VMC_ENV",
+    "OverlayBusy",
     "OverlayControls",
     "OverlayError",
     "OverlayHub",
@@ -76,6 +78,12 @@ __all__ = [
 NO_ANIMATOR_CLOSE_CODE = 4503
 #: Close code for a bad query parameter (the reason names it).
 BAD_REQUEST_CLOSE_CODE = 4400
+#: Close code when ``OverlayOptions.max_loops`` loops already run (join one of them instead).
+TOO_MANY_LOOPS_CLOSE_CODE = 4429
+#: Most avatars with manual controls kept (controls of avatars without a running loop are
+#: dropped, oldest first, beyond this): ``?avatar=`` takes any of a billion seeds, and each
+#: one must not be a permanent allocation.
+MAX_CONTROLLED_AVATARS = 256
 #: Close code for a missing or wrong API key (policy violation). Such sockets are refused
 #: *before* the handshake: the client gets HTTP 403 and never an open socket, and the
 #: server log records the attempt as rejected (``"WebSocket /ws/overlay?key=[redacted]" 403``).
@@ -128,6 +136,10 @@ class OverlayError(ValueError):
     """A bad overlay request or control message; the message names the field and the fix."""
 
 
+class OverlayBusy(OverlayError):
+    """``OverlayOptions.max_loops`` loops already run; a new one is refused."""
+
+
 @dataclass
 class OverlayOptions:
     """Server-side options of the overlay.
@@ -145,6 +157,9 @@ class OverlayOptions:
             ``"127.0.0.1:39539"``; ``None`` = off.
         queue_frames: frames buffered per client before the oldest is dropped.
         seed: seed of the idle driver's blinks.
+        max_loops: most frame loops running at once (one per distinct avatar, size, fps,
+            idle); each renders continuously, so this bounds the overlay's CPU and memory.
+            Clients of a running loop join it for free.
     """
 
     fps: float = 30.0
@@ -156,6 +171,7 @@ class OverlayOptions:
     vmc: str | None = None
     queue_frames: int = 2
     seed: int = 0
+    max_loops: int = 8
 
     def __post_init__(self) -> None:
         if self.image_format not in ("png", "webp"):
@@ -164,6 +180,8 @@ class OverlayOptions:
             raise OverlayError(f"fps must be in (0, max_fps={self.max_fps}], got {self.fps}")
         if self.queue_frames < 1:
             raise OverlayError(f"queue_frames must be >= 1, got {self.queue_frames}")
+        if self.max_loops < 1:
+            raise OverlayError(f"max_loops must be >= 1, got {self.max_loops}")
         if self.vmc is not None:
             _parse_hostport(self.vmc)
 
@@ -546,6 +564,11 @@ class OverlayHub:
         avatar = parse_avatar(avatar)
         with self._lock:
             if avatar not in self._controls:
+                if len(self._controls) >= MAX_CONTROLLED_AVATARS:
+                    live = {k[0] for k in self._sessions} | set(self._avatars)
+                    idle = [a for a in self._controls if a not in live]  # insertion order: oldest first
+                    for a in idle[: len(self._controls) - MAX_CONTROLLED_AVATARS + 1]:
+                        del self._controls[a]
                 self._controls[avatar] = OverlayControls()
             return self._controls[avatar]
 
@@ -582,6 +605,9 @@ class OverlayHub:
     ) -> tuple[_Session, _Subscriber]:
         """Join (or start) the loop of ``(avatar, size, fps, idle)``.
 
+        Raises:
+            OverlayBusy: starting it would run more than ``options.max_loops`` loops.
+
         Frames are delivered to the returned subscriber's ``queue`` on ``loop`` (default: the
         running event loop; pass it when calling from a worker thread, since starting a loop
         prepares the avatar, a model call).
@@ -592,6 +618,11 @@ class OverlayHub:
             session = self._sessions.get(key)
             fresh = session is None
             if fresh:
+                if len(self._sessions) >= self.options.max_loops:
+                    raise OverlayBusy(
+                        f"{len(self._sessions)} overlay loops are running, the most this server allows "
+                        "(max_loops): reuse the avatar, size and fps of a running one"
+                    )
                 session = self._sessions[key] = _Session(self, key)
             session.subscribers.append(sub)
         if fresh:
@@ -1015,6 +1046,9 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
         """An authorised client's bad request: accept, then close with ``code`` and the reason,
         which the page shows (it stops reconnecting on 4400-4599); logged as rejected."""
         await ws.accept()
+        await _close_rejected(ws, code, reason)
+
+    async def _close_rejected(ws: WebSocket, code: int, reason: str) -> None:
         await ws.close(code=code, reason=_short(reason))
         client = ws.client
         where = f"{client.host}:{client.port}" if client else "-"
@@ -1069,6 +1103,8 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
             session, sub = await run_in_threadpool(
                 hub.subscribe, avatar, size, fps, idle, asyncio.get_running_loop()
             )
+        except OverlayBusy as e:
+            return await _close_rejected(ws, TOO_MANY_LOOPS_CLOSE_CODE, str(e))
         except Exception as e:
             await ws.close(
                 code=1011, reason=f"cannot start the overlay: {e}".encode()[:123].decode("utf-8", "ignore")
