@@ -3,7 +3,13 @@ import os
 
 import pytest
 
-from avatarforge.fileio import atomic_directory, atomic_write_json, atomic_write_text, atomic_writer
+from avatarforge.fileio import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_writer,
+    remove_stale_temp,
+)
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
@@ -73,3 +79,54 @@ def test_stale_partial_of_a_dead_process_is_removed(tmp_path):
     with atomic_directory(tmp_path / "ds"):
         pass
     assert not stale.exists() and live.exists()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(proc.stdout)
+
+
+def test_temp_names_carry_the_writers_pid(tmp_path):
+    seen = []
+    with atomic_writer(tmp_path / "latest") as f:
+        seen = [p.name for p in tmp_path.iterdir()]
+        f.write(b"x")
+    (name,) = seen
+    assert name.startswith(f".latest.{os.getpid()}.") and name.endswith(".tmp")
+
+
+def test_remove_stale_temp_cleans_only_what_dead_writers_left(tmp_path):
+    dead = _dead_pid()
+    stale_files = [
+        f".latest.{dead}.ab12cd34.tmp",
+        ".latest.ab12cd34.tmp",
+        f".config.yaml.{dead}.zz_9zz9z.tmp",
+    ]
+    for name in stale_files:
+        (tmp_path / name).write_text("half")
+    stale_dir = tmp_path / f".ckpt-00000010.{dead}.q1w2e3r4.partial"
+    stale_dir.mkdir()
+    (stale_dir / "f").write_text("half")
+    keep = [
+        f".latest.{os.getpid()}.ab12cd34.tmp",  # a live writer (this process)
+        ".notes.tmp",  # not one of ours: no 8-character random part
+        "visible.tmp",
+    ]
+    for name in keep:
+        (tmp_path / name).write_text("keep")
+    # An overwrite cut between its two renames: "best" is gone, its previous copy is moved back.
+    (tmp_path / f".best.old-{dead}").mkdir()
+    (tmp_path / f".best.old-{dead}" / "best.json").write_text("{}")
+    # The same cut after the second rename: the new copy is in place, the old one goes.
+    (tmp_path / "ds").mkdir()
+    (tmp_path / f".ds.old-{dead}").mkdir()
+    removed = {p.name for p in remove_stale_temp(tmp_path)}
+    assert removed == {*stale_files, stale_dir.name, f".best.old-{dead}", f".ds.old-{dead}"}
+    assert sorted(os.listdir(tmp_path)) == sorted([*keep, "best", "ds"])
+    assert (tmp_path / "best" / "best.json").is_file()
+    assert remove_stale_temp(tmp_path / "missing") == []

@@ -4,6 +4,10 @@ Everything AvatarForge writes (checkpoints, data sets, reports, images) goes thr
 helpers so that a killed process never leaves a half-written file under the final name:
 data is written to a temporary sibling and moved into place with ``os.replace``, which is
 atomic on POSIX file systems when source and destination share a directory.
+
+Temporary names carry the writer's process id (``.NAME.<pid>.<random>.tmp`` files,
+``.NAME.<pid>.<random>.partial`` directories), so :func:`remove_stale_temp` can tell what a
+killed process left behind from what a live one is still writing.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -41,6 +46,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "atomic_writer",
+    "remove_stale_temp",
 ]
 
 
@@ -52,7 +58,8 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The pid in the name lets a later run remove what a killed writer left behind.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
         os.fchmod(fd, 0o666 & ~_umask())
@@ -123,3 +130,53 @@ def _remove_stale_partials(path: Path) -> None:
         parts = cand.name[len(path.name) + 2 :].split(".")
         if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
             shutil.rmtree(cand, ignore_errors=True)
+
+
+# mkstemp/mkdtemp add 8 random characters from [a-z0-9_]; matching them exactly keeps the
+# clean-up away from dot-files that are not ours.
+_TEMP_RE = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<pid>\d+))?\.[a-z0-9_]{8}\.(?P<kind>tmp|partial)$")
+_OLD_RE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+
+
+def _dead(pid: str | None) -> bool:
+    # No pid: written by a version before pids were recorded, so by a process long gone.
+    return pid is None or not _pid_alive(int(pid))
+
+
+def remove_stale_temp(directory: str | os.PathLike) -> list[Path]:
+    """Clean up what killed writers left in ``directory`` (not recursive); returns the paths.
+
+    * ``.NAME.<pid>.XXXXXXXX.tmp`` files of :func:`atomic_writer` and
+      ``.NAME.<pid>.XXXXXXXX.partial`` directories of :func:`atomic_directory` whose process
+      is gone (or that carry no pid) are deleted;
+    * ``.NAME.old-<pid>`` (the previous ``NAME`` while :func:`atomic_directory` swaps in a
+      replacement) is moved back to ``NAME`` if the swap was cut between its two renames,
+      and deleted otherwise.
+
+    Temporary files of live processes (this one included) are left alone.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    touched: list[Path] = []
+    for entry in sorted(directory.iterdir()):
+        if not entry.name.startswith("."):
+            continue
+        m = _TEMP_RE.match(entry.name)
+        if m and _dead(m.group("pid")):
+            if m.group("kind") == "tmp" and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+                touched.append(entry)
+            elif m.group("kind") == "partial" and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+                touched.append(entry)
+            continue
+        m = _OLD_RE.match(entry.name)
+        if m and entry.is_dir() and not entry.is_symlink() and _dead(m.group("pid")):
+            target = directory / m.group("name")
+            if target.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                os.replace(entry, target)  # the replacement never arrived: keep the previous
+            touched.append(entry)
+    return touched
