@@ -153,6 +153,71 @@ def test_keep_last_k_and_best(tmp_path):
     assert ck.load_snapshot(tmp_path / "best").step == 40
 
 
+def test_manifest_lists_every_file_with_size_and_sha256(tmp_path):
+    import hashlib
+
+    model, opt, gens = _trained_state()
+    path = _write(tmp_path, 3, model, opt, gens)
+    manifest = json.loads((path / ck.MANIFEST_NAME).read_text())
+    files = sorted(p.name for p in path.iterdir() if p.name != ck.MANIFEST_NAME)
+    assert sorted(manifest["files"]) == files
+    for name, rec in manifest["files"].items():
+        data = (path / name).read_bytes()
+        assert rec == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert json.loads((path / ck.STATE_JSON).read_text())["manifest"] == ck.MANIFEST_NAME
+    ck.verify_checkpoint(path)
+
+
+def test_every_bit_flip_of_a_manifest_is_detected(tmp_path):
+    """All 8 bits of every byte of ``manifest.json``: each flip is reported, none accepted."""
+    import os
+
+    model, opt, gens = _trained_state()
+    path = _write(tmp_path, 3, model, opt, gens)
+    manifest = path / ck.MANIFEST_NAME
+    original = manifest.read_bytes()
+    accepted = []
+    fd = os.open(manifest, os.O_RDWR)
+    try:
+        for pos in range(len(original) - 1):  # the trailing newline is not part of the JSON
+            for bit in range(8):
+                os.pwrite(fd, bytes([original[pos] ^ (1 << bit)]), pos)  # in place: cheaper than rewriting
+                try:
+                    ck.verify_checkpoint(path)
+                except ck.CheckpointError as e:
+                    assert "\n" not in str(e)
+                else:
+                    accepted.append((pos, bit))
+                os.pwrite(fd, original[pos : pos + 1], pos)
+    finally:
+        os.close(fd)
+    assert manifest.read_bytes() == original
+    ck.verify_checkpoint(path)
+    assert accepted == []
+
+
+def test_damaged_state_files_raise_checkpoint_errors_naming_them(tmp_path):
+    model, opt, gens = _trained_state()
+    path = _write(tmp_path, 3, model, opt, gens)
+    (path / ck.MANIFEST_NAME).unlink()  # what the parser alone catches (older checkpoints)
+    state = json.loads((path / ck.STATE_JSON).read_text())
+    del state["manifest"]
+    (path / ck.STATE_JSON).write_text(json.dumps(state))
+    tensors = path / ck.STATE_TENSORS
+    tensors.write_bytes(tensors.read_bytes()[:-5])
+    with pytest.raises(ck.CheckpointError, match=rf"{ck.STATE_TENSORS}: truncated") as err:
+        ck.load_snapshot(path, verify=False)  # even unverified, no raw SafetensorError
+    assert isinstance(err.value, ValueError)
+    tensors.write_bytes(b"\x80\x04\x95 pickle bytes, not safetensors")
+    with pytest.raises(ck.CheckpointError, match="not a safetensors file"):
+        ck.verify_checkpoint(path)
+    (path / ck.STATE_JSON).write_text('{"format": ')
+    with pytest.raises(
+        ck.CheckpointError, match=rf"{ck.STATE_JSON}: damaged, not valid JSON \(Expecting value"
+    ):
+        ck.load_snapshot(path, verify=False)
+
+
 def test_find_checkpoint_errors_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         ck.find_checkpoint(tmp_path)

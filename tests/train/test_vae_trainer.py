@@ -204,6 +204,7 @@ def test_run_directory_layout_samples_metrics_checkpoints_and_best(avatars, tmp_
     ckpts = [p.name for p in list_checkpoints(run / "checkpoints")]
     assert ckpts == ["ckpt-00000004", "ckpt-00000006"]
     assert sorted(p.name for p in (run / "checkpoints" / "ckpt-00000006").iterdir()) == [
+        "manifest.json",
         "training_state.json",
         "training_state.safetensors",
         "vae_config.json",

@@ -9,11 +9,19 @@ Layout of one checkpoint (``run/checkpoints/ckpt-SSSSSSSS/``, ``S`` = optimizer 
                                  (``optim/<name>/<param>/<key>``) and RNG states (``rng/<name>``)
     training_state.json          everything else: step and counters, optimizer hyper-parameters,
                                  numpy/python RNG states, learning-rate scale, data position, ...
+    manifest.json                size and sha256 of every file above; written last
 
 A checkpoint is built in a hidden temporary sibling directory and renamed into place, so a
 ``ckpt-*`` directory is always complete; then ``checkpoints/latest`` (a one-line text file
 naming it) is replaced atomically. A crash at any point leaves the previous checkpoint and
 pointer usable, and :func:`find_checkpoint` falls back to scanning if ``latest`` is stale.
+
+What a crash cannot do, a disk can: files are truncated or flipped after the fact.
+:func:`verify_checkpoint` checks every file against the manifest (checkpoints written before
+manifests existed are checked by parsing every file's header instead), and
+:func:`find_intact_checkpoint` (what resume uses) skips damaged checkpoints, newest first, with a
+:class:`CheckpointWarning` naming the file and the problem. Every damaged or malformed file
+raises :class:`CheckpointError`, a ``ValueError`` with a one-line message naming the file.
 
 Nothing here calls ``torch.load``/``pickle``: a checkpoint from an untrusted source can at
 worst hold wrong numbers, never run code.
@@ -29,6 +37,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,19 +47,35 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from avatarforge.fileio import atomic_directory, atomic_write_json, atomic_write_text, atomic_writer
-from avatarforge.models.base import CONFIG_NAME, WEIGHTS_NAME
+from avatarforge.fileio import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_writer,
+    remove_stale_temp,
+)
+from avatarforge.models.base import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ModelFileError,
+    file_sha256,
+    read_safetensors_header,
+)
 
 __all__ = [
     "CKPT_PREFIX",
     "FORMAT_NAME",
     "LATEST_NAME",
+    "MANIFEST_NAME",
     "STATE_JSON",
     "STATE_TENSORS",
+    "CheckpointError",
+    "CheckpointWarning",
     "Snapshot",
     "capture_rng",
     "checkpoint_step",
     "find_checkpoint",
+    "find_intact_checkpoint",
     "list_checkpoints",
     "load_snapshot",
     "optimizer_state",
@@ -59,6 +84,8 @@ __all__ = [
     "restore_rng",
     "save_best",
     "save_checkpoint",
+    "verify_checkpoint",
+    "write_manifest",
 ]
 
 FORMAT_NAME = "avatarforge-checkpoint"
@@ -68,7 +95,21 @@ LATEST_NAME = "latest"
 BEST_NAME = "best"
 STATE_JSON = "training_state.json"
 STATE_TENSORS = "training_state.safetensors"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "avatarforge-checkpoint-manifest"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CheckpointError(ModelFileError):
+    """A checkpoint file is missing, damaged or inconsistent; the one-line message names it.
+
+    A :class:`~avatarforge.models.base.ModelFileError`, hence a ``ValueError``.
+    """
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was passed over while looking for one to resume from (the message says why)."""
 
 
 @dataclass
@@ -210,17 +251,151 @@ def save_checkpoint(
         meta: JSON-serialisable training state.
     """
     root = Path(root)
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **dict(meta or {}), "step": int(step)}
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **dict(meta or {}),
+        "step": int(step),
+        # Says a manifest was written, so a checkpoint that lost it is not taken for an old one.
+        "manifest": MANIFEST_NAME,
+    }
     path = root / f"{CKPT_PREFIX}{int(step):08d}"
     with atomic_directory(path, overwrite=True) as tmp:
         for prefix, module in models.items():
             module.save_pretrained(tmp, prefix=f"{prefix}_")
         with atomic_writer(tmp / STATE_TENSORS) as f:
             f.write(save({k: v.contiguous() for k, v in (tensors or {}).items()}))
-        # The JSON goes last: a directory with training_state.json is a complete checkpoint.
         atomic_write_json(tmp / STATE_JSON, meta)
+        # The manifest goes last and hashes what is on disk, not what was meant to be written.
+        write_manifest(tmp)
     atomic_write_text(root / LATEST_NAME, path.name + "\n")
     return path
+
+
+def write_manifest(directory: str | os.PathLike) -> Path:
+    """Write ``directory/manifest.json``: size and sha256 of every (non-hidden) file in it."""
+    directory = Path(directory)
+    files = {
+        f.name: {"size": f.stat().st_size, "sha256": file_sha256(f)}
+        for f in sorted(directory.iterdir())
+        if f.is_file() and not f.name.startswith(".") and f.name != MANIFEST_NAME
+    }
+    return atomic_write_json(
+        directory / MANIFEST_NAME, {"format": MANIFEST_FORMAT, "version": 1, "files": files}
+    )
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    return name in (STATE_JSON, STATE_TENSORS) or name.endswith((f"_{CONFIG_NAME}", f"_{WEIGHTS_NAME}"))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: damaged, not valid JSON ({e})") from None
+
+
+def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    doc = _read_json(path)
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != MANIFEST_FORMAT
+        or doc.get("version") != 1
+        or not isinstance(files, dict)
+    ):
+        raise CheckpointError(f"{path}: damaged (not a checkpoint manifest)")
+    for name, rec in files.items():
+        ok = (
+            isinstance(rec, dict)
+            and "/" not in name
+            and "\\" not in name
+            and name not in ("", ".", "..")
+            and type(rec.get("size")) is int
+            and isinstance(rec.get("sha256"), str)
+            and _SHA256_RE.match(rec["sha256"])
+        )
+        if not ok:
+            raise CheckpointError(f"{path}: damaged (entry {name!r}: {json.dumps(rec)[:120]})")
+    return files
+
+
+def verify_checkpoint(path: str | os.PathLike, files: Iterable[str] | None = None) -> None:
+    """Check a checkpoint directory's files before anything is loaded from it.
+
+    With a manifest: every listed file exists with the recorded size and sha256, and no
+    checkpoint file is missing from it. Without one (checkpoints written before manifests):
+    every JSON file parses and every safetensors header fits its file, which catches
+    truncation but not a flipped bit inside tensor data. ``files`` restricts the check to
+    those names (e.g. one network's config).
+
+    Raises:
+        CheckpointError: naming the first damaged or missing file and what is wrong with it.
+    """
+    ckpt = Path(path)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{ckpt}: missing (not a checkpoint directory)")
+    manifest = ckpt / MANIFEST_NAME
+    if manifest.is_file():
+        listed = _read_manifest(manifest)
+        if files is None:
+            if STATE_JSON not in listed:
+                raise CheckpointError(f"{manifest}: damaged (does not list {STATE_JSON})")
+            unlisted = sorted(
+                f.name for f in ckpt.iterdir() if _is_checkpoint_file(f.name) and f.name not in listed
+            )
+            if unlisted:
+                raise CheckpointError(
+                    f"{ckpt / unlisted[0]}: not in {MANIFEST_NAME} (added after the checkpoint was written)"
+                )
+            names = sorted(listed)
+        else:
+            names = list(files)
+        for name in names:  # sizes first: a truncated file is found without hashing anything
+            f = ckpt / name
+            if name not in listed:
+                raise CheckpointError(f"{f}: not in {MANIFEST_NAME}")
+            if not f.is_file():
+                raise CheckpointError(f"{f}: missing (listed in {MANIFEST_NAME})")
+            size = f.stat().st_size
+            if size != listed[name]["size"]:
+                raise CheckpointError(
+                    f"{f}: {size} bytes, {MANIFEST_NAME} records {listed[name]['size']} (truncated or damaged)"
+                )
+        for name in names:
+            if file_sha256(ckpt / name) != listed[name]["sha256"]:
+                raise CheckpointError(f"{ckpt / name}: damaged (sha256 differs from {MANIFEST_NAME})")
+        return
+
+    state = _read_json(ckpt / STATE_JSON) if files is None or STATE_JSON in files else None
+    if state is not None:
+        if not isinstance(state, dict) or state.get("format") != FORMAT_NAME:
+            raise CheckpointError(f"{ckpt / STATE_JSON}: not an AvatarForge checkpoint's training state")
+        if state.get("manifest"):
+            raise CheckpointError(f"{manifest}: missing (this checkpoint was written with one)")
+    present = sorted(f.name for f in ckpt.iterdir() if f.is_file())
+    names = present if files is None else list(files)
+    for name in names:
+        f = ckpt / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing")
+        if name.endswith(".json"):
+            _read_json(f)
+        elif name.endswith(".safetensors"):
+            try:
+                read_safetensors_header(f)
+            except ModelFileError as e:
+                raise CheckpointError(str(e)) from None
+    if files is None:
+        need = [STATE_TENSORS] + [
+            n[: -len(CONFIG_NAME)] + WEIGHTS_NAME for n in present if n.endswith(f"_{CONFIG_NAME}")
+        ]
+        for name in need:
+            if name not in present:
+                raise CheckpointError(f"{ckpt / name}: missing")
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -236,11 +411,9 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if (p / STATE_JSON).is_file():
         return p
     root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    pointer = root / LATEST_NAME
-    if pointer.is_file():
-        name = pointer.read_text("utf-8").strip()
-        if name and "/" not in name and (root / name / STATE_JSON).is_file():
-            return root / name
+    name = _read_pointer(root)
+    if name and (root / name / STATE_JSON).is_file():
+        return root / name
     found = list_checkpoints(root)
     if found:
         return found[-1]
@@ -249,25 +422,120 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
-def load_snapshot(path: str | os.PathLike, map_location: str = "cpu") -> Snapshot:
-    """Read a checkpoint written by :func:`save_checkpoint` (no unpickling)."""
+def _read_pointer(root: Path) -> str | None:
+    """The checkpoint name ``root/latest`` holds, or None if it is missing or unreadable."""
+    try:
+        name = (root / LATEST_NAME).read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if checkpoint_step(name) is not None else None
+
+
+def find_intact_checkpoint(path: str | os.PathLike, *, warn: bool = True) -> Path:
+    """The checkpoint to resume from: like :func:`find_checkpoint`, but verified.
+
+    A checkpoint directory (``ckpt-*``, ``best``) is verified and returned, or rejected. A run
+    or ``checkpoints`` directory resolves to its newest intact checkpoint: the one ``latest``
+    names, else (damaged) the next older ones; a :class:`CheckpointWarning` names each
+    damaged checkpoint passed over and why. Checkpoints newer than the one ``latest`` names
+    (a write cut between the rename and the pointer update, or those of a run resumed from an
+    older checkpoint) are not used, with a warning.
+
+    Raises:
+        CheckpointError: the named checkpoint, or every candidate, is damaged.
+        FileNotFoundError: no checkpoint at all.
+    """
+    p = Path(path)
+    if (p / STATE_JSON).is_file() or (p / MANIFEST_NAME).is_file() or checkpoint_step(p) is not None:
+        verify_checkpoint(p)
+        return p
+    root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    found = sorted(
+        (
+            d
+            for d in (root.iterdir() if root.is_dir() else [])
+            if d.is_dir() and checkpoint_step(d) is not None
+        ),
+        key=lambda d: checkpoint_step(d) or 0,
+        reverse=True,
+    )
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {p} (looked for {root}/{CKPT_PREFIX}*)")
+    name = _read_pointer(root)
+    if name and (root / name).is_dir():
+        top = checkpoint_step(name) or 0
+        newer = [d.name for d in found if (checkpoint_step(d) or 0) > top]
+        if newer and warn:
+            warnings.warn(
+                f"{root / LATEST_NAME} names {name}, but {', '.join(newer)} {'is' if len(newer) == 1 else 'are'} newer "
+                "(a checkpoint write cut before the pointer update, or a run resumed from an older checkpoint); "
+                f"using {name} (pass a checkpoint directory to --resume to choose another)",
+                CheckpointWarning,
+                stacklevel=2,
+            )
+        found = [d for d in found if (checkpoint_step(d) or 0) <= top]
+    problems = []
+    for ckpt in found:
+        try:
+            verify_checkpoint(ckpt)
+        except CheckpointError as e:
+            problems.append(str(e))
+            if warn:
+                warnings.warn(
+                    f"skipping damaged checkpoint {ckpt.name}: {e}", CheckpointWarning, stacklevel=2
+                )
+            continue
+        return ckpt
+    raise CheckpointError(f"no intact checkpoint in {root}: {'; '.join(problems)}")
+
+
+def load_snapshot(path: str | os.PathLike, map_location: str = "cpu", *, verify: bool = True) -> Snapshot:
+    """Read a checkpoint written by :func:`save_checkpoint` (no unpickling).
+
+    ``path`` resolves as in :func:`find_checkpoint`. With ``verify`` (the default) the
+    checkpoint is checked with :func:`verify_checkpoint` first; pass False only for one that
+    was just verified (resume does, after :func:`find_intact_checkpoint`).
+
+    Raises:
+        CheckpointError: a damaged, missing or malformed file (the message names it).
+    """
     ckpt = find_checkpoint(path)
-    meta = json.loads((ckpt / STATE_JSON).read_text("utf-8"))
-    if meta.get("format") != FORMAT_NAME:
-        raise ValueError(
-            f"{ckpt / STATE_JSON}: not an AvatarForge checkpoint (format {meta.get('format')!r})"
-        )
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{ckpt}: checkpoint format {meta['format_version']} is newer than this AvatarForge")
-    tensors = load_file(str(ckpt / STATE_TENSORS), device=map_location)
+    if verify:
+        verify_checkpoint(ckpt)
+    meta = _read_json(ckpt / STATE_JSON)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{ckpt / STATE_JSON}: not an AvatarForge checkpoint (format {fmt!r})")
+    try:
+        version = int(meta.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise CheckpointError(
+            f"{ckpt / STATE_JSON}: damaged (format_version {meta.get('format_version')!r})"
+        ) from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{ckpt}: checkpoint format {version} is newer than this AvatarForge")
+    tensors = _load_tensors(ckpt / STATE_TENSORS, map_location)
     models: dict[str, dict[str, torch.Tensor]] = {}
     for cfg in sorted(ckpt.glob(f"*_{CONFIG_NAME}")):
         prefix = cfg.name[: -len(f"_{CONFIG_NAME}")]
         weights = ckpt / f"{prefix}_{WEIGHTS_NAME}"
         if weights.is_file():
-            models[prefix] = load_file(str(weights), device=map_location)
+            models[prefix] = _load_tensors(weights, map_location)
     meta["path"] = str(ckpt)
     return Snapshot(models=models, tensors=tensors, meta=meta)
+
+
+def _load_tensors(path: Path, map_location: str) -> dict[str, torch.Tensor]:
+    """``load_file`` with its errors turned into one-line :class:`CheckpointError` s."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        read_safetensors_header(path)  # a clear message for truncated or foreign files
+        return load_file(str(path), device=map_location)
+    except ModelFileError as e:
+        raise CheckpointError(str(e)) from None
+    except Exception as e:  # safetensors' own error type
+        raise CheckpointError(f"{path}: unreadable ({' '.join(str(e).split())})") from None
 
 
 def prune_checkpoints(
@@ -275,15 +543,16 @@ def prune_checkpoints(
 ) -> list[Path]:
     """Delete all but the newest ``keep_last`` checkpoints (never ``protect``-ed ones).
 
-    Also removes leftovers of interrupted writes (hidden ``.ckpt-*.partial`` directories).
-    Returns the removed paths.
+    Also removes leftovers of interrupted writes (hidden ``.ckpt-*.partial`` directories,
+    temporary files of dead processes such as ``.latest.<pid>.*.tmp``). Returns the removed
+    paths.
     """
     root = Path(root)
     keep = {Path(p).resolve() for p in protect}
     found = list_checkpoints(root)
-    pointer = root / LATEST_NAME
-    if pointer.is_file():
-        keep.add((root / pointer.read_text("utf-8").strip()).resolve())
+    name = _read_pointer(root)
+    if name:
+        keep.add((root / name).resolve())
     removed = []
     for p in found[: max(0, len(found) - keep_last)]:
         if p.resolve() not in keep:
@@ -292,6 +561,7 @@ def prune_checkpoints(
     for p in root.glob(f".{CKPT_PREFIX}*.partial"):
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
+    removed += remove_stale_temp(root)
     return removed
 
 

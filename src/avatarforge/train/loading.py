@@ -1,4 +1,12 @@
-"""Load trained networks back from a run directory or checkpoint (no unpickling)."""
+"""Load trained networks back from a run directory or checkpoint (no unpickling).
+
+A network's files are checked before anything is built from them: its ``config.json``
+against the checkpoint's manifest (when the checkpoint has one), the config against the
+model's constructor and the weights against the config (sizes, shapes, sha256; see
+:func:`avatarforge.models.base.load_pretrained`). A damaged file raises a one-line
+:class:`~avatarforge.models.base.ModelFileError` naming it; when the checkpoint was found from
+a run directory, the message also names the newest intact checkpoint to pass instead.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from avatarforge.models.base import CONFIG_NAME, ConfigModule, load_pretrained
-from avatarforge.train.checkpoint import find_checkpoint
+from avatarforge.models.base import CONFIG_NAME, WEIGHTS_NAME, ConfigModule, ModelFileError, load_pretrained
+from avatarforge.train.checkpoint import (
+    MANIFEST_NAME,
+    CheckpointError,
+    checkpoint_step,
+    find_checkpoint,
+    verify_checkpoint,
+)
 
 __all__ = ["is_vae_checkpoint", "load_generator", "load_network", "load_vae"]
 
@@ -24,6 +38,44 @@ def _checkpoint_dir(path: str | os.PathLike, prefix: str) -> Path:
     return p if (p / f"{prefix}{CONFIG_NAME}").is_file() else find_checkpoint(p)
 
 
+def _load_checked(
+    path: str | os.PathLike, ckpt: Path, prefix: str, device: str | torch.device
+) -> ConfigModule:
+    """``load_pretrained(ckpt, prefix)`` after checking the network's config against the
+    checkpoint's manifest; a damaged file's error names an intact checkpoint to use instead."""
+    try:
+        if (ckpt / MANIFEST_NAME).is_file():
+            # The weights are checked by load_pretrained against the sha256 in the config,
+            # so only the config itself needs the manifest (and hashing the weights twice is waste).
+            verify_checkpoint(ckpt, files=[f"{prefix}{CONFIG_NAME}"])
+        return load_pretrained(ckpt, prefix=prefix, map_location=device)
+    except ModelFileError as e:
+        hint = _intact_hint(Path(path), ckpt, prefix)
+        if not hint:
+            raise
+        raise type(e)(f"{e}{hint}") from None
+
+
+def _intact_hint(asked: Path, ckpt: Path, prefix: str) -> str:
+    """``"; newest intact checkpoint: ..."`` when ``ckpt`` was resolved from a run directory."""
+    step = checkpoint_step(ckpt)
+    if asked == ckpt or step is None:
+        return ""
+    try:
+        for older in sorted(ckpt.parent.iterdir(), key=lambda d: checkpoint_step(d) or 0, reverse=True):
+            s = checkpoint_step(older)
+            if s is None or s >= step or not (older / f"{prefix}{CONFIG_NAME}").is_file():
+                continue
+            try:
+                verify_checkpoint(older, files=[f"{prefix}{CONFIG_NAME}", f"{prefix}{WEIGHTS_NAME}"])
+            except CheckpointError:
+                continue
+            return f"; the newest intact checkpoint is {older} (pass it instead)"
+    except OSError:
+        pass
+    return ""
+
+
 def load_network(
     path: str | os.PathLike, which: str = "ema", device: str | torch.device = "cpu"
 ) -> ConfigModule:
@@ -35,7 +87,7 @@ def load_network(
     if which not in _PREFIXES:
         raise ValueError(f"which must be one of {', '.join(_PREFIXES)}, got {which!r}")
     prefix = _PREFIXES[which]
-    model = load_pretrained(_checkpoint_dir(path, prefix), prefix=prefix, map_location=device)
+    model = _load_checked(path, _checkpoint_dir(path, prefix), prefix, device)
     return model.eval().requires_grad_(False)
 
 
@@ -74,7 +126,7 @@ def load_vae(
     if not (ckpt / f"{prefix}{CONFIG_NAME}").is_file():
         what = "an EMA VAE (train with ema.enabled=true)" if prefix == "vae_ema_" else "a VAE"
         raise FileNotFoundError(f"{ckpt} holds no {what} ({prefix}{CONFIG_NAME})")
-    model = load_pretrained(ckpt, prefix=prefix, map_location=device)
+    model = _load_checked(run_dir_or_checkpoint, ckpt, prefix, device)
     return model.eval().requires_grad_(False)
 
 
