@@ -143,6 +143,9 @@ class LogConfig:
     sample_every_kimg: float = 10.0  # sample grid from the EMA generator; 0 = only at the end
     num_samples: int = 64  # images in a sample grid
     checkpoint_every_kimg: float = 50.0  # 0 = only at the end (and on signals)
+    # Also checkpoint when this many minutes of wall time passed since the last checkpoint
+    # (or the start), so a crash early in a long kimg interval does not lose the run; 0 = off.
+    checkpoint_every_minutes: float = 10.0
     keep_last: int = 3  # checkpoints kept (plus best/ when best_metric is set)
     metric_every_kimg: float = 0.0  # run the metric hook every N kimg; 0 = only at the end
     # In-training evaluation from the CLI (avatarforge.eval.make_metric_fn): e.g. [swd] or
@@ -210,6 +213,10 @@ class TrainConfig:
             (self.ema.beta is None or 0 <= self.ema.beta < 1, "ema.beta must be in [0, 1)"),
             (self.log.every_steps >= 1, "log.every_steps must be >= 1"),
             (self.log.keep_last >= 1, "log.keep_last must be >= 1"),
+            (
+                math.isfinite(self.log.checkpoint_every_minutes) and self.log.checkpoint_every_minutes >= 0,
+                "log.checkpoint_every_minutes must be >= 0 (0 = off)",
+            ),
             (self.log.num_samples >= 1, "log.num_samples must be >= 1"),
             (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
             (

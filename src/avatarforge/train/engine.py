@@ -9,8 +9,14 @@ step and its pictures; this class runs everything around them, the same way for 
   scheduled points (``log.*``) the loss log, the NaN/Inf guard, checkpoints, sample grids and
   evaluation, in that order; it stops on ``kimg``, ``minutes`` or SIGINT/SIGTERM (after
   writing a checkpoint and naming the resume command);
-* checkpoints with the complete training state (every optimizer, every random generator of
-  every rank, counters), so a resumed run is bit-identical to an uninterrupted one on CPU;
+* checkpoints every ``log.checkpoint_every_kimg`` and every ``log.checkpoint_every_minutes``
+  of wall time (so a crash early in a long interval loses minutes, not the run), with the
+  complete training state (every optimizer, every random generator of every rank, counters,
+  the partly filled loss-logging window), so a resumed run is bit-identical to an
+  uninterrupted one on CPU and logs the same losses;
+* resume from the newest intact checkpoint (damaged ones are skipped with a warning, see
+  :func:`~avatarforge.train.checkpoint.find_intact_checkpoint`), after removing what killed
+  writes left behind (``.*.tmp`` files, ``.*.partial`` directories);
 * the NaN guard: roll back to the last good checkpoint, halve the learning rates, give up
   after ``max_nan_events``;
 * ``metrics.jsonl`` and the ``checkpoints/best/`` copy kept by ``log.best_metric``.
@@ -36,12 +42,13 @@ import torch
 from torch import Tensor, nn
 
 from avatarforge.config import ConfigError, TrainConfig, to_dict, to_yaml
-from avatarforge.fileio import atomic_write_json, atomic_write_text
+from avatarforge.fileio import atomic_write_json, atomic_write_text, remove_stale_temp
 from avatarforge.train import distributed as D_
 from avatarforge.train.checkpoint import (
+    CheckpointError,
     Snapshot,
     capture_rng,
-    find_checkpoint,
+    find_intact_checkpoint,
     load_snapshot,
     optimizer_state,
     prune_checkpoints,
@@ -74,6 +81,15 @@ def condition_labels(cfg: TrainConfig, schema: Any) -> list[str]:
     return names
 
 
+def _run_dir_of(resume: Path) -> Path:
+    """The run directory ``--resume`` points into: a run, its ``checkpoints`` or one checkpoint."""
+    if (resume / "checkpoints").is_dir():
+        return resume
+    if resume.name == "checkpoints":
+        return resume.parent
+    return resume.parent.parent
+
+
 class Optimizer:
     """An optimizer the trainer owns: its base learning rate (scaled after NaN events) and
     its fp16 gradient scaler (None unless CUDA fp16 autocast)."""
@@ -94,6 +110,11 @@ class Trainer:
         step_hook: optional ``step_hook(trainer)`` called after every step.
         dataset: an already opened :class:`~avatarforge.data.dataset.PackedDataset`
             (default: open ``config.data.path``).
+
+    Attributes:
+        clock: the monotonic clock (seconds) behind ``minutes``, ``time_s`` and
+            ``log.checkpoint_every_minutes``; tests replace it to exercise those without
+            waiting. Nothing that changes the training reads it.
     """
 
     #: Per-step statistics ``train_step`` returns (accumulated, averaged per log interval).
@@ -122,6 +143,8 @@ class Trainer:
         self.run_dir: Path | None = None
         self.stopped_by: str | None = None
         self.stop = StopSignal()
+        self.clock: Callable[[], float] = time.monotonic
+        self.resumed_from: Path | None = None  # the checkpoint actually used (resume)
 
     # ================================================================== public API
     def fit(self) -> Path:
@@ -253,12 +276,21 @@ class Trainer:
         self.elapsed_before = 0.0  # training seconds of earlier sessions (resume)
         self.last_ckpt: Path | None = None
         self.start_snapshot: Snapshot | None = None
+        self._reset_accumulators()
 
         # -- run directory, resume
         self._setup_run_dir()
         if self.resume_from is not None:
-            ckpt = find_checkpoint(self.resume_from)
-            self._restore(load_snapshot(ckpt), counters=True)
+            ckpt = self.resumed_from
+            assert ckpt is not None
+            # Rank 0 verified it in _setup_run_dir; hashing it again on every rank is waste.
+            snap = load_snapshot(ckpt, verify=False)
+            try:
+                self._restore(snap, counters=True)
+            except (RuntimeError, KeyError, IndexError, TypeError) as e:
+                # Intact files that do not fit this run (e.g. a model override on resume).
+                msg = " ".join(str(e).split())
+                raise CheckpointError(f"{ckpt}: does not fit this run's models ({msg[:300]})") from None
             self.last_ckpt = ckpt
             self._print(f"resumed from {ckpt} at step {self.step} ({self.nimg / 1000:.3f} kimg)")
         else:
@@ -280,19 +312,53 @@ class Trainer:
             )
 
     def _setup_run_dir(self) -> None:
-        cfg = self.cfg
+        """Rank 0 creates the run directory, or on resume picks the newest intact checkpoint
+        and cleans up after interrupted writes; every rank learns both."""
         run_dir: Path | None = None
+        ckpt: Path | None = None
+        error: Exception | None = None
         if self.is_main:
-            if self.resume_from is not None:
-                run_dir = find_checkpoint(self.resume_from).parent.parent  # run/checkpoints/<ckpt>
-            else:
-                run_dir = allocate_run_dir(cfg.runs_dir, cfg.desc or self._default_desc())
-            saved = self._saved_config()
-            atomic_write_text(run_dir / "config.yaml", to_yaml(saved))
-            atomic_write_json(run_dir / "config.json", saved)
-            (run_dir / "samples").mkdir(exist_ok=True)
-        self.run_dir = Path(D_.broadcast_object(str(run_dir) if run_dir else None, self.dist))
+            try:
+                run_dir, ckpt = self._prepare_run_dir()
+            except (CheckpointError, FileNotFoundError) as e:
+                error = e
+        # Rank 0's failure travels with the broadcast, so no rank waits for a run that is not coming.
+        got = D_.broadcast_object(
+            (str(run_dir) if run_dir else None, str(ckpt) if ckpt else None, str(error) if error else None),
+            self.dist,
+        )
+        if error is not None:
+            raise error
+        if got[2] is not None:
+            raise RuntimeError(f"rank 0 could not set up the run: {got[2]}")
+        self.run_dir = Path(got[0])
+        self.resumed_from = Path(got[1]) if got[1] else None
         self.ckpt_root = self.run_dir / "checkpoints"
+
+    def _prepare_run_dir(self) -> tuple[Path, Path | None]:
+        """(run directory, checkpoint to resume from or None); rank 0 only."""
+        cfg = self.cfg
+        ckpt: Path | None = None
+        if self.resume_from is not None:
+            # Clean up first: undoing a checkpoint swap that was cut between its two renames
+            # can bring back the newest checkpoint.
+            guess = _run_dir_of(self.resume_from)
+            left = [
+                p for d in (guess, guess / "checkpoints", guess / "samples") for p in remove_stale_temp(d)
+            ]
+            if left:
+                names = ", ".join(p.name for p in left)
+                self._print(f"removed {len(left)} leftover(s) of interrupted writes: {names}")
+            # Warns about (and skips) damaged checkpoints; raises if none is intact.
+            ckpt = find_intact_checkpoint(self.resume_from)
+            run_dir = ckpt.parent.parent  # run/checkpoints/<ckpt>
+        else:
+            run_dir = allocate_run_dir(cfg.runs_dir, cfg.desc or self._default_desc())
+        saved = self._saved_config()
+        atomic_write_text(run_dir / "config.yaml", to_yaml(saved))
+        atomic_write_json(run_dir / "config.json", saved)
+        (run_dir / "samples").mkdir(exist_ok=True)
+        return run_dir, ckpt
 
     def _default_desc(self) -> str:
         """The run directory's suffix unless ``desc`` is set."""
@@ -319,9 +385,11 @@ class Trainer:
             return
         from tqdm.auto import tqdm
 
-        self._t_start = time.monotonic()
+        self._t_start = self._t_ckpt = self.clock()
         self._t_log, self._nimg_log = time.perf_counter(), self.nimg
-        self._reset_accumulators()
+        self._time_ckpt_agreed = False
+        # The loss accumulators were set in setup (restored from the checkpoint on resume):
+        # the logging window that a crash interrupted continues where it was.
         batches = self._batches()
         if self.is_main and not (self.run_dir / "samples" / "reals.png").exists():
             self._save_reals()
@@ -354,8 +422,11 @@ class Trainer:
                     # Single process: react to signals/--minutes after any step. Under
                     # torch.distributed ranks must agree, which _log_step does.
                     stop = stop or self._local_stop_reason()
-                if self.step % cfg.log.every_steps == 0 or stop:
-                    healthy, agreed_stop = self._log_step()
+                scheduled = self.step % cfg.log.every_steps == 0
+                if scheduled or stop:
+                    # An unscheduled (stop) line does not close the window: a resumed run
+                    # then logs the same scheduled lines as an uninterrupted one.
+                    healthy, agreed_stop = self._log_step(reset=scheduled)
                     if not healthy:
                         batches = self._recover("losses or weights")
                         continue
@@ -363,7 +434,9 @@ class Trainer:
                 # ... and before anything is written from the weights.
                 due_sample = crossed(prev_nimg, self.nimg, cfg.log.sample_every_kimg)
                 due_metric = evaluates and crossed(prev_nimg, self.nimg, cfg.log.metric_every_kimg)
-                due_ckpt = crossed(prev_nimg, self.nimg, cfg.log.checkpoint_every_kimg)
+                due_ckpt = (
+                    crossed(prev_nimg, self.nimg, cfg.log.checkpoint_every_kimg) or self._ckpt_time_due()
+                )
                 if (due_sample or due_metric or due_ckpt or stop) and not self._weights_finite():
                     batches = self._recover("weights")
                     continue
@@ -403,9 +476,26 @@ class Trainer:
     def _local_stop_reason(self) -> str | None:
         if self.stop.requested:
             return f"signal:{self.stop.signal_name}"
-        if self.cfg.minutes is not None and time.monotonic() - self._t_start >= self.cfg.minutes * 60:
+        if self.cfg.minutes is not None and self.clock() - self._t_start >= self.cfg.minutes * 60:
             return "time"
         return None
+
+    def _ckpt_every_s(self) -> float:
+        """``log.checkpoint_every_minutes`` in seconds (0 = off); 10 minutes for a family whose
+        config has no such key."""
+        return 60.0 * float(self._log_option("checkpoint_every_minutes", 10.0) or 0.0)
+
+    def _local_ckpt_time_due(self) -> bool:
+        every = self._ckpt_every_s()
+        return every > 0 and self.clock() - self._t_ckpt >= every
+
+    def _ckpt_time_due(self) -> bool:
+        """Whether a checkpoint is due by wall time. Under torch.distributed the ranks' clocks
+        differ, so rank 0's verdict travels with the next log step's all-reduce."""
+        if not self.dist.enabled:
+            return self._local_ckpt_time_due()
+        due, self._time_ckpt_agreed = self._time_ckpt_agreed, False
+        return due
 
     def _final_message(self) -> None:
         reason = self.stopped_by or ""
@@ -431,17 +521,20 @@ class Trainer:
             self._acc[k] += v.float()
             self._acc_n[k] += 1
 
-    def _log_step(self) -> tuple[bool, str | None]:
+    def _log_step(self, reset: bool = True) -> tuple[bool, str | None]:
         """Read the accumulated losses (the only per-interval host sync), check them, log.
 
+        ``reset=False`` (a line written because training stops between scheduled lines)
+        keeps the window open, so the next scheduled line still covers the whole interval.
         Returns ``(healthy, stop_reason)``; under torch.distributed both are agreed by all
-        ranks through one small all-reduce.
+        ranks through one small all-reduce, as is whether a checkpoint is due by wall time.
         """
         keys = list(self._acc)
         local_stop = self._local_stop_reason() if self.dist.enabled else None
         flags = [
             float(local_stop is not None and local_stop.startswith("signal")),
             float(local_stop == "time"),
+            float(self.dist.enabled and self.is_main and self._local_ckpt_time_due()),
         ]
         vec = torch.stack([self._acc[k] for k in keys] + [torch.tensor(f, device=self.device) for f in flags])
         D_.all_reduce_sum(vec, self.dist)
@@ -449,6 +542,7 @@ class Trainer:
         n_ranks = self.dist.world_size
         losses = {k: values[i] / n_ranks / self._acc_n[k] for i, k in enumerate(keys) if self._acc_n[k]}
         stop = "signal:SIGTERM" if values[len(keys)] > 0 else ("time" if values[len(keys) + 1] > 0 else None)
+        self._time_ckpt_agreed = values[len(keys) + 2] > 0
         if local_stop and local_stop.startswith("signal"):
             stop = local_stop
         if not all(math.isfinite(v) for v in losses.values()) or not self._weights_finite():
@@ -461,7 +555,7 @@ class Trainer:
             "kind": "train",
             "step": self.step,
             "kimg": round(self.nimg / 1000, 6),
-            "time_s": round(self.elapsed_before + time.monotonic() - self._t_start, 3),
+            "time_s": round(self.elapsed_before + self.clock() - self._t_start, 3),
             "img_per_s": round(rate, 2),
             **self._log_fields(),
             **{k: round(v, 6) for k, v in losses.items()},
@@ -470,7 +564,8 @@ class Trainer:
             record["mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
         self.metrics.append(record)
         self.bar.set_postfix({k: f"{losses[k]:.3g}" for k in self.BAR_KEYS if k in losses}, refresh=False)
-        self._reset_accumulators()
+        if reset:
+            self._reset_accumulators()
         return True, stop
 
     def _weights_finite(self) -> bool:
@@ -491,8 +586,7 @@ class Trainer:
         self.nan.record(what, bad_step)  # warns, or raises TrainingDiverged
         snap = load_snapshot(self.last_ckpt) if self.last_ckpt is not None else self.start_snapshot
         assert snap is not None
-        self._restore(snap, counters=False)  # also applies the new lr scale
-        self._reset_accumulators()
+        self._restore(snap, counters=False)  # also applies the new lr scale and the log window
         self.bar.reset(total=self.bar.total)
         self.bar.update(self.nimg)
         self._print(
@@ -540,18 +634,38 @@ class Trainer:
 
     # ================================================================== checkpoints
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/ckpt-SSSSSSSS`` (rank 0 writes; every rank must call this)."""
+        """Write ``checkpoints/ckpt-SSSSSSSS`` (rank 0 writes; every rank must call this).
+
+        Raises:
+            OSError: the write failed (e.g. a full disk). Nothing half-written is left under a
+                checkpoint's name and the previous checkpoint stays the newest; under
+                torch.distributed the other ranks raise a RuntimeError instead of waiting.
+        """
         snap = self._capture(gather=True, with_models=False)
-        path = None
+        path, error = None, None
         if self.is_main:
-            path = save_checkpoint(
-                self.ckpt_root, self.step, models=self._networks(), tensors=snap.tensors, meta=snap.meta
-            )
-            prune_checkpoints(self.ckpt_root, self.cfg.log.keep_last)
+            try:
+                path = save_checkpoint(
+                    self.ckpt_root, self.step, models=self._networks(), tensors=snap.tensors, meta=snap.meta
+                )
+                prune_checkpoints(self.ckpt_root, self.cfg.log.keep_last)
+            except OSError as e:
+                error = e
+                self._print(
+                    f"could not write the checkpoint of step {self.step}: {e}; the newest complete checkpoint is "
+                    f"{self.last_ckpt or '(none)'}; resume with: avatarforge train --resume {self.run_dir}"
+                )
         # Broadcasting the path doubles as a barrier: no rank runs ahead of the write.
-        got = D_.broadcast_object(str(path) if path else None, self.dist)
+        got, failed = D_.broadcast_object(
+            (str(path) if path else None, str(error) if error else None), self.dist
+        )
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise RuntimeError(f"rank 0 could not write the checkpoint of step {self.step}: {failed}")
         self.last_ckpt = Path(got) if got else None
         self.start_snapshot = None  # the checkpoint replaces the in-memory fallback
+        self._t_ckpt = self.clock()
         return self.last_ckpt
 
     def _capture(self, *, gather: bool, with_models: bool) -> Snapshot:
@@ -572,15 +686,24 @@ class Trainer:
         if scalers:
             meta["scalers"] = scalers
         rng = capture_rng(self.gens)
-        per_rank = D_.gather_objects(rng, self.dist) if gather else None
+        # The open logging window (loss sums and counts since the last scheduled line) is
+        # state too: without it a resumed run logs different means than an uninterrupted one.
+        window = (
+            {f"acc/{k}": v.detach().to("cpu", copy=True) for k, v in self._acc.items()},
+            dict(self._acc_n),
+        )
+        per_rank = D_.gather_objects((rng, window), self.dist) if gather else None
         if per_rank is None:  # in-memory snapshot, or a non-zero rank's share of a checkpoint
-            per_rank = {self.dist.rank: rng}
+            per_rank = {self.dist.rank: (rng, window)}
         else:
             per_rank = dict(enumerate(per_rank))
-        for r, (t, m) in per_rank.items():
+        meta["log_window"] = {}
+        for r, ((t, m), (acc, counts)) in per_rank.items():
             prefix = "" if r == 0 else f"rank{r}/"
             tensors.update({prefix + k: v for k, v in t.items()})
+            tensors.update({prefix + k: v for k, v in acc.items()})
             meta["rng"][str(r)] = m
+            meta["log_window"][str(r)] = counts
         tensors.update(self._extra_tensors())
         meta.update(
             {
@@ -592,7 +715,7 @@ class Trainer:
                 "best_metric": self._log_option("best_metric", ""),
                 "best_value": self.best_value,
                 "elapsed_s": self.elapsed_before
-                + (time.monotonic() - self._t_start if hasattr(self, "_t_start") else 0),
+                + (self.clock() - self._t_start if hasattr(self, "_t_start") else 0),
                 "world_size": self.dist.world_size,
                 "batch_size": self.cfg.batch_size,
                 **self._extra_meta(),
@@ -627,9 +750,16 @@ class Trainer:
         self.step = int(meta["step"])
         self.nimg = int(meta.get("nimg", self.step * self.cfg.batch_size))
         rank = self.dist.rank
+        prefix = "" if rank == 0 else f"rank{rank}/"
+        self._reset_accumulators()
+        window = meta.get("log_window", {}).get(str(rank))  # absent in older checkpoints
+        if window is not None:
+            for k in self.ACC_KEYS:
+                if f"{prefix}acc/{k}" in snap.tensors:
+                    self._acc[k] = snap.tensors[f"{prefix}acc/{k}"].to(self.device, torch.float32).clone()
+                    self._acc_n[k] = int(window.get(k, 0))
         rng_meta = meta.get("rng", {}).get(str(rank))
         if rng_meta is not None:
-            prefix = "" if rank == 0 else f"rank{rank}/"
             own = {k[len(prefix) :]: v for k, v in snap.tensors.items() if k.startswith(prefix + "rng/")}
             restore_rng(self.gens, own, rng_meta)
         else:
