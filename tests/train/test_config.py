@@ -182,3 +182,17 @@ def test_layered_config_orders_file_cli_overrides_and_validates(tmp_path):
     assert (cfg.batch_size, cfg.kimg, cfg.seed) == (2, 7, 3)  # file < cli < key=value
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         layered_config(CycleGANConfig, overrides=["batch_size=0"])
+
+
+def test_every_log_key_is_in_the_training_docs_config_table():
+    """docs/training.md's config key table documents every ``log.*`` key (e.g. checkpoint_every_minutes)."""
+    import dataclasses
+    from pathlib import Path
+
+    from avatarforge.config import LogConfig
+
+    text = (Path(__file__).parents[2] / "docs" / "training.md").read_text()
+    table = text[text.index("### Config keys") : text.index("## The run directory")]
+    keys = " ".join(line.split("|")[1] for line in table.splitlines() if line.startswith("| `"))
+    missing = [f.name for f in dataclasses.fields(LogConfig) if f"`log.{f.name}`" not in keys]
+    assert missing == []
