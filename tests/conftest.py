@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,23 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_FACES = ROOT.parent / "shared" / "data" / "anime-faces-96"
+
+#: Seed of the small training runs whose results the ``numerics`` tests assert on. Another
+#: seed is another training trajectory, as another CPU's rounding gives: the thresholds were set
+#: from the spread over ``AF_TEST_SEED=0..3`` on two emulated CPUs (tools/numerics_spread.py,
+#: docs/testing.md). Leave it unset for a normal run.
+TRAIN_SEED = int(os.environ.get("AF_TEST_SEED", "0"))
+
+
+@pytest.fixture
+def record_number(record_property):
+    """``record_number(name, value)``: keep a measured value in the JUnit XML report (read by
+    tools/numerics_spread.py to measure a threshold's margin across CPUs, threads and seeds)."""
+
+    def record(name: str, value: float) -> None:
+        record_property(name, float(value))
+
+    return record
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,13 @@ pytestmark = pytest.mark.numerics
 EYES = ("eye_white", "iris", "eye_line")
 
 
-def test_held_out_error_is_far_below_copying_the_source(trained):
+def test_held_out_error_is_far_below_copying_the_source(trained, record_number):
     trainer, run = trained
     m = trainer.last_eval
+    for k in ("ratio", "face_ratio", "identity_l1", "identity_psnr"):
+        record_number(k, m[k])
+    record_number("eye_err_rel", m["eye_err"] / m["eye_err_baseline"])
+    record_number("mouth_err_rel", m["mouth_err"] / m["mouth_err_baseline"])
     # Measured 0.47 (ratio) and 0.66 (face) for this recipe; the copy baseline is 1.
     assert m["ratio"] <= 0.6, m
     assert m["face_ratio"] <= 0.8, m
@@ -53,18 +57,23 @@ def _region_change(g, controls: dict[str, float], parts: tuple[str, ...], n: int
     return float(np.mean(fracs)), float(np.median(contrast))
 
 
-def test_controls_change_the_expected_regions(trained):
+def test_controls_change_the_expected_regions(trained, record_number):
     g = trained[0].G_ema
     inside, contrast = _region_change(g, {"eye_open": 0.0}, EYES)
+    record_number("eye_inside", inside)
+    record_number("eye_contrast", contrast)
     assert inside > 0.7 and contrast > 8, (inside, contrast)
     inside, contrast = _region_change(g, {"mouth_open": 1.0}, ("mouth",))
+    record_number("mouth_inside", inside)
+    record_number("mouth_contrast", contrast)
     assert inside > 0.6 and contrast > 8, (inside, contrast)
     # Turning the head moves the face, not only the eyes: most changes are outside them.
     inside, _ = _region_change(g, {"head_yaw": 1.0}, EYES)
+    record_number("yaw_inside_eyes", inside)
     assert inside < 0.6
 
 
-def test_identity_round_trip_on_held_out_avatars(trained):
+def test_identity_round_trip_on_held_out_avatars(trained, record_number):
     g = trained[0].G_ema
     neutral = []
     for i in range(4):
@@ -73,11 +82,13 @@ def test_identity_round_trip_on_held_out_avatars(trained):
     res = identity_consistency(
         g, torch.stack(neutral), [{"eye_open": 0.0}, {"mouth_open": 1.0}, {"head_yaw": 0.8}]
     )
+    for k in ("self_l1", "identity_l1", "identity_psnr"):
+        record_number(k, res[k])
     assert res["self_l1"] < 0.01  # asked for the expression it has, the animator leaves it alone
     assert res["identity_l1"] < 0.03 and res["identity_psnr"] > 22, res
 
 
-def test_generator_avatars_keep_identity_and_change_expression(trained, cgan_avatars):
+def test_generator_avatars_keep_identity_and_change_expression(trained, cgan_avatars, record_number):
     """On a generator's samples (no ground truth): the round trip stays far closer to the
     avatar than another avatar is, and closing the eyes changes the eyes about as much as
     the renderer does (the copy baseline changes nothing: ratio 0)."""
@@ -88,6 +99,8 @@ def test_generator_avatars_keep_identity_and_change_expression(trained, cgan_ava
     regions = layout_regions(g.resolution, identities=16)
     assert regions.eye_effect > 0.15 and regions.mouth_effect > 0.1  # the renderer's own change
     m = avatar_metrics(g, images, regions=regions)
+    for k in ("identity_ratio", "eye_effect_ratio", "eye_locality", "mouth_locality"):
+        record_number(f"gen_{k}", m[k])
     # Measured on this recipe: identity_ratio 0.22, eye_effect_ratio 1.04, eye_locality 26.
     assert m["identity_ratio"] < 0.4, m
     assert m["eye_effect_ratio"] > 0.5 and m["eye_locality"] > 8, m
@@ -99,6 +112,8 @@ def test_generator_avatars_keep_identity_and_change_expression(trained, cgan_ava
         [render_group(identity_seed(0, HELDOUT, 700 + i), [NEUTRAL_EXPRESSION], 32)[0][0] for i in range(8)]
     )
     mp = avatar_metrics(g, proc, regions=regions)
+    record_number("proc_mouth_effect_ratio", mp["mouth_effect_ratio"])
+    record_number("proc_eye_effect_ratio", mp["eye_effect_ratio"])
     assert mp["mouth_effect_ratio"] > 0.4 and mp["eye_effect_ratio"] > 0.5, mp
     with pytest.raises(ValueError, match="at least 2"):
         avatar_metrics(g, images[:1], regions=regions)

@@ -7,6 +7,7 @@ minute on 2 cores) is trained once per session and shared.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from avatarforge.eval.extractors import FeatureExtractor, register_extractor
+from tests.conftest import TRAIN_SEED
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +44,11 @@ def avatar_extractor(eval_cache):
     sessions (it is keyed by the recipe hash; bump ``AvatarNetRecipe.version`` when changing
     the training code, or the old net is reused).
     """
-    from avatarforge.eval.avatar_net import AvatarExtractor
+    from avatarforge.eval.avatar_net import DEFAULT_RECIPE, AvatarExtractor
 
     root = os.environ.get("AVATARFORGE_TEST_AVATAR_CACHE") or eval_cache
-    ext = AvatarExtractor(cache_dir=root)
+    recipe = dataclasses.replace(DEFAULT_RECIPE, seed=TRAIN_SEED) if TRAIN_SEED else None
+    ext = AvatarExtractor(cache_dir=root, recipe=recipe)
     print(
         f"\navatar net report: {ext.report.get('accuracy')} "
         f"eye_color_eyes_open={ext.report.get('eye_color_eyes_open')} "

@@ -17,6 +17,9 @@ from avatarforge.eval.sources import SourceError
 from avatarforge.models.dcgan import DCGANGenerator
 from tests.conftest import make_packed
 
+# Outcome depends on trained weights / float rounding: rerun by `make test-numerics-fp32`.
+pytestmark = pytest.mark.numerics
+
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):

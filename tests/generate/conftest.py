@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from avatarforge.data import procedural as P
-from tests.conftest import save_tiny_stylegan
+from tests.conftest import TRAIN_SEED, save_tiny_stylegan
 
 SIZE = 32
 HAIR = list(P.HAIR_COLORS)
@@ -79,7 +79,7 @@ def cgan_run(hair_data, tmp_path_factory) -> Path:
     cfg = build_train_config(
         cli={"model": {"name": "cgan"}, "data": {"path": str(ds)}},
         overrides=[
-            "batch_size=32", "kimg=5.12", f"runs_dir={runs}", "seed=0",  # 160 steps
+            "batch_size=32", "kimg=5.12", f"runs_dir={runs}", f"seed={TRAIN_SEED}",  # 160 steps
             "log.sample_every_kimg=0", "log.checkpoint_every_kimg=0", "log.progress=false",
             "perf.num_threads=1", "model.g_kwargs.base_channels=16", "model.d_kwargs.base_channels=16",
             "optim.g_lr=1e-3", "optim.d_lr=1e-3",

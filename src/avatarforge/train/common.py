@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 from typing import Any
 
 import torch
@@ -58,13 +59,25 @@ def apply_perf_settings(perf: PerfConfig, device: torch.device) -> None:
         torch.backends.cudnn.deterministic = perf.deterministic
 
 
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) below the first one with bf16 dot products.
+_ONEDNN_NO_BF16_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """True if the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16).
+    """True if the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16) and they are
+    not switched off.
 
     oneDNN then runs bf16 convolutions and matmuls at about twice the fp32 rate. Without them
     bf16 is emulated and slower than fp32. Reads ``/proc/cpuinfo`` (False elsewhere).
+    ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) and an ``ONEDNN_MAX_CPU_ISA`` below
+    ``AVX512_CORE_BF16`` make the process behave as a CPU without them, so this is False too:
+    that is how the test suite emulates such a CPU on one that has them.
     """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_NO_BF16_ISAS:
+        return False
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
