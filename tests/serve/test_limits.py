@@ -93,8 +93,18 @@ def test_postprocess_work_and_op_count_limits_name_their_setting(serve_state):
     )
 
 
+def test_neural_style_size_is_capped_by_a_setting(client, avatar_png):
+    files = {"content": ("c.png", avatar_png), "style": ("s.png", avatar_png)}
+    r = client.post("/v1/style", files=files, data={"method": "adain", "steps": "1", "size": "300"})
+    assert r.status_code == 422, r.text
+    assert "size: at most 256 on this server (its max_style_size), got 300" in r.json()["message"]
+    r = client.post("/v1/style", files=files, data={"method": "adain", "steps": "1", "size": "256"})
+    assert r.status_code == 200
+
+
 def test_default_limits_are_reported(client):
     limits = client.get("/v1/info").json()["limits"]
+    assert limits["max_style_size"] == 256
     assert limits["max_output_side"] == 2048
     assert limits["max_chain_pixels"] == 32_000_000 and limits["max_chain_ops"] == 32
 

@@ -462,7 +462,10 @@ def build_router(state: ServeState) -> APIRouter:
         strength: Annotated[float, Form(ge=0.0, le=1.0)] = 1.0,
         space: Annotated[Literal["rgb", "lab"], Form(description="histogram only")] = "rgb",
         steps: Annotated[int, Form(ge=1, le=1000, description="gatys/adain optimisation steps")] = 50,
-        size: Annotated[int, Form(ge=16, le=512, description="gatys/adain working size (longer side)")] = 128,
+        size: Annotated[
+            int,
+            Form(ge=16, le=512, description="gatys/adain working size (longer side); at most max_style_size"),
+        ] = 128,
     ) -> Response:
         """Restyle ``content`` after ``style``: colour (Reinhard), histogram, or neural (Gatys,
         training-free AdaIN) with the seeded random-weights feature network."""
@@ -470,6 +473,7 @@ def build_router(state: ServeState) -> APIRouter:
 
         if method in ("gatys", "adain"):
             _limit("steps", steps, s.max_steps, "max_steps")
+            _limit("size", size, s.max_style_size, "max_style_size")
         pending_c = receive_image(content, "content", **_upload_limits(s))
         pending_s = receive_image(style, "style", **_upload_limits(s))
         if method in ("colour", "histogram"):

@@ -63,6 +63,9 @@ class ServeSettings:
         max_frames: most frames per interpolate/animate request.
         max_fps: highest frame rate of a video response.
         max_steps: most optimisation steps of a neural style request.
+        max_style_size: largest working size (longer side, px) of a neural style request:
+            time and memory grow with its square (L-BFGS keeps 100 image-sized vectors), so
+            the default 256 bounds a worst request to ~1 min and ~300 MB on one CPU core.
         device: torch device of the models.
         threads: torch intra-op threads (``None``: leave torch's default).
         batch_size: the generator's fixed batch (see :class:`~avatarforge.generate.GeneratorPipeline`):
@@ -89,6 +92,7 @@ class ServeSettings:
     max_frames: int = 240
     max_fps: int = 60
     max_steps: int = 200
+    max_style_size: int = 256
     device: str = "cpu"
     threads: int | None = None
     batch_size: int = 8
@@ -107,6 +111,7 @@ class ServeSettings:
             "max_chain_pixels",
             "max_chain_ops",
             "max_concurrent_images",
+            "max_style_size",
             "max_n",
             "max_frames",
             "max_fps",
@@ -328,6 +333,7 @@ class ServeState:
                 "max_frames": s.max_frames,
                 "max_fps": s.max_fps,
                 "max_steps": s.max_steps,
+                "max_style_size": s.max_style_size,
             },
             "auth": s.api_key is not None,
         }
