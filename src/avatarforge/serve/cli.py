@@ -171,7 +171,8 @@ def serve_main(args: argparse.Namespace) -> int:
     anim = f", animator {state.animator_run}" if state.animator is not None else ", no animator"
     print(
         f"serving {state.generator_run} ({state.pipe.family}, {state.pipe.resolution} px{anim}) on "
-        f"http://{settings.host}:{settings.port} (API docs: /docs; key {'required' if settings.api_key else 'off'})",
+        f"http://{settings.host}:{settings.port} (API docs: "
+        f"{'/docs?key=KEY; key required' if settings.api_key else '/docs; key off'})",
         file=sys.stderr,
     )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
