@@ -22,7 +22,7 @@ warm-up), whose p99 was ~600 ms on the shared box: 2 OpenMP threads spin-waiting
 cores that other jobs hold.
 
 **Quality.** An animator is trained at 64 px from scratch with
-:func:`~avatarforge.animate.train.train_animator` for the quickstart's budget (full: 4
+:func:`~avatarforge.animate.quick.train_animator` for the quickstart's budget (full: 4
 minutes of wall time including the pair caches; quick: 0.3 min at 32 px, a smoke test; or
 set ``AVATARFORGE_ANIMATOR_RUN`` to evaluate an existing run instead) and scored on held-out
 procedural identities (:func:`~avatarforge.animate.metrics.evaluate_animator`): L1 in the
@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from avatarforge.models.animator import CONTROL_NAMES, ExpressionAnimator
 from avatarforge.data.procedural import render_avatar
+from avatarforge.models.animator import CONTROL_NAMES, ExpressionAnimator
 from benchmarks.common import ROOT, Result
 
 SIZES = (64, 128, 256)
@@ -86,8 +86,8 @@ def _woken(size: int) -> ExpressionAnimator:
 def _speed(
     frames: int, chunk: int, tmp: Path, threads_tried: tuple[int, ...] = THREADS
 ) -> tuple[list[Result], dict[str, Any]]:
-    from avatarforge.models.animator import FrozenAnimator
     from avatarforge.animate.onnx_export import OnnxAnimator, export_onnx, onnx_available
+    from avatarforge.models.animator import FrozenAnimator
 
     have_ort = onnx_available()
     default_threads = torch.get_num_threads()
@@ -168,8 +168,8 @@ def _loop(seconds: float, tmp: Path, compare_first_run: bool = True) -> list[Res
     """The whole frame loop at 128 px, real-time paced at 60 FPS, next to the first run's set-up."""
     from avatarforge.animate.drivers import ScriptedDriver
     from avatarforge.animate.loop import AvatarRenderer, FrameLoop
-    from avatarforge.models.animator import FrozenAnimator
     from avatarforge.animate.onnx_export import OnnxAnimator, onnx_available
+    from avatarforge.models.animator import FrozenAnimator
 
     threads = torch.get_num_threads()
     g = _woken(128)
@@ -237,9 +237,10 @@ def _loop(seconds: float, tmp: Path, compare_first_run: bool = True) -> list[Res
 
 
 def _quality(quick: bool, tmp: Path) -> tuple[list[Result], Any]:
+    from avatarforge.animate.loading import load_animator
     from avatarforge.animate.metrics import evaluate_animator
     from avatarforge.animate.pairs import HELDOUT, PairSpec, build_or_open_cache
-    from avatarforge.animate.train import load_animator, train_animator
+    from avatarforge.animate.quick import train_animator
     from avatarforge.train.checkpoint import find_checkpoint, load_snapshot
 
     existing = os.environ.get("AVATARFORGE_ANIMATOR_RUN")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from avatarforge.animate.train import AnimatorTrainer, build_animator_config
+from avatarforge.animate.config import build_animator_config
+from avatarforge.animate.trainer import AnimatorTrainer
 from tests.conftest import TRAIN_SEED
 
 #: The tiny animator every quality test shares: 32 px, trained for a fixed number of pairs
@@ -23,7 +24,7 @@ TINY_TRAIN = [
     "log.checkpoint_every_kimg=0",
     "perf.num_threads=1",
     "batch_size=16",
-    "kimg=12",
+    "kimg=24",
     f"seed={TRAIN_SEED}",
 ]
 

@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from avatarforge.animate.cli import animate_main, build_parser
-from avatarforge.animate.train import AnimatorTrainer, build_animator_config, load_animator
+from avatarforge.animate.config import build_animator_config
+from avatarforge.animate.loading import load_animator
+from avatarforge.animate.trainer import AnimatorTrainer
 from avatarforge.config import ConfigError
 from avatarforge.models.animator import ExpressionAnimator
 from avatarforge.train.checkpoint import find_checkpoint
@@ -125,7 +127,7 @@ def test_config_errors_and_dry_run(tmp_path, capsys):
 
 
 def test_train_animator_budget_resume_and_new_runs(tmp_path):
-    from avatarforge.animate.train import find_animator_run, train_animator
+    from avatarforge.animate.quick import find_animator_run, train_animator
 
     extra = [*MICRO, f"data.cache_dir={tmp_path / 'cache'}"]
     runs = tmp_path / "runs"
@@ -154,8 +156,7 @@ def test_train_animator_budget_resume_and_new_runs(tmp_path):
 def test_soften_pairs_is_seeded_and_keeps_transparency():
     import torch.nn.functional as F
 
-    from avatarforge.animate.pairs import PairBatch
-    from avatarforge.animate.train import soften_pairs
+    from avatarforge.animate.pairs import PairBatch, soften_pairs
     from avatarforge.data.procedural import render_avatar
 
     imgs = torch.stack(

@@ -3,10 +3,11 @@
 * The network: :class:`ExpressionAnimator` (avatar + expression controls -> the same
   avatar with that expression; ``prepare(avatar)`` once, ``render(state, controls)`` per
   frame) and its :class:`AnimatorDiscriminator` -- :mod:`.model`.
-* Training: :class:`AnimatorTrainer`, :func:`build_animator_config`, :func:`load_animator`,
-  :func:`train_animator` (one call, a wall-clock budget: the quickstart's)
-  -- :mod:`.train`, on pairs from the procedural renderer (:class:`PairCache`,
-  :class:`StreamingPairs` -- :mod:`.pairs`); held-out metrics -- :mod:`.metrics`.
+* Training: :class:`AnimatorTrainer` -- :mod:`.trainer` (its loss terms -- :mod:`.losses`),
+  :class:`AnimatorConfig` and :func:`build_animator_config` -- :mod:`.config`,
+  :func:`load_animator` -- :mod:`.loading`, :func:`train_animator` (one call, a wall-clock
+  budget: the quickstart's) -- :mod:`.quick`, on pairs from the procedural renderer
+  (:class:`PairCache`, :class:`StreamingPairs` -- :mod:`.pairs`); held-out metrics -- :mod:`.metrics`.
 * Real time: :class:`FrameLoop` with critically damped smoothing and
   :class:`AvatarRenderer` -- :mod:`.loop`; drivers (:class:`IdleDriver`,
   :class:`ScriptedDriver`, :class:`AudioDriver`, :class:`MicrophoneDriver`,
@@ -63,12 +64,12 @@ _LAZY = {
     "PairCache": "avatarforge.animate.pairs",
     "StreamingPairs": "avatarforge.animate.pairs",
     "evaluate_animator": "avatarforge.animate.metrics",
-    "AnimatorConfig": "avatarforge.animate.train",
-    "AnimatorTrainer": "avatarforge.animate.train",
-    "build_animator_config": "avatarforge.animate.train",
-    "load_animator": "avatarforge.animate.train",
-    "train_animator": "avatarforge.animate.train",
-    "find_animator_run": "avatarforge.animate.train",
+    "AnimatorConfig": "avatarforge.animate.config",
+    "build_animator_config": "avatarforge.animate.config",
+    "AnimatorTrainer": "avatarforge.animate.trainer",
+    "load_animator": "avatarforge.animate.loading",
+    "train_animator": "avatarforge.animate.quick",
+    "find_animator_run": "avatarforge.animate.quick",
     "AvatarRenderer": "avatarforge.animate.loop",
     "CriticalSmoother": "avatarforge.animate.loop",
     "FrameLoop": "avatarforge.animate.loop",

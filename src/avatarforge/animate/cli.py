@@ -181,7 +181,7 @@ def load_any_animator(run: str, device: str = "cpu", threads: int | None = None)
         from avatarforge.animate.onnx_export import OnnxAnimator
 
         return OnnxAnimator(run, threads=threads)
-    from avatarforge.animate.train import load_animator
+    from avatarforge.animate.loading import load_animator
 
     return load_animator(run, device=device)
 
@@ -372,7 +372,8 @@ def _cmd_render(a: argparse.Namespace) -> int:
 
 # =============================================================================== train
 def _cmd_train(a: argparse.Namespace) -> int:
-    from avatarforge.animate.train import AnimatorTrainer, build_animator_config
+    from avatarforge.animate.config import build_animator_config
+    from avatarforge.animate.trainer import AnimatorTrainer
     from avatarforge.config import ConfigError, parse_overrides, to_yaml
 
     bad = [t for t in a.overrides if not _OVERRIDE_RE.match(t)]
@@ -410,8 +411,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 # =============================================================================== export
 def _cmd_export(a: argparse.Namespace) -> int:
+    from avatarforge.animate.loading import load_animator
     from avatarforge.animate.onnx_export import export_onnx
-    from avatarforge.animate.train import load_animator
 
     animator = load_animator(a.run, which=a.which)
     render_path, prepare_path = export_onnx(animator, a.out, opset=a.opset, check=not a.no_check)

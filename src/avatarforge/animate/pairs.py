@@ -24,7 +24,8 @@ weighting and the tests and metrics their eye and mouth regions.
 Augmentations (seeded per step): horizontal flip (negates ``head_yaw`` and ``head_tilt``
 of both images) and, with ``background_prob``, compositing source and target onto the
 identity's drawn background (alpha becomes opaque), so the animator also works on RGB
-avatars with backgrounds.
+avatars with backgrounds. The trainer may add :func:`soften_pairs` (``data.soften_prob``):
+source and target taken to half size and back, seeded by the step too.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ import multiprocessing as mp
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from avatarforge.data.procedural import (
@@ -67,6 +69,7 @@ __all__ = [
     "identity_seed",
     "part_mask",
     "render_group",
+    "soften_pairs",
 ]
 
 CACHE_VERSION = 2
@@ -217,6 +220,32 @@ def assemble_batch(
         source_parts=sp,
         target_parts=tp,
     )
+
+
+def soften_pairs(batch: PairBatch, prob: float, seed: int) -> PairBatch:
+    """With probability ``prob`` per pair, take source and target to half size and back
+    (antialiased down, bilinear up): the softness of generator samples made at half the
+    animator's resolution. A pure function of ``seed`` (the step's), so resume stays exact."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.rand(batch.source.shape[0], generator=g) < prob
+    if not bool(pick.any()):
+        return batch
+    s = batch.source.shape[-1]
+
+    def soft(x: Tensor) -> Tensor:
+        # Premultiplied alpha, so transparent pixels do not bleed black into the edges.
+        a = (x[:, 3:] + 1) / 2
+        pm = torch.cat([(x[:, :3] + 1) / 2 * a, a], 1)
+        pm = F.interpolate(pm, size=(s // 2, s // 2), mode="bilinear", antialias=True, align_corners=False)
+        pm = F.interpolate(pm, size=(s, s), mode="bilinear", align_corners=False)
+        a = pm[:, 3:].clamp(0, 1)
+        rgb = torch.where(a > 1e-4, pm[:, :3] / a.clamp_min(1e-4), torch.zeros_like(pm[:, :3])).clamp(0, 1)
+        return torch.cat([rgb, a], 1) * 2 - 1
+
+    src, tgt = batch.source.clone(), batch.target.clone()
+    idx = pick.nonzero()[:, 0]
+    src[idx], tgt[idx] = soft(src[idx].float()), soft(tgt[idx].float())
+    return replace(batch, source=src, target=tgt)
 
 
 # =============================================================================== the packed cache

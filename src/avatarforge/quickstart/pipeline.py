@@ -653,7 +653,8 @@ class _Quickstart:
         )
 
     def stage_animator(self) -> None:
-        from avatarforge.animate.train import AnimatorTrainer, build_animator_config
+        from avatarforge.animate.config import build_animator_config
+        from avatarforge.animate.trainer import AnimatorTrainer
 
         t = time.monotonic()
         o = self.o
@@ -780,8 +781,8 @@ class _Quickstart:
 
     def stage_animation(self) -> None:
         from avatarforge.animate.drivers import ScriptedDriver
+        from avatarforge.animate.loading import load_animator
         from avatarforge.animate.loop import AvatarRenderer, FrameLoop
-        from avatarforge.animate.train import load_animator
         from avatarforge.imageio import save_image
         from avatarforge.postprocess.export import save_animation
 

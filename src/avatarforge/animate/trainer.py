@@ -34,32 +34,28 @@ Held-out evaluation (:func:`~avatarforge.animate.metrics.evaluate_animator`) run
 ``log.metric_every_kimg`` and at the end and is logged as ``{"kind": "metric", ...}`` lines:
 ``eval_ratio`` (L1 in the changed region / copying the source), ``eval_identity_l1``, ...
 
-The configuration is its own dataclass tree (:class:`AnimatorConfig`), built with the
-generic machinery of :mod:`avatarforge.config` (YAML files, ``key=value`` overrides, typed
-errors).
+The configuration is :class:`~avatarforge.animate.config.AnimatorConfig`, the loss terms
+live in :mod:`avatarforge.animate.losses`.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatarforge.animate.config import AnimatorConfig
+from avatarforge.animate.losses import flow_tv, gan_d_loss, gan_g_loss, pair_weight, weighted_recon
 from avatarforge.animate.pairs import (
-    FACE_PARTS,
     HELDOUT,
     TRAIN,
     PairBatch,
@@ -67,20 +63,12 @@ from avatarforge.animate.pairs import (
     PairSpec,
     StreamingPairs,
     build_or_open_cache,
-    part_mask,
+    soften_pairs,
 )
-from avatarforge.config import (
-    ConfigError,
-    PerfConfig,
-    check_all,
-    layered_config,
-    to_dict,
-    to_yaml,
-)
+from avatarforge.config import ConfigError, to_dict, to_yaml
 from avatarforge.fileio import atomic_write_json, atomic_write_text
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.animator import AnimatorDiscriminator, ExpressionAnimator
-from avatarforge.models.base import load_pretrained
 from avatarforge.train.checkpoint import (
     Snapshot,
     capture_rng,
@@ -105,270 +93,11 @@ from avatarforge.train.guard import NaNEvents, StopSignal, TrainingDiverged, all
 from avatarforge.train.metrics_log import MetricsLog, truncate_metrics
 from avatarforge.train.rundir import allocate_run_dir
 
-__all__ = [
-    "AnimatorConfig",
-    "AnimatorDataConfig",
-    "AnimatorEMAConfig",
-    "AnimatorLogConfig",
-    "AnimatorLossConfig",
-    "AnimatorModelConfig",
-    "AnimatorOptimConfig",
-    "AnimatorTrainer",
-    "TrainingDiverged",
-    "build_animator_config",
-    "find_animator_run",
-    "load_animator",
-    "train_animator",
-]
+__all__ = ["AnimatorTrainer", "TrainingDiverged"]
 
 _PREFIXES = ("g", "g_ema", "d")
 
 
-# =============================================================================== config
-@dataclass
-class AnimatorModelConfig:
-    """Network sizes (see :mod:`avatarforge.models.animator`)."""
-
-    widths: tuple[int, int, int, int] = (8, 16, 32, 64)  # channels at 1, 1/2, 1/4, 1/8 resolution
-    ctrl_hidden: int = 64
-    enc_blocks: int = 2
-    max_flow: float = 0.25  # largest warp, in grid units ([-1, 1] spans the image)
-    d_width: int = 32  # discriminator
-    d_layers: int = 3
-
-
-@dataclass
-class AnimatorDataConfig:
-    """Where pairs come from (:mod:`avatarforge.animate.pairs`)."""
-
-    size: int = 64  # training resolution = the animator's resolution
-    mode: Literal["cache", "stream"] = "cache"  # pre-rendered pairs, or rendered on the fly
-    identities: int = 2000  # cache: training identities
-    expressions: int = 6  # renders per identity (expression 0 is neutral)
-    heldout_identities: int = 24  # evaluation identities (never trained on)
-    cache_dir: str = ""  # cache root; "" = $AVATARFORGE_CACHE or ~/.cache/avatarforge
-    workers: int = 0  # render processes (cache building, streaming); 0 = in this process / a thread
-    prefetch: int = 4  # stream: batches rendered ahead
-    flip: bool = True  # random horizontal flips (yaw and tilt negated)
-    background_prob: float = 0.2  # pairs composited on their drawn background (RGB avatars)
-    soften_prob: float = 0.0  # pairs (source and target alike) taken to half size and back: soft avatars
-
-
-@dataclass
-class AnimatorLossConfig:
-    """Loss weights."""
-
-    mse_weight: float = 1.0  # squared error, [-1, 1] units (see weighted_recon: why not L1 alone)
-    l1_weight: float = 0.03  # absolute error, [-1, 1] units
-    face_weight: float = 4.0  # extra pixel weight on eyes, brows and mouth (of source or target)
-    mouth_weight: float = 16.0  # extra pixel weight on the mouth on top of face_weight (it is tiny)
-    change_weight: float = 2.0  # extra pixel weight where source and target differ
-    face_dilate: int = 1  # pixels the face and mouth weighting reach past the parts
-    flow_tv: float = 0.01  # total variation of the flow (smooth warps)
-    adv_weight: float = 0.02  # adversarial weight after the ramp; 0 = no discriminator
-    adv_start_kimg: float = 50.0  # the adversarial term starts here ...
-    adv_ramp_kimg: float = 20.0  # ... and ramps up linearly over this many kimg
-    gan: Literal["hinge", "lsgan"] = "hinge"
-
-
-@dataclass
-class AnimatorOptimConfig:
-    """Adam for G and D."""
-
-    lr: float = 2e-3
-    d_lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.99)
-
-
-@dataclass
-class AnimatorEMAConfig:
-    """EMA of the generator weights (what samples, evaluation and export use)."""
-
-    kimg: float = 2.0  # half-life in thousands of pairs
-    rampup: float | None = 0.1  # half-life <= rampup x pairs seen
-
-
-@dataclass
-class AnimatorLogConfig:
-    """Logging, samples, evaluation and checkpoints."""
-
-    every_steps: int = 50  # metrics.jsonl line, NaN/Inf check
-    sample_every_kimg: float = 10.0  # (source, target, prediction) grid; 0 = only at the end
-    num_samples: int = 8  # pairs in a grid
-    metric_every_kimg: float = 0.0  # held-out evaluation; 0 = only at the end
-    eval_identities: int = 12  # held-out identities scored by each evaluation (<= data.heldout_identities)
-    checkpoint_every_kimg: float = 20.0  # 0 = only at the end (and on signals)
-    keep_last: int = 3
-    progress: bool = True
-
-
-@dataclass
-class AnimatorConfig:
-    """Everything ``avatarforge animate train`` needs (``key=value`` overrides address these)."""
-
-    model: AnimatorModelConfig = field(default_factory=AnimatorModelConfig)
-    data: AnimatorDataConfig = field(default_factory=AnimatorDataConfig)
-    loss: AnimatorLossConfig = field(default_factory=AnimatorLossConfig)
-    optim: AnimatorOptimConfig = field(default_factory=AnimatorOptimConfig)
-    ema: AnimatorEMAConfig = field(default_factory=AnimatorEMAConfig)
-    log: AnimatorLogConfig = field(default_factory=AnimatorLogConfig)
-    perf: PerfConfig = field(default_factory=PerfConfig)
-    seed: int = 0
-    batch_size: int = 16
-    kimg: float | None = 200.0  # stop after this many thousand pairs; null = no limit
-    minutes: float | None = None  # stop after this many minutes (this session)
-    device: str = "auto"
-    runs_dir: str = "runs"
-    desc: str = ""  # run directory suffix; default animator-<size>
-    max_nan_events: int = 3
-
-    def validate(self) -> AnimatorConfig:
-        """Check ranges the types cannot express; returns self. Raises ConfigError."""
-        d, lo, lg = self.data, self.loss, self.log
-        checks = [
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.kimg is None or self.kimg > 0, "kimg must be > 0 (or null with minutes set)"),
-            (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
-            (self.kimg is not None or self.minutes is not None, "set kimg or minutes (or both)"),
-            (
-                d.size >= 32 and d.size % 8 == 0 and d.size <= 512,
-                "data.size must be a multiple of 8 from 32 to 512",
-            ),
-            (
-                d.identities >= 1 and d.heldout_identities >= 1,
-                "data.identities and data.heldout_identities must be >= 1",
-            ),
-            (d.expressions >= 2, "data.expressions must be >= 2 (pairs need two renders)"),
-            (d.workers >= 0 and d.prefetch >= 1, "data.workers must be >= 0 and data.prefetch >= 1"),
-            (0 <= d.background_prob <= 1, "data.background_prob must be in [0, 1]"),
-            (0 <= d.soften_prob <= 1, "data.soften_prob must be in [0, 1]"),
-            (
-                min(
-                    lo.mse_weight,
-                    lo.l1_weight,
-                    lo.face_weight,
-                    lo.mouth_weight,
-                    lo.change_weight,
-                    lo.flow_tv,
-                    lo.adv_weight,
-                )
-                >= 0,
-                "loss weights must be >= 0",
-            ),
-            (
-                lo.adv_start_kimg >= 0 and lo.adv_ramp_kimg >= 0,
-                "loss.adv_start_kimg/adv_ramp_kimg must be >= 0",
-            ),
-            (self.optim.lr > 0 and self.optim.d_lr > 0, "optim.lr and optim.d_lr must be > 0"),
-            (all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be in [0, 1)"),
-            (self.ema.kimg >= 0, "ema.kimg must be >= 0"),
-            (min(self.model.widths) >= 1 and self.model.ctrl_hidden >= 1, "model widths must be >= 1"),
-            (self.model.max_flow > 0, "model.max_flow must be > 0"),
-            (lg.every_steps >= 1 and lg.keep_last >= 1 and lg.num_samples >= 1, "log values must be >= 1"),
-            (lg.eval_identities >= 1, "log.eval_identities must be >= 1"),
-            (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
-            (
-                self.perf.amp != "fp16",
-                "perf.amp=fp16 is not supported by the animator trainer; use bf16 or off",
-            ),
-        ]
-        check_all(checks)
-        return self
-
-
-def build_animator_config(
-    *,
-    config_file: str | os.PathLike | None = None,
-    cli: Mapping[str, Any] | None = None,
-    overrides: Sequence[str] = (),
-) -> AnimatorConfig:
-    """Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``."""
-    return layered_config(AnimatorConfig, config_file=config_file, cli=cli, overrides=overrides)
-
-
-# =============================================================================== losses
-def weighted_recon(pred: Tensor, target: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Pixel-weighted squared and absolute errors (RGBA, [-1, 1] units, fp32): ``(mse, l1)``
-    each ``sum(w e) / sum(w)``; the caller adds ``loss.mse_weight * mse + loss.l1_weight * l1``.
-
-    Why mostly squared error: most pixels of a pair are unchanged, so copying the source is
-    a strong local optimum, and under L1 (a median) the residual branch collapses onto it
-    and stays there (measured: the face-region error stuck at 1.00 x the copy baseline for
-    600 steps at 32 px, eye/mouth-only pairs); the squared error's gradient grows with the error and pulls the
-    eyes and mouth out of it (0.58 x after the same 600 steps). A small L1 term keeps
-    colours crisp once they are right.
-    """
-    d = pred.float() - target.float()  # (B, 4, S, S)
-    wm = weight.mean()
-    return (d.square() * weight).mean() / wm, (d.abs() * weight).mean() / wm
-
-
-def pair_weight(batch: PairBatch, loss: AnimatorLossConfig) -> Tensor:
-    """``(B, 1, S, S)`` per-pixel loss weight: 1 + face parts + mouth + changed pixels (dilated)."""
-    sp, tp = batch.source_parts, batch.target_parts
-    w = torch.ones(sp.shape[0], 1, *sp.shape[1:], device=batch.source.device)
-    r = loss.face_dilate
-
-    def dilate(m: Tensor) -> Tensor:
-        m = m.float()[:, None]
-        return F.max_pool2d(m, 2 * r + 1, stride=1, padding=r) if r > 0 else m
-
-    if loss.face_weight > 0:
-        w = w + loss.face_weight * dilate(part_mask(sp, FACE_PARTS) | part_mask(tp, FACE_PARTS))
-    if loss.mouth_weight > 0:
-        w = w + loss.mouth_weight * dilate(part_mask(sp, ("mouth",)) | part_mask(tp, ("mouth",)))
-    if loss.change_weight > 0:
-        changed = (batch.source - batch.target).abs().amax(1) > 0.1  # 5% in [0, 1] units
-        w = w + loss.change_weight * dilate(changed)
-    return w
-
-
-def soften_pairs(batch: PairBatch, prob: float, seed: int) -> PairBatch:
-    """With probability ``prob`` per pair, take source and target to half size and back
-    (antialiased down, bilinear up): the softness of generator samples made at half the
-    animator's resolution. A pure function of ``seed`` (the step's), so resume stays exact."""
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.rand(batch.source.shape[0], generator=g) < prob
-    if not bool(pick.any()):
-        return batch
-    s = batch.source.shape[-1]
-
-    def soft(x: Tensor) -> Tensor:
-        # Premultiplied alpha, so transparent pixels do not bleed black into the edges.
-        a = (x[:, 3:] + 1) / 2
-        pm = torch.cat([(x[:, :3] + 1) / 2 * a, a], 1)
-        pm = F.interpolate(pm, size=(s // 2, s // 2), mode="bilinear", antialias=True, align_corners=False)
-        pm = F.interpolate(pm, size=(s, s), mode="bilinear", align_corners=False)
-        a = pm[:, 3:].clamp(0, 1)
-        rgb = torch.where(a > 1e-4, pm[:, :3] / a.clamp_min(1e-4), torch.zeros_like(pm[:, :3])).clamp(0, 1)
-        return torch.cat([rgb, a], 1) * 2 - 1
-
-    src, tgt = batch.source.clone(), batch.target.clone()
-    idx = pick.nonzero()[:, 0]
-    src[idx], tgt[idx] = soft(src[idx].float()), soft(tgt[idx].float())
-    return dataclasses.replace(batch, source=src, target=tgt)
-
-
-def flow_tv(flow: Tensor) -> Tensor:
-    """Mean absolute difference of neighbouring flow vectors (in grid units)."""
-    return (flow[..., 1:, :] - flow[..., :-1, :]).abs().mean() + (flow[..., 1:] - flow[..., :-1]).abs().mean()
-
-
-def gan_d_loss(real: Tensor, fake: Tensor, kind: str) -> Tensor:
-    """Discriminator loss (hinge or least squares)."""
-    real, fake = real.float(), fake.float()
-    if kind == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    return 0.5 * ((real - 1).square().mean() + fake.square().mean())
-
-
-def gan_g_loss(fake: Tensor, kind: str) -> Tensor:
-    """Generator adversarial loss."""
-    fake = fake.float()
-    return -fake.mean() if kind == "hinge" else (fake - 1).square().mean()
-
-
-# =============================================================================== trainer
 StepHook = Callable[["AnimatorTrainer"], None]
 
 
@@ -879,179 +608,3 @@ class AnimatorTrainer:
             bar.write(msg)
         else:
             print(msg, flush=True)
-
-
-# =============================================================================== loading
-def load_animator(
-    path: str | os.PathLike,
-    which: str = "ema",
-    device: str | torch.device = "cpu",
-    *,
-    threads: int | None = None,
-) -> Any:
-    """The animator of a run directory, a checkpoint, a ``save_pretrained`` directory, or an
-    exported ``.onnx`` file.
-
-    Args:
-        path: run directory (its latest checkpoint), ``checkpoints`` dir, ``ckpt-*`` dir, a
-            directory holding ``config.json`` + ``model.safetensors`` of an animator, or the
-            render graph ``NAME.onnx`` written by ``avatarforge animate export-onnx``.
-        which: ``"ema"`` (the averaged weights; default) or ``"g"`` (the raw ones); ignored for ``.onnx``.
-        device: torch device (``.onnx`` files run on onnxruntime's CPU provider).
-        threads: ``.onnx`` only: onnxruntime intra-op threads (None: its default).
-
-    Returns an :class:`~avatarforge.models.animator.ExpressionAnimator` in eval mode without
-    gradients, or for ``.onnx`` an :class:`~avatarforge.animate.onnx_export.OnnxAnimator`
-    (same ``prepare`` / ``render_image`` / ``resolution`` API). Nothing is unpickled.
-    """
-    if which not in ("ema", "g"):
-        raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
-    p = Path(path)
-    if p.suffix.lower() == ".onnx":
-        from avatarforge.animate.onnx_export import OnnxAnimator
-
-        return OnnxAnimator(p, threads=threads)
-    if (
-        (p / "config.json").is_file()
-        and (p / "model.safetensors").is_file()
-        and not (p / "checkpoints").is_dir()
-    ):
-        model = load_pretrained(p, map_location=device)
-    else:
-        ckpt = find_checkpoint(p)
-        model = load_pretrained(ckpt, prefix="g_ema_" if which == "ema" else "g_", map_location=device)
-    if not isinstance(model, ExpressionAnimator):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not an expression animator")
-    return model.eval().requires_grad_(False)
-
-
-# =============================================================================== one-call training
-#: Training and held-out identities :func:`train_animator` renders for budgets up to 10
-#: minutes: rendering the default 2000 (x 6 expressions) takes ~70 s on 2 free cores (and
-#: several minutes on a busy machine: the first recorded 4-minute run spent most of its
-#: budget rendering 500), while a few minutes of training (~7 kimg = ~1.2 passes over
-#: 200 identities' 30 ordered pairs, x2 with flips) do not exhaust 200 identities.
-QUICK_IDENTITIES = 200
-QUICK_HELDOUT = 12
-
-
-def _animator_run_size(run: Path) -> int | None:
-    """``data.size`` of an animator run directory (with a checkpoint), else None."""
-    cfg_path = run / "config.json"
-    if not (cfg_path.is_file() and (run / "checkpoints").is_dir()):
-        return None
-    try:
-        cfg = json.loads(cfg_path.read_text("utf-8"))
-        if "mouth_weight" not in cfg.get("loss", {}):  # not an animator config
-            return None
-        find_checkpoint(run)
-        return int(cfg["data"]["size"])
-    except (OSError, ValueError, KeyError, TypeError, FileNotFoundError):
-        return None
-
-
-def find_animator_run(runs_dir: str | os.PathLike, size: int | None = None) -> Path | None:
-    """The newest animator run directory under ``runs_dir`` that has a checkpoint (of
-    resolution ``size`` when given), or None."""
-    from avatarforge.train.rundir import run_number
-
-    root = Path(runs_dir)
-    if not root.is_dir():
-        return None
-    found = []
-    for run in root.iterdir():
-        n = run_number(run)
-        got = _animator_run_size(run) if n is not None else None
-        if got is not None and (size is None or got == size):
-            found.append((n, run))
-    return max(found)[1] if found else None
-
-
-def train_animator(
-    path: str | os.PathLike = "runs",
-    size: int = 64,
-    minutes: float = 4.0,
-    resume: bool = True,
-    progress: bool = True,
-    *,
-    overrides: Sequence[str] = (),
-    workers: int | None = None,
-) -> Path:
-    """Train (or keep training) an expression animator within a wall-clock budget; returns the run directory.
-
-    The one call behind the quickstart: ``minutes`` covers everything, rendering the pair
-    caches included (they are cached, so a second call trains for nearly all of it).
-
-    Args:
-        path: a runs directory (a new ``NNNNN-animator-<size>`` run is created in it, or with
-            ``resume`` its newest animator run of that ``size`` continues), or an animator run
-            directory (continued with ``resume``; otherwise a new run is created next to it).
-        size: resolution (multiple of 8, 32-512). 64 px is the CPU-friendly choice.
-        minutes: total wall-clock budget (> 0); budgets up to 10 minutes render 200 training
-            and 12 held-out identities instead of 2000 and 24. See docs/animate.md ("How good
-            is a short run") for the quality per kimg and what 4 minutes give.
-        resume: continue the newest matching run instead of starting over.
-        progress: show a progress bar and messages.
-        overrides: extra ``KEY=VALUE`` config overrides (see docs/animate.md), applied last.
-        workers: render processes for the pair caches (default: 2 when the machine has 2+ cores).
-
-    Raises:
-        ConfigError: a bad ``size``, ``minutes`` or override (the message names the key).
-    """
-    t0 = time.monotonic()
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0:
-        raise ConfigError(f"minutes must be a number > 0, got {minutes!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size > 512 or size % 8:
-        raise ConfigError(f"size must be a multiple of 8 from 32 to 512, got {size!r}")
-    root = Path(path)
-    run: Path | None = None
-    if _animator_run_size(root) is not None:  # a run directory
-        run = root if resume else None
-        runs_dir = root.parent
-    else:
-        runs_dir = root
-        run = find_animator_run(root, size) if resume else None
-    if run is not None and _animator_run_size(run) != size:
-        raise ConfigError(
-            f"{run} was trained at {_animator_run_size(run)} px, not size={size}; pass its size or resume=False"
-        )
-    if workers is None:
-        workers = 2 if (os.cpu_count() or 1) >= 2 else 0
-    cli: dict[str, Any] = {"runs_dir": str(runs_dir), "kimg": None, "log": {"progress": bool(progress)}}
-    base = [
-        f"data.size={size}",
-        f"data.workers={workers}",
-        # One intra-op thread: measured side by side on the shared 2-core box (load ~12), 64 px
-        # batch 16 trains at 117-170 pairs/s on 1 thread and 16-20 on 2 (OpenMP threads
-        # spin-wait for cores other processes hold). Override with perf.num_threads=2 on an idle machine.
-        "perf.num_threads=1",
-        # A short run gets a checkpoint every ~1 minute of CPU training, so an interrupted
-        # quickstart keeps its progress; samples at the same pace.
-        "log.checkpoint_every_kimg=2",
-        "log.sample_every_kimg=2",
-    ]
-    if minutes <= 10:
-        base += [
-            f"data.identities={QUICK_IDENTITIES}",
-            f"data.heldout_identities={QUICK_HELDOUT}",
-            f"log.eval_identities={QUICK_HELDOUT}",
-        ]
-    config_file = run / "config.yaml" if run is not None else None
-    if run is not None:
-        base = [f"data.workers={workers}", "perf.num_threads=1"]  # keep the run's data and model settings
-    cfg = build_animator_config(config_file=config_file, cli=cli, overrides=[*base, "minutes=1", *overrides])
-    # Render (or open) the pair caches first, so their time counts against the budget.
-    d = cfg.data
-    if d.mode == "cache":
-        for split, n in ((HELDOUT, d.heldout_identities), (TRAIN, d.identities)):
-            build_or_open_cache(
-                d.cache_dir or None,
-                PairSpec(size=d.size, identities=n, expressions=d.expressions, seed=cfg.seed, split=split),
-                workers=d.workers,
-                progress=progress,
-            )
-    # What is left, less a reserve for the final evaluation and checkpoint (~5% of the run).
-    left = minutes - (time.monotonic() - t0) / 60
-    cfg.minutes = max(0.02, left * 0.95 - 0.1)
-    trainer = AnimatorTrainer(cfg, resume=run)
-    return trainer.fit()

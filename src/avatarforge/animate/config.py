@@ -1,0 +1,187 @@
+"""The animator's configuration: :class:`AnimatorConfig` and :func:`build_animator_config`.
+
+Its own dataclass tree (``avatarforge animate train``'s ``key=value`` overrides address it),
+built with the generic machinery of :mod:`avatarforge.config` (YAML files, overrides, typed
+errors). Importing it does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from avatarforge.config import PerfConfig, check_all, layered_config
+
+__all__ = [
+    "AnimatorConfig",
+    "AnimatorDataConfig",
+    "AnimatorEMAConfig",
+    "AnimatorLogConfig",
+    "AnimatorLossConfig",
+    "AnimatorModelConfig",
+    "AnimatorOptimConfig",
+    "build_animator_config",
+]
+
+
+@dataclass
+class AnimatorModelConfig:
+    """Network sizes (see :mod:`avatarforge.models.animator`)."""
+
+    widths: tuple[int, int, int, int] = (8, 16, 32, 64)  # channels at 1, 1/2, 1/4, 1/8 resolution
+    ctrl_hidden: int = 64
+    enc_blocks: int = 2
+    max_flow: float = 0.25  # largest warp, in grid units ([-1, 1] spans the image)
+    d_width: int = 32  # discriminator
+    d_layers: int = 3
+
+
+@dataclass
+class AnimatorDataConfig:
+    """Where pairs come from (:mod:`avatarforge.animate.pairs`)."""
+
+    size: int = 64  # training resolution = the animator's resolution
+    mode: Literal["cache", "stream"] = "cache"  # pre-rendered pairs, or rendered on the fly
+    identities: int = 2000  # cache: training identities
+    expressions: int = 6  # renders per identity (expression 0 is neutral)
+    heldout_identities: int = 24  # evaluation identities (never trained on)
+    cache_dir: str = ""  # cache root; "" = $AVATARFORGE_CACHE or ~/.cache/avatarforge
+    workers: int = 0  # render processes (cache building, streaming); 0 = in this process / a thread
+    prefetch: int = 4  # stream: batches rendered ahead
+    flip: bool = True  # random horizontal flips (yaw and tilt negated)
+    background_prob: float = 0.2  # pairs composited on their drawn background (RGB avatars)
+    soften_prob: float = 0.0  # pairs (source and target alike) taken to half size and back: soft avatars
+
+
+@dataclass
+class AnimatorLossConfig:
+    """Loss weights."""
+
+    mse_weight: float = 1.0  # squared error, [-1, 1] units (see weighted_recon: why not L1 alone)
+    l1_weight: float = 0.03  # absolute error, [-1, 1] units
+    face_weight: float = 4.0  # extra pixel weight on eyes, brows and mouth (of source or target)
+    mouth_weight: float = 16.0  # extra pixel weight on the mouth on top of face_weight (it is tiny)
+    change_weight: float = 2.0  # extra pixel weight where source and target differ
+    face_dilate: int = 1  # pixels the face and mouth weighting reach past the parts
+    flow_tv: float = 0.01  # total variation of the flow (smooth warps)
+    adv_weight: float = 0.02  # adversarial weight after the ramp; 0 = no discriminator
+    adv_start_kimg: float = 50.0  # the adversarial term starts here ...
+    adv_ramp_kimg: float = 20.0  # ... and ramps up linearly over this many kimg
+    gan: Literal["hinge", "lsgan"] = "hinge"
+
+
+@dataclass
+class AnimatorOptimConfig:
+    """Adam for G and D."""
+
+    lr: float = 2e-3
+    d_lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+
+
+@dataclass
+class AnimatorEMAConfig:
+    """EMA of the generator weights (what samples, evaluation and export use)."""
+
+    kimg: float = 2.0  # half-life in thousands of pairs
+    rampup: float | None = 0.1  # half-life <= rampup x pairs seen
+
+
+@dataclass
+class AnimatorLogConfig:
+    """Logging, samples, evaluation and checkpoints."""
+
+    every_steps: int = 50  # metrics.jsonl line, NaN/Inf check
+    sample_every_kimg: float = 10.0  # (source, target, prediction) grid; 0 = only at the end
+    num_samples: int = 8  # pairs in a grid
+    metric_every_kimg: float = 0.0  # held-out evaluation; 0 = only at the end
+    eval_identities: int = 12  # held-out identities scored by each evaluation (<= data.heldout_identities)
+    checkpoint_every_kimg: float = 20.0  # 0 = only at the end (and on signals)
+    keep_last: int = 3
+    progress: bool = True
+
+
+@dataclass
+class AnimatorConfig:
+    """Everything ``avatarforge animate train`` needs (``key=value`` overrides address these)."""
+
+    model: AnimatorModelConfig = field(default_factory=AnimatorModelConfig)
+    data: AnimatorDataConfig = field(default_factory=AnimatorDataConfig)
+    loss: AnimatorLossConfig = field(default_factory=AnimatorLossConfig)
+    optim: AnimatorOptimConfig = field(default_factory=AnimatorOptimConfig)
+    ema: AnimatorEMAConfig = field(default_factory=AnimatorEMAConfig)
+    log: AnimatorLogConfig = field(default_factory=AnimatorLogConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    seed: int = 0
+    batch_size: int = 16
+    kimg: float | None = 200.0  # stop after this many thousand pairs; null = no limit
+    minutes: float | None = None  # stop after this many minutes (this session)
+    device: str = "auto"
+    runs_dir: str = "runs"
+    desc: str = ""  # run directory suffix; default animator-<size>
+    max_nan_events: int = 3
+
+    def validate(self) -> AnimatorConfig:
+        """Check ranges the types cannot express; returns self. Raises ConfigError."""
+        d, lo, lg = self.data, self.loss, self.log
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.kimg is None or self.kimg > 0, "kimg must be > 0 (or null with minutes set)"),
+            (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
+            (self.kimg is not None or self.minutes is not None, "set kimg or minutes (or both)"),
+            (
+                d.size >= 32 and d.size % 8 == 0 and d.size <= 512,
+                "data.size must be a multiple of 8 from 32 to 512",
+            ),
+            (
+                d.identities >= 1 and d.heldout_identities >= 1,
+                "data.identities and data.heldout_identities must be >= 1",
+            ),
+            (d.expressions >= 2, "data.expressions must be >= 2 (pairs need two renders)"),
+            (d.workers >= 0 and d.prefetch >= 1, "data.workers must be >= 0 and data.prefetch >= 1"),
+            (0 <= d.background_prob <= 1, "data.background_prob must be in [0, 1]"),
+            (0 <= d.soften_prob <= 1, "data.soften_prob must be in [0, 1]"),
+            (
+                min(
+                    lo.mse_weight,
+                    lo.l1_weight,
+                    lo.face_weight,
+                    lo.mouth_weight,
+                    lo.change_weight,
+                    lo.flow_tv,
+                    lo.adv_weight,
+                )
+                >= 0,
+                "loss weights must be >= 0",
+            ),
+            (
+                lo.adv_start_kimg >= 0 and lo.adv_ramp_kimg >= 0,
+                "loss.adv_start_kimg/adv_ramp_kimg must be >= 0",
+            ),
+            (self.optim.lr > 0 and self.optim.d_lr > 0, "optim.lr and optim.d_lr must be > 0"),
+            (all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be in [0, 1)"),
+            (self.ema.kimg >= 0, "ema.kimg must be >= 0"),
+            (min(self.model.widths) >= 1 and self.model.ctrl_hidden >= 1, "model widths must be >= 1"),
+            (self.model.max_flow > 0, "model.max_flow must be > 0"),
+            (lg.every_steps >= 1 and lg.keep_last >= 1 and lg.num_samples >= 1, "log values must be >= 1"),
+            (lg.eval_identities >= 1, "log.eval_identities must be >= 1"),
+            (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
+            (
+                self.perf.amp != "fp16",
+                "perf.amp=fp16 is not supported by the animator trainer; use bf16 or off",
+            ),
+        ]
+        check_all(checks)
+        return self
+
+
+def build_animator_config(
+    *,
+    config_file: str | os.PathLike | None = None,
+    cli: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> AnimatorConfig:
+    """Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``."""
+    return layered_config(AnimatorConfig, config_file=config_file, cli=cli, overrides=overrides)

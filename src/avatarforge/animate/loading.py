@@ -1,0 +1,58 @@
+"""Loading a trained expression animator: :func:`load_animator`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avatarforge.models.animator import ExpressionAnimator
+from avatarforge.models.base import load_pretrained
+from avatarforge.train.checkpoint import find_checkpoint
+
+__all__ = ["load_animator"]
+
+
+def load_animator(
+    path: str | os.PathLike,
+    which: str = "ema",
+    device: str | torch.device = "cpu",
+    *,
+    threads: int | None = None,
+) -> Any:
+    """The animator of a run directory, a checkpoint, a ``save_pretrained`` directory, or an
+    exported ``.onnx`` file.
+
+    Args:
+        path: run directory (its latest checkpoint), ``checkpoints`` dir, ``ckpt-*`` dir, a
+            directory holding ``config.json`` + ``model.safetensors`` of an animator, or the
+            render graph ``NAME.onnx`` written by ``avatarforge animate export-onnx``.
+        which: ``"ema"`` (the averaged weights; default) or ``"g"`` (the raw ones); ignored for ``.onnx``.
+        device: torch device (``.onnx`` files run on onnxruntime's CPU provider).
+        threads: ``.onnx`` only: onnxruntime intra-op threads (None: its default).
+
+    Returns an :class:`~avatarforge.models.animator.ExpressionAnimator` in eval mode without
+    gradients, or for ``.onnx`` an :class:`~avatarforge.animate.onnx_export.OnnxAnimator`
+    (same ``prepare`` / ``render_image`` / ``resolution`` API). Nothing is unpickled.
+    """
+    if which not in ("ema", "g"):
+        raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        from avatarforge.animate.onnx_export import OnnxAnimator
+
+        return OnnxAnimator(p, threads=threads)
+    if (
+        (p / "config.json").is_file()
+        and (p / "model.safetensors").is_file()
+        and not (p / "checkpoints").is_dir()
+    ):
+        model = load_pretrained(p, map_location=device)
+    else:
+        ckpt = find_checkpoint(p)
+        model = load_pretrained(ckpt, prefix="g_ema_" if which == "ema" else "g_", map_location=device)
+    if not isinstance(model, ExpressionAnimator):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not an expression animator")
+    return model.eval().requires_grad_(False)
