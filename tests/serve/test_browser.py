@@ -216,7 +216,36 @@ def test_overlay_frames_arrive(server, browser):
     )
     running = app.state.overlay_hub.running()
     assert running and running[0]["frames"] >= 10
+    # the page's script and stylesheet are the package's static files, served by the server
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    for name in ("overlay.js", "overlay.css"):
+        assert any(u.split("?")[0].endswith(f"/overlay/static/{name}") for u in loaded), (name, loaded)
+    # a frame was really decoded and shown: read the <img>'s pixels back through a canvas
+    width, height, visible = browser.execute_async_script(_IMG_PIXELS, "avatar")
+    assert width > 0 and height == width
+    assert visible > width * height // 10, (width, visible)  # tiny random models: any alpha > 0 counts
     _screenshot(browser, "overlay.png")
+
+
+# Size of an <img> (argument: its id) and how many of its pixels are not fully transparent,
+# drawn onto a canvas. The frames are blob: URLs of the same origin, so the canvas is not
+# tainted and getImageData works. Resolves once the current frame has finished loading.
+_IMG_PIXELS = """
+const done = arguments[arguments.length - 1];
+const img = document.getElementById(arguments[0]);
+function census() {
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  if (!c.width) { return [0, 0, 0]; }
+  const g = c.getContext('2d');
+  g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data;
+  let visible = 0;
+  for (let i = 3; i < d.length; i += 4) { if (d[i] > 0) { visible++; } }
+  return [c.width, c.height, visible];
+}
+if (img.complete) { done(census()); } else { img.decode().then(() => done(census()), () => done([0, 0, 0])); }
+"""
 
 
 def test_control_panel_microphone_lip_sync(server, browser):

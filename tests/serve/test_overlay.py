@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import numpy as np
@@ -45,6 +46,18 @@ def make_client(state, **options) -> tuple[TestClient, object]:
     app = FastAPI()
     hub = mount_overlay(app, state, OverlayOptions(**options) if options else None)
     return TestClient(app), hub
+
+
+def with_assets(client: TestClient, page) -> str:
+    """A page's HTML plus the text of the scripts and stylesheets it links (static files)."""
+    refs = re.findall(r'(?:href|src)="([^"]*/overlay/static/[^"]+)"', page.text)
+    assert len(refs) == 2, refs  # one stylesheet, one script
+    texts = [page.text]
+    for ref in refs:
+        r = client.get(ref)
+        assert r.status_code == 200, ref
+        texts.append(r.text)
+    return "\n".join(texts)
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -178,7 +191,7 @@ def test_manual_controls_of_many_avatars_do_not_accumulate(pipe):
 def test_slow_client_queue_is_bounded_and_keeps_the_newest_frames():
     import asyncio
 
-    from avatarforge.serve.overlay import _Subscriber
+    from avatarforge.serve.overlay.hub import _Subscriber
 
     async def main():
         sub = _Subscriber(asyncio.get_running_loop(), maxsize=2)
@@ -197,7 +210,7 @@ def test_no_animator_page_says_so_and_socket_closes_with_reason(pipe):
         r = client.get("/overlay")
         assert r.status_code == 503
         assert "no animator loaded" in r.text
-        assert "background: transparent" in r.text
+        assert "background: transparent" in with_assets(client, r)
         with client.websocket_connect("/ws/overlay") as ws, pytest.raises(WebSocketDisconnect) as e:
             ws.receive_bytes()
         assert e.value.code == NO_ANIMATOR_CLOSE_CODE
@@ -209,13 +222,34 @@ def test_page_is_transparent_and_forwards_its_query(pipe):
     with client:
         r = client.get("/overlay?avatar=12&size=256&fps=24&idle=0")
         assert r.status_code == 200
-        html = r.text
+        html = with_assets(client, r)
         assert "background: transparent" in html and "margin: 0" in html
         assert '"avatar": "12"' in html and '"size": "256"' in html and "/ws/overlay" in html
         bad = client.get("/overlay?size=huge")
         assert bad.status_code == 400 and "size must be an integer" in bad.text
         ctl = client.get("/overlay/control?avatar=12")
         assert ctl.status_code == 200 and "Start microphone" in ctl.text and "/ws/overlay/control" in ctl.text
+
+
+def test_pages_are_static_files_filled_with_a_config(pipe):
+    """The pages' HTML, JS and CSS are package files; the server fills in only a JSON config
+    (escaped: a query value cannot close the script element), and serves the scripts and
+    stylesheets without the key (they hold no data) while the pages need it."""
+    from avatarforge.serve.overlay.pages import static_dir
+
+    names = {"overlay.html", "overlay.js", "overlay.css", "control.html", "control.js", "control.css"}
+    assert names <= {f.name for f in static_dir().iterdir()}
+    client, _ = make_client(make_state(pipe, tiny_animator(), api_key="s3cret"))
+    with client:
+        assert client.get("/overlay").status_code == 401
+        for name in names - {"overlay.html", "control.html"}:
+            r = client.get(f"/overlay/static/{name}")
+            assert r.status_code == 200 and r.text == (static_dir() / name).read_text(encoding="utf-8")
+        evil = "</script><script>alert(1)</script>"
+        r = client.get("/overlay", params={"key": "s3cret", "avatar": evil})
+        assert r.status_code == 400 and evil not in r.text and "{{" not in r.text
+        ctl = with_assets(client, client.get("/overlay/control?avatar=5&key=s3cret"))
+        assert "getUserMedia" in ctl and '"control": "/ws/overlay/control"' in ctl and "{{" not in ctl
 
 
 def test_bad_socket_parameters_close_with_the_field_named(pipe):
@@ -360,7 +394,7 @@ def test_mounted_on_the_real_app(client, serve_state_noanim):
 
 
 def test_options_from_the_environment(pipe, monkeypatch, tmp_path):
-    from avatarforge.serve.overlay import _overlay_options
+    from avatarforge.serve.overlay import overlay_options as _overlay_options
 
     state = make_state(pipe, None)
     monkeypatch.setenv("AVATARFORGE_VMC", "1")

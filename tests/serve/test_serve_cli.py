@@ -50,7 +50,7 @@ def test_bad_flags_name_the_flag(argv, flag):
 
 
 def test_overlay_flags_reach_the_overlay(tmp_path):
-    from avatarforge.serve.overlay import _overlay_options
+    from avatarforge.serve.overlay import overlay_options as _overlay_options
 
     wav = tmp_path / "speech.wav"
     wav.write_bytes(b"RIFF")  # only its existence is checked here

@@ -58,10 +58,8 @@ STYLE_METHODS = ("none", "colour_transfer", "histogram_match")
 RANDOM = "(random)"
 #: Most latent sliders shown (the first ones by the server's order).
 MAX_SLIDERS = 12
-#: Avatars are small (32-256 px): scale the pick and the preview up to their boxes.
-STUDIO_CSS = """
-#picked img, #expression img { width: 100% !important; height: 100% !important; object-fit: contain; }
-"""
+#: The studio's stylesheet (package data: ``avatarforge/serve/static/studio/studio.css``).
+STUDIO_CSS_FILE = Path(__file__).resolve().parent / "static" / "studio" / "studio.css"
 
 
 class StudioError(ValueError):
@@ -695,5 +693,5 @@ def mount_studio(app: Any, state: Any, path: str = "/studio") -> Any:
         auth_message="Enter the server's API key as the password (any user name)." if auth else None,
         footer_links=[],
         ssr_mode=False,
-        css=STUDIO_CSS,
+        css_paths=[STUDIO_CSS_FILE],
     )

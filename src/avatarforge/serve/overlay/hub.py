@@ -1,0 +1,467 @@
+"""The running frame loops of an app, shared by its WebSocket clients (:class:`OverlayHub`).
+
+One loop per (avatar, size, fps, idle) runs in a background thread while at least one
+client watches it; every frame is encoded once and handed to each client's bounded queue
+(the oldest frame is dropped for a client that cannot keep up). Also the server-side
+options (:class:`OverlayOptions`, :func:`overlay_options`) and the driver stack of a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatarforge.serve.overlay.protocol import (
+    OverlayBusy,
+    OverlayControls,
+    OverlayError,
+    encode_frame,
+    parse_avatar,
+)
+
+__all__ = [
+    "AUDIO_ENV",
+    "MAX_CONTROLLED_AVATARS",
+    "VMC_ENV",
+    "OverlayHub",
+    "OverlayOptions",
+    "overlay_options",
+]
+
+#: Most avatars with manual controls kept (controls of avatars without a running loop are
+#: dropped, oldest first, beyond this): ``?avatar=`` takes any of a billion seeds, and each
+#: one must not be a permanent allocation.
+MAX_CONTROLLED_AVATARS = 256
+
+
+@dataclass
+class OverlayOptions:
+    """Server-side options of the overlay.
+
+    Attributes:
+        fps: default frame rate (a client may ask for another with ``?fps=``).
+        max_fps: highest frame rate a client may ask for.
+        max_size: largest ``?size=`` in pixels.
+        image_format: ``"webp"`` (lossless, default) or ``"png"``. Measured at 256 px on one
+            core: WebP (method 0) 3.9 ms and 6.7 kB a frame, PNG (level 1) 8.2 ms and 13.7 kB.
+        idle: random blinks and breathing sway by default (``?idle=0`` turns them off).
+        audio: a PCM WAV played (as ``mouth_open``) from the start of each loop; ``P`` or
+            ``{"action": "play_audio"}`` restarts it.
+        vmc: ``"HOST:PORT"`` (or ``"PORT"``) to listen for VMC face tracking, e.g.
+            ``"127.0.0.1:39539"``; ``None`` = off.
+        queue_frames: frames buffered per client before the oldest is dropped.
+        seed: seed of the idle driver's blinks.
+        max_loops: most frame loops running at once (one per distinct avatar, size, fps,
+            idle); each renders continuously, so this bounds the overlay's CPU and memory.
+            Clients of a running loop join it for free.
+    """
+
+    fps: float = 30.0
+    max_fps: float = 60.0
+    max_size: int = 1024
+    image_format: str = "webp"
+    idle: bool = True
+    audio: str | Path | None = None
+    vmc: str | None = None
+    queue_frames: int = 2
+    seed: int = 0
+    max_loops: int = 8
+
+    def __post_init__(self) -> None:
+        if self.image_format not in ("png", "webp"):
+            raise OverlayError(f"image_format must be 'png' or 'webp', got {self.image_format!r}")
+        if not 0 < self.fps <= self.max_fps:
+            raise OverlayError(f"fps must be in (0, max_fps={self.max_fps}], got {self.fps}")
+        if self.queue_frames < 1:
+            raise OverlayError(f"queue_frames must be >= 1, got {self.queue_frames}")
+        if self.max_loops < 1:
+            raise OverlayError(f"max_loops must be >= 1, got {self.max_loops}")
+        if self.vmc is not None:
+            _parse_hostport(self.vmc)
+
+
+def _parse_hostport(text: str) -> tuple[str, int]:
+    host, _, port = str(text).rpartition(":")
+    try:
+        p = int(port)
+    except ValueError:
+        raise OverlayError(
+            f"vmc must be 'HOST:PORT' or 'PORT' (e.g. 127.0.0.1:39539), got {text!r}"
+        ) from None
+    if not 0 <= p <= 65535:
+        raise OverlayError(f"vmc port must be in 0..65535, got {p}")
+    return host or "127.0.0.1", p
+
+
+#: Environment variables read when the server's settings do not say: VMC listener
+#: (``HOST:PORT`` or ``PORT``; ``1`` = the default ``127.0.0.1:39539``) and a WAV for lip sync.
+VMC_ENV = "AVATARFORGE_VMC"
+AUDIO_ENV = "AVATARFORGE_OVERLAY_AUDIO"
+
+
+def overlay_options(state: Any, options: OverlayOptions | None = None) -> OverlayOptions:
+    """``options`` if given, else options from the server's settings or the environment.
+
+    Raises:
+        OverlayError: a bad VMC address or an audio path that is not a file.
+    """
+    if options is not None:
+        return options
+    from avatarforge.animate.drivers import VMC_DEFAULT_HOST, VMC_DEFAULT_PORT
+
+    # ServeSettings fields when the server has them (vmc, overlay_audio, overlay_fps), else
+    # the environment, so `AVATARFORGE_VMC=1 avatarforge serve ...` works with any CLI.
+    s = getattr(state, "settings", None)
+    kw: dict[str, Any] = {}
+    vmc = getattr(s, "vmc", None) or os.environ.get(VMC_ENV, "").strip() or None
+    if vmc is not None:
+        kw["vmc"] = (
+            f"{VMC_DEFAULT_HOST}:{VMC_DEFAULT_PORT}" if str(vmc).lower() in ("1", "true", "on") else vmc
+        )
+    audio = getattr(s, "overlay_audio", None) or os.environ.get(AUDIO_ENV, "").strip() or None
+    if audio is not None:
+        if not Path(audio).is_file():
+            raise OverlayError(f"overlay audio {audio!r} is not a file; give a PCM WAV file ({AUDIO_ENV})")
+        kw["audio"] = audio
+    if getattr(s, "overlay_fps", None):
+        kw["fps"] = float(s.overlay_fps)
+    if getattr(s, "max_fps", None):
+        kw["max_fps"] = float(s.max_fps)
+        kw["fps"] = min(kw.get("fps", 30.0), kw["max_fps"])
+    return OverlayOptions(**kw)
+
+
+class _RestartableAudio:
+    """An :class:`AudioDriver` whose time origin moves to the loop time of a ``play_audio``."""
+
+    def __init__(self, driver: Any, controls: OverlayControls) -> None:
+        self.driver = driver
+        self.controls = controls
+        self._seen = controls.audio_restarts
+        self._origin = 0.0
+
+    def update(self, t: float) -> Mapping[str, float]:
+        if self.controls.audio_restarts != self._seen:
+            self._seen = self.controls.audio_restarts
+            self._origin = t
+        return self.driver.update(t - self._origin)
+
+    def close(self) -> None:
+        self.driver.close()
+
+
+class _Neutral:
+    """Every control at rest; the other drivers override it."""
+
+    def update(self, t: float) -> Mapping[str, float]:
+        from avatarforge.models.animator import NEUTRAL_CONTROLS
+
+        return NEUTRAL_CONTROLS
+
+    def close(self) -> None:
+        pass
+
+
+class _Shared:
+    """A driver shared by several loops: closing one loop must not close it."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+
+    def update(self, t: float) -> Mapping[str, float]:
+        return self.driver.update(t)
+
+    def close(self) -> None:
+        pass
+
+
+class _Subscriber:
+    """One client's bounded frame queue on its event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+    def _put(self, item: bytes | None) -> None:
+        # Runs on the client's event loop: drop the oldest frame rather than grow the queue.
+        while self.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+                self.dropped += 1
+        self.queue.put_nowait(item)
+
+    def offer(self, item: bytes | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the client's loop already closed
+            self.loop.call_soon_threadsafe(self._put, item)
+
+
+class _Session:
+    """One running frame loop (avatar, size, fps) and its subscribers."""
+
+    def __init__(self, hub: OverlayHub, key: tuple[str, int | None, float, bool]) -> None:
+        self.hub = hub
+        self.key = key
+        self.avatar, self.size, self.fps, self.idle = key
+        self.subscribers: list[_Subscriber] = []
+        self.frames = 0
+        self.error: str | None = None
+        self.renderer: Any = None
+        self.loop: Any = None
+        self.thread: threading.Thread | None = None
+        self._vmc_acquired = False
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        from avatarforge.animate.drivers import AudioDriver, IdleDriver
+        from avatarforge.animate.loop import AvatarRenderer, FrameLoop
+
+        hub = self.hub
+        avatar = hub.avatar_image(self.avatar)
+        with hub.model_lock():
+            self.renderer = AvatarRenderer(hub.state.animator, avatar)
+        controls = hub.controls(self.avatar)
+        # Neutral first: the loop keeps a control's last target when no driver sends it, so a
+        # cleared manual control (or the end of a blink) would otherwise stick.
+        drivers: list[Any] = [_Neutral()]
+        if self.idle:
+            drivers.append(IdleDriver(hub.options.seed))
+        if hub.options.audio is not None:
+            drivers.append(_RestartableAudio(AudioDriver(hub.options.audio), controls))
+        vmc = hub.acquire_vmc()
+        self._vmc_acquired = vmc is not None
+        if vmc is not None:
+            drivers.append(_Shared(vmc))
+        drivers.append(controls)
+        self.loop = FrameLoop(self._render, drivers, fps=self.fps, realtime=True, drop_late=True)
+        self.thread = threading.Thread(target=self._run, name=f"overlay-{self.avatar}", daemon=True)
+        self.thread.start()
+
+    def _render(self, controls: Mapping[str, float]) -> np.ndarray:
+        with self.hub.model_lock():
+            return self.renderer(controls)
+
+    def _run(self) -> None:
+        try:
+            for frame in self.loop.run():
+                data = encode_frame(frame.image, self.hub.options.image_format, self.size)
+                self.frames += 1
+                for sub in list(self.subscribers):
+                    sub.offer(data)
+                if self._stopped.is_set():
+                    break  # FrameLoop.run clears its own stop flag when it starts: check ours too
+        except Exception as e:  # a failing model must end the streams with a reason, not hang them
+            self.error = f"rendering failed: {type(e).__name__}: {e}"
+            for sub in list(self.subscribers):
+                sub.offer(None)
+        finally:
+            self.loop.close()
+            if self._vmc_acquired:
+                self.hub.release_vmc()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.loop is not None:
+            self.loop.stop()
+
+    def join(self, timeout: float = 5.0) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+
+class OverlayHub:
+    """The running overlay loops of an app, shared by its WebSocket clients.
+
+    Args:
+        state: the server state (``animator``, ``pipe``, ``lock``/``model_lock()``, ``settings``).
+        options: :class:`OverlayOptions`.
+    """
+
+    def __init__(self, state: Any, options: OverlayOptions | None = None) -> None:
+        self.state = state
+        self.options = options or OverlayOptions()
+        self._lock = threading.Lock()
+        self._sessions: dict[tuple[str, int | None, float, bool], _Session] = {}
+        self._controls: dict[str, OverlayControls] = {}
+        self._avatars: dict[str, np.ndarray] = {}
+        self._vmc: Any = None
+        self._vmc_users = 0
+
+    # ------------------------------------------------------------------ models
+    @contextlib.contextmanager
+    def model_lock(self) -> Iterator[None]:
+        """The state's model lock (serialises torch calls with the HTTP API and the studio)."""
+        ml = getattr(self.state, "model_lock", None)
+        if callable(ml):
+            with ml():
+                yield
+            return
+        import torch
+
+        lock = getattr(self.state, "lock", None)
+        with lock if lock is not None else contextlib.nullcontext(), torch.inference_mode():
+            yield
+
+    @property
+    def has_animator(self) -> bool:
+        """Whether the server has an animator loaded (frames need one)."""
+        return getattr(self.state, "animator", None) is not None
+
+    def avatar_image(self, avatar: str) -> np.ndarray:
+        """The RGBA still of ``avatar`` (see :func:`parse_avatar`)."""
+        with self._lock:
+            if avatar in self._avatars:
+                return self._avatars[avatar]
+        if avatar.startswith("procedural:"):
+            from avatarforge.data.procedural import render_avatar
+
+            res = int(getattr(self.state.animator, "resolution", 64))
+            return render_avatar(int(avatar.split(":", 1)[1]), max(32, min(512, res)))
+        seed = 0 if avatar == "studio" else int(avatar)
+        with self.model_lock():
+            out = self.state.pipe(seeds=[seed], rgba=True)
+        return out.images[0]
+
+    def set_avatar(self, avatar: str, image: np.ndarray) -> None:
+        """Show ``image`` (RGBA uint8) as ``avatar`` (e.g. ``"studio"``), also in running loops."""
+        img = np.asarray(image)
+        if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
+            raise OverlayError(f"avatar image must be (H, W, 3|4) uint8, got {img.dtype} {img.shape}")
+        avatar = parse_avatar(avatar)
+        with self._lock:
+            self._avatars[avatar] = img
+            running = [s for k, s in self._sessions.items() if k[0] == avatar and s.renderer is not None]
+        for s in running:
+            with self.model_lock():
+                s.renderer.set_avatar(img)
+
+    def controls(self, avatar: str) -> OverlayControls:
+        """The manual controls of ``avatar`` (created on first use, shared by its loops)."""
+        avatar = parse_avatar(avatar)
+        with self._lock:
+            if avatar not in self._controls:
+                if len(self._controls) >= MAX_CONTROLLED_AVATARS:
+                    live = {k[0] for k in self._sessions} | set(self._avatars)
+                    idle = [a for a in self._controls if a not in live]  # insertion order: oldest first
+                    for a in idle[: len(self._controls) - MAX_CONTROLLED_AVATARS + 1]:
+                        del self._controls[a]
+                self._controls[avatar] = OverlayControls()
+            return self._controls[avatar]
+
+    # ------------------------------------------------------------------ VMC (one UDP port)
+    def acquire_vmc(self) -> Any:
+        """The shared VMC listener (started on first use), or None when VMC is off."""
+        if self.options.vmc is None:
+            return None
+        from avatarforge.animate.drivers import VMCDriver
+
+        with self._lock:
+            if self._vmc is None:
+                host, port = _parse_hostport(self.options.vmc)
+                self._vmc = VMCDriver(host, port)
+            self._vmc_users += 1
+            return self._vmc
+
+    def release_vmc(self) -> None:
+        """One loop less uses the VMC listener; the last one closes it (frees the port)."""
+        with self._lock:
+            if self._vmc is None:
+                return
+            self._vmc_users -= 1
+            if self._vmc_users <= 0:
+                self._vmc.close()
+                self._vmc, self._vmc_users = None, 0
+
+    # ------------------------------------------------------------------ subscriptions
+    def subscribe(
+        self,
+        avatar: str,
+        size: int | None,
+        fps: float,
+        idle: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> tuple[_Session, _Subscriber]:
+        """Join (or start) the loop of ``(avatar, size, fps, idle)``.
+
+        Raises:
+            OverlayBusy: starting it would run more than ``options.max_loops`` loops.
+
+        Frames are delivered to the returned subscriber's ``queue`` on ``loop`` (default: the
+        running event loop; pass it when calling from a worker thread, since starting a loop
+        prepares the avatar, a model call).
+        """
+        key = (parse_avatar(avatar), size, float(fps), bool(idle))
+        sub = _Subscriber(loop or asyncio.get_running_loop(), self.options.queue_frames)
+        with self._lock:
+            session = self._sessions.get(key)
+            fresh = session is None
+            if fresh:
+                if len(self._sessions) >= self.options.max_loops:
+                    raise OverlayBusy(
+                        f"{len(self._sessions)} overlay loops are running, the most this server allows "
+                        "(max_loops): reuse the avatar, size and fps of a running one"
+                    )
+                session = self._sessions[key] = _Session(self, key)
+            session.subscribers.append(sub)
+        if fresh:
+            try:
+                session.start()
+            except Exception:
+                with self._lock:
+                    self._sessions.pop(key, None)
+                raise
+        return session, sub
+
+    def unsubscribe(self, session: _Session, sub: _Subscriber) -> bool:
+        """Leave a loop; the last client to leave stops it. Returns True if it stopped."""
+        with self._lock:
+            if sub in session.subscribers:
+                session.subscribers.remove(sub)
+            last = not session.subscribers
+            if last and self._sessions.get(session.key) is session:
+                del self._sessions[session.key]
+        if last:
+            session.stop()
+        return last
+
+    def running(self) -> list[dict[str, Any]]:
+        """The running loops: avatar, size, fps, clients, frames rendered (for tests and status)."""
+        with self._lock:
+            return [
+                {
+                    "avatar": s.avatar,
+                    "size": s.size,
+                    "fps": s.fps,
+                    "idle": s.idle,
+                    "clients": len(s.subscribers),
+                    "frames": s.frames,
+                    "stats": s.loop.stats.summary() if s.loop is not None else {},
+                }
+                for s in self._sessions.values()
+            ]
+
+    def close(self) -> None:
+        """Stop every loop and the VMC listener (call at app shutdown)."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for s in sessions:
+            s.stop()
+        for s in sessions:
+            s.join()
+            # wake the sockets still waiting for frames: they close with this reason
+            s.error = s.error or "the server is shutting down"
+            for sub in list(s.subscribers):
+                sub.offer(None)
+        with self._lock:
+            if self._vmc is not None:
+                self._vmc.close()
+                self._vmc, self._vmc_users = None, 0

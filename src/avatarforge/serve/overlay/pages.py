@@ -1,0 +1,111 @@
+"""The overlay's two pages: static HTML/JS/CSS files plus a config the server fills in.
+
+The files live in ``avatarforge/serve/static/overlay`` (package data, listed in
+pyproject's ``[tool.setuptools.package-data]``). :func:`mount_static` serves the scripts and
+stylesheets at :data:`~avatarforge.serve.overlay.protocol.STATIC_PATH`; the HTML files are
+templates with two fields, ``{{root}}`` (the app's root path, for the asset URLs) and
+``{{config}}`` (a JSON object in a ``<script type="application/json">`` element that the
+page's script reads: the query to forward, the socket paths, the bound keys, an error).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from avatarforge.serve.overlay.protocol import (
+    CONTROL_SOCKET_PATH,
+    FRAME_SOCKET_PATH,
+    KEY_BINDINGS,
+    KEY_HELP,
+    PAGE_PATH,
+    STATIC_PATH,
+)
+
+__all__ = ["control_page_html", "mount_static", "overlay_page_html", "static_dir"]
+
+
+def static_dir() -> Path:
+    """The folder of the overlay's static files (inside the installed package)."""
+    # Package data next to the code (pip and editable installs unpack it: a real folder, which
+    # StaticFiles needs).
+    return Path(__file__).resolve().parent.parent / "static" / "overlay"
+
+
+@functools.cache
+def _template(name: str) -> str:
+    # Read once per process: the files are part of the installed package and do not change.
+    return (static_dir() / name).read_text(encoding="utf-8")
+
+
+def _config_json(data: Mapping[str, Any]) -> str:
+    # JSON inside <script>: escape '<' so a value can never close the script element.
+    return json.dumps(data).replace("<", "\\u003c")
+
+
+def _fill(name: str, root: str, cfg: Mapping[str, Any]) -> str:
+    from avatarforge import __version__
+
+    # ?v= makes a browser source fetch the scripts again after an upgrade (OBS caches hard).
+    return (
+        _template(name)
+        .replace("{{root}}", html.escape(root, quote=True))
+        .replace("{{version}}", html.escape(__version__, quote=True))
+        .replace("{{config}}", _config_json(cfg))
+    )
+
+
+def overlay_page_html(query: Mapping[str, str], root: str = "", error: str | None = None) -> str:
+    """The ``/overlay`` page: transparent, margin-free, an <img> updated from ``/ws/overlay``.
+
+    ``query`` is forwarded to the socket (avatar, size, fps, idle, key); ``error`` is shown
+    instead of connecting (e.g. no animator loaded).
+    """
+    cfg = {
+        "query": dict(query),
+        "root": root,
+        "socket": FRAME_SOCKET_PATH,
+        "keys": list(KEY_BINDINGS),
+        "error": error,
+    }
+    return _fill("overlay.html", root, cfg)
+
+
+def control_page_html(query: Mapping[str, str], avatar: str, root: str = "") -> str:
+    """The ``/overlay/control`` page (buttons, sliders, keys, microphone lip sync, preview)."""
+    from avatarforge.models.animator import CONTROL_NAMES, CONTROL_RANGES, NEUTRAL_CONTROLS
+
+    cfg = {
+        "query": dict(query),
+        "root": root,
+        "avatar": avatar,
+        "page": PAGE_PATH,
+        "sockets": {"frames": FRAME_SOCKET_PATH, "control": CONTROL_SOCKET_PATH},
+        "keys": list(KEY_BINDINGS),
+        "help": KEY_HELP,
+        "controls": [
+            {
+                "name": n,
+                "lo": CONTROL_RANGES[n][0],
+                "hi": CONTROL_RANGES[n][1],
+                "neutral": NEUTRAL_CONTROLS[n],
+            }
+            for n in CONTROL_NAMES
+        ],
+    }
+    return _fill("control.html", root, cfg)
+
+
+def mount_static(app: Any) -> None:
+    """Serve the pages' scripts and stylesheets at ``STATIC_PATH`` on ``app``.
+
+    They need no API key: they are the same code for every server and carry no data; the
+    pages that embed a server's config (and its key) are the keyed routes.
+    """
+    from starlette.staticfiles import StaticFiles
+
+    app.mount(STATIC_PATH, StaticFiles(directory=static_dir()), name="overlay-static")
