@@ -48,6 +48,7 @@ __all__ = [
     "apply_overrides",
     "build_train_config",
     "check_all",
+    "checkpoint_minutes_check",
     "find_preset",
     "from_dict",
     "layered_config",
@@ -213,10 +214,7 @@ class TrainConfig:
             (self.ema.beta is None or 0 <= self.ema.beta < 1, "ema.beta must be in [0, 1)"),
             (self.log.every_steps >= 1, "log.every_steps must be >= 1"),
             (self.log.keep_last >= 1, "log.keep_last must be >= 1"),
-            (
-                math.isfinite(self.log.checkpoint_every_minutes) and self.log.checkpoint_every_minutes >= 0,
-                "log.checkpoint_every_minutes must be >= 0 (0 = off)",
-            ),
+            checkpoint_minutes_check(self.log.checkpoint_every_minutes),
             (self.log.num_samples >= 1, "log.num_samples must be >= 1"),
             (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
             (
@@ -542,6 +540,12 @@ def check_all(checks: Iterable[tuple[bool, str]]) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+def checkpoint_minutes_check(minutes: float) -> tuple[bool, str]:
+    """The ``(ok, message)`` check of ``log.checkpoint_every_minutes`` every trainer's config
+    shares (finite: a YAML ``.inf`` would never checkpoint; 0 = off)."""
+    return math.isfinite(minutes) and minutes >= 0, "log.checkpoint_every_minutes must be >= 0 (0 = off)"
 
 
 def layered_config(

@@ -130,6 +130,27 @@ def test_resume_is_bit_identical(domain_sets, tmp_path):
     assert [r["step"] for r in read_metrics(half, kind="train")] == [2, 3, 4, 6]
 
 
+def test_checkpoints_by_wall_time_and_the_setting_is_checked(domain_sets, tmp_path):
+    """``log.checkpoint_every_minutes`` as for ``avatarforge train``: on a clock that advances
+    25 s per step, a checkpoint every 60 s (steps 3, 6) and the final one (step 7)."""
+    from avatarforge.config import ConfigError
+    from avatarforge.train.checkpoint import checkpoint_step, list_checkpoints
+
+    a, b = domain_sets
+    assert _config(a, b, tmp_path).log.checkpoint_every_minutes == 10.0  # TrainConfig's default
+    with pytest.raises(ConfigError, match=r"log\.checkpoint_every_minutes must be >= 0"):
+        _config(a, b, tmp_path, "log.checkpoint_every_minutes=-1")
+    cfg = _config(a, b, tmp_path)
+    cfg.log.checkpoint_every_minutes = float("inf")  # as a YAML file's .inf could give
+    with pytest.raises(ConfigError, match=r"log\.checkpoint_every_minutes must be >= 0"):
+        cfg.validate()
+    opts = ["kimg=0.014", "log.sample_every_kimg=0", "log.checkpoint_every_kimg=0", "log.keep_last=10"]
+    trainer = CycleGANTrainer(_config(a, b, tmp_path / "runs", *opts, "log.checkpoint_every_minutes=1"))
+    trainer.clock = lambda: 1000.0 + 25.0 * trainer.step
+    run = trainer.fit()
+    assert [checkpoint_step(p) for p in list_checkpoints(run / "checkpoints")] == [3, 6, 7]
+
+
 def test_nan_roll_back_and_signal_stop(domain_sets, tmp_path):
     a, b = domain_sets
     cfg = _config(a, b, tmp_path / "runs", "kimg=1", "log.every_steps=1", "log.sample_every_kimg=0")

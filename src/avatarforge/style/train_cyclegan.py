@@ -40,14 +40,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from avatarforge.config import (
     ConfigError,
     PerfConfig,
     check_all,
+    checkpoint_minutes_check,
     layered_config,
-    to_dict,
 )
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.base import load_pretrained
@@ -127,6 +127,9 @@ class CycleLogConfig:
     sample_every_kimg: float = 2.0  # sample grid; 0 = only at the end
     num_samples: int = 8  # images per direction in a grid
     checkpoint_every_kimg: float = 10.0  # 0 = only at the end (and on signals)
+    # Also checkpoint when this many minutes of wall time passed since the last checkpoint
+    # (or the start), so a crash early in a long kimg interval does not lose the run; 0 = off.
+    checkpoint_every_minutes: float = 10.0
     keep_last: int = 3
     progress: bool = True
 
@@ -171,6 +174,7 @@ class CycleGANConfig:
             (self.model.d_layers >= 1, "model.d_layers must be >= 1"),
             (self.data.resolution is None or self.data.resolution >= 8, "data.resolution must be >= 8"),
             (lg.every_steps >= 1 and lg.keep_last >= 1 and lg.num_samples >= 1, "log values must be >= 1"),
+            checkpoint_minutes_check(lg.checkpoint_every_minutes),
             (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
             (
                 self.perf.amp != "fp16",
@@ -272,6 +276,7 @@ class CycleGANTrainer(Trainer):
         config: the resolved configuration (:func:`build_cyclegan_config`).
         resume: a run directory or checkpoint to continue (training continues in that run).
         step_hook: ``step_hook(trainer)`` after every step (tests inject faults with it).
+        metric_fn: see :class:`~avatarforge.train.engine.Trainer` (CycleGAN has no built-in metrics).
 
     Attributes useful to hooks: ``G_ab``, ``G_ba``, ``D_a``, ``D_b``, ``step``, ``nimg``,
     ``run_dir``, ``cfg``, ``stop`` (``trainer.stop.request()`` stops after the step).
@@ -283,28 +288,22 @@ class CycleGANTrainer(Trainer):
 
     ACC_KEYS = ("loss_g", "loss_d", "adv_g", "cycle", "identity")
     BAR_KEYS = ("loss_g", "loss_d", "cycle")
-
-    def __init__(
-        self,
-        config: CycleGANConfig,
-        *,
-        resume: str | os.PathLike | None = None,
-        step_hook: StepHook | None = None,
-    ) -> None:
-        super().__init__(config, resume=resume, step_hook=step_hook)  # type: ignore[arg-type]
+    COMMAND = "avatarforge style train"
+    DISTRIBUTED = False
+    RUN_NAME = "cyclegan"
+    DATA_PATHS = ("a", "b")
+    NEXT_STEP = "apply with: avatarforge style apply {run} IMAGES... --out DIR"
 
     # ------------------------------------------------------------------ set-up
-    def _check_config(self) -> None:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError("avatarforge style train runs in a single process; start it without torchrun")
-        for key in ("a", "b"):
-            if not getattr(self.cfg.data, key):
-                raise ConfigError(f"data.{key} is empty: give two packed data sets (style train A B)")
-
-    def _open_data(self) -> None:
+    def _build(self) -> None:
+        """The two domains, the four networks, both optimizers, random streams, the image
+        pools and the grids' fixed images."""
         from avatarforge.data.dataset import PackedDataset
 
         cfg = self.cfg
+        for key in ("a", "b"):
+            if not getattr(cfg.data, key):
+                raise ConfigError(f"data.{key} is empty: give two packed data sets (style train A B)")
         # RGB networks: RGBA sets are composited onto white, as anime art usually is.
         self.ds_a = PackedDataset(cfg.data.a, channels=3)
         self.ds_b = PackedDataset(cfg.data.b, channels=3)
@@ -322,8 +321,6 @@ class CycleGANTrainer(Trainer):
                     f"data set {name} ({ds.path}) has {len(ds)} images, fewer than batch_size={cfg.batch_size}"
                 )
 
-    def _build(self) -> None:
-        cfg = self.cfg
         self.memory_format = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
         # Models seeded on a forked global RNG: nothing in the step draws from the global
         # RNG, but user hooks might.
@@ -348,12 +345,14 @@ class CycleGANTrainer(Trainer):
         for net in nets:
             net.to(self.device, memory_format=self.memory_format).train()
         self.G_ab, self.G_ba, self.D_a, self.D_b = nets
+        self.networks = dict(zip(_MODEL_PREFIXES, nets))
+        self.trainable = self.networks
         betas = (float(cfg.optim.betas[0]), float(cfg.optim.betas[1]))
         g_params = [*self.G_ab.parameters(), *self.G_ba.parameters()]
         d_params = [*self.D_a.parameters(), *self.D_b.parameters()]
         self.opt_g = torch.optim.Adam(g_params, lr=cfg.optim.lr, betas=betas)
         self.opt_d = torch.optim.Adam(d_params, lr=cfg.optim.lr, betas=betas)
-        self._opts = {"g": Optimizer(self.opt_g, cfg.optim.lr), "d": Optimizer(self.opt_d, cfg.optim.lr)}
+        self.optimizers = {"g": Optimizer(self.opt_g, cfg.optim.lr), "d": Optimizer(self.opt_d, cfg.optim.lr)}
 
         # every random stream a checkpointed generator
         self.gens = {
@@ -362,24 +361,8 @@ class CycleGANTrainer(Trainer):
         }
         self.pool_a = ImagePool(cfg.loss.pool_size, self.gens["pool"], self.memory_format)
         self.pool_b = ImagePool(cfg.loss.pool_size, self.gens["pool"], self.memory_format)
-
-    def _networks(self) -> dict[str, nn.Module]:
-        return dict(zip(_MODEL_PREFIXES, (self.G_ab, self.G_ba, self.D_a, self.D_b)))
-
-    def _trainable(self) -> dict[str, nn.Module]:
-        return self._networks()
-
-    def _optimizers(self) -> dict[str, Optimizer]:
-        return self._opts
-
-    def _default_desc(self) -> str:
-        return f"cyclegan-{self.resolution}"
-
-    def _saved_config(self) -> dict[str, Any]:
-        saved = to_dict(self.cfg)
-        for key in ("a", "b"):
-            saved["data"][key] = str(Path(saved["data"][key]).resolve())
-        return saved
+        # The grids' fixed inputs (every grid starts with its real images: no reals.png).
+        self._fixed = {"a": self._first_images(self.ds_a), "b": self._first_images(self.ds_b)}
 
     # ------------------------------------------------------------------ data
     def _prepare(self, x: Tensor) -> Tensor:
@@ -415,12 +398,6 @@ class CycleGANTrainer(Trainer):
         flip = torch.rand(x.shape[0], generator=self.gens["augment"], device=x.device) < 0.5
         return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
-    def _fixed_inputs(self) -> dict[str, Tensor | None]:
-        return {"a": self._first_images(self.ds_a), "b": self._first_images(self.ds_b)}
-
-    def _save_reals(self) -> None:
-        """Nothing: every cycle grid starts with its real images."""
-
     def _first_images(self, ds: Any) -> Tensor:
         """The first ``log.num_samples`` images of a data set (the grids' fixed inputs)."""
         n = min(self.cfg.log.num_samples, len(ds))
@@ -433,7 +410,7 @@ class CycleGANTrainer(Trainer):
         kind = cfg.loss.gan
         lam_c = cfg.loss.cycle
         lam_i = cfg.loss.identity * cfg.loss.cycle
-        self._set_lr(self.nan.lr_scale)  # the decay schedule moves every step
+        self._schedule_lr()  # the decay schedule moves every step
         a, b = self._flip(real_a), self._flip(real_b)
 
         # -- generators: D frozen (its weight gradients would be thrown away)
@@ -485,8 +462,8 @@ class CycleGANTrainer(Trainer):
             lr *= min(1.0, max(0.0, 1.0 - (kimg - o.decay_start_kimg) / span))
         return lr
 
-    def _set_lr(self, scale: float) -> None:
-        lr = self._lr(scale)
+    def _schedule_lr(self) -> None:
+        lr = self._lr(self.nan.lr_scale)
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -519,19 +496,17 @@ class CycleGANTrainer(Trainer):
         return save_image(self.run_dir / "samples" / f"cycle_{self.nimg // 1000:06d}.png", grid)
 
     # ------------------------------------------------------------------ checkpoints: the pools
-    def _extra_tensors(self) -> dict[str, Tensor]:
+    def _extra_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         pools = {name: pool.state() for name, pool in (("a", self.pool_a), ("b", self.pool_b))}
-        return {f"pool/{name}": s.contiguous() for name, s in pools.items() if s is not None}
-
-    def _extra_meta(self) -> dict[str, Any]:
-        pools = {name: pool.state() for name, pool in (("a", self.pool_a), ("b", self.pool_b))}
-        return {
+        tensors = {f"pool/{name}": s.contiguous() for name, s in pools.items() if s is not None}
+        meta = {
             "pools": {name: 0 if s is None else int(s.shape[0]) for name, s in pools.items()},
             "resolution": self.resolution,
             "data": {"a": str(self.cfg.data.a), "b": str(self.cfg.data.b), "seed": self.cfg.seed},
         }
+        return tensors, meta
 
-    def _restore_extra(self, snap: Snapshot, *, counters: bool) -> None:
+    def _load_extra_state(self, snap: Snapshot, *, counters: bool) -> None:
         meta = snap.meta
         if counters and int(meta.get("resolution", self.resolution)) != self.resolution:
             raise ConfigError(
@@ -539,19 +514,6 @@ class CycleGANTrainer(Trainer):
             )
         for name, pool in (("a", self.pool_a), ("b", self.pool_b)):
             pool.load(snap.tensors.get(f"pool/{name}"), self.device)
-
-    # ------------------------------------------------------------------ misc
-    def _final_message(self) -> None:
-        assert self.run_dir is not None
-        how = {"kimg": "finished", "time": "stopped (--minutes)"}.get(self.stopped_by or "", "stopped")
-        if self.stopped_by and self.stopped_by.startswith("signal"):
-            how = f"stopped by {self.stopped_by.split(':', 1)[1]}"
-        self._print(
-            f"{how} at step {self.step} ({self.nimg / 1000:.3f} kimg); run directory: {self.run_dir}\n"
-            f"apply with: avatarforge style apply {self.run_dir} IMAGES... --out DIR"
-        )
-        if self.stopped_by != "kimg":
-            self._print(f"resume with: avatarforge style train --resume {self.run_dir}")
 
 
 # =============================================================================== applying a model

@@ -1,10 +1,12 @@
-"""The machinery every family's trainer on a packed data set shares: :class:`Trainer`.
+"""The one training engine: :class:`Trainer` runs every model family's training.
 
-A family (the GANs in :mod:`.gan`, the VAEs in :mod:`.vae`) writes its models, its optimizer
-step and its pictures; this class runs everything around them, the same way for all:
+The GANs (:mod:`.gan`), the VAEs (:mod:`.vae`), CycleGAN
+(:mod:`avatarforge.style.train_cyclegan`) and the expression animator
+(:mod:`avatarforge.animate.trainer`) are subclasses; :func:`avatarforge.train.train` picks the
+one for a config. The engine runs everything around a family's step, the same way for all:
 
-* set-up: process group and device, speed settings, the data set, the run directory
-  (resolved config, ``samples/``), resume from a checkpoint;
+* set-up: process group and device, speed settings, the run directory (resolved config,
+  ``samples/``), resume from a checkpoint;
 * the loop (:meth:`Trainer._loop`): one ``train_step`` per batch, progress bar, and at the
   scheduled points (``log.*``) the loss log, the NaN/Inf guard, checkpoints, sample grids and
   evaluation, in that order; it stops on ``kimg``, ``minutes`` or SIGINT/SIGTERM (after
@@ -21,17 +23,29 @@ step and its pictures; this class runs everything around them, the same way for 
   after ``max_nan_events``;
 * ``metrics.jsonl`` and the ``checkpoints/best/`` copy kept by ``log.best_metric``.
 
-A subclass provides, in the order the set-up calls them: :meth:`_build` (models, optimizers,
-random generators ``self.gens``), :meth:`_networks` / :meth:`_trainable` /
-:meth:`_optimizers` (what is checkpointed, checked and scaled), :meth:`train_step`,
-:meth:`_fixed_inputs`, :meth:`save_samples` and :meth:`_save_reals`, and optionally
-:meth:`_builtin_metrics`, :meth:`_log_fields`, :meth:`_extra_meta`. Each hook is small and
-named for what it holds, so a family's loop still reads top to bottom in its own file.
+A family writes only what differs between families, each in one method:
+
+* :meth:`Trainer._build`: its data, models, optimizers, random streams and the fixed inputs of
+  its pictures; it registers what the engine handles for it in ``networks``, ``trainable``,
+  ``optimizers`` and ``gens``;
+* :meth:`Trainer._batches`: where batches come from (default: the packed data set);
+* :meth:`Trainer.train_step`: one optimisation step;
+* :meth:`Trainer.save_samples`: its pictures;
+* :meth:`Trainer._evaluate`: built-in metrics (default: none);
+* :meth:`Trainer._log_fields`: schedule values for the log (learning rates, ramps);
+* :meth:`Trainer._extra_state` / :meth:`Trainer._load_extra_state`: what else a checkpoint holds.
+
+Everything else a family differs in is data: the class attributes ``ACC_KEYS``,
+``BAR_KEYS``, ``BUILTIN_METRICS``, ``COMMAND``, ``DISTRIBUTED``, ``RUN_NAME``, ``DATA_PATHS``
+and ``NEXT_STEP``. There are no other hooks, so the engine's loop and a family's step each
+read top to bottom.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -99,36 +113,60 @@ class Optimizer:
 
 
 class Trainer:
-    """Base of the trainers on packed data sets (see the module docstring).
+    """Base of every family's trainer (see the module docstring).
 
     Args:
-        config: the resolved configuration (:func:`avatarforge.config.build_train_config`).
+        config: the family's resolved configuration (a :class:`~avatarforge.config.TrainConfig`,
+            :class:`~avatarforge.animate.config.AnimatorConfig` or
+            :class:`~avatarforge.style.train_cyclegan.CycleGANConfig`). The engine reads
+            ``seed``, ``batch_size``, ``kimg``, ``minutes``, ``device``, ``runs_dir``, ``desc``,
+            ``max_nan_events``, ``perf`` and ``log`` (``every_steps``, ``sample_every_kimg``,
+            ``checkpoint_every_kimg``, ``checkpoint_every_minutes``, ``keep_last``,
+            ``progress``; ``metric_every_kimg``, ``best_metric``, ``tensorboard`` where the
+            family has them).
         resume: a run directory or checkpoint to continue from (in that run directory).
         metric_fn: optional evaluation hook ``metric_fn(trainer) -> {name: value}``, run on
             rank 0 every ``log.metric_every_kimg`` and at the end, next to the family's
             built-in metrics; ``log.best_metric`` names the one ``checkpoints/best/`` follows.
         step_hook: optional ``step_hook(trainer)`` called after every step.
         dataset: an already opened :class:`~avatarforge.data.dataset.PackedDataset`
-            (default: open ``config.data.path``).
+            (default: open ``config.data.path``; families on packed data sets only).
 
     Attributes:
         clock: the monotonic clock (seconds) behind ``minutes``, ``time_s`` and
             ``log.checkpoint_every_minutes``; tests replace it to exercise those without
             waiting. Nothing that changes the training reads it.
+        networks: what a checkpoint holds, ``{prefix: module}`` (``<prefix>_model.safetensors``);
+            set by :meth:`_build`, as are ``trainable`` (the networks being optimised, by the
+            name NaN reports use), ``optimizers`` (every :class:`Optimizer`, by checkpoint
+            name) and ``gens`` (every random stream, one generator each).
+        resources: a :class:`contextlib.ExitStack` closed with the run (e.g. pair-rendering
+            workers a family starts in :meth:`_build`).
     """
 
     #: Per-step statistics ``train_step`` returns (accumulated, averaged per log interval).
     ACC_KEYS: ClassVar[tuple[str, ...]] = ()
     #: The accumulated statistics shown in the progress bar.
     BAR_KEYS: ClassVar[tuple[str, ...]] = ()
-    #: Names of the built-in metrics (:meth:`_builtin_metrics`), for ``log.best_metric`` checks.
+    #: Names of the built-in metrics (:meth:`_evaluate`), for ``log.best_metric`` checks.
     BUILTIN_METRICS: ClassVar[tuple[str, ...]] = ()
+    #: The command that trains the family (named in "resume with: ..." lines).
+    COMMAND: ClassVar[str] = "avatarforge train"
+    #: False: the family trains in a single process (torchrun is refused before any work).
+    DISTRIBUTED: ClassVar[bool] = True
+    #: Run directories are ``NNNNN-<RUN_NAME>-<resolution>`` unless ``desc`` is set ("" = ``model.name``).
+    RUN_NAME: ClassVar[str] = ""
+    #: ``data.*`` keys holding paths: written absolute into the run's config, so a resume
+    #: from another working directory finds the data.
+    DATA_PATHS: ClassVar[tuple[str, ...]] = ("path",)
+    #: A line printed when training ends, ``{run}`` = the run directory ("" = none).
+    NEXT_STEP: ClassVar[str] = ""
 
     def __init__(
         self,
-        config: TrainConfig,
+        config: Any,
         *,
-        resume: str | Path | None = None,
+        resume: str | os.PathLike | None = None,
         metric_fn: Callable[[Any], Mapping[str, float]] | None = None,
         step_hook: Callable[[Any], None] | None = None,
         dataset: Any = None,
@@ -145,6 +183,11 @@ class Trainer:
         self.stop = StopSignal()
         self.clock: Callable[[], float] = time.monotonic
         self.resumed_from: Path | None = None  # the checkpoint actually used (resume)
+        self.networks: dict[str, nn.Module] = {}
+        self.trainable: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, Optimizer] = {}
+        self.gens: dict[str, torch.Generator] = {}
+        self.resources = contextlib.ExitStack()
 
     # ================================================================== public API
     def fit(self) -> Path:
@@ -152,22 +195,86 @@ class Trainer:
 
         Raises:
             TrainingDiverged: NaN/Inf kept coming back (``max_nan_events``).
+            OSError: a checkpoint could not be written (e.g. a full disk).
         """
         self.setup()
         try:
             with self.stop:
                 self._loop()
         finally:
-            self._teardown()
+            self.close()
         assert self.run_dir is not None
         return self.run_dir
 
-    # ================================================================== hooks for the family
-    def _check_config(self) -> None:
-        """Reject settings this family cannot use (before any work)."""
+    def close(self) -> None:
+        """Release what the run holds: the metrics file, the process group and the family's
+        ``resources`` (idempotent)."""
+        self.resources.close()
+        if hasattr(self, "metrics"):
+            self.metrics.close()
+        if hasattr(self, "dist"):
+            D_.cleanup_distributed(self.dist)
 
-    def _open_data(self) -> None:
-        """Open the packed data set (``self.dataset``) and set ``resolution``, ``channels``,
+    # ================================================================== what a family writes
+    def _build(self) -> None:
+        """Open the data and set ``resolution``; build the models, optimizers, random streams
+        and the pictures' fixed inputs; register ``networks``, ``trainable``, ``optimizers``
+        and ``gens``. Runs on every rank with the global RNG freshly seeded (identical
+        initialisation everywhere); raise ConfigError for settings the family cannot use."""
+        raise NotImplementedError
+
+    def _batches(self) -> Iterator[tuple[Any, ...]]:
+        """Batches from ``self.step`` on, each the arguments of one :meth:`train_step`.
+
+        Default: ``(reals, labels)`` of the packed data set, this rank's share, in an order
+        that is a pure function of ``(seed, step)`` (so resume is exact).
+        """
+        from avatarforge.data.dataset import infinite_batches
+
+        return infinite_batches(
+            self.dataset,
+            self.batch_per_rank,
+            seed=self.cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            start_step=self.step,
+            device=self.device,
+            channels_last=self.channels_last,
+        )
+
+    def train_step(self, *batch: Any) -> dict[str, Tensor]:
+        """One optimisation step on a batch; returns detached statistics (``ACC_KEYS``)."""
+        raise NotImplementedError
+
+    def save_samples(self) -> Any:
+        """Write this point's pictures into ``samples/`` (rank 0)."""
+        raise NotImplementedError
+
+    def _evaluate(self) -> dict[str, Any]:
+        """Built-in metrics at evaluation points (rank 0), as logged; default none."""
+        return {}
+
+    def _log_fields(self) -> dict[str, Any]:
+        """Extra fields of each ``metrics.jsonl`` training record (learning rates, schedules)."""
+        return {}
+
+    def _extra_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """``(tensors, meta)`` a checkpoint holds besides what the engine saves (e.g. an image
+        pool). Default: where the packed data came from and the conditioning labels."""
+        meta = {
+            "data": {"seed": self.cfg.seed, "next_step": self.step, "path": str(self.cfg.data.path)},
+            "label_names": self.label_names,
+        }
+        return {}, meta
+
+    def _load_extra_state(self, snap: Snapshot, *, counters: bool) -> None:
+        """Before a snapshot is loaded: restore and check what :meth:`_extra_state` saved, and
+        fill in what older snapshots lack. ``counters`` is True on resume, False on a NaN
+        roll-back."""
+
+    def _open_packed_data(self) -> None:
+        """For families on packed data sets (called by their :meth:`_build`): open
+        ``data.path`` (unless a ``dataset`` was given) and set ``resolution``, ``channels``,
         ``label_names`` and ``label_dims`` (the conditioning labels)."""
         cfg = self.cfg
         if self.dataset is None:
@@ -186,70 +293,14 @@ class Trainer:
         self.label_names = condition_labels(cfg, self.dataset.schema)
         self.label_dims = [self.dataset.schema[n].num_classes for n in self.label_names]
 
-    def _build(self) -> None:
-        """Models, optimizers and ``self.gens`` (every random stream, one generator each)."""
-        raise NotImplementedError
-
-    def _networks(self) -> dict[str, nn.Module]:
-        """What a checkpoint holds: ``{prefix: module}`` (``<prefix>_model.safetensors``)."""
-        raise NotImplementedError
-
-    def _trainable(self) -> dict[str, nn.Module]:
-        """The networks being optimised, by the name used in NaN reports."""
-        raise NotImplementedError
-
-    def _optimizers(self) -> dict[str, Optimizer]:
-        """Every optimizer, by checkpoint name."""
-        raise NotImplementedError
-
-    def train_step(self, reals: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """One optimisation step on a batch; returns detached statistics (``ACC_KEYS``)."""
-        raise NotImplementedError
-
-    def _fixed_inputs(self) -> dict[str, Tensor | None]:
-        """Inputs of the sample grids, fixed for the whole run (set ``self._grid_cols``)."""
-        raise NotImplementedError
-
-    def save_samples(self) -> Any:
-        """Write this point's sample grids into ``samples/`` (rank 0)."""
-        raise NotImplementedError
-
-    def _save_reals(self) -> None:
-        """Write ``samples/reals.png`` once per run."""
-        raise NotImplementedError
-
-    def _builtin_metrics(self) -> dict[str, float]:
-        """Metrics the family always computes at evaluation points (rank 0)."""
-        return {}
-
-    def _log_fields(self) -> dict[str, Any]:
-        """Extra fields of each ``metrics.jsonl`` training record (learning rates, schedules)."""
-        return {}
-
-    def _extra_meta(self) -> dict[str, Any]:
-        """Family fields of a checkpoint's training state (where the data came from, ...)."""
-        return {
-            "data": {"seed": self.cfg.seed, "next_step": self.step, "path": str(self.cfg.data.path)},
-            "label_names": self.label_names,
-        }
-
-    def _extra_tensors(self) -> dict[str, Tensor]:
-        """Family tensors of a checkpoint's training state (e.g. an image pool)."""
-        return {}
-
-    def _restore_extra(self, snap: Snapshot, *, counters: bool) -> None:
-        """Restore what :meth:`_extra_tensors` / :meth:`_extra_meta` saved (and check it)."""
-
-    def _complete_snapshot(self, snap: Snapshot) -> None:
-        """Fill in models a snapshot may lack (e.g. EMA weights enabled on resume)."""
-
     # ================================================================== set-up
     def setup(self) -> None:
         """Build everything: process group, device, data, models, optimizers, run dir, resume."""
         cfg = self.cfg
         if self._log_option("tensorboard", False):
             require_tensorboard()  # fail before any work (and before a run directory exists)
-        self._check_config()
+        if not self.DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"{self.COMMAND} runs in a single process; start it without torchrun")
         want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
         self.dist = D_.init_distributed("cuda" if want_cuda else "cpu")
         self.is_main = self.dist.is_main
@@ -264,9 +315,7 @@ class Trainer:
             )
         self.batch_per_rank = cfg.batch_size // self.dist.world_size
 
-        self._open_data()
-
-        # -- models, optimizers, random streams: identical initialisation on every rank
+        # -- data, models, optimizers, random streams: identical initialisation on every rank
         torch.manual_seed(derive_seed(cfg.seed, 0x1417))
         self._build()
 
@@ -301,7 +350,6 @@ class Trainer:
         self.metrics = MetricsLog(
             self.run_dir, tensorboard=self._log_option("tensorboard", False), enabled=self.is_main
         )
-        self._fixed = self._fixed_inputs()
         best = self._log_option("best_metric", "")
         if best and best not in self.BUILTIN_METRICS and self.metric_fn is None and self.is_main:
             builtin = f" ({', '.join(self.BUILTIN_METRICS)})" if self.BUILTIN_METRICS else ""
@@ -353,29 +401,22 @@ class Trainer:
             ckpt = find_intact_checkpoint(self.resume_from)
             run_dir = ckpt.parent.parent  # run/checkpoints/<ckpt>
         else:
-            run_dir = allocate_run_dir(cfg.runs_dir, cfg.desc or self._default_desc())
+            run_dir = allocate_run_dir(
+                cfg.runs_dir, cfg.desc or f"{self.RUN_NAME or cfg.model.name}-{self.resolution}"
+            )
         saved = self._saved_config()
         atomic_write_text(run_dir / "config.yaml", to_yaml(saved))
         atomic_write_json(run_dir / "config.json", saved)
         (run_dir / "samples").mkdir(exist_ok=True)
         return run_dir, ckpt
 
-    def _default_desc(self) -> str:
-        """The run directory's suffix unless ``desc`` is set."""
-        return f"{self.cfg.model.name}-{self.resolution}"
-
     def _saved_config(self) -> dict[str, Any]:
-        """The resolved config as written into the run directory (data paths made absolute)."""
+        """The resolved config as written into the run directory (``DATA_PATHS`` made absolute)."""
         saved = to_dict(self.cfg)
-        if saved["data"]["path"]:
-            saved["data"]["path"] = str(Path(saved["data"]["path"]).resolve())
+        for key in self.DATA_PATHS:
+            if saved["data"][key]:
+                saved["data"][key] = str(Path(saved["data"][key]).resolve())
         return saved
-
-    def _teardown(self) -> None:
-        if hasattr(self, "metrics"):
-            self.metrics.close()
-        if hasattr(self, "dist"):
-            D_.cleanup_distributed(self.dist)
 
     # ================================================================== the loop
     def _loop(self) -> None:
@@ -391,8 +432,6 @@ class Trainer:
         # The loss accumulators were set in setup (restored from the checkpoint on resume):
         # the logging window that a crash interrupted continues where it was.
         batches = self._batches()
-        if self.is_main and not (self.run_dir / "samples" / "reals.png").exists():
-            self._save_reals()
         self.bar = tqdm(
             total=int(cfg.kimg * 1000) if cfg.kimg else None,
             initial=self.nimg,
@@ -406,8 +445,7 @@ class Trainer:
         evaluates = bool(self.BUILTIN_METRICS) or self.metric_fn is not None
         try:
             while True:
-                reals, labels = next(batches)
-                stats = self.train_step(reals, labels)
+                stats = self.train_step(*next(batches))
                 prev_nimg = self.nimg
                 self.step += 1
                 self.nimg += cfg.batch_size
@@ -433,7 +471,9 @@ class Trainer:
                     stop = stop or agreed_stop
                 # ... and before anything is written from the weights.
                 due_sample = crossed(prev_nimg, self.nimg, cfg.log.sample_every_kimg)
-                due_metric = evaluates and crossed(prev_nimg, self.nimg, cfg.log.metric_every_kimg)
+                due_metric = evaluates and crossed(
+                    prev_nimg, self.nimg, self._log_option("metric_every_kimg", 0.0)
+                )
                 due_ckpt = (
                     crossed(prev_nimg, self.nimg, cfg.log.checkpoint_every_kimg) or self._ckpt_time_due()
                 )
@@ -455,20 +495,6 @@ class Trainer:
             self.bar.close()
         self._final_message()
 
-    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        from avatarforge.data.dataset import infinite_batches
-
-        return infinite_batches(
-            self.dataset,
-            self.batch_per_rank,
-            seed=self.cfg.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            start_step=self.step,
-            device=self.device,
-            channels_last=self.channels_last,
-        )
-
     # ================================================================== stopping
     def _kimg_done(self) -> bool:
         return self.cfg.kimg is not None and self.nimg >= self.cfg.kimg * 1000
@@ -480,13 +506,8 @@ class Trainer:
             return "time"
         return None
 
-    def _ckpt_every_s(self) -> float:
-        """``log.checkpoint_every_minutes`` in seconds (0 = off); 10 minutes for a family whose
-        config has no such key."""
-        return 60.0 * float(self._log_option("checkpoint_every_minutes", 10.0) or 0.0)
-
     def _local_ckpt_time_due(self) -> bool:
-        every = self._ckpt_every_s()
+        every = 60.0 * self.cfg.log.checkpoint_every_minutes  # 0 = off
         return every > 0 and self.clock() - self._t_ckpt >= every
 
     def _ckpt_time_due(self) -> bool:
@@ -501,7 +522,7 @@ class Trainer:
         reason = self.stopped_by or ""
         where = f"step {self.step} ({self.nimg / 1000:.3f} kimg)"
         ckpt = f"checkpoint: {self.last_ckpt}" if self.last_ckpt else "no checkpoint"
-        resume = f"avatarforge train --resume {self.run_dir}"
+        resume = f"{self.COMMAND} --resume {self.run_dir}"
         if reason.startswith("signal"):
             self._print(f"stopped by {reason.split(':', 1)[1]} at {where}; {ckpt}\nresume with: {resume}")
         elif reason == "time":
@@ -510,6 +531,8 @@ class Trainer:
             )
         else:
             self._print(f"done: {where}; {ckpt}; samples in {self.run_dir / 'samples'}")
+        if self.NEXT_STEP:
+            self._print(self.NEXT_STEP.format(run=self.run_dir))
 
     # ================================================================== logging and the NaN guard
     def _reset_accumulators(self) -> None:
@@ -569,14 +592,14 @@ class Trainer:
         return True, stop
 
     def _weights_finite(self) -> bool:
-        return all_finite([p for m in self._networks().values() for p in m.parameters()])
+        return all_finite([p for m in self.networks.values() for p in m.parameters()])
 
     def _recover(self, what: str) -> Iterator[tuple[Tensor, Tensor]]:
         """Roll back to the last good checkpoint (or the start), scale the learning rates down;
         returns a new batch iterator. Raises TrainingDiverged on the ``max_nan_events``-th event.
         """
         bad = nonfinite_names(
-            [(f"{name}.{n}", p) for name, m in self._trainable().items() for n, p in m.named_parameters()]
+            [(f"{name}.{n}", p) for name, m in self.trainable.items() for n, p in m.named_parameters()]
         )
         what = f"{what}{': ' + ', '.join(bad) if bad else ''}"
         bad_step = self.step
@@ -596,21 +619,25 @@ class Trainer:
         return self._batches()
 
     def _set_lr(self, scale: float) -> None:
-        for o in self._optimizers().values():
+        for o in self.optimizers.values():
             for group in o.opt.param_groups:
                 group["lr"] = o.base_lr * scale
 
     # ================================================================== evaluation
-    def run_metrics(self) -> dict[str, float]:
+    def run_metrics(self) -> dict[str, Any]:
         """Built-in metrics + the metric hook (rank 0); log; keep ``checkpoints/best/``."""
-        results: dict[str, float] = {}
+        results: dict[str, Any] = {}
         if self.is_main:
-            results = self._builtin_metrics()
+            results = self._evaluate()
             if self.metric_fn is not None:
-                # The hook may draw random numbers; it must not shift the training's streams.
+                # The hook may draw random numbers (it must not shift the training's streams)
+                # and switch modules between train and eval mode (put back afterwards).
+                modes = [(m, m.training) for net in self.networks.values() for m in net.modules()]
                 devices = [self.device.index or 0] if self.device.type == "cuda" else []
                 with torch.random.fork_rng(devices=devices):
                     results.update({k: float(v) for k, v in dict(self.metric_fn(self)).items()})
+                for m, training in modes:
+                    m.training = training
         results = D_.broadcast_object(results, self.dist)
         self.metrics.append(
             {"kind": "metric", "step": self.step, "kimg": round(self.nimg / 1000, 6), **results}
@@ -646,14 +673,14 @@ class Trainer:
         if self.is_main:
             try:
                 path = save_checkpoint(
-                    self.ckpt_root, self.step, models=self._networks(), tensors=snap.tensors, meta=snap.meta
+                    self.ckpt_root, self.step, models=self.networks, tensors=snap.tensors, meta=snap.meta
                 )
                 prune_checkpoints(self.ckpt_root, self.cfg.log.keep_last)
             except OSError as e:
                 error = e
                 self._print(
                     f"could not write the checkpoint of step {self.step}: {e}; the newest complete checkpoint is "
-                    f"{self.last_ckpt or '(none)'}; resume with: avatarforge train --resume {self.run_dir}"
+                    f"{self.last_ckpt or '(none)'}; resume with: {self.COMMAND} --resume {self.run_dir}"
                 )
         # Broadcasting the path doubles as a barrier: no rank runs ahead of the write.
         got, failed = D_.broadcast_object(
@@ -677,7 +704,7 @@ class Trainer:
         tensors: dict[str, Tensor] = {}
         meta: dict[str, Any] = {"optimizers": {}, "rng": {}}
         scalers = {}
-        for name, o in self._optimizers().items():
+        for name, o in self.optimizers.items():
             t, m = optimizer_state(o.opt, name)
             tensors.update(t)
             meta["optimizers"][name] = m
@@ -704,7 +731,8 @@ class Trainer:
             tensors.update({prefix + k: v for k, v in acc.items()})
             meta["rng"][str(r)] = m
             meta["log_window"][str(r)] = counts
-        tensors.update(self._extra_tensors())
+        extra_tensors, extra_meta = self._extra_state()
+        tensors.update(extra_tensors)
         meta.update(
             {
                 "step": self.step,
@@ -718,13 +746,13 @@ class Trainer:
                 + (self.clock() - self._t_start if hasattr(self, "_t_start") else 0),
                 "world_size": self.dist.world_size,
                 "batch_size": self.cfg.batch_size,
-                **self._extra_meta(),
+                **extra_meta,
                 "config": to_dict(self.cfg),
             }
         )
         models: dict[str, dict[str, Tensor]] = {}
         if with_models:
-            for prefix, m in self._networks().items():
+            for prefix, m in self.networks.items():
                 models[prefix] = {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
         return Snapshot(models=models, tensors=tensors, meta=meta)
 
@@ -735,18 +763,17 @@ class Trainer:
         time; a NaN roll-back keeps the current ones.
         """
         meta = snap.meta
-        self._complete_snapshot(snap)
-        for prefix, m in self._networks().items():
+        self._load_extra_state(snap, counters=counters)
+        for prefix, m in self.networks.items():
             if prefix not in snap.models:
                 raise ValueError(
                     f"checkpoint {meta.get('path', '(memory)')} has no {prefix}_model.safetensors"
                 )
             m.load_state_dict(snap.models[prefix], strict=True)
-        for name, o in self._optimizers().items():
+        for name, o in self.optimizers.items():
             restore_optimizer(o.opt, name, snap.tensors, meta["optimizers"][name])
             if o.scaler is not None and name in meta.get("scalers", {}):
                 o.scaler.load_state_dict(meta["scalers"][name])
-        self._restore_extra(snap, counters=counters)
         self.step = int(meta["step"])
         self.nimg = int(meta.get("nimg", self.step * self.cfg.batch_size))
         rank = self.dist.rank

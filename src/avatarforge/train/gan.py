@@ -143,9 +143,10 @@ class GANTrainer(Trainer):
 
     # ================================================================== set-up
     def _build(self) -> None:
-        """Models, optimizers, random streams and augmentation."""
+        """Data, models, optimizers, random streams, augmentation and the grids' inputs."""
         cfg = self.cfg
-        # -- models: identical initialisation on every rank (the base seeded the global RNG;
+        self._open_packed_data()
+        # -- models: identical initialisation on every rank (the engine seeded the global RNG;
         # broadcast to be sure)
         G, Dn = build_gan(cfg, self.resolution, self.channels, self.label_dims)
         self.G = G.to(self.device).train()
@@ -177,10 +178,12 @@ class GANTrainer(Trainer):
         fp16 = self.amp is torch.float16
         self.scaler_g = torch.amp.GradScaler("cuda") if fp16 else None
         self.scaler_d = torch.amp.GradScaler("cuda") if fp16 else None
-        self._opts = {
+        self.optimizers = {
             "g": Optimizer(self.opt_g, cfg.optim.g_lr, self.scaler_g),
             "d": Optimizer(self.opt_d, cfg.optim.d_lr, self.scaler_d),
         }
+        self.networks = dict(zip(_MODEL_PREFIXES, (self.G, self.G_ema, self.D)))
+        self.trainable = {"G": self.G, "D": self.D}
 
         # -- randomness: one generator per stream, per rank, all checkpointed
         r = self.dist.rank
@@ -197,15 +200,7 @@ class GANTrainer(Trainer):
                 self.augment = DiffAugment(cfg.data.augment)
             except ValueError as e:
                 raise ConfigError(f"data.augment: {e}") from e
-
-    def _networks(self) -> dict[str, nn.Module]:
-        return dict(zip(_MODEL_PREFIXES, (self.G, self.G_ema, self.D)))
-
-    def _trainable(self) -> dict[str, nn.Module]:
-        return {"G": self.G, "D": self.D}
-
-    def _optimizers(self) -> dict[str, Optimizer]:
-        return self._opts
+        self._fixed = self._fixed_inputs()
 
     # ================================================================== one step
     def train_step(self, reals: Tensor, labels: Tensor) -> dict[str, Tensor]:
@@ -333,9 +328,10 @@ class GANTrainer(Trainer):
             "ema_beta": self.current_ema_beta(),
         }
 
-    def _extra_meta(self) -> dict[str, Any]:
-        return {
-            **super()._extra_meta(),
+    def _extra_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors, meta = super()._extra_state()
+        return tensors, {
+            **meta,
             # The conditioning labels' class names travel with the checkpoint, so attribute
             # requests by name work after the data set is moved or deleted.
             "label_schema": [self.dataset.schema[n].to_json() for n in self.label_names],
@@ -385,21 +381,17 @@ class GANTrainer(Trainer):
         return torch.cat(out)
 
     def save_samples(self) -> Path | None:
-        """Write ``samples/fakes_KKKKKK.png`` from the EMA generator (rank 0)."""
+        """Write ``samples/fakes_KKKKKK.png`` from the EMA generator, and ``samples/reals.png``
+        (the first training images) once per run; rank 0."""
         if not self.is_main:
             return None
+        samples = self.run_dir / "samples"
+        if not (samples / "reals.png").exists():
+            n = min(self.cfg.log.num_samples, len(self.dataset))
+            reals = torch.stack([self.dataset[i][0] for i in range(n)])
+            save_image(
+                samples / "reals.png", make_grid(reals, nrow=self._grid_cols, alpha_backdrop="checker")
+            )
         images = self.generate_fixed()
         grid = make_grid(images, nrow=self._grid_cols, alpha_backdrop="checker")
-        return save_image(self.run_dir / "samples" / f"fakes_{self.nimg // 1000:06d}.png", grid)
-
-    def _save_reals(self) -> None:
-        n = min(self.cfg.log.num_samples, len(self.dataset))
-        images = torch.stack([self.dataset[i][0] for i in range(n)])
-        grid = make_grid(images, nrow=self._grid_cols, alpha_backdrop="checker")
-        save_image(self.run_dir / "samples" / "reals.png", grid)
-
-    def run_metrics(self) -> dict[str, float]:
-        """Run the metric hook (rank 0), log the results, keep ``checkpoints/best/`` up to date."""
-        results = super().run_metrics()
-        self.G_ema.eval()  # a hook may have switched modes
-        return results
+        return save_image(samples / f"fakes_{self.nimg // 1000:06d}.png", grid)

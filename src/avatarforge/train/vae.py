@@ -205,15 +205,15 @@ class VAETrainer(Trainer):
         return ema_beta(self.cfg.batch_size, self.nimg, e.kimg, e.rampup, e.beta)
 
     # ================================================================== set-up
-    def _check_config(self) -> None:
-        if self.cfg.data.augment.strip():
+    def _build(self) -> None:
+        """Data, the model (and its EMA copy), the optimizer, random streams and the grids' inputs."""
+        cfg = self.cfg
+        if cfg.data.augment.strip():
             raise ConfigError(
                 "data.augment is the GANs' discriminator augmentation; the VAE trainer does not use it "
                 '(set data.augment="")'
             )
-
-    def _build(self) -> None:
-        cfg = self.cfg
+        self._open_packed_data()
         schema = self.dataset.schema
         label_values = [list(schema[n].values) for n in self.label_names]
         vae = build_vae(cfg, self.resolution, self.channels, self.label_dims, self.label_names, label_values)
@@ -229,6 +229,11 @@ class VAETrainer(Trainer):
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=cfg.optim.g_lr, betas=betas, eps=cfg.optim.eps)
         scaler = torch.amp.GradScaler("cuda") if self.amp is torch.float16 else None
         self.opt_state = Optimizer(self.opt, cfg.optim.g_lr, scaler)
+        self.optimizers = {"vae": self.opt_state}
+        self.networks = {"vae": self.vae}
+        if self.vae_ema is not None:
+            self.networks["vae_ema"] = self.vae_ema
+        self.trainable = {"vae": self.vae}
 
         # randomness: one generator per stream, per rank, all checkpointed
         r = self.dist.rank
@@ -236,20 +241,9 @@ class VAETrainer(Trainer):
             "reparam": make_generator(self.device, cfg.seed, r, 1),
             "label_dropout": make_generator(self.device, cfg.seed, r, 2),
         }
+        self._fixed = self._fixed_inputs()
 
-    def _networks(self) -> dict[str, nn.Module]:
-        nets: dict[str, nn.Module] = {"vae": self.vae}
-        if self.vae_ema is not None:
-            nets["vae_ema"] = self.vae_ema
-        return nets
-
-    def _trainable(self) -> dict[str, nn.Module]:
-        return {"vae": self.vae}
-
-    def _optimizers(self) -> dict[str, Optimizer]:
-        return {"vae": self.opt_state}
-
-    def _complete_snapshot(self, snap: Snapshot) -> None:
+    def _load_extra_state(self, snap: Snapshot, *, counters: bool) -> None:
         if "vae_ema" not in snap.models and self.vae_ema is not None and "vae" in snap.models:
             # Resuming a run trained without EMA with ema.enabled=true: start the EMA from the weights.
             snap.models["vae_ema"] = snap.models["vae"]
@@ -315,8 +309,9 @@ class VAETrainer(Trainer):
             fields["ema_beta"] = self.current_ema_beta()
         return fields
 
-    def _extra_meta(self) -> dict[str, Any]:
-        return {**super()._extra_meta(), "kl_weight": self.current_kl_weight()}
+    def _extra_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors, meta = super()._extra_state()
+        return tensors, {**meta, "kl_weight": self.current_kl_weight()}
 
     # ================================================================== samples and evaluation
     def _fixed_inputs(self) -> dict[str, Tensor | None]:
@@ -344,10 +339,6 @@ class VAETrainer(Trainer):
             z, z_labels = self.vae.sample_z(ns, generator=g, device="cpu"), None
         return {"x": x, "y": y.cpu() if y is not None else None, "z": z, "z_labels": z_labels}
 
-    def _save_reals(self) -> None:
-        grid = make_grid(self._fixed["x"], nrow=self._grid_cols, alpha_backdrop="checker")
-        save_image(self.run_dir / "samples" / "reals.png", grid)
-
     @torch.no_grad()
     def reconstruct_fixed(self, model: nn.Module | None = None) -> Tensor:
         """Reconstructions (from ``mu``) of the fixed training images, CPU float ``(n, C, H, W)``."""
@@ -374,16 +365,19 @@ class VAETrainer(Trainer):
 
     def save_samples(self) -> list[Path]:
         """Write ``samples/recon_KKKKKK.png`` (rows of originals, each followed by a row of
-        their reconstructions) and ``samples/fakes_KKKKKK.png`` (prior samples); rank 0."""
+        their reconstructions), ``samples/fakes_KKKKKK.png`` (prior samples) and once per run
+        ``samples/reals.png`` (the originals); rank 0."""
         if not self.is_main:
             return []
         k = self.nimg // 1000
         cols = self._grid_cols
         orig, rec = self._fixed["x"], self.reconstruct_fixed()
+        samples = self.run_dir / "samples"
+        if not (samples / "reals.png").exists():
+            save_image(samples / "reals.png", make_grid(orig, nrow=cols, alpha_backdrop="checker"))
         pairs = torch.cat(
             [torch.cat([orig[s : s + cols], rec[s : s + cols]]) for s in range(0, len(orig), cols)]
         )
-        samples = self.run_dir / "samples"
         p1 = save_image(samples / f"recon_{k:06d}.png", make_grid(pairs, nrow=cols, alpha_backdrop="checker"))
         fakes = make_grid(self.sample_fixed(), nrow=cols, alpha_backdrop="checker")
         return [p1, save_image(samples / f"fakes_{k:06d}.png", fakes)]
@@ -416,5 +410,5 @@ class VAETrainer(Trainer):
             "eval_psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
         }
 
-    def _builtin_metrics(self) -> dict[str, float]:
+    def _evaluate(self) -> dict[str, Any]:
         return self.evaluate()
