@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from avatarforge.generate import GeneratorPipeline, read_metadata, regenerate_from_png, style_mix, variations
-from avatarforge.generate.metadata import ModelMismatchError, latent_from_png, save_with_metadata
+from avatarforge.generate.metadata import save_with_metadata
+from avatarforge.generate.regenerate import ModelMismatchError, latent_from_png
 
 
 def _resave_bytes(tmp_path, path, image, record):

@@ -5,7 +5,8 @@ see docs/generation.md).
   ``__call__(seeds=..., n=..., truncation=..., attrs=..., codes=...)`` returning a
   :class:`GenerationResult` (uint8 images, latents, parameters; ``.save()`` writes PNG/WebP
   with the parameters and the model hash in the metadata) -- :mod:`.pipeline`;
-* :func:`regenerate_from_png`, :func:`read_metadata` -- :mod:`.metadata`;
+* :func:`read_metadata` -- :mod:`.metadata`; :func:`regenerate_from_png`,
+  :func:`latent_from_png` -- :mod:`.regenerate`;
 * :func:`interpolate`, :func:`save_video` (MP4, GIF, WebP, APNG) -- :mod:`.interpolate`;
 * :func:`variations`, :func:`style_mix` -- :mod:`.variations`;
 * sliders: :func:`label_directions`, :func:`code_directions`, :func:`sefa_directions`,
@@ -66,9 +67,9 @@ _LAZY = {
     "GeneratorPipeline": "avatarforge.generate.pipeline",
     "Latent": "avatarforge.generate.pipeline",
     "parse_seeds": "avatarforge.generate.pipeline",
-    "latent_from_png": "avatarforge.generate.metadata",
+    "latent_from_png": "avatarforge.generate.regenerate",
     "read_metadata": "avatarforge.generate.metadata",
-    "regenerate_from_png": "avatarforge.generate.metadata",
+    "regenerate_from_png": "avatarforge.generate.regenerate",
     "interpolate": "avatarforge.generate.interpolate",
     "save_video": "avatarforge.generate.interpolate",
     "style_mix": "avatarforge.generate.variations",

@@ -137,7 +137,8 @@ def generate_main(args: argparse.Namespace) -> int:
     """Run ``avatarforge generate``; returns the exit code."""
     import numpy as np
 
-    from avatarforge.generate.metadata import regenerate_from_png, save_with_metadata
+    from avatarforge.generate.metadata import save_with_metadata
+    from avatarforge.generate.regenerate import regenerate_from_png
 
     out = _require_out(args)
     if args.from_png:
@@ -305,7 +306,7 @@ def add_personalise_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
 
 
 def _source_latent(pipe: Any, a: argparse.Namespace) -> tuple[Any, str]:
-    from avatarforge.generate.metadata import latent_from_png
+    from avatarforge.generate.regenerate import latent_from_png
 
     if a.from_png:
         if not Path(a.from_png).is_file():
