@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avatarforge.eval.extractors import FeatureExtractor, ImageBatch, file_sha256, to_unit_float
+from avatarforge.eval.features import FeatureExtractor, ImageBatch, file_sha256, to_unit_float
 from avatarforge.models.avatar_net import AvatarAttributeNet
 from avatarforge.models.base import CONFIG_NAME, WEIGHTS_NAME
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avatarforge.eval.extractors import FeatureExtractor, file_sha256
+from avatarforge.eval.features import FeatureExtractor, file_sha256
 
 __all__ = [
     "INCEPTION_FEATURE_DIM",
