@@ -7,16 +7,15 @@ import math
 import pytest
 import torch
 
+from avatarforge.config import find_preset, list_presets, load_yaml
 from avatarforge.models import load_pretrained
 from avatarforge.models.gan_api import GANDiscriminator, GANGenerator
 from avatarforge.models.registry import get_model_class
 from avatarforge.models.stylegan import (
-    DEFAULT_OPTIM,
     MinibatchStdDev,
     StyleGANDiscriminator,
     StyleGANGenerator,
     modulated_conv2d,
-    recommended_hparams,
 )
 
 # Tiny widths: 32 px -> channels 32 @ 4..16, 16 @ 32.
@@ -318,7 +317,7 @@ def test_modconv_impls_agree() -> None:
 
 
 # ----------------------------------------------------------------------------- extras
-def test_style_affine_weights_and_hparams() -> None:
+def test_style_affine_weights() -> None:
     G = make_g()
     mats = G.style_affine_weights()
     assert len(mats) == G.num_ws
@@ -326,10 +325,22 @@ def test_style_affine_weights_and_hparams() -> None:
     assert mats[1].shape == (64, 16)  # 4x4 toRGB + 8x8 conv0
     assert mats[-1].shape == (16, 16)  # last toRGB only
     assert not mats[0].requires_grad
-    hp = recommended_hparams(128, 16)
-    assert hp["lr"] == 0.0025 and hp["betas"] == (0.0, 0.99)
-    assert hp["r1_gamma"] == pytest.approx(0.0002 * 128**2 / 16)
-    assert DEFAULT_OPTIM["r1_interval"] == 16 and DEFAULT_OPTIM["r1_gamma"] > 0
+
+
+@pytest.mark.parametrize("resolution", list_presets()["stylegan"])
+def test_presets_follow_the_stylegan2_ada_recipe(resolution: int) -> None:
+    """The training recipe lives in the presets (configs/stylegan-RES.yaml), not in the model:
+    Adam lr 0.0025, betas (0, 0.99); lazy R1 every 16 D steps with gamma = 0.0002 * res^2 /
+    batch (ADA's heuristic); generator EMA half-life 10 * batch / 32 kimg, ramp-up 0.05."""
+    path, exact = find_preset("stylegan", resolution)
+    assert exact and path is not None
+    cfg = load_yaml(path)
+    batch = cfg["batch_size"]
+    assert cfg["optim"]["g_lr"] == cfg["optim"]["d_lr"] == 0.0025
+    assert list(cfg["optim"]["betas"]) == [0.0, 0.99] and cfg["optim"]["eps"] == 1e-8
+    assert cfg["loss"]["r1_interval"] == 16
+    assert cfg["loss"]["r1_gamma"] == pytest.approx(0.0002 * resolution**2 / batch)
+    assert cfg["ema"]["kimg"] == pytest.approx(10.0 * batch / 32) and cfg["ema"]["rampup"] == 0.05
 
 
 def test_output_is_contiguous() -> None:

@@ -222,9 +222,9 @@ class Latent:
 
 # ----------------------------------------------------------------------------- label blending
 def _label_embedding_types() -> tuple[type, ...]:
-    from avatarforge.models import layers, stylegan
+    from avatarforge.models import layers
 
-    return (layers.LabelEmbedding, stylegan.LabelEmbedding)
+    return (layers.LabelEmbedding,)  # every family, StyleGAN included, embeds labels with it
 
 
 @contextlib.contextmanager

@@ -53,11 +53,17 @@ class LabelEmbedding(nn.Module):
         label_dims: number of classes of each label.
         embed_dim: size of each label's embedding.
         reduce: ``"concat"`` -> ``(B, L * embed_dim)``; ``"sum"`` -> ``(B, embed_dim)``.
-        init_std: std of the normal initialisation.
+        init_std: std of the normal initialisation; ``None`` keeps ``nn.Embedding``'s own
+            N(0, 1) draw without drawing again (StyleGAN's mapping network and projection, whose
+            seeded initial weights were made that way).
     """
 
     def __init__(
-        self, label_dims: Sequence[int], embed_dim: int, reduce: str = "concat", init_std: float = 1.0
+        self,
+        label_dims: Sequence[int],
+        embed_dim: int,
+        reduce: str = "concat",
+        init_std: float | None = 1.0,
     ) -> None:
         super().__init__()
         if reduce not in ("concat", "sum"):
@@ -68,8 +74,9 @@ class LabelEmbedding(nn.Module):
         self.embed_dim = embed_dim
         self.reduce = reduce
         self.tables = nn.ModuleList(nn.Embedding(k + 1, embed_dim) for k in self.label_dims)
-        for t in self.tables:
-            nn.init.normal_(t.weight, 0.0, init_std)
+        if init_std is not None:
+            for t in self.tables:
+                nn.init.normal_(t.weight, 0.0, init_std)
 
     @property
     def out_features(self) -> int:

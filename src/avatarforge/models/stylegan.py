@@ -64,17 +64,16 @@ from avatarforge.models.gan_api import (
     check_resolution,
     normalize_label_dims,
 )
+from avatarforge.models.layers import LabelEmbedding
 from avatarforge.models.registry import register_model
 
 __all__ = [
-    "DEFAULT_OPTIM",
     "MappingNetwork",
     "MinibatchStdDev",
     "StyleGANDiscriminator",
     "StyleGANGenerator",
     "SynthesisNetwork",
     "modulated_conv2d",
-    "recommended_hparams",
 ]
 
 #: Leaky-ReLU slope and the gain that restores unit variance after it (StyleGAN2 ``bias_act``).
@@ -82,47 +81,6 @@ LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
 NOISE_MODES = ("random", "const", "none")
 MODCONV_IMPLS = ("scaled", "grouped")
-
-
-# ----------------------------------------------------------------------------- trainer presets
-def recommended_hparams(resolution: int = 64, batch_size: int = 32) -> dict[str, Any]:
-    """Recommended training hyperparameters for this family (StyleGAN2-ADA "auto" heuristics).
-
-    * Adam ``lr=0.0025, betas=(0, 0.99), eps=1e-8`` for both G and D (StyleGAN2 config F).
-    * R1 penalty on reals, ``r1_gamma = 0.0002 * resolution**2 / batch_size`` (ADA's heuristic),
-      applied lazily every ``r1_interval=16`` D steps with weight ``r1_gamma / 2 * r1_interval``
-      (StyleGAN2 Sec. 3.1 "lazy regularization"); with lazy regularisation the D optimizer's
-      ``lr`` and ``betas`` should be adjusted by ``ratio = 16 / 17``: ``lr * ratio``,
-      ``beta ** ratio`` -- returned as ``d_lr`` / ``d_betas``.
-    * Generator EMA with a half-life of ``ema_kimg = 10 * batch_size / 32`` thousand images and
-      rampup 0.05 (ADA); the EMA copy must also copy *buffers* (``w_avg``, const noise).
-    * Style mixing probability 0.9 (this is the generator's ``mixing_prob`` default).
-    * Minibatch-stddev group size ``min(4, batch_size)``.
-    """
-    if resolution < 4:
-        raise ValueError(f"resolution must be positive, got {resolution}")
-    r1_interval = 16
-    ratio = r1_interval / (r1_interval + 1)
-    lr = 0.0025
-    betas = (0.0, 0.99)
-    return {
-        "lr": lr,
-        "betas": betas,
-        "eps": 1e-8,
-        "d_lr": lr * ratio,
-        "d_betas": (betas[0] ** ratio, betas[1] ** ratio),
-        "r1_gamma": 0.0002 * resolution**2 / batch_size,
-        "r1_interval": r1_interval,
-        "ema_kimg": 10.0 * batch_size / 32,
-        "ema_rampup": 0.05,
-        "mixing_prob": 0.9,
-        "mbstd_group_size": min(4, batch_size),
-        "batch_size": batch_size,
-    }
-
-
-#: Recommended Adam settings and R1 weight for 64 px, batch 32 (see :func:`recommended_hparams`).
-DEFAULT_OPTIM: dict[str, Any] = recommended_hparams(64, 32)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -185,26 +143,6 @@ def _prepare_labels(
     labels = check_labels(labels, label_dims, batch)
     labels = labels.to(device=device, dtype=torch.long)
     return torch.where(labels < 0, unknown.expand_as(labels), labels)
-
-
-class LabelEmbedding(nn.Module):
-    """One ``nn.Embedding(num_classes + 1, dim)`` per categorical head, summed over heads.
-
-    Equivalent to StyleGAN2-ADA's ``embed`` FC layer on one-hot labels (N(0,1) weights; the scale
-    is irrelevant because the result is pixel-normalised) but without building one-hot vectors.
-    Separate tables (rather than one offset table) make out-of-range labels fail loudly.
-    """
-
-    def __init__(self, label_dims: list[int], dim: int) -> None:
-        super().__init__()
-        self.tables = nn.ModuleList(nn.Embedding(n + 1, dim) for n in label_dims)
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        # labels: (B, heads) in [0, num_classes] -> (B, dim)
-        out = self.tables[0](labels[:, 0])
-        for i in range(1, len(self.tables)):
-            out = out + self.tables[i](labels[:, i])
-        return out
 
 
 # ----------------------------------------------------------------------------- equalized-lr layers
@@ -533,7 +471,11 @@ class MappingNetwork(nn.Module):
         self.num_ws = num_ws
         self.label_dims = list(label_dims)
         self.w_avg_beta = w_avg_beta
-        self.embed = LabelEmbedding(self.label_dims, w_dim) if self.label_dims else None
+        # StyleGAN2-ADA's ``embed`` FC layer on one-hot labels, as per-head lookup tables summed
+        # (N(0, 1) rows; the scale does not matter, the result is pixel-normalised).
+        self.embed = (
+            LabelEmbedding(self.label_dims, w_dim, reduce="sum", init_std=None) if self.label_dims else None
+        )
         in_dim = z_dim + (w_dim if self.embed is not None else 0)
         dims = [in_dim] + [w_dim] * num_layers
         self.layers = nn.ModuleList(
@@ -844,6 +786,11 @@ class StyleGANGenerator(ConfigModule):
 
 
 # ----------------------------------------------------------------------------- discriminator
+# Not models.layers.MinibatchStdDev (the DCGAN family's): that one shrinks the group to the
+# largest divisor of the batch (a batch of 5 becomes 5 groups of 1, whose std is 0) and works
+# in the input's dtype; this one keeps groups of about group_size for any batch and computes
+# the statistics in fp32 under bf16 autocast. The outputs differ for such batches, so trained
+# StyleGAN discriminators keep theirs. Neither has parameters or buffers: no state-dict keys.
 class MinibatchStdDev(nn.Module):
     """Minibatch standard deviation layer (Progressive GAN Sec. 3; StyleGAN2 D epilogue).
 
@@ -958,7 +905,7 @@ class StyleGANDiscriminator(ConfigModule):
         self.cmap_dim = (cmap_dim or c4) if label_dims else 0
         self.out = EqualLinear(c4, self.cmap_dim or 1, spectral=sn)
         if label_dims:
-            self.embed = LabelEmbedding(label_dims, self.cmap_dim)
+            self.embed = LabelEmbedding(label_dims, self.cmap_dim, reduce="sum", init_std=None)
             self.cmap_layers = nn.ModuleList(
                 EqualLinear(self.cmap_dim, self.cmap_dim, lr_mul=0.01, activation="lrelu")
                 for _ in range(cmap_layers)
