@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from avatarforge.config import PerfConfig, check_all, layered_config
+from avatarforge.config import PerfConfig, check_all, checkpoint_minutes_check, layered_config
 
 __all__ = [
     "AnimatorConfig",
@@ -99,6 +99,9 @@ class AnimatorLogConfig:
     metric_every_kimg: float = 0.0  # held-out evaluation; 0 = only at the end
     eval_identities: int = 12  # held-out identities scored by each evaluation (<= data.heldout_identities)
     checkpoint_every_kimg: float = 20.0  # 0 = only at the end (and on signals)
+    # Also checkpoint when this many minutes of wall time passed since the last checkpoint
+    # (or the start), so a crash early in a long kimg interval does not lose the run; 0 = off.
+    checkpoint_every_minutes: float = 10.0
     keep_last: int = 3
     progress: bool = True
 
@@ -167,6 +170,7 @@ class AnimatorConfig:
             (self.model.max_flow > 0, "model.max_flow must be > 0"),
             (lg.every_steps >= 1 and lg.keep_last >= 1 and lg.num_samples >= 1, "log values must be >= 1"),
             (lg.eval_identities >= 1, "log.eval_identities must be >= 1"),
+            checkpoint_minutes_check(lg.checkpoint_every_minutes),
             (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
             (
                 self.perf.amp != "fp16",

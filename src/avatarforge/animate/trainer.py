@@ -1,4 +1,4 @@
-"""Training the expression animator: :class:`AnimatorTrainer` on the generic training pieces.
+"""Training the expression animator: :class:`AnimatorTrainer`, one family of the training engine.
 
 One step, top to bottom (:meth:`AnimatorTrainer.train_step`)::
 
@@ -14,21 +14,23 @@ One step, top to bottom (:meth:`AnimatorTrainer.train_step`)::
 The pixel weight ``w`` is 1, plus ``loss.face_weight`` on the (dilated) eyes, brows and
 mouth of source and target, plus ``loss.mouth_weight`` on the mouth (a few pixels that
 matter a lot), plus ``loss.change_weight`` where source and target differ. The
-reconstruction is mostly squared error, not L1 alone: see :func:`weighted_recon` for the
-measurement behind that. The adversarial term (hinge by default, spectral-norm conditional
-PatchGAN, :class:`~avatarforge.models.animator.AnimatorDiscriminator`) has a small weight and
-starts after ``loss.adv_start_kimg``: the reconstruction gets the shapes right and the GAN
-only sharpens them, so D is not trained (nor run) before it matters.
+reconstruction is mostly squared error, not L1 alone: see
+:func:`~avatarforge.animate.losses.weighted_recon` for the measurement behind that. The
+adversarial term (hinge by default, spectral-norm conditional PatchGAN,
+:class:`~avatarforge.models.animator.AnimatorDiscriminator`) has a small weight and starts
+after ``loss.adv_start_kimg``: the reconstruction gets the shapes right and the GAN only
+sharpens them, so D is not trained (nor run) before it matters.
 
-Everything around the step is the machinery of :mod:`avatarforge.train` (see
-docs/training.md), used the way the VAE and CycleGAN loops use it: the run directory
-``runs/NNNNN-animator-<size>/`` (:mod:`~avatarforge.train.rundir`), safetensors + JSON
-checkpoints with ``g``, ``g_ema`` and ``d`` (:mod:`~avatarforge.train.checkpoint`), the
-SIGINT/SIGTERM guard and the NaN/Inf roll-back (:mod:`~avatarforge.train.guard`),
-``metrics.jsonl`` (:mod:`~avatarforge.train.metrics_log`) and sample grids of (source,
-target, prediction) rows of fixed held-out pairs. Pairs are a pure function of ``(seed,
-step)`` (:mod:`avatarforge.animate.pairs`) and the step draws no other random numbers, so a
-stopped and resumed run is bit-identical to an uninterrupted one on CPU.
+Everything around the step is the training engine's, :class:`~avatarforge.train.engine.Trainer`
+(see docs/training.md), the same as for the GANs, VAEs and CycleGAN: the run directory
+``runs/NNNNN-animator-<size>/``, checkpoints with ``g``, ``g_ema`` and ``d`` and the complete
+training state (written every ``log.checkpoint_every_kimg`` and every
+``log.checkpoint_every_minutes``), resume from the newest intact one, the SIGINT/SIGTERM guard,
+the NaN/Inf roll-back and ``metrics.jsonl``. This class holds the pair data, the networks,
+the step, the sample grids of (source, target, prediction) rows of fixed held-out pairs and
+the held-out evaluation. Pairs are a pure function of ``(seed, step)``
+(:mod:`avatarforge.animate.pairs`) and the step draws no other random numbers, so a stopped
+and resumed run is bit-identical to an uninterrupted one on CPU.
 
 Held-out evaluation (:func:`~avatarforge.animate.metrics.evaluate_animator`) runs every
 ``log.metric_every_kimg`` and at the end and is logged as ``{"kind": "metric", ...}`` lines:
@@ -41,19 +43,14 @@ live in :mod:`avatarforge.animate.losses`.
 from __future__ import annotations
 
 import copy
-import math
-import os
-import time
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from avatarforge.animate.config import AnimatorConfig
 from avatarforge.animate.losses import flow_tv, gan_d_loss, gan_g_loss, pair_weight, weighted_recon
 from avatarforge.animate.pairs import (
     HELDOUT,
@@ -65,120 +62,60 @@ from avatarforge.animate.pairs import (
     build_or_open_cache,
     soften_pairs,
 )
-from avatarforge.config import ConfigError, to_dict, to_yaml
-from avatarforge.fileio import atomic_write_json, atomic_write_text
+from avatarforge.config import ConfigError
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.animator import AnimatorDiscriminator, ExpressionAnimator
-from avatarforge.train.checkpoint import (
-    Snapshot,
-    capture_rng,
-    find_checkpoint,
-    load_snapshot,
-    optimizer_state,
-    prune_checkpoints,
-    restore_optimizer,
-    restore_rng,
-    save_checkpoint,
-)
-from avatarforge.train.common import (
-    amp_dtype,
-    apply_perf_settings,
-    autocast,
-    crossed,
-    derive_seed,
-    resolve_device,
-)
+from avatarforge.train.checkpoint import Snapshot
+from avatarforge.train.common import autocast, derive_seed
 from avatarforge.train.ema import ema_beta, update_ema
-from avatarforge.train.guard import NaNEvents, StopSignal, TrainingDiverged, all_finite, nonfinite_names
-from avatarforge.train.metrics_log import MetricsLog, truncate_metrics
-from avatarforge.train.rundir import allocate_run_dir
+from avatarforge.train.engine import Optimizer, Trainer
+from avatarforge.train.guard import TrainingDiverged
 
 __all__ = ["AnimatorTrainer", "TrainingDiverged"]
 
-_PREFIXES = ("g", "g_ema", "d")
 
-
-StepHook = Callable[["AnimatorTrainer"], None]
-
-
-class AnimatorTrainer:
+class AnimatorTrainer(Trainer):
     """Train an :class:`~avatarforge.models.animator.ExpressionAnimator` on procedural pairs.
 
     Args:
-        config: the resolved configuration (:func:`build_animator_config`).
+        config: the resolved configuration (:func:`~avatarforge.animate.config.build_animator_config`).
         resume: a run directory or checkpoint to continue (training continues in that run).
         step_hook: ``step_hook(trainer)`` after every step (tests inject faults with it).
+        metric_fn: extra evaluation next to the built-in held-out metrics (see
+            :class:`~avatarforge.train.engine.Trainer`).
 
     Attributes useful to hooks: ``G``, ``G_ema``, ``D``, ``step``, ``nimg``, ``run_dir``,
-    ``cfg``, ``stop`` (``trainer.stop.request()`` stops after the step), ``last_eval``.
+    ``cfg``, ``stop`` (``trainer.stop.request()`` stops after the step), ``last_eval`` (the
+    latest held-out metrics, unprefixed).
     """
 
-    def __init__(
-        self,
-        config: AnimatorConfig,
-        *,
-        resume: str | os.PathLike | None = None,
-        step_hook: StepHook | None = None,
-    ) -> None:
-        self.cfg = config.validate()
-        self.resume_from = Path(resume) if resume else None
-        self.step_hook = step_hook
-        self.step = 0
-        self.nimg = 0
-        self.run_dir: Path | None = None
-        self.stopped_by: str | None = None
-        self.stop = StopSignal()
-        self.last_eval: dict[str, Any] = {}
-
-    # ------------------------------------------------------------------ public API
-    def fit(self) -> Path:
-        """Train until ``kimg`` / ``minutes`` / a signal; returns the run directory.
-
-        Raises:
-            TrainingDiverged: NaN/Inf kept coming back (``max_nan_events``).
-        """
-        self.setup()
-        try:
-            with self.stop:
-                self._loop()
-        finally:
-            self.close()
-        assert self.run_dir is not None
-        return self.run_dir
-
-    def close(self) -> None:
-        """Stop pair workers and close the metrics file (idempotent)."""
-        if getattr(self, "stream", None) is not None:
-            self.stream.close()
-            self.stream = None
-        if hasattr(self, "metrics"):
-            self.metrics.close()
+    ACC_KEYS = ("mse", "l1", "tv", "adv_g", "loss_g", "loss_d")
+    BAR_KEYS = ("l1", "loss_d")
+    BUILTIN_METRICS = tuple(
+        f"eval_{k}" for k in ("ratio", "face_ratio", "identity_l1", "identity_psnr", "eye_err", "mouth_err")
+    )
+    COMMAND = "avatarforge animate train"
+    DISTRIBUTED = False
+    RUN_NAME = "animator"
+    DATA_PATHS = ()
+    NEXT_STEP = "animate with: avatarforge animate {run} --avatar 42 --script idle,talk --out avatar.webp"
 
     # ------------------------------------------------------------------ set-up
-    def setup(self) -> None:
-        """Pairs, models, optimizers, run directory; restores ``resume``."""
-        cfg = self.cfg
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError("avatarforge animate train runs in a single process; start it without torchrun")
-        self.device = resolve_device(cfg.device)
-        apply_perf_settings(cfg.perf, self.device)
-        self.amp = amp_dtype(cfg.perf.amp, self.device)
+    def _build(self) -> None:
+        """Pair data (training and held-out), G, its EMA copy, D, their optimizers, the fixed
+        sample pairs."""
+        cfg, d = self.cfg, self.cfg.data
         self.memory_format = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
-        self.resolution = cfg.data.size
+        self.resolution = d.size
+        self.last_eval: dict[str, Any] = {}
 
         # -- data
-        d = cfg.data
         root = d.cache_dir or None
+        spec = {"size": d.size, "expressions": d.expressions, "seed": cfg.seed}
         progress = cfg.log.progress
         self.heldout = build_or_open_cache(
             root,
-            PairSpec(
-                size=d.size,
-                identities=d.heldout_identities,
-                expressions=d.expressions,
-                seed=cfg.seed,
-                split=HELDOUT,
-            ),
+            PairSpec(**spec, identities=d.heldout_identities, split=HELDOUT),
             workers=d.workers,
             progress=progress,
         )
@@ -187,18 +124,12 @@ class AnimatorTrainer:
         if d.mode == "cache":
             self.cache = build_or_open_cache(
                 root,
-                PairSpec(
-                    size=d.size,
-                    identities=d.identities,
-                    expressions=d.expressions,
-                    seed=cfg.seed,
-                    split=TRAIN,
-                ),
+                PairSpec(**spec, identities=d.identities, split=TRAIN),
                 workers=d.workers,
                 progress=progress,
             )
         else:
-            self.stream = StreamingPairs(
+            stream = StreamingPairs(
                 d.size,
                 cfg.batch_size,
                 cfg.seed,
@@ -208,6 +139,7 @@ class AnimatorTrainer:
                 flip=d.flip,
                 background_prob=d.background_prob,
             )
+            self.stream = self.resources.enter_context(stream)  # its workers stop with the run
 
         # -- models: seeded on a forked global RNG (nothing in the step draws from it)
         m = cfg.model
@@ -224,56 +156,17 @@ class AnimatorTrainer:
         self.G.to(self.device, memory_format=self.memory_format).train()
         self.D.to(self.device, memory_format=self.memory_format).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.betas))
-        self.gens: dict[str, torch.Generator] = {}  # the step draws no random numbers of its own
-
-        self.nan = NaNEvents(cfg.max_nan_events)
-        self.elapsed_before = 0.0
-        self.last_ckpt: Path | None = None
-        self.start_snapshot: Snapshot | None = None
-        self._setup_run_dir()
-        if self.resume_from is not None:
-            ckpt = find_checkpoint(self.resume_from)
-            self._restore(load_snapshot(ckpt), counters=True)
-            self.last_ckpt = ckpt
-            self._print(f"resumed from {ckpt} at step {self.step} ({self.nimg / 1000:.3f} kimg)")
-        else:
-            self.start_snapshot = self._capture(with_models=True)
-        truncate_metrics(self.run_dir, self.step)  # drop lines of work about to be redone
-        self.metrics = MetricsLog(self.run_dir)
+        self.networks = {"g": self.G, "g_ema": self.G_ema, "d": self.D}
+        self.trainable = {"G": self.G, "D": self.D}
+        betas = tuple(cfg.optim.betas)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.d_lr, betas=betas)
+        self.optimizers = {
+            "g": Optimizer(self.opt_g, cfg.optim.lr),
+            "d": Optimizer(self.opt_d, cfg.optim.d_lr),
+        }
+        self.gens = {}  # the step draws no random numbers of its own: pairs come from (seed, step)
         self._fixed = self._fixed_pairs()
-
-    def _setup_run_dir(self) -> None:
-        cfg = self.cfg
-        if self.resume_from is not None:
-            run_dir = find_checkpoint(self.resume_from).parent.parent  # run/checkpoints/<ckpt>
-        else:
-            run_dir = allocate_run_dir(cfg.runs_dir, cfg.desc or f"animator-{self.resolution}")
-        saved = to_dict(cfg)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(saved))
-        atomic_write_json(run_dir / "config.json", saved)
-        (run_dir / "samples").mkdir(exist_ok=True)
-        self.run_dir = run_dir
-        self.ckpt_root = run_dir / "checkpoints"
-
-    # ------------------------------------------------------------------ data
-    def _batch(self, step: int) -> PairBatch:
-        cfg = self.cfg
-        if self.cache is not None:
-            b = self.cache.batch(
-                step,
-                cfg.batch_size,
-                cfg.seed,
-                flip=cfg.data.flip,
-                background_prob=cfg.data.background_prob,
-            )
-        else:
-            assert self.stream is not None
-            b = self.stream.batch(step)
-        if cfg.data.soften_prob > 0:
-            b = soften_pairs(b, cfg.data.soften_prob, derive_seed(cfg.seed, 0x50F7, step))
-        return b.to(self.device, self.memory_format)
 
     def _fixed_pairs(self) -> PairBatch:
         """``log.num_samples`` fixed held-out pairs (neutral source -> another expression)."""
@@ -288,72 +181,28 @@ class AnimatorTrainer:
         empty = torch.zeros(n, *src.shape[-2:], dtype=torch.uint8)
         return PairBatch(src, tgt, ctrl, ctrl, empty, empty).to(self.device, self.memory_format)
 
-    # ------------------------------------------------------------------ the loop
-    def _kimg_done(self) -> bool:
-        return self.cfg.kimg is not None and self.nimg >= self.cfg.kimg * 1000
-
-    def _local_stop_reason(self) -> str | None:
-        if self.stop.requested:
-            return f"signal:{self.stop.signal_name}"
-        if self.cfg.minutes is not None and time.monotonic() - self._t_start >= self.cfg.minutes * 60:
-            return "time"
-        return None
-
-    def _loop(self) -> None:
+    # ------------------------------------------------------------------ data
+    def _batches(self) -> Iterator[tuple[PairBatch]]:
+        """The pairs of ``self.step``, step after step (each a pure function of ``(seed, step)``)."""
         cfg = self.cfg
-        self._t_start = time.monotonic()
-        if self._kimg_done():
-            self._print(f"already trained to {cfg.kimg} kimg (step {self.step}); raise --kimg to continue")
-            return
-        from tqdm.auto import tqdm
+        while True:
+            step = self.step
+            if self.cache is not None:
+                b = self.cache.batch(
+                    step,
+                    cfg.batch_size,
+                    cfg.seed,
+                    flip=cfg.data.flip,
+                    background_prob=cfg.data.background_prob,
+                )
+            else:
+                assert self.stream is not None
+                b = self.stream.batch(step)
+            if cfg.data.soften_prob > 0:
+                b = soften_pairs(b, cfg.data.soften_prob, derive_seed(cfg.seed, 0x50F7, step))
+            yield (b.to(self.device, self.memory_format),)
 
-        self._t_log, self._nimg_log = time.perf_counter(), self.nimg
-        self._reset_accumulators()
-        self.bar = tqdm(
-            total=int(cfg.kimg * 1000) if cfg.kimg else None,
-            initial=self.nimg,
-            unit="pair",
-            unit_scale=True,
-            dynamic_ncols=True,
-            smoothing=0.05,
-            desc=self.run_dir.name if self.run_dir else "animator",
-            disable=not cfg.log.progress,
-        )
-        try:
-            while True:
-                stats = self.train_step(self._batch(self.step))
-                prev_nimg = self.nimg
-                self.step += 1
-                self.nimg += cfg.batch_size
-                self._accumulate(stats)
-                self.bar.update(cfg.batch_size)
-                if self.step_hook is not None:
-                    self.step_hook(self)
-                stop = "kimg" if self._kimg_done() else self._local_stop_reason()
-                logging_due = self.step % cfg.log.every_steps == 0 or stop is not None
-                if logging_due and not self._log_step():  # _log_step is the only host sync
-                    self._recover("losses or weights")
-                    continue
-                due_sample = crossed(prev_nimg, self.nimg, cfg.log.sample_every_kimg)
-                due_metric = crossed(prev_nimg, self.nimg, cfg.log.metric_every_kimg)
-                due_ckpt = crossed(prev_nimg, self.nimg, cfg.log.checkpoint_every_kimg)
-                if (due_sample or due_metric or due_ckpt or stop) and not self._weights_finite():
-                    self._recover("weights")
-                    continue
-                # Checkpoint first: after a signal the process may have little time left.
-                if due_ckpt or stop:
-                    self.save_checkpoint()
-                if due_sample or stop:
-                    self.save_samples()
-                if due_metric or (stop is not None and not stop.startswith("signal")):
-                    self.run_metrics()
-                if stop:
-                    self.stopped_by = stop
-                    break
-        finally:
-            self.bar.close()
-        self._final_message()
-
+    # ------------------------------------------------------------------ one step
     def adv_weight(self) -> float:
         """The adversarial weight of the next step: 0 until ``adv_start_kimg``, then a linear ramp."""
         lo = self.cfg.loss
@@ -405,78 +254,8 @@ class AnimatorTrainer:
     def _autocast(self) -> Any:
         return autocast(self.device, self.amp)
 
-    def _set_lr(self) -> None:
-        scale = self.nan.lr_scale
-        for opt, lr in ((self.opt_g, self.cfg.optim.lr), (self.opt_d, self.cfg.optim.d_lr)):
-            for group in opt.param_groups:
-                group["lr"] = lr * scale
-
-    # ------------------------------------------------------------------ logging and the NaN guard
-    def _reset_accumulators(self) -> None:
-        self._acc: dict[str, Tensor] = {}
-        self._acc_n: dict[str, int] = {}
-
-    def _accumulate(self, stats: Mapping[str, Tensor]) -> None:
-        # Running sums on the device: no host sync until _log_step.
-        for k, v in stats.items():
-            self._acc[k] = self._acc[k] + v.float() if k in self._acc else v.float().clone()
-            self._acc_n[k] = self._acc_n.get(k, 0) + 1
-
-    def _log_step(self) -> bool:
-        """Read and check the accumulated losses (one host sync), log them. False on NaN/Inf."""
-        keys = list(self._acc)
-        values = torch.stack([self._acc[k] for k in keys]).tolist() if keys else []
-        losses = {k: values[i] / self._acc_n[k] for i, k in enumerate(keys)}
-        if not all(math.isfinite(v) for v in losses.values()) or not self._weights_finite():
-            return False
-        now = time.perf_counter()
-        rate = (self.nimg - self._nimg_log) / max(now - self._t_log, 1e-9)
-        self._t_log, self._nimg_log = now, self.nimg
-        self.metrics.append(
-            {
-                "kind": "train",
-                "step": self.step,
-                "kimg": round(self.nimg / 1000, 6),
-                "time_s": round(self.elapsed_before + time.monotonic() - self._t_start, 3),
-                "pairs_per_s": round(rate, 2),
-                "lr": self.opt_g.param_groups[0]["lr"],
-                "adv_weight": self.adv_weight(),
-                **{k: round(v, 6) for k, v in losses.items()},
-            }
-        )
-        self.bar.set_postfix({k: f"{losses[k]:.4f}" for k in ("l1", "loss_d") if k in losses}, refresh=False)
-        self._reset_accumulators()
-        return True
-
-    def _networks(self) -> tuple[nn.Module, ...]:
-        return (self.G, self.G_ema, self.D)
-
-    def _weights_finite(self) -> bool:
-        return all_finite([p for net in self._networks() for p in net.parameters()])
-
-    def _recover(self, what: str) -> None:
-        """Roll back to the last checkpoint (or the start) and halve the learning rates."""
-        named = [
-            (f"{pre}.{n}", p)
-            for pre, net in zip(_PREFIXES, self._networks())
-            for n, p in net.named_parameters()
-        ]
-        bad = nonfinite_names(named)
-        what = f"{what}{': ' + ', '.join(bad) if bad else ''}"
-        bad_step = self.step
-        self.metrics.append(
-            {"kind": "event", "event": "nonfinite", "step": bad_step, "kimg": self.nimg / 1000, "what": what}
-        )
-        self.nan.record(what, bad_step)  # warns, or raises TrainingDiverged
-        snap = load_snapshot(self.last_ckpt) if self.last_ckpt is not None else self.start_snapshot
-        assert snap is not None
-        self._restore(snap, counters=False)
-        self._reset_accumulators()
-        self.bar.reset(total=self.bar.total)
-        self.bar.update(self.nimg)
-        self._print(
-            f"non-finite values at step {bad_step}: restored step {self.step}, lr x{self.nan.lr_scale:g}"
-        )
+    def _log_fields(self) -> dict[str, Any]:
+        return {"lr": self.opt_g.param_groups[0]["lr"], "adv_weight": self.adv_weight()}
 
     # ------------------------------------------------------------------ samples and evaluation
     @torch.no_grad()
@@ -500,111 +279,32 @@ class AnimatorTrainer:
             res = evaluate_animator(self.G_ema, self.heldout, max_identities=self.cfg.log.eval_identities)
         return res
 
-    def run_metrics(self) -> dict[str, Any]:
-        """Evaluate and log ``{"kind": "metric", "eval_<name>": ...}``."""
+    def _evaluate(self) -> dict[str, Any]:
+        """:meth:`evaluate`, kept in ``last_eval``, logged as ``eval_<name>``."""
         res = self.evaluate()
         self.last_eval = res
-        self.metrics.append(
-            {
-                "kind": "metric",
-                "step": self.step,
-                "kimg": round(self.nimg / 1000, 6),
-                **{f"eval_{k}": (round(v, 6) if isinstance(v, float) else v) for k, v in res.items()},
-            }
-        )
         self._print(
             f"held-out: L1 in the changed region {res['ratio']:.3f} x copying the source; "
             f"identity round trip L1 {res['identity_l1']:.4f} ({res['identity_psnr']:.1f} dB)"
         )
-        return res
+        return {f"eval_{k}": (round(v, 6) if isinstance(v, float) else v) for k, v in res.items()}
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/ckpt-SSSSSSSS`` (``g``, ``g_ema``, ``d`` + the training state)."""
-        snap = self._capture(with_models=False)
-        models = dict(zip(_PREFIXES, self._networks()))
-        path = save_checkpoint(self.ckpt_root, self.step, models=models, tensors=snap.tensors, meta=snap.meta)
-        prune_checkpoints(self.ckpt_root, self.cfg.log.keep_last)
-        self.last_ckpt = path
-        self.start_snapshot = None  # the checkpoint replaces the in-memory fallback
-        return path
+    def _extra_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        cfg = self.cfg
+        return {}, {
+            "resolution": self.resolution,
+            "data": {"seed": cfg.seed, "next_step": self.step, "mode": cfg.data.mode},
+        }
 
-    def _capture(self, *, with_models: bool) -> Snapshot:
-        tensors: dict[str, Tensor] = {}
-        meta: dict[str, Any] = {"optimizers": {}}
-        for name, opt in (("g", self.opt_g), ("d", self.opt_d)):
-            t, m = optimizer_state(opt, name)
-            tensors.update(t)
-            meta["optimizers"][name] = m
-        t, rng_meta = capture_rng(self.gens)
-        tensors.update(t)
-        meta["rng"] = rng_meta
-        meta.update(
-            {
-                "step": self.step,
-                "nimg": self.nimg,
-                "kimg": self.nimg / 1000,
-                "nan_events": self.nan.count,
-                "lr_scale": self.nan.lr_scale,
-                "elapsed_s": self.elapsed_before
-                + (time.monotonic() - self._t_start if hasattr(self, "_t_start") else 0.0),
-                "batch_size": self.cfg.batch_size,
-                "resolution": self.resolution,
-                "data": {"seed": self.cfg.seed, "next_step": self.step, "mode": self.cfg.data.mode},
-                "config": to_dict(self.cfg),
-            }
-        )
-        models: dict[str, dict[str, Tensor]] = {}
-        if with_models:
-            for prefix, net in zip(_PREFIXES, self._networks()):
-                models[prefix] = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-        return Snapshot(models=models, tensors=tensors, meta=meta)
-
-    def _restore(self, snap: Snapshot, *, counters: bool) -> None:
+    def _load_extra_state(self, snap: Snapshot, *, counters: bool) -> None:
         meta = snap.meta
-        for prefix, net in zip(_PREFIXES, self._networks()):
-            if prefix not in snap.models:
-                raise ValueError(
-                    f"checkpoint {meta.get('path', '(memory)')} has no {prefix}_model.safetensors "
-                    "(is it an animator checkpoint?)"
-                )
-            net.load_state_dict(snap.models[prefix], strict=True)
-        restore_optimizer(self.opt_g, "g", snap.tensors, meta["optimizers"]["g"])
-        restore_optimizer(self.opt_d, "d", snap.tensors, meta["optimizers"]["d"])
-        restore_rng(self.gens, snap.tensors, meta["rng"])
-        self.step = int(meta["step"])
-        self.nimg = int(meta.get("nimg", self.step * self.cfg.batch_size))
-        if counters:
-            self.nan.count = int(meta.get("nan_events", 0))
-            self.elapsed_before = float(meta.get("elapsed_s", 0.0))
-            if int(meta.get("batch_size", self.cfg.batch_size)) != self.cfg.batch_size:
-                warnings.warn(
-                    f"resuming with batch_size {self.cfg.batch_size}, the checkpoint used {meta.get('batch_size')}; "
-                    "the pair order changes",
-                    stacklevel=2,
-                )
-            if int(meta.get("resolution", self.resolution)) != self.resolution:
-                raise ConfigError(
-                    f"the checkpoint was trained at {meta.get('resolution')} px, this config says {self.resolution}"
-                )
-        self._set_lr()
-
-    # ------------------------------------------------------------------ misc
-    def _final_message(self) -> None:
-        assert self.run_dir is not None
-        how = {"kimg": "finished", "time": "stopped (--minutes)"}.get(self.stopped_by or "", "stopped")
-        if self.stopped_by and self.stopped_by.startswith("signal"):
-            how = f"stopped by {self.stopped_by.split(':', 1)[1]}"
-        self._print(
-            f"{how} at step {self.step} ({self.nimg / 1000:.3f} kimg); run directory: {self.run_dir}\n"
-            f"animate with: avatarforge animate {self.run_dir} --avatar 42 --script idle,talk --out avatar.webp"
-        )
-        if self.stopped_by != "kimg":
-            self._print(f"resume with: avatarforge animate train --resume {self.run_dir}")
-
-    def _print(self, msg: str) -> None:
-        bar = getattr(self, "bar", None)
-        if bar is not None and not bar.disable:
-            bar.write(msg)
-        else:
-            print(msg, flush=True)
+        rng = meta.get("rng", {})
+        if "generators" in rng:
+            # Written by the animator's own loop before it ran on the engine: one process's
+            # RNG states, not yet keyed by rank.
+            meta["rng"] = {"0": rng}
+        if counters and int(meta.get("resolution", self.resolution)) != self.resolution:
+            raise ConfigError(
+                f"the checkpoint was trained at {meta.get('resolution')} px, this config says {self.resolution}"
+            )
