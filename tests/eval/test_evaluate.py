@@ -194,6 +194,27 @@ def test_reconstruction_metrics(blobs, tmp_path):
     assert r.metrics["mse"] == pytest.approx(real["mse"], rel=1e-5) and "swd" in r.metrics
 
 
+def test_registry_entries_compute_the_model_metrics(blobs, avatar_extractor):
+    """``attr`` and ``recon`` in the metric registry compute their metric (the Evaluator only
+    gathers their inputs): called directly they give what evaluate() gives."""
+    from avatarforge.eval.metrics import get_metric
+    from avatarforge.eval.sources import open_source
+
+    a, _ = blobs
+    recon = get_metric("recon").compute(IdentityVAE(), open_source(a), batch_size=8)
+    assert recon["mse"] == 0.0 and recon["ssim"] == pytest.approx(1.0)
+    attr = get_metric("attr").compute(
+        open_source(ProceduralGenerator(), n=24), avatar=avatar_extractor, label_names=["hair_color"]
+    )
+    kw = {"metrics": "attr", "label_names": ["hair_color"], "extractor": avatar_extractor, "device": "cpu"}
+    assert attr == pytest.approx(evaluate(ProceduralGenerator(), None, n=24, **kw).metrics)
+    # The avatar net (which may have to be trained) is built only once the source passes.
+    with pytest.raises(SourceError, match="needs a conditional generator"):
+        get_metric("attr").compute(open_source(a), avatar=lambda: pytest.fail("built the avatar net"))
+    with pytest.raises(SourceError, match="needs a VAE"):
+        get_metric("recon").compute(None, open_source(a))
+
+
 # ----------------------------------------------------------------------------- training hook
 def test_make_metric_fn_with_a_trainer_like_object(blobs, monkeypatch):
     a, b = blobs

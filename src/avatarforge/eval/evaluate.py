@@ -36,8 +36,8 @@ from torch import nn
 
 from avatarforge import __version__
 from avatarforge.eval.extractors import FeatureExtractor, get_extractor, resolve_device
-from avatarforge.eval.metrics import Metric, get_metric, mse, psnr, ssim
-from avatarforge.eval.sources import GeneratorSource, ImageSource, PackedSource, SourceError, open_source
+from avatarforge.eval.metrics import Metric, get_metric
+from avatarforge.eval.sources import GeneratorSource, ImageSource, SourceError, open_source
 from avatarforge.eval.stats_cache import FeatureSet, StatsCache, cache_key
 
 __all__ = [
@@ -401,147 +401,26 @@ class Evaluator:
                 res = m.compute(self._ref_images[m.name], fake_accs[m.name], seed=self.seed)
                 out.update({k: float(v) for k, v in res.items()})
             elif m.kind == "generator":
-                out.update(self._attribute_accuracy(source, label_names, label_values, notes))
+                res = m.compute(
+                    source,
+                    avatar=self.avatar_extractor,  # built by the metric once the source passes its checks
+                    batch_size=self.batch_size,
+                    label_names=label_names,
+                    label_values=label_values,
+                    notes=notes,
+                )
+                out.update(res)
             elif m.kind == "reconstruction":
-                out.update(self._reconstruction(source, model, notes))
+                vae = model if model is not None else getattr(source, "vae", None)
+                res = m.compute(
+                    vae, self.reference, batch_size=self.batch_size, device=self.device, notes=notes
+                )
+                out.update(res)
         self.timing["metrics_s"] = round(time.perf_counter() - t1, 3)
         notes += _sample_count_notes(
             self.metric_names, len(source), len(self.reference) if self.reference else 0, self._extractor
         )
         return out, notes
-
-    # ------------------------------------------------------------------ model metrics
-    def _attribute_accuracy(
-        self,
-        source: ImageSource,
-        label_names: Sequence[str] | None,
-        label_values: Sequence[Sequence[str]] | None,
-        notes: list[str],
-    ) -> dict[str, float]:
-        from avatarforge.data.procedural import SCHEMA
-
-        if not isinstance(source, GeneratorSource):
-            raise SourceError("metric 'attr' needs a conditional generator as the source (a run directory)")
-        dims = list(getattr(source.G, "label_dims", []) or [])
-        if not dims:
-            raise SourceError(
-                "metric 'attr' needs a conditional model (trained with labels); this one is unconditional"
-            )
-        names = list(label_names or getattr(source, "label_names", []) or [])
-        values = [list(v) for v in (label_values or getattr(source, "label_values", []) or [])]
-        if len(names) != len(dims):
-            raise SourceError(
-                f"metric 'attr': the model has {len(dims)} label(s) but their names are unknown; pass "
-                "label_names (the run's checkpoint records them as label_names)"
-            )
-        avatar = self.avatar_extractor()
-        maps: dict[int, np.ndarray] = {}
-        for i, (name, k) in enumerate(zip(names, dims)):
-            if name not in avatar.net.categorical_names:
-                notes.append(f"attr: label {name!r} is not an attribute the avatar net knows; skipped")
-                continue
-            vals = (
-                values[i]
-                if i < len(values) and values[i]
-                else (list(SCHEMA[name].values) if name in SCHEMA.names else [])
-            )
-            if len(vals) != k:
-                notes.append(f"attr: class names of label {name!r} unknown ({k} classes); skipped")
-                continue
-            known = avatar.class_names(name)
-            maps[i] = np.array([known.index(v) if v in known else -1 for v in vals])
-        if not maps:
-            raise SourceError(f"metric 'attr': none of the labels {names} can be judged by the avatar net")
-        correct = dict.fromkeys(maps, 0)
-        total = dict.fromkeys(maps, 0)
-        for images, labels in source.float_batches(self.batch_size):
-            preds = avatar.attribute_predictions(images, include_continuous=False)
-            lab = labels.cpu().numpy()
-            for i, cmap in maps.items():
-                want = cmap[lab[:, i]]
-                ok = want >= 0
-                got = preds[names[i]].argmax(1)
-                correct[i] += int((got[ok] == want[ok]).sum())
-                total[i] += int(ok.sum())
-        out = {f"attr_acc_{names[i]}": correct[i] / max(1, total[i]) for i in maps}
-        out = {"attr_acc": float(np.mean(list(out.values()))), **out}
-        return out
-
-    def _reconstruction(
-        self, source: ImageSource, model: nn.Module | None, notes: list[str]
-    ) -> dict[str, float]:
-        vae = model if model is not None else getattr(source, "vae", None)
-        if vae is None or not (hasattr(vae, "encode") and hasattr(vae, "decode")):
-            raise SourceError(
-                "metric 'recon' needs a VAE (a model with encode/decode), e.g. a VAE run directory"
-            )
-        ref = self.reference
-        assert ref is not None
-        channels = int(getattr(vae, "channels", 3))
-        label_dims = list(getattr(vae, "label_dims", []) or [])
-        names = list(getattr(vae, "label_names", []) or [])
-        param = next(vae.parameters(), None)
-        dev = param.device if param is not None else self.device
-        batches: Iterable[tuple[np.ndarray, torch.Tensor | None]]
-        if isinstance(ref, PackedSource):
-            from avatarforge.data.dataset import PackedDataset, label_indices
-
-            ds = PackedDataset(ref.path, channels=channels)  # type: ignore[arg-type]
-            use_labels = (
-                bool(label_dims)
-                and len(names) == len(label_dims)
-                and all(n in ds.schema.names for n in names)
-            )
-
-            def gen_packed() -> Iterable[tuple[np.ndarray, torch.Tensor | None]]:
-                for s in range(0, len(ref), self.batch_size):
-                    idx = ref.indices[s : s + self.batch_size]
-                    lab = (
-                        label_indices(torch.from_numpy(ds.labels[idx]), ds.schema, names)
-                        if use_labels
-                        else None
-                    )
-                    yield ds.images_uint8(idx), lab
-
-            batches = gen_packed()
-        else:
-            use_labels = False
-
-            def gen_plain() -> Iterable[tuple[np.ndarray, torch.Tensor | None]]:
-                for b in ref.batches(self.batch_size):
-                    if channels == 4:
-                        b = np.concatenate([b, np.full((*b.shape[:-1], 1), 255, np.uint8)], -1)
-                    yield b, None
-
-            batches = gen_plain()
-        if label_dims and not use_labels:
-            notes.append(
-                "recon: the reference has no matching labels; the conditional VAE got 'unknown' labels"
-            )
-        m_all, p_all, s_all = [], [], []
-        vae_mode = vae.training
-        vae.eval()
-        try:
-            with torch.no_grad():
-                for u8, lab in batches:
-                    x = (
-                        torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(dev)
-                    )  # (B, C, H, W)
-                    if label_dims and lab is None:
-                        lab = torch.tensor(label_dims).expand(x.shape[0], -1)  # index num_classes = unknown
-                    lab = lab.to(dev) if lab is not None else None
-                    mu, _ = vae.encode(x, lab)
-                    x_hat = vae.decode(mu, lab).float().clamp(-1, 1)
-                    m_all.append(mse(x, x_hat).cpu())
-                    p_all.append(psnr(x, x_hat).cpu())
-                    s_all.append(ssim(x, x_hat).cpu())
-        finally:
-            vae.train(vae_mode)
-        return {
-            "mse": float(torch.cat(m_all).mean()),
-            "psnr": float(torch.cat(p_all).mean()),
-            "ssim": float(torch.cat(s_all).mean()),
-        }
 
 
 def _parse_metrics(metrics: Sequence[str] | str) -> list[str]:

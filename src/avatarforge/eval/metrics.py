@@ -14,9 +14,15 @@ has a *kind* that says what it consumes:
 - ``"images"``: streamed uint8 images; ``accumulator(resolution=..., seed=...)`` makes an
   object with ``feed(batch)``, and ``compute(real_acc, fake_acc, *, seed)`` compares two
   of them (``swd``);
-- ``"generator"``: needs a conditional generator and the avatar attribute net (``attr``);
-- ``"reconstruction"``: needs a model with ``encode``/``decode`` (VAEs) and reference
-  images (``recon``).
+- ``"generator"``: ``compute(source, *, avatar, batch_size, label_names, label_values,
+  notes)`` scores a conditional generator's samples with the avatar attribute net
+  (``attr``: :func:`attribute_accuracy`);
+- ``"reconstruction"``: ``compute(vae, reference, *, batch_size, device, notes)`` scores a
+  model with ``encode``/``decode`` (VAEs) on reference images (``recon``:
+  :func:`reconstruction_metrics`).
+
+Every registered entry computes its metric; :class:`~avatarforge.eval.evaluate.Evaluator`
+only gathers what each kind consumes.
 
 Conventions: images are uint8 ``(B, H, W, C)`` or float ``(B, C, H, W)`` in ``[-1, 1]``;
 features are ``(N, D)``; statistics are computed in float64.
@@ -25,9 +31,9 @@ features are ``(N, D)``; statistics are computed in float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.linalg
@@ -35,12 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avatarforge.eval.extractors import ImageBatch
+from avatarforge.eval.features import FeatureExtractor, ImageBatch
 from avatarforge.eval.stats_cache import FeatureSet
+
+if TYPE_CHECKING:  # the sources are imported where used: this module stays about arrays
+    from avatarforge.eval.sources import ImageSource
 
 __all__ = [
     "Metric",
     "SWDAccumulator",
+    "attribute_accuracy",
     "attribute_accuracy_from_predictions",
     "feature_statistics",
     "frechet_distance",
@@ -52,6 +62,7 @@ __all__ = [
     "mse",
     "precision_recall",
     "psnr",
+    "reconstruction_metrics",
     "register_metric",
     "sliced_wasserstein",
     "ssim",
@@ -564,6 +575,186 @@ def attribute_accuracy_from_predictions(
     return out
 
 
+def attribute_accuracy(
+    source: ImageSource,
+    *,
+    avatar: FeatureExtractor | Callable[[], FeatureExtractor] | None = None,
+    batch_size: int = 64,
+    label_names: Sequence[str] | None = None,
+    label_values: Sequence[Sequence[str]] | None = None,
+    notes: list[str] | None = None,
+) -> dict[str, float]:
+    """Metric ``attr``: how often a conditional generator draws the labels it is asked for.
+
+    The avatar attribute net judges every sample's categorical attributes; a label counts
+    where the net knows the attribute and its class names. Returns ``attr_acc`` (the mean)
+    and ``attr_acc_<label>`` per judged label.
+
+    Args:
+        source: a :class:`~avatarforge.eval.sources.GeneratorSource` of a conditional model.
+        avatar: the ``avatar`` extractor, or a function returning it (called after the checks,
+            since the first use may train the net); default ``get_extractor("avatar")``.
+        batch_size: images per forward pass.
+        label_names, label_values: the generator's labels and their class names (default:
+            what the source recorded; class names fall back to the procedural schema's).
+        notes: list that receives what was skipped and why.
+
+    Raises:
+        SourceError: not a conditional generator, unnamed labels, or no label the net knows.
+    """
+    from avatarforge.data.procedural import SCHEMA
+    from avatarforge.eval.sources import GeneratorSource, SourceError
+
+    notes = notes if notes is not None else []
+
+    if not isinstance(source, GeneratorSource):
+        raise SourceError("metric 'attr' needs a conditional generator as the source (a run directory)")
+    dims = list(getattr(source.G, "label_dims", []) or [])
+    if not dims:
+        raise SourceError(
+            "metric 'attr' needs a conditional model (trained with labels); this one is unconditional"
+        )
+    names = list(label_names or getattr(source, "label_names", []) or [])
+    values = [list(v) for v in (label_values or getattr(source, "label_values", []) or [])]
+    if len(names) != len(dims):
+        raise SourceError(
+            f"metric 'attr': the model has {len(dims)} label(s) but their names are unknown; pass "
+            "label_names (the run's checkpoint records them as label_names)"
+        )
+    # Built only now: the checks above are cheap, the avatar net may be trained on first use.
+    if avatar is None:
+        from avatarforge.eval.extractors import get_extractor
+
+        avatar = get_extractor("avatar")
+    elif not isinstance(avatar, FeatureExtractor) and callable(avatar):
+        avatar = avatar()
+    maps: dict[int, np.ndarray] = {}
+    for i, (name, k) in enumerate(zip(names, dims)):
+        if name not in avatar.net.categorical_names:
+            notes.append(f"attr: label {name!r} is not an attribute the avatar net knows; skipped")
+            continue
+        vals = (
+            values[i]
+            if i < len(values) and values[i]
+            else (list(SCHEMA[name].values) if name in SCHEMA.names else [])
+        )
+        if len(vals) != k:
+            notes.append(f"attr: class names of label {name!r} unknown ({k} classes); skipped")
+            continue
+        known = avatar.class_names(name)
+        maps[i] = np.array([known.index(v) if v in known else -1 for v in vals])
+    if not maps:
+        raise SourceError(f"metric 'attr': none of the labels {names} can be judged by the avatar net")
+    correct = dict.fromkeys(maps, 0)
+    total = dict.fromkeys(maps, 0)
+    for images, labels in source.float_batches(batch_size):
+        preds = avatar.attribute_predictions(images, include_continuous=False)
+        lab = labels.cpu().numpy()
+        for i, cmap in maps.items():
+            want = cmap[lab[:, i]]
+            ok = want >= 0
+            got = preds[names[i]].argmax(1)
+            correct[i] += int((got[ok] == want[ok]).sum())
+            total[i] += int(ok.sum())
+    out = {f"attr_acc_{names[i]}": correct[i] / max(1, total[i]) for i in maps}
+    out = {"attr_acc": float(np.mean(list(out.values()))), **out}
+    return out
+
+
+# ============================================================================ reconstruction
+def reconstruction_metrics(
+    vae: Any,
+    reference: ImageSource | None,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    notes: list[str] | None = None,
+) -> dict[str, float]:
+    """Metric ``recon``: MSE, PSNR and SSIM of a VAE's reconstructions of the reference images.
+
+    Each image is encoded to its posterior mean and decoded (no sampling). A conditional VAE
+    gets the reference's labels when it is a packed data set with the same label names, else
+    the "unknown" class (with a note).
+
+    Args:
+        vae: a model with ``encode``/``decode`` (a :class:`~avatarforge.models.vae.VAE`).
+        reference: the images (an :class:`~avatarforge.eval.sources.ImageSource`).
+        batch_size: images per forward pass.
+        device: where to run when ``vae`` has no parameters to say it.
+        notes: list that receives notes.
+
+    Raises:
+        SourceError: ``vae`` has no encode/decode, or no reference is given.
+    """
+    from avatarforge.eval.sources import PackedSource, SourceError
+
+    notes = notes if notes is not None else []
+    if vae is None or not (hasattr(vae, "encode") and hasattr(vae, "decode")):
+        raise SourceError("metric 'recon' needs a VAE (a model with encode/decode), e.g. a VAE run directory")
+    ref = reference
+    if ref is None:
+        raise SourceError("metric 'recon' compares against reference images: pass a reference")
+    channels = int(getattr(vae, "channels", 3))
+    label_dims = list(getattr(vae, "label_dims", []) or [])
+    names = list(getattr(vae, "label_names", []) or [])
+    param = next(vae.parameters(), None)
+    dev = param.device if param is not None else torch.device(device)
+    batches: Iterable[tuple[np.ndarray, torch.Tensor | None]]
+    if isinstance(ref, PackedSource):
+        from avatarforge.data.dataset import PackedDataset, label_indices
+
+        ds = PackedDataset(ref.path, channels=channels)  # type: ignore[arg-type]
+        use_labels = (
+            bool(label_dims) and len(names) == len(label_dims) and all(n in ds.schema.names for n in names)
+        )
+
+        def gen_packed() -> Iterable[tuple[np.ndarray, torch.Tensor | None]]:
+            for s in range(0, len(ref), batch_size):
+                idx = ref.indices[s : s + batch_size]
+                lab = (
+                    label_indices(torch.from_numpy(ds.labels[idx]), ds.schema, names) if use_labels else None
+                )
+                yield ds.images_uint8(idx), lab
+
+        batches = gen_packed()
+    else:
+        use_labels = False
+
+        def gen_plain() -> Iterable[tuple[np.ndarray, torch.Tensor | None]]:
+            for b in ref.batches(batch_size):
+                if channels == 4:
+                    b = np.concatenate([b, np.full((*b.shape[:-1], 1), 255, np.uint8)], -1)
+                yield b, None
+
+        batches = gen_plain()
+    if label_dims and not use_labels:
+        notes.append("recon: the reference has no matching labels; the conditional VAE got 'unknown' labels")
+    m_all, p_all, s_all = [], [], []
+    vae_mode = vae.training
+    vae.eval()
+    try:
+        with torch.no_grad():
+            for u8, lab in batches:
+                x = (
+                    torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(dev)
+                )  # (B, C, H, W)
+                if label_dims and lab is None:
+                    lab = torch.tensor(label_dims).expand(x.shape[0], -1)  # index num_classes = unknown
+                lab = lab.to(dev) if lab is not None else None
+                mu, _ = vae.encode(x, lab)
+                x_hat = vae.decode(mu, lab).float().clamp(-1, 1)
+                m_all.append(mse(x, x_hat).cpu())
+                p_all.append(psnr(x, x_hat).cpu())
+                s_all.append(ssim(x, x_hat).cpu())
+    finally:
+        vae.train(vae_mode)
+    return {
+        "mse": float(torch.cat(m_all).mean()),
+        "psnr": float(torch.cat(p_all).mean()),
+        "ssim": float(torch.cat(s_all).mean()),
+    }
+
+
 # ============================================================================ registry
 @dataclass(frozen=True)
 class Metric:
@@ -658,22 +849,15 @@ register_metric(
 )(_swd_compare)
 
 
-def _needs_context(name: str) -> Callable[..., dict[str, float]]:
-    def compute(*args: Any, **kwargs: Any) -> dict[str, float]:
-        raise RuntimeError(f"metric {name!r} is computed by avatarforge.eval.evaluate (it needs a model)")
-
-    return compute
-
-
 register_metric(
     "attr",
     "generator",
     description="attribute accuracy of a conditional generator, judged by the avatar attribute net",
     keys=("attr_acc",),
-)(_needs_context("attr"))
+)(attribute_accuracy)
 register_metric(
     "recon",
     "reconstruction",
     description="reconstruction MSE / PSNR / SSIM of a VAE on the reference images",
     keys=("mse", "psnr", "ssim"),
-)(_needs_context("recon"))
+)(reconstruction_metrics)
