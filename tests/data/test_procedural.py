@@ -19,6 +19,23 @@ def digest(img: np.ndarray) -> str:
     return hashlib.sha256(img.tobytes()).hexdigest()
 
 
+# --------------------------------------------------------------------------- the package's front door
+def test_the_package_exposes_the_public_api():
+    """avatarforge.data.procedural became a package (#16); its names stayed where they were."""
+    public = {
+        "ACCENT_COLORS", "BACKGROUND_COLORS", "EXPRESSION_ATTRIBUTES", "EYE_COLORS", "HAIR_COLORS",
+        "IDENTITY_ATTRIBUTES", "MAX_SIZE", "MIN_SIZE", "NEUTRAL_EXPRESSION", "OUTFIT_COLORS",
+        "PART_NAMES", "SCHEMA", "SKIN_TONES", "check_size", "nearest_color", "random_expression",
+        "render", "render_avatar", "render_background", "render_expressions", "sample_attributes",
+    }  # fmt: skip
+    assert set(P.__all__) == public
+    also = ("HAIR_STYLES", "BANGS_STYLES", "EYE_SHAPES", "EYEBROW_STYLES", "MOUTH_STYLES",
+            "BLUSH_STYLES", "ACCESSORIES", "OUTFIT_STYLES", "BACKGROUND_KINDS", "Color")  # fmt: skip
+    for name in (*public, *also):
+        assert hasattr(P, name), name
+    assert P.SCHEMA["hair_style"].values == P.HAIR_STYLES
+
+
 # --------------------------------------------------------------------------- schema / attributes
 def test_schema_names_and_ranges():
     names = P.SCHEMA.names
