@@ -27,8 +27,13 @@ def test_ms_ssim_basics():
         ms_ssim(x[..., :4, :4], x[..., :4, :4])
 
 
-# Floors measured on these fixtures, 100 steps at lr 0.1, asserted with a margin: the untrained
-# StyleGAN (w+) 18.5 dB from a 7.3 dB start; the 160-step cgan (z) 38.6 dB from 26.2 dB.
+# Floors from the spread measured by tools/numerics_spread.py (docs/testing.md), 100 steps at
+# lr 0.1: the untrained StyleGAN (w+, no training, so the same everywhere): 18.5 dB from a 7.3 dB
+# start on every setting. The 160-step cgan (z), whose weights differ from CPU to CPU: 35.0-39.1
+# dB, a gain of 12.4-17.0 dB over the start, across bf16 and fp32/avx2 kernels, 1 and 2
+# threads, an idle and a loaded core and training seeds 0-3; an Intel Xeon with AMX: 31.9 dB
+# from a 16.6 dB start. The floors (28 dB, +8 dB) sit well below all of them; what they still
+# catch is an inversion that does not converge (it stays near its start).
 # (A random StyleGAN is a rough landscape; trained ones invert better.)
 def test_invert_a_generated_stylegan_image(sg_pipe, tmp_path, record_number):
     target = sg_pipe(seeds=[555]).images[0]
@@ -57,7 +62,7 @@ def test_invert_a_generated_cgan_image(cgan_pipe, tmp_path, record_number):
     record_number("psnr", res.psnr)
     record_number("gain", res.psnr - res.init_psnr)
     assert res.params["space"] == "z" and res.latent.labels.tolist() == [[3 + 6]]  # green
-    assert res.psnr >= 33.0 and res.psnr > res.init_psnr + 5
+    assert res.psnr >= 28.0 and res.psnr >= res.init_psnr + 8
 
 
 def test_zero_steps_is_the_initialisation(sg_pipe):

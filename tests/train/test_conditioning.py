@@ -95,5 +95,7 @@ def test_short_cgan_run_follows_requested_hair_colour(avatars, tmp_path, record_
     )
     record_number("accuracy", accuracy)
     record_number("shifted", shifted)
+    # Measured (tools/numerics_spread.py, docs/testing.md): accuracy 0.91-0.98, shifted 0.00-0.04
+    # over bf16 and fp32/avx2 kernels, 1 and 2 threads, idle and loaded, training seeds 0-3.
     assert accuracy >= 0.5, accuracy  # 5.5x chance
     assert shifted <= 0.25, shifted
