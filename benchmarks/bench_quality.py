@@ -81,8 +81,7 @@ def train_for_cpu(
     in the run directory.
     """
     from avatarforge.config import build_train_config
-    from avatarforge.train import GANTrainer, VAETrainer
-    from avatarforge.train.vae import is_vae_model
+    from avatarforge.train import make_trainer
 
     torch.set_num_threads(1)
     cfg = build_train_config(
@@ -108,8 +107,7 @@ def train_for_cpu(
         elif time.process_time() - start[0] >= cpu_minutes * 60:
             trainer.stop.request("cpu-budget")
 
-    trainer_cls = VAETrainer if is_vae_model(model) else GANTrainer
-    trainer = trainer_cls(cfg, step_hook=budget)
+    trainer = make_trainer(cfg, step_hook=budget)
     t0 = time.perf_counter()
     run_dir = trainer.fit()
     used = {

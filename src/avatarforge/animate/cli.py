@@ -373,8 +373,8 @@ def _cmd_render(a: argparse.Namespace) -> int:
 # =============================================================================== train
 def _cmd_train(a: argparse.Namespace) -> int:
     from avatarforge.animate.config import build_animator_config
-    from avatarforge.animate.trainer import AnimatorTrainer
     from avatarforge.config import ConfigError, parse_overrides, to_yaml
+    from avatarforge.train.families import train
 
     bad = [t for t in a.overrides if not _OVERRIDE_RE.match(t)]
     if bad:
@@ -405,7 +405,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if a.dry_run:
         print(to_yaml(cfg), end="")
         return EXIT_OK
-    AnimatorTrainer(cfg, resume=a.resume).fit()
+    train(cfg, resume=a.resume)
     return EXIT_OK
 
 

@@ -2,7 +2,9 @@
 
 Its own dataclass tree (``avatarforge animate train``'s ``key=value`` overrides address it),
 built with the generic machinery of :mod:`avatarforge.config` (YAML files, overrides, typed
-errors). Importing it does not import torch.
+errors). Importing it does not import torch; it registers the ``animator`` training family
+(:func:`avatarforge.train.train` picks :class:`~avatarforge.animate.trainer.AnimatorTrainer`
+for an :class:`AnimatorConfig`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from avatarforge.config import PerfConfig, check_all, checkpoint_minutes_check, layered_config
+from avatarforge.train.families import register_family
 
 __all__ = [
     "AnimatorConfig",
@@ -189,3 +192,13 @@ def build_animator_config(
 ) -> AnimatorConfig:
     """Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``."""
     return layered_config(AnimatorConfig, config_file=config_file, cli=cli, overrides=overrides)
+
+
+def _trainer() -> type:
+    from avatarforge.animate.trainer import AnimatorTrainer
+
+    return AnimatorTrainer
+
+
+# The animator is a family of the training engine: avatarforge.train.train(config) trains it.
+register_family("animator", AnimatorConfig, _trainer)

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avatarforge.animate.config import AnimatorLossConfig
 from avatarforge.animate.pairs import FACE_PARTS, PairBatch, part_mask
 
 __all__ = ["flow_tv", "gan_d_loss", "gan_g_loss", "pair_weight", "weighted_recon"]
@@ -34,23 +33,28 @@ def weighted_recon(pred: Tensor, target: Tensor, weight: Tensor) -> tuple[Tensor
     return (d.square() * weight).mean() / wm, (d.abs() * weight).mean() / wm
 
 
-def pair_weight(batch: PairBatch, loss: AnimatorLossConfig) -> Tensor:
-    """``(B, 1, S, S)`` per-pixel loss weight: 1 + face parts + mouth + changed pixels (dilated)."""
+def pair_weight(
+    batch: PairBatch, *, face_weight: float, mouth_weight: float, change_weight: float, dilate: int
+) -> Tensor:
+    """``(B, 1, S, S)`` per-pixel loss weight: 1 + ``face_weight`` on the face parts of source
+    or target + ``mouth_weight`` on the mouth + ``change_weight`` where source and target
+    differ, each region dilated by ``dilate`` pixels (the ``loss.*`` settings of the same names;
+    ``loss.face_dilate``)."""
     sp, tp = batch.source_parts, batch.target_parts
     w = torch.ones(sp.shape[0], 1, *sp.shape[1:], device=batch.source.device)
-    r = loss.face_dilate
+    r = dilate
 
-    def dilate(m: Tensor) -> Tensor:
+    def grow(m: Tensor) -> Tensor:
         m = m.float()[:, None]
         return F.max_pool2d(m, 2 * r + 1, stride=1, padding=r) if r > 0 else m
 
-    if loss.face_weight > 0:
-        w = w + loss.face_weight * dilate(part_mask(sp, FACE_PARTS) | part_mask(tp, FACE_PARTS))
-    if loss.mouth_weight > 0:
-        w = w + loss.mouth_weight * dilate(part_mask(sp, ("mouth",)) | part_mask(tp, ("mouth",)))
-    if loss.change_weight > 0:
+    if face_weight > 0:
+        w = w + face_weight * grow(part_mask(sp, FACE_PARTS) | part_mask(tp, FACE_PARTS))
+    if mouth_weight > 0:
+        w = w + mouth_weight * grow(part_mask(sp, ("mouth",)) | part_mask(tp, ("mouth",)))
+    if change_weight > 0:
         changed = (batch.source - batch.target).abs().amax(1) > 0.1  # 5% in [0, 1] units
-        w = w + loss.change_weight * dilate(changed)
+        w = w + change_weight * grow(changed)
     return w
 
 

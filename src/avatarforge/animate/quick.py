@@ -12,9 +12,9 @@ from typing import Any
 
 from avatarforge.animate.config import build_animator_config
 from avatarforge.animate.pairs import HELDOUT, TRAIN, PairSpec, build_or_open_cache
-from avatarforge.animate.trainer import AnimatorTrainer
 from avatarforge.config import ConfigError
 from avatarforge.train.checkpoint import find_checkpoint
+from avatarforge.train.families import train
 
 __all__ = ["QUICK_HELDOUT", "QUICK_IDENTITIES", "find_animator_run", "train_animator"]
 
@@ -146,5 +146,4 @@ def train_animator(
     # What is left, less a reserve for the final evaluation and checkpoint (~5% of the run).
     left = minutes - (time.monotonic() - t0) / 60
     cfg.minutes = max(0.02, left * 0.95 - 0.1)
-    trainer = AnimatorTrainer(cfg, resume=run)
-    return trainer.fit()
+    return train(cfg, resume=run)

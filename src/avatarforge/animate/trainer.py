@@ -224,7 +224,15 @@ class AnimatorTrainer(Trainer):
         with self._autocast():
             st = self.G.encode(src)
             pred, flow, _mask, _gen = self.G.decode(*st.tensors(), ctrl)
-            mse, l1 = weighted_recon(pred, tgt, pair_weight(batch, cfg.loss))
+            lo = cfg.loss
+            weight = pair_weight(
+                batch,
+                face_weight=lo.face_weight,
+                mouth_weight=lo.mouth_weight,
+                change_weight=lo.change_weight,
+                dilate=lo.face_dilate,
+            )
+            mse, l1 = weighted_recon(pred, tgt, weight)
             tv = flow_tv(flow.float())
             loss_g = cfg.loss.mse_weight * mse + cfg.loss.l1_weight * l1 + cfg.loss.flow_tv * tv
             stats = {"mse": mse.detach(), "l1": l1.detach(), "tv": tv.detach()}

@@ -10,6 +10,7 @@ Quick start (see ``docs/evaluation.md``)::
 Command line: ``avatarforge eval SOURCE --ref REF [--metrics fid,kid,pr,swd] [--extractor avatar|inception]``.
 
 Modules: :mod:`.evaluate` (the API and the training hook :func:`make_metric_fn`),
+:mod:`.training_hook` (:func:`metric_fn_from_config`: the hook a config's ``log.metrics`` names),
 :mod:`.metrics` (metric functions and registry), :mod:`.extractors` (feature-extractor
 interface and registry), :mod:`.inception` (FID Inception-v3), :mod:`.avatar_net` (the
 avatar attribute network), :mod:`.sources` (image sources), :mod:`.stats_cache`
@@ -27,6 +28,7 @@ __all__ = [
     "list_extractors",
     "list_metrics",
     "make_metric_fn",
+    "metric_fn_from_config",
     "register_extractor",
     "register_metric",
 ]
@@ -35,6 +37,7 @@ _LAZY = {
     "EvalResult": "avatarforge.eval.evaluate",
     "evaluate": "avatarforge.eval.evaluate",
     "make_metric_fn": "avatarforge.eval.evaluate",
+    "metric_fn_from_config": "avatarforge.eval.training_hook",
     "get_extractor": "avatarforge.eval.extractors",
     "list_extractors": "avatarforge.eval.extractors",
     "register_extractor": "avatarforge.eval.extractors",

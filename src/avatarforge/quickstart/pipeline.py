@@ -610,7 +610,8 @@ class _Quickstart:
 
     def stage_generator(self) -> None:
         from avatarforge.config import build_train_config
-        from avatarforge.train import GANTrainer
+        from avatarforge.eval import metric_fn_from_config
+        from avatarforge.train import make_trainer
 
         t = time.monotonic()
         o = self.o
@@ -636,7 +637,7 @@ class _Quickstart:
                     "log.checkpoint_every_kimg=10",
                 ],
             )
-            return GANTrainer(cfg, resume=resume)
+            return make_trainer(cfg, resume=resume, metric_fn=metric_fn_from_config(cfg))
 
         run, info = self._train("generator", make)
         self._record(
@@ -654,7 +655,7 @@ class _Quickstart:
 
     def stage_animator(self) -> None:
         from avatarforge.animate.config import build_animator_config
-        from avatarforge.animate.trainer import AnimatorTrainer
+        from avatarforge.train import make_trainer
 
         t = time.monotonic()
         o = self.o
@@ -677,7 +678,7 @@ class _Quickstart:
                     "log.checkpoint_every_kimg=4",
                 ]
             )
-            return AnimatorTrainer(cfg, resume=resume)
+            return make_trainer(cfg, resume=resume)
 
         self.p.note("training pairs come from the procedural renderer (rendered once, then cached)")
         run, info = self._train("animator", make)

@@ -254,7 +254,8 @@ def _cmd_transfer(a: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- train
 def _cmd_train(a: argparse.Namespace) -> int:
     from avatarforge.config import ConfigError, parse_overrides, to_yaml
-    from avatarforge.style.train_cyclegan import CycleGANTrainer, build_cyclegan_config
+    from avatarforge.style.train_cyclegan import build_cyclegan_config
+    from avatarforge.train.families import train
 
     data = [t for t in a.inputs if not _OVERRIDE_RE.match(t)]
     overrides = parse_overrides([t for t in a.inputs if _OVERRIDE_RE.match(t)])
@@ -286,7 +287,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if a.dry_run:
         print(to_yaml(cfg), end="")
         return EXIT_OK
-    CycleGANTrainer(cfg, resume=a.resume).fit()
+    train(cfg, resume=a.resume)
     return EXIT_OK
 
 

@@ -55,6 +55,7 @@ from avatarforge.models.cyclegan import CycleGANGenerator, PatchDiscriminator
 from avatarforge.train.checkpoint import Snapshot, find_checkpoint
 from avatarforge.train.common import autocast, derive_seed, make_generator
 from avatarforge.train.engine import Optimizer, Trainer
+from avatarforge.train.families import register_family
 from avatarforge.train.guard import TrainingDiverged
 
 __all__ = [
@@ -514,6 +515,10 @@ class CycleGANTrainer(Trainer):
             )
         for name, pool in (("a", self.pool_a), ("b", self.pool_b)):
             pool.load(snap.tensors.get(f"pool/{name}"), self.device)
+
+
+# CycleGAN is a family of the training engine: avatarforge.train.train(config) trains it.
+register_family("cyclegan", CycleGANConfig, lambda: CycleGANTrainer)
 
 
 # =============================================================================== applying a model

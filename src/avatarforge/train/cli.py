@@ -1,9 +1,10 @@
-"""The ``avatarforge train`` command: flags -> :class:`~avatarforge.config.TrainConfig` -> a trainer.
+"""The ``avatarforge train`` command: flags -> :class:`~avatarforge.config.TrainConfig` -> :func:`avatarforge.train.train`.
 
 GAN families (``dcgan``, ``cgan``, ``infogan``, ``stylegan``) train with
 :class:`~avatarforge.train.gan.GANTrainer`, VAE families (``vae``, ``cvae``: models
-registered with role ``"vae"``) with :class:`~avatarforge.train.vae.VAETrainer`; both write
-the same run directory layout and resume the same way.
+registered with role ``"vae"``) with :class:`~avatarforge.train.vae.VAETrainer`
+(:func:`~avatarforge.train.families.trainer_class` picks); both write the same run directory
+layout and resume the same way.
 
 ``add_train_arguments(parser)`` adds the flags to any ``argparse`` parser (the main CLI's
 ``train`` sub-command, or this module's own parser for ``python -m avatarforge.train``);
@@ -11,7 +12,9 @@ the same run directory layout and resume the same way.
 
 * 0: finished, or stopped by ``--minutes`` / SIGINT / SIGTERM with a checkpoint written;
 * 2: a usage or configuration error (message names the key/flag and what is accepted);
-* 3: training diverged (NaN/Inf kept coming back, see ``max_nan_events``).
+* 3: training diverged (NaN/Inf kept coming back, see ``max_nan_events``);
+* 4: the run could not be written (e.g. a full disk while writing a checkpoint): one line
+  naming the error, after the trainer's line naming the newest complete checkpoint.
 
 Only this module's light imports run when the parser is built; torch is imported by
 ``train_main``.
@@ -36,7 +39,7 @@ from avatarforge.config import (
 
 __all__ = ["add_train_arguments", "build_parser", "config_from_args", "main", "train_main"]
 
-EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_WRITE = 0, 2, 3, 4
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -145,43 +148,11 @@ def _check_model_name(name: str) -> None:
         raise ConfigError(f"unknown model {name!r}{hint} (trainable models: {', '.join(trainable)})")
 
 
-def _trainer_class(model_name: str) -> type:
-    """:class:`VAETrainer` for models registered with role ``"vae"``, else :class:`GANTrainer`."""
-    from avatarforge.models.registry import list_models
-
-    if model_name in list_models("vae"):
-        from avatarforge.train.vae import VAETrainer
-
-        return VAETrainer
-    from avatarforge.train.gan import GANTrainer
-
-    return GANTrainer
-
-
 def _file_names_model(path: str | Path) -> bool:
     from avatarforge.config import load_yaml
 
     model = load_yaml(path).get("model")
     return isinstance(model, dict) and bool(model.get("name"))
-
-
-def metric_fn_from_config(cfg: Any) -> Any:
-    """The in-training evaluation hook ``log.metrics`` asks for (None when empty).
-
-    Metrics are computed on ``log.metric_images`` samples of the EMA generator against the
-    run's data set, every ``log.metric_every_kimg`` and at the end, appended to
-    ``metrics.jsonl``; ``log.best_metric`` keeps ``checkpoints/best/`` by one of them.
-    """
-    if not cfg.log.metrics:
-        return None
-    from avatarforge.eval import list_metrics, make_metric_fn
-
-    unknown = [m for m in cfg.log.metrics if m not in list_metrics()]
-    if unknown:
-        raise ConfigError(f"log.metrics: unknown {unknown}; valid metrics: {', '.join(list_metrics())}")
-    return make_metric_fn(
-        metrics=list(cfg.log.metrics), num_images=cfg.log.metric_images, extractor=cfg.log.metric_extractor
-    )
 
 
 def train_main(args: argparse.Namespace) -> int:
@@ -197,8 +168,10 @@ def train_main(args: argparse.Namespace) -> int:
             return EXIT_OK
         for n in notes:
             print(n, file=sys.stderr)
-        trainer_class = _trainer_class(cfg.model.name)
-        trainer_class(cfg, resume=args.resume, metric_fn=metric_fn_from_config(cfg)).fit()
+        from avatarforge.eval import metric_fn_from_config
+        from avatarforge.train.families import train
+
+        train(cfg, resume=args.resume, metric_fn=metric_fn_from_config(cfg))
         return EXIT_OK
     except (ConfigError, MissingDependencyError, FileNotFoundError, ValueError) as e:
         # User errors (bad key/value, missing data set, batch larger than the data set, ...)
@@ -208,6 +181,11 @@ def train_main(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"avatarforge train: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except OSError as e:
+        # A failed write (ENOSPC, EFBIG, EACCES, ...): the trainer has already named the newest
+        # complete checkpoint and the resume command; a traceback would add nothing.
+        print(f"avatarforge train: error: {e}", file=sys.stderr)
+        return EXIT_WRITE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
