@@ -34,6 +34,10 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+# ConfigError is defined on the ground floor (avatarforge.errors) so that layers below config
+# (device selection) can raise it; avatarforge.config.ConfigError stays its documented name.
+from avatarforge.errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -61,10 +65,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message names it and what is accepted."""
 
 
 # --------------------------------------------------------------------------- the schema

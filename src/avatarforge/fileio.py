@@ -1,4 +1,4 @@
-"""Atomic file and directory writes.
+"""Files on disk: atomic writes, advisory locks, the cache directory, content hashes.
 
 Everything AvatarForge writes (checkpoints, data sets, reports, images) goes through these
 helpers so that a killed process never leaves a half-written file under the final name:
@@ -13,7 +13,9 @@ killed process left behind from what a live one is still writing.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
+import hashlib
 import json
 import os
 import re
@@ -41,13 +43,20 @@ def _pid_alive(pid: int) -> bool:
 
 
 __all__ = [
+    "CACHE_ENV",
     "atomic_directory",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "atomic_writer",
+    "default_cache_dir",
+    "file_lock",
+    "file_sha256",
     "remove_stale_temp",
 ]
+
+#: Environment variable naming the cache directory (reference statistics, downloaded weights).
+CACHE_ENV = "AVATARFORGE_CACHE"
 
 
 @contextlib.contextmanager
@@ -180,3 +189,53 @@ def remove_stale_temp(directory: str | os.PathLike) -> list[Path]:
                 os.replace(entry, target)  # the replacement never arrived: keep the previous
             touched.append(entry)
     return touched
+
+
+def default_cache_dir() -> Path:
+    """``$AVATARFORGE_CACHE``, else ``~/.cache/avatarforge`` (not created here)."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "avatarforge"
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive advisory lock on ``path`` (created if needed) for the duration of the block.
+
+    Two processes filling the same cache entry then compute it once: the second waits and
+    finds the entry written.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike, *, memoize: bool = False) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks.
+
+    With ``memoize``, the digest is remembered per (resolved path, size, mtime) for the life
+    of the process: for weights hashed again on every extractor load. Integrity checks
+    leave it off, since a corrupted file can keep its size and mtime.
+    """
+    p = Path(path)
+    key = None
+    if memoize:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        if key in _HASH_MEMO:
+            return _HASH_MEMO[key]
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if key is not None:
+        _HASH_MEMO[key] = digest
+    return digest

@@ -54,7 +54,7 @@ from avatarforge.data.procedural import (
     sample_attributes,
 )
 from avatarforge.models.animator import CONTROL_NAMES
-from avatarforge.train.common import derive_seed
+from avatarforge.train.schedule import derive_seed
 
 __all__ = [
     "FACE_PARTS",
@@ -437,7 +437,7 @@ def build_or_open_cache(
 ) -> PairCache:
     """The cache for ``spec`` under ``root`` (default: the AvatarForge cache directory),
     rendering it first if absent. Concurrent callers wait on a lock instead of rendering twice."""
-    from avatarforge.eval.stats_cache import default_cache_dir, file_lock
+    from avatarforge.fileio import default_cache_dir, file_lock
 
     path = cache_dir_for(root if root else default_cache_dir(), spec)
     path.parent.mkdir(parents=True, exist_ok=True)

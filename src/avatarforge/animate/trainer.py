@@ -63,13 +63,14 @@ from avatarforge.animate.pairs import (
     soften_pairs,
 )
 from avatarforge.config import ConfigError
+from avatarforge.device import autocast
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.animator import AnimatorDiscriminator, ExpressionAnimator
 from avatarforge.train.checkpoint import Snapshot
-from avatarforge.train.common import autocast, derive_seed
 from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.engine import Optimizer, Trainer
 from avatarforge.train.guard import TrainingDiverged
+from avatarforge.train.schedule import derive_seed
 
 __all__ = ["AnimatorTrainer", "TrainingDiverged"]
 

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avatarforge.eval.features import FeatureExtractor, ImageBatch, file_sha256, to_unit_float
+from avatarforge.eval.features import FeatureExtractor, ImageBatch, to_unit_float
+from avatarforge.fileio import file_sha256
 from avatarforge.models.avatar_net import AvatarAttributeNet
 from avatarforge.models.base import CONFIG_NAME, WEIGHTS_NAME
 
@@ -334,7 +335,7 @@ def evaluate_avatar_net(net: AvatarAttributeNet, images: np.ndarray, labels: np.
 
 # ----------------------------------------------------------------------------- cache
 def _cache_entry(recipe: AvatarNetRecipe, cache_dir: str | os.PathLike | None) -> Path:
-    from avatarforge.eval.stats_cache import default_cache_dir
+    from avatarforge.fileio import default_cache_dir
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return root / "avatar_net" / recipe.hash()
@@ -360,8 +361,7 @@ def load_or_train_avatar_net(
     Returns ``(net, report, cache entry directory)``. Concurrent callers wait on a lock
     instead of training twice. The report gains ``weights_sha256``.
     """
-    from avatarforge.eval.stats_cache import file_lock
-    from avatarforge.fileio import atomic_directory, atomic_write_json
+    from avatarforge.fileio import atomic_directory, atomic_write_json, file_lock
 
     entry = _cache_entry(recipe, cache_dir)
     loaded = _load_entry(entry)
@@ -377,14 +377,14 @@ def load_or_train_avatar_net(
                 net, report = train_avatar_net(recipe, progress=progress)
                 with atomic_directory(entry, overwrite=True) as tmp:
                     net.save_pretrained(tmp)
-                    report["weights_sha256"] = file_sha256(tmp / WEIGHTS_NAME)
+                    report["weights_sha256"] = file_sha256(tmp / WEIGHTS_NAME, memoize=True)
                     atomic_write_json(tmp / REPORT_NAME, report)
                 loaded = (net, report)
                 if progress:
                     print(f"avatar net: held-out accuracy {report['accuracy']}", file=sys.stderr)
     net, report = loaded
     if "weights_sha256" not in report:
-        report["weights_sha256"] = file_sha256(entry / WEIGHTS_NAME)
+        report["weights_sha256"] = file_sha256(entry / WEIGHTS_NAME, memoize=True)
     return net, report, entry
 
 
@@ -423,7 +423,7 @@ class AvatarExtractor(FeatureExtractor):
             loaded = _load_entry(w)
             assert loaded is not None
             self.net, self.report = loaded
-            self.report.setdefault("weights_sha256", file_sha256(w / WEIGHTS_NAME))
+            self.report.setdefault("weights_sha256", file_sha256(w / WEIGHTS_NAME, memoize=True))
             self.entry = w
         else:
             self.net, self.report, self.entry = load_or_train_avatar_net(

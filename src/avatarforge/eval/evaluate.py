@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from avatarforge import __version__
-from avatarforge.eval.extractors import FeatureExtractor, get_extractor, resolve_device
+from avatarforge.device import resolve_device
+from avatarforge.eval.extractors import FeatureExtractor, get_extractor
 from avatarforge.eval.metrics import Metric, get_metric
 from avatarforge.eval.sources import GeneratorSource, ImageSource, SourceError, open_source
 from avatarforge.eval.stats_cache import FeatureSet, StatsCache, cache_key

@@ -31,24 +31,22 @@ from typing import Any
 
 import torch
 
+from avatarforge.device import resolve_device
+
 # The interface lives in .features (the implementations import it from there); it is part
 # of this module's API too, so `from avatarforge.eval.extractors import FeatureExtractor` works.
 from avatarforge.eval.features import (
     FeatureExtractor,
     ImageBatch,
-    file_sha256,
-    resolve_device,
     to_unit_float,
 )
 
 __all__ = [
     "FeatureExtractor",
     "ImageBatch",
-    "file_sha256",
     "get_extractor",
     "list_extractors",
     "register_extractor",
-    "resolve_device",
     "to_unit_float",
 ]
 

@@ -7,33 +7,16 @@ keeping the interface apart from the registry keeps those imports one-way.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["FeatureExtractor", "ImageBatch", "file_sha256", "resolve_device", "to_unit_float"]
+__all__ = ["FeatureExtractor", "ImageBatch", "to_unit_float"]
 
 #: What extractors (and metrics) accept as a batch of images.
 ImageBatch = np.ndarray | torch.Tensor
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> CUDA if available else CPU; otherwise ``torch.device(device)``.
-
-    Raises:
-        ValueError: CUDA was asked for but is not available (names the fix).
-    """
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 def to_unit_float(images: ImageBatch, device: str | torch.device | None = None) -> torch.Tensor:
@@ -75,23 +58,6 @@ def to_unit_float(images: ImageBatch, device: str | torch.device | None = None) 
     elif c == 1:
         x = x.expand(-1, 3, -1, -1)
     return x.contiguous()
-
-
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (memoised per path, size and mtime within the process)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
 
 
 class FeatureExtractor(ABC):

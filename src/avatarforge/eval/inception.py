@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avatarforge.eval.features import FeatureExtractor, file_sha256
+from avatarforge.eval.features import FeatureExtractor
+from avatarforge.fileio import file_sha256
 
 __all__ = [
     "INCEPTION_FEATURE_DIM",
@@ -61,7 +62,7 @@ def default_weights_path() -> Path:
     """Where the Inception weights are looked for without ``--weights``:
     ``$AVATARFORGE_CACHE/weights/pt_inception-2015-12-05-6726825d.pth`` (cache default
     ``~/.cache/avatarforge``)."""
-    from avatarforge.eval.stats_cache import default_cache_dir
+    from avatarforge.fileio import default_cache_dir
 
     return default_cache_dir() / "weights" / INCEPTION_WEIGHTS_NAME
 
@@ -332,7 +333,7 @@ class InceptionExtractor(FeatureExtractor):
                 state[k] = torch.zeros_like(v)  # unused in eval mode; absent from some exports
         self.net.load_state_dict(state, strict=True)
         self.net.eval().requires_grad_(False)
-        self.weights_sha256 = file_sha256(self.weights_path)
+        self.weights_sha256 = file_sha256(self.weights_path, memoize=True)
         self.to(device)
 
     @property

@@ -18,56 +18,26 @@ atomically; deleting the directory is always safe.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from avatarforge.fileio import atomic_write_json, atomic_writer
+from avatarforge.fileio import atomic_write_json, atomic_writer, default_cache_dir, file_lock
 
 __all__ = [
-    "CACHE_ENV",
     "FeatureSet",
     "StatsCache",
     "cache_key",
-    "default_cache_dir",
-    "file_lock",
 ]
 
-#: Environment variable naming the cache directory.
-CACHE_ENV = "AVATARFORGE_CACHE"
 # Bump when the stored format or the feature pipeline changes in a way that alters numbers.
 _FORMAT_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    """``$AVATARFORGE_CACHE``, else ``~/.cache/avatarforge`` (not created here)."""
-    env = os.environ.get(CACHE_ENV, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "avatarforge"
-
-
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (created if needed) for the duration of the block.
-
-    Two processes filling the same cache entry then compute it once: the second waits and
-    finds the entry written.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def cache_key(content_hash: str, extractor_identity: str, settings: Mapping[str, Any] | None = None) -> str:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from avatarforge.fileio import file_sha256
 from avatarforge.generate.conditioning import (
     LabelInfo,
     apply_codes,
@@ -388,14 +389,6 @@ class GenerationResult:
 
 
 # ----------------------------------------------------------------------------- the pipeline
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def state_sha256(module: nn.Module) -> str:
     """sha256 of ``module``'s weights as :meth:`ConfigModule.save_pretrained` writes them.
 
@@ -408,13 +401,7 @@ def state_sha256(module: nn.Module) -> str:
     return hashlib.sha256(save(state)).hexdigest()
 
 
-_GAN_PREFIX = {"ema": "g_ema_", "g_ema": "g_ema_", "g": "g_"}
-
-
-def _resolve_checkpoint(path: Path, prefix: str) -> Path:
-    from avatarforge.train.checkpoint import find_checkpoint
-
-    return path if (path / f"{prefix}config.json").is_file() else find_checkpoint(path)
+_GAN_ROLES = ("ema", "g_ema", "g")
 
 
 class GeneratorPipeline:
@@ -468,17 +455,25 @@ class GeneratorPipeline:
         device: str | torch.device = "cpu",
         batch_size: int = DEFAULT_BATCH,
     ) -> GeneratorPipeline:
-        """Load from a run directory, its ``checkpoints`` directory or one checkpoint.
+        """Load from a run directory, its ``checkpoints`` directory, one checkpoint, or a
+        quickstart output folder (its generator run); see :func:`avatarforge.runs.resolve_run`.
 
         ``which``: ``"ema"`` (the EMA generator, or a VAE's EMA weights when kept) or ``"g"``.
         """
-        from avatarforge.train.loading import is_vae_checkpoint, load_network, load_vae
+        from avatarforge.runs import (
+            ROLE_PREFIXES,
+            checkpoint_for,
+            is_vae_checkpoint,
+            load_network,
+            load_vae,
+            resolve_run,
+        )
 
-        p = Path(path)
-        if which not in _GAN_PREFIX:
+        if which not in _GAN_ROLES:
             raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
+        p = resolve_run(path, "generator")
         if is_vae_checkpoint(p):
-            ckpt = _resolve_checkpoint(p, "vae_")
+            ckpt = checkpoint_for(p, "vae_")
             prefix = "vae_ema_" if which != "g" and (ckpt / "vae_ema_config.json").is_file() else "vae_"
             vae = load_vae(ckpt, which="ema" if prefix == "vae_ema_" else "vae", device=device)
             G: nn.Module = vae.decoder
@@ -493,8 +488,8 @@ class GeneratorPipeline:
                 "model config",
             )
         else:
-            prefix = _GAN_PREFIX[which]
-            ckpt = _resolve_checkpoint(p, prefix)
+            prefix = ROLE_PREFIXES[which]
+            ckpt = checkpoint_for(p, prefix)
             G = load_network(ckpt, which=which, device=device)
             vae = None
             labels = model_labels(G, p, ckpt)
@@ -502,7 +497,7 @@ class GeneratorPipeline:
         return cls(
             G,
             labels=labels,
-            model_sha256=_file_sha256(weights),
+            model_sha256=file_sha256(weights),
             model_file=weights.name,
             source=p.resolve(),
             which=which,

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from avatarforge import __version__
-from avatarforge.fileio import atomic_write_json, atomic_writer
+from avatarforge.fileio import atomic_write_json, atomic_writer, file_sha256
 
 __all__ = [
     "CONFIG_NAME",
@@ -45,7 +45,6 @@ __all__ = [
     "ModelFileError",
     "TensorInfo",
     "UnknownModelError",
-    "file_sha256",
     "load_pretrained",
     "read_safetensors_header",
 ]
@@ -176,15 +175,6 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
             f"{path}: {what}: the header describes {pos} bytes of tensor data, the file holds {data_len}"
         )
     return out
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2**20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _jsonable(v: Any) -> Any:

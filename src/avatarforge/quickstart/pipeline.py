@@ -172,13 +172,13 @@ def _fmt_s(seconds: float) -> str:
 
 def _checkpoint_info(run: Path) -> dict[str, Any] | None:
     """``{"name", "step", "kimg", "elapsed_s"}`` of a run's latest checkpoint, or None."""
-    from avatarforge.train.checkpoint import STATE_JSON, find_checkpoint
+    from avatarforge.runs import find_checkpoint, read_training_state
 
     try:
         ckpt = find_checkpoint(run)
     except (FileNotFoundError, ValueError):
         return None
-    meta = json.loads((ckpt / STATE_JSON).read_text("utf-8"))
+    meta = read_training_state(ckpt)
     return {
         "name": ckpt.name,
         "step": int(meta.get("step", 0)),
@@ -357,7 +357,7 @@ class _Quickstart:
     # ------------------------------------------------------------------ planning
     def _avatar_net_cached(self) -> bool:
         from avatarforge.eval.avatar_net import DEFAULT_RECIPE
-        from avatarforge.eval.stats_cache import default_cache_dir
+        from avatarforge.fileio import default_cache_dir
 
         return (default_cache_dir() / "avatar_net" / DEFAULT_RECIPE.hash() / "model.safetensors").is_file()
 

@@ -173,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- helpers
 def _device(name: str) -> Any:
-    from avatarforge.train.common import resolve_device
+    from avatarforge.device import resolve_device
 
-    return resolve_device(name)
+    return resolve_device(name, local_rank=0)
 
 
 def _read_image(path: str, what: str) -> Any:

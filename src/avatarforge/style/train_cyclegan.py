@@ -49,14 +49,14 @@ from avatarforge.config import (
     checkpoint_minutes_check,
     layered_config,
 )
+from avatarforge.device import autocast
 from avatarforge.imageio import make_grid, save_image
-from avatarforge.models.base import load_pretrained
 from avatarforge.models.cyclegan import CycleGANGenerator, PatchDiscriminator
-from avatarforge.train.checkpoint import Snapshot, find_checkpoint
-from avatarforge.train.common import autocast, derive_seed, make_generator
+from avatarforge.train.checkpoint import Snapshot
 from avatarforge.train.engine import Optimizer, Trainer
 from avatarforge.train.families import register_family
 from avatarforge.train.guard import TrainingDiverged
+from avatarforge.train.schedule import derive_seed, make_generator
 
 __all__ = [
     "CycleDataConfig",
@@ -532,21 +532,19 @@ def load_translator(
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
-    ckpt = find_checkpoint(path)
-    prefix = "g_ab_" if direction == "a2b" else "g_ba_"
-    model = load_pretrained(ckpt, prefix=prefix, map_location=device)
+    from avatarforge.runs import load_network
+
+    model = load_network(path, which="g_ab" if direction == "a2b" else "g_ba", device=device)
     if not isinstance(model, CycleGANGenerator):
-        raise ValueError(f"{ckpt} holds a {type(model).__name__} under {prefix}, not a CycleGAN generator")
-    return model.eval().requires_grad_(False)
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a CycleGAN generator")
+    return model
 
 
 def checkpoint_resolution(path: str | os.PathLike) -> int | None:
     """The training resolution recorded in a run's latest checkpoint (None if unknown)."""
-    import json
+    from avatarforge.runs import read_training_state
 
-    from avatarforge.train.checkpoint import STATE_JSON
-
-    meta = json.loads((find_checkpoint(path) / STATE_JSON).read_text("utf-8"))
+    meta = read_training_state(path)
     res = meta.get("resolution")
     return int(res) if res else None
 

@@ -52,13 +52,13 @@ from avatarforge.fileio import (
     atomic_write_json,
     atomic_write_text,
     atomic_writer,
+    file_sha256,
     remove_stale_temp,
 )
 from avatarforge.models.base import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     ModelFileError,
-    file_sha256,
     read_safetensors_header,
 )
 

@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from avatarforge.config import ConfigError, TrainConfig, to_dict, to_yaml
+from avatarforge.device import amp_dtype, apply_perf_settings, resolve_device
 from avatarforge.fileio import atomic_write_json, atomic_write_text, remove_stale_temp
 from avatarforge.train import distributed as D_
 from avatarforge.train.checkpoint import (
@@ -71,10 +72,10 @@ from avatarforge.train.checkpoint import (
     save_best,
     save_checkpoint,
 )
-from avatarforge.train.common import amp_dtype, apply_perf_settings, crossed, derive_seed, resolve_device
 from avatarforge.train.guard import NaNEvents, StopSignal, all_finite, nonfinite_names
 from avatarforge.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
 from avatarforge.train.rundir import allocate_run_dir
+from avatarforge.train.schedule import crossed, derive_seed
 
 __all__ = ["Optimizer", "Trainer", "condition_labels"]
 

@@ -36,14 +36,15 @@ import torch
 from torch import Tensor, nn
 
 from avatarforge.config import ConfigError, TrainConfig
+from avatarforge.device import autocast
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.dcgan import reconstruction_target
 from avatarforge.train import distributed as D_
-from avatarforge.train.common import autocast, derive_seed, make_generator
 from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.engine import Optimizer, Trainer
 from avatarforge.train.guard import TrainingDiverged
 from avatarforge.train.losses import d_loss, g_loss, info_loss, r1_penalty, r1_weight
+from avatarforge.train.schedule import derive_seed, make_generator
 
 __all__ = ["GANTrainer", "MetricFn", "StepHook", "TrainingDiverged", "build_gan"]
 

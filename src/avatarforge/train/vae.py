@@ -42,13 +42,14 @@ import torch
 from torch import Tensor, nn
 
 from avatarforge.config import ConfigError, TrainConfig
+from avatarforge.device import autocast
 from avatarforge.imageio import from_uint8, make_grid, save_image
 from avatarforge.train import distributed as D_
 from avatarforge.train.checkpoint import Snapshot
-from avatarforge.train.common import autocast, derive_seed, make_generator
 from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.engine import Optimizer, Trainer
 from avatarforge.train.guard import TrainingDiverged
+from avatarforge.train.schedule import derive_seed, make_generator
 
 __all__ = [
     "EVAL_METRICS",

@@ -1,49 +1,61 @@
-"""Small pieces every training loop shares: device choice, speed settings, AMP, schedules.
+"""Where and how fast tensors run: device choice, speed settings, bf16 support, autocast.
 
-Kept as plain functions so a loop reads top to bottom (no callback hierarchy).
+Shared by training, evaluation and generation; on the ground floor so that none of them
+has to import another for it. Settings are read through :class:`PerfSettings` (which
+``avatarforge.config.PerfConfig`` satisfies), so this module imports nothing of
+AvatarForge's but its errors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from avatarforge.config import ConfigError, PerfConfig
+from avatarforge.errors import ConfigError
 
 __all__ = [
+    "PerfSettings",
     "amp_dtype",
     "apply_perf_settings",
     "autocast",
     "cpu_has_native_bf16",
-    "crossed",
-    "derive_seed",
-    "make_generator",
     "resolve_device",
 ]
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA if available (this process's local GPU under torchrun), else CPU.
+class PerfSettings(Protocol):
+    """The speed settings :func:`apply_perf_settings` reads (``PerfConfig`` has them)."""
+
+    num_threads: int | None
+    deterministic: bool
+    tf32: bool
+
+
+def resolve_device(device: str | torch.device | None, local_rank: int | None = None) -> torch.device:
+    """``"auto"``/None -> CUDA if available, else CPU; otherwise ``torch.device(device)``.
+
+    With ``local_rank`` (training under torchrun), a bare ``cuda`` (or ``auto`` on a CUDA
+    machine) becomes this process's local GPU; without it, ``cuda`` stays unindexed.
 
     Raises:
-        ConfigError: CUDA was asked for but is not available.
+        ConfigError: CUDA was asked for but is not available (a ValueError; names the fix).
     """
+    name = "auto" if device is None else str(device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-        if name == "cuda":
+        if name == "cuda" and local_rank is not None:
             return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device(name)
 
 
-def apply_perf_settings(perf: PerfConfig, device: torch.device) -> None:
+def apply_perf_settings(perf: PerfSettings, device: torch.device) -> None:
     """Thread count, TF32, cuDNN autotuning and determinism, as configured."""
     if perf.num_threads is not None:
         torch.set_num_threads(perf.num_threads)
@@ -116,28 +128,3 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (SplitMix64), so streams of nearby seeds are unrelated."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 29
-    return x & 0x7FFFFFFFFFFFFFFF
-
-
-def make_generator(device: torch.device, *seed_parts: int) -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded with :func:`derive_seed` of ``seed_parts``."""
-    g = torch.Generator(device=device)
-    g.manual_seed(derive_seed(*seed_parts))
-    return g
-
-
-def crossed(prev_nimg: int, nimg: int, every_kimg: float) -> bool:
-    """True if a multiple of ``every_kimg`` thousand images lies in ``(prev_nimg, nimg]``."""
-    if every_kimg <= 0:
-        return False
-    every = every_kimg * 1000.0
-    return math.floor(nimg / every) > math.floor(prev_nimg / every)

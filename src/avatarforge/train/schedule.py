@@ -1,0 +1,34 @@
+"""Seeds and image counting of the training loops: derived seeds, seeded generators, kimg ticks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["crossed", "derive_seed", "make_generator"]
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (SplitMix64), so streams of nearby seeds are unrelated."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 29
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def make_generator(device: torch.device, *seed_parts: int) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with :func:`derive_seed` of ``seed_parts``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(*seed_parts))
+    return g
+
+
+def crossed(prev_nimg: int, nimg: int, every_kimg: float) -> bool:
+    """True if a multiple of ``every_kimg`` thousand images lies in ``(prev_nimg, nimg]``."""
+    if every_kimg <= 0:
+        return False
+    every = every_kimg * 1000.0
+    return math.floor(nimg / every) > math.floor(prev_nimg / every)
