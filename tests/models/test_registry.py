@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from avatarforge.models import create_model, load_pretrained
+from avatarforge.models.gan_api import code_features
 from avatarforge.models.registry import registered_models
 
 B = 2
@@ -45,8 +46,8 @@ CODE_DIMS = {"categorical": [3], "continuous": 1}
 
 def _gan_g_inputs(model: Any) -> tuple[tuple, dict]:
     kw: dict[str, Any] = {"labels": _labels()}
-    if getattr(model, "code_dims", None):
-        kw["codes"] = model.sample_codes(B) if hasattr(model, "sample_codes") else None
+    if code_features(model.code_dims):  # InfoGAN needs its codes; the others take none
+        kw["codes"] = model.sample_codes(B)
     return (torch.randn(B, model.z_dim),), kw
 
 

@@ -56,7 +56,7 @@ class ConditionalBatchNorm2d(nn.Module):
 
 
 @register_model("cgan", role="generator")
-class CGANGenerator(ConfigModule):
+class CGANGenerator(gan_api.GeneratorMixin, ConfigModule):
     """Class-conditional DCGAN generator with conditional BatchNorm.
 
     Args:
@@ -78,11 +78,7 @@ class CGANGenerator(ConfigModule):
         max_channels: int = 512,
     ) -> None:
         super().__init__()
-        self.resolution = gan_api.check_resolution(resolution)
-        self.channels = gan_api.check_channels(channels)
-        self.z_dim = z_dim
-        self.label_dims = _require_labels(label_dims)
-        self.code_dims = gan_api.normalize_code_dims(None)
+        self._init_header(resolution, channels, z_dim, _require_labels(label_dims), None)
         widths = generator_widths(resolution, base_channels, max_channels)
         self.widths = widths
         # Same layers as DCGAN, with the BN affine moved into the label lookup below.
@@ -118,13 +114,6 @@ class CGANGenerator(ConfigModule):
         for conv, norm, g, s in zip(self.convs, self.norms, gains, shifts):
             x = self.act(norm(conv(x), g, s))  # side x2 (x4 for the first)
         return torch.tanh(self.to_rgb(x))  # (B, C, H, W)
-
-    def sample_z(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
-    ) -> Tensor:
-        """``(n, z_dim)`` standard normal, on ``device`` (default: the model's)."""
-        dev = device if device is not None else next(self.parameters()).device
-        return gan_api.sample_z(n, self.z_dim, generator, dev)
 
 
 @register_model("cgan", role="discriminator")

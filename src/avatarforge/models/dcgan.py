@@ -237,7 +237,7 @@ def _param_device(module: nn.Module) -> torch.device:
 
 # ---------------------------------------------------------------------------- models
 @register_model("dcgan", role="generator")
-class DCGANGenerator(ConfigModule):
+class DCGANGenerator(gan_api.GeneratorMixin, ConfigModule):
     """DCGAN generator; optionally label-conditioned by concatenating label embeddings to z.
 
     Args:
@@ -261,11 +261,7 @@ class DCGANGenerator(ConfigModule):
         embed_dim: int = 16,
     ) -> None:
         super().__init__()
-        self.resolution = gan_api.check_resolution(resolution)
-        self.channels = gan_api.check_channels(channels)
-        self.z_dim = z_dim
-        self.label_dims = gan_api.normalize_label_dims(label_dims)
-        self.code_dims = gan_api.normalize_code_dims(None)
+        self._init_header(resolution, channels, z_dim, gan_api.normalize_label_dims(label_dims), None)
         # N(0, 1) like z, so labels and noise start on the same scale.
         self.embed = LabelEmbedding(self.label_dims, embed_dim) if self.label_dims else None
         in_dim = z_dim + (self.embed.out_features if self.embed is not None else 0)
@@ -287,14 +283,6 @@ class DCGANGenerator(ConfigModule):
         if self.embed is not None:
             x = torch.cat([x, self.embed(labels)], 1)  # (B, z_dim + L * embed_dim)
         return self.net(x[:, :, None, None])  # (B, C, H, W)
-
-    def sample_z(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
-    ) -> Tensor:
-        """``(n, z_dim)`` standard normal, on ``device`` (default: the model's)."""
-        return gan_api.sample_z(
-            n, self.z_dim, generator, device if device is not None else _param_device(self)
-        )
 
 
 @register_model("dcgan", role="discriminator")

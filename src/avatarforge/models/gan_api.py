@@ -77,6 +77,7 @@ __all__ = [
     "VALID_RESOLUTIONS",
     "GANDiscriminator",
     "GANGenerator",
+    "GeneratorMixin",
     "apply_truncation",
     "check_channels",
     "check_labels",
@@ -278,3 +279,50 @@ def sample_inputs(
             labels = torch.cat(cols, 1).to(dev)
         out["labels"] = labels
     return out
+
+
+# ---------------------------------------------------------------------------- shared parts
+class GeneratorMixin:
+    """The header fields and latent samplers every ``z -> image`` generator shares.
+
+    Mixed into the DCGAN, cGAN and InfoGAN generators and the VAE decoder (an ``nn.Module``),
+    so :class:`GANGenerator`'s attributes and ``sample_z`` / ``sample_codes`` are written once.
+    A generator without InfoGAN codes has empty ``code_dims``: its ``sample_codes`` gives
+    ``(n, 0)``, and it is never asked for codes (``sample_inputs`` checks ``code_features``).
+    """
+
+    resolution: int
+    channels: int
+    z_dim: int
+    label_dims: list[int]
+    code_dims: dict[str, Any]
+
+    def _init_header(
+        self,
+        resolution: int,
+        channels: int,
+        z_dim: int,
+        label_dims: list[int],
+        code_dims: dict[str, Any] | None = None,
+    ) -> None:
+        """Validate and set the fields of :class:`GANGenerator` (``label_dims`` already normalised)."""
+        self.resolution = check_resolution(resolution)
+        self.channels = check_channels(channels)
+        self.z_dim = z_dim
+        self.label_dims = label_dims
+        self.code_dims = code_dims if code_dims is not None else normalize_code_dims(None)
+
+    def _default_device(self, device: torch.device | str | None) -> torch.device | str:
+        return device if device is not None else next(self.parameters()).device  # type: ignore[attr-defined]
+
+    def sample_z(
+        self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> Tensor:
+        """``(n, z_dim)`` standard normal (the prior), on ``device`` (default: the model's)."""
+        return sample_z(n, self.z_dim, generator, self._default_device(device))
+
+    def sample_codes(
+        self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> Tensor:
+        """``(n, code_features)``: uniform one-hot categorical blocks, then U(-1, 1) continuous."""
+        return sample_codes(n, self.code_dims, generator, self._default_device(device))

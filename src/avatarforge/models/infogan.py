@@ -51,7 +51,7 @@ def _resolve_code_dims(code_dims: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 @register_model("infogan", role="generator")
-class InfoGANGenerator(ConfigModule):
+class InfoGANGenerator(gan_api.GeneratorMixin, ConfigModule):
     """DCGAN generator fed ``concat(z, codes[, label embeddings])``.
 
     Args:
@@ -77,11 +77,13 @@ class InfoGANGenerator(ConfigModule):
         embed_dim: int = 16,
     ) -> None:
         super().__init__()
-        self.resolution = gan_api.check_resolution(resolution)
-        self.channels = gan_api.check_channels(channels)
-        self.z_dim = z_dim
-        self.label_dims = gan_api.normalize_label_dims(label_dims)
-        self.code_dims = _resolve_code_dims(code_dims)
+        self._init_header(
+            resolution,
+            channels,
+            z_dim,
+            gan_api.normalize_label_dims(label_dims),
+            _resolve_code_dims(code_dims),
+        )
         self.code_features = gan_api.code_features(self.code_dims)
         self.embed = LabelEmbedding(self.label_dims, embed_dim) if self.label_dims else None
         in_dim = z_dim + self.code_features + (self.embed.out_features if self.embed is not None else 0)
@@ -112,20 +114,6 @@ class InfoGANGenerator(ConfigModule):
             parts.append(self.embed(labels))
         x = torch.cat(parts, 1)  # (B, z_dim + code_features [+ L * embed_dim])
         return self.net(x[:, :, None, None])  # (B, C, H, W)
-
-    def sample_z(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
-    ) -> Tensor:
-        """``(n, z_dim)`` standard normal, on ``device`` (default: the model's)."""
-        dev = device if device is not None else next(self.parameters()).device
-        return gan_api.sample_z(n, self.z_dim, generator, dev)
-
-    def sample_codes(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
-    ) -> Tensor:
-        """``(n, code_features)``: uniform one-hot categorical blocks, then U(-1, 1) continuous."""
-        dev = device if device is not None else next(self.parameters()).device
-        return gan_api.sample_codes(n, self.code_dims, generator, dev)
 
 
 @register_model("infogan", role="discriminator")

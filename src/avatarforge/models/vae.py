@@ -128,7 +128,7 @@ class VAEEncoder(nn.Module):
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
 
-class VAEDecoder(nn.Module):
+class VAEDecoder(gan_api.GeneratorMixin, nn.Module):
     """``(B, z_dim)`` latents [+ labels] -> ``(B, C, H, W)`` images in [-1, 1].
 
     Follows the GAN generator interface (:class:`avatarforge.models.gan_api.GANGenerator`),
@@ -147,11 +147,7 @@ class VAEDecoder(nn.Module):
         norm: str,
     ) -> None:
         super().__init__()
-        self.resolution = resolution
-        self.channels = channels
-        self.z_dim = z_dim
-        self.label_dims = list(label_dims)
-        self.code_dims = gan_api.normalize_code_dims(None)
+        self._init_header(resolution, channels, z_dim, list(label_dims))
         widths = vae_widths(resolution, base_channels, max_channels)[::-1]  # widest first
         self.embed = LabelEmbedding(label_dims, embed_dim) if label_dims else None
         in_dim = z_dim + (self.embed.out_features if self.embed is not None else 0)
@@ -195,13 +191,6 @@ class VAEDecoder(nn.Module):
             x = torch.cat([x, emb.to(x.dtype)], 1)  # (B, z_dim + L * embed_dim)
         h = self.fc(x).view(-1, self.width0, 4, 4)  # (B, D0, 4, 4)
         return self.net(h)  # (B, C, H, W)
-
-    def sample_z(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
-    ) -> Tensor:
-        """``(n, z_dim)`` draws from the prior N(0, I)."""
-        dev = device if device is not None else self.fc.weight.device
-        return gan_api.sample_z(n, self.z_dim, generator, dev)
 
 
 # ---------------------------------------------------------------------------- the models
