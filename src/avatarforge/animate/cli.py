@@ -176,14 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # =============================================================================== helpers
 def load_any_animator(run: str, device: str = "cpu", threads: int | None = None) -> Any:
-    """An :class:`ExpressionAnimator` from a run/checkpoint, or an :class:`OnnxAnimator` for ``.onnx``."""
-    if run.lower().endswith(".onnx"):
-        from avatarforge.animate.onnx_export import OnnxAnimator
-
-        return OnnxAnimator(run, threads=threads)
+    """An :class:`ExpressionAnimator` from a run/checkpoint/quickstart folder, or an
+    :class:`OnnxAnimator` for ``.onnx`` (:func:`avatarforge.animate.loading.load_animator`)."""
     from avatarforge.animate.loading import load_animator
 
-    return load_animator(run, device=device)
+    return load_animator(run, device=device, threads=threads)
 
 
 def load_avatar(spec: str, size: int) -> Any:

@@ -1,4 +1,5 @@
-"""Loading a trained expression animator: :func:`load_animator`."""
+"""Loading a trained expression animator: :func:`load_animator` (runs on disk are read by
+:mod:`avatarforge.runs`; this adds exported ``.onnx`` animators)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ from typing import Any
 
 import torch
 
-from avatarforge.models.animator import ExpressionAnimator
-from avatarforge.models.base import load_pretrained
-from avatarforge.train.checkpoint import find_checkpoint
+from avatarforge import runs
 
 __all__ = ["load_animator"]
 
@@ -22,13 +21,14 @@ def load_animator(
     *,
     threads: int | None = None,
 ) -> Any:
-    """The animator of a run directory, a checkpoint, a ``save_pretrained`` directory, or an
-    exported ``.onnx`` file.
+    """The animator of a run directory, a checkpoint, a ``save_pretrained`` directory, a
+    quickstart output folder, or an exported ``.onnx`` file.
 
     Args:
         path: run directory (its latest checkpoint), ``checkpoints`` dir, ``ckpt-*`` dir, a
-            directory holding ``config.json`` + ``model.safetensors`` of an animator, or the
-            render graph ``NAME.onnx`` written by ``avatarforge animate export-onnx``.
+            directory holding ``config.json`` + ``model.safetensors`` of an animator, a
+            quickstart output folder (its animator run), or the render graph ``NAME.onnx``
+            written by ``avatarforge animate export-onnx``.
         which: ``"ema"`` (the averaged weights; default) or ``"g"`` (the raw ones); ignored for ``.onnx``.
         device: torch device (``.onnx`` files run on onnxruntime's CPU provider).
         threads: ``.onnx`` only: onnxruntime intra-op threads (None: its default).
@@ -44,15 +44,4 @@ def load_animator(
         from avatarforge.animate.onnx_export import OnnxAnimator
 
         return OnnxAnimator(p, threads=threads)
-    if (
-        (p / "config.json").is_file()
-        and (p / "model.safetensors").is_file()
-        and not (p / "checkpoints").is_dir()
-    ):
-        model = load_pretrained(p, map_location=device)
-    else:
-        ckpt = find_checkpoint(p)
-        model = load_pretrained(ckpt, prefix="g_ema_" if which == "ema" else "g_", map_location=device)
-    if not isinstance(model, ExpressionAnimator):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not an expression animator")
-    return model.eval().requires_grad_(False)
+    return runs.load_animator(p, which=which, device=device)

@@ -13,7 +13,7 @@ from typing import Any
 from avatarforge.animate.config import build_animator_config
 from avatarforge.animate.pairs import HELDOUT, TRAIN, PairSpec, build_or_open_cache
 from avatarforge.config import ConfigError
-from avatarforge.train.checkpoint import find_checkpoint
+from avatarforge.runs import find_checkpoint
 from avatarforge.train.families import train
 
 __all__ = ["QUICK_HELDOUT", "QUICK_IDENTITIES", "find_animator_run", "train_animator"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -269,8 +268,12 @@ class FolderSource(ImageSource):
 # ----------------------------------------------------------------------------- generator
 def is_model_path(path: str | os.PathLike) -> bool:
     """True if ``path`` is a run directory or checkpoint that holds a generator or VAE."""
+    from avatarforge.runs import QUICKSTART_MANIFEST, QUICKSTART_STATE, ROLE_PREFIXES
+
     p = Path(path)
-    if any((p / f"{pre}config.json").is_file() for pre in ("g_ema_", "g_", "vae_", "vae_ema_")):
+    if any((p / f"{ROLE_PREFIXES[r]}config.json").is_file() for r in ("ema", "g", "vae", "vae_ema")):
+        return True
+    if (p / QUICKSTART_MANIFEST).is_file() or (p / QUICKSTART_STATE).is_file():
         return True
     return (p / "checkpoints").is_dir() or p.name.startswith("ckpt-")
 
@@ -379,12 +382,11 @@ class GeneratorSource(ImageSource):
 # ----------------------------------------------------------------------------- dispatch
 def _run_label_info(path: Path) -> dict[str, Any]:
     """Label names (and class names when known) a run's model was conditioned on."""
-    from avatarforge.train.checkpoint import STATE_JSON, find_checkpoint
+    from avatarforge.runs import read_training_state
 
     out: dict[str, Any] = {"label_names": [], "label_values": []}
     try:
-        ckpt = path if (path / STATE_JSON).is_file() else find_checkpoint(path)
-        meta = json.loads((ckpt / STATE_JSON).read_text("utf-8"))
+        meta = read_training_state(path)
     except (FileNotFoundError, ValueError, OSError):
         return out
     out["label_names"] = list(meta.get("label_names") or [])
@@ -416,16 +418,16 @@ def load_model_source(
     mean, from the checkpoint and its data set; empty if unknown) and ``vae`` (the whole VAE
     for reconstruction metrics, or None).
     """
-    from avatarforge.train.loading import is_vae_checkpoint, load_generator, load_vae
+    from avatarforge.runs import is_vae_checkpoint, load_generator, load_vae, resolve_run
 
     p = Path(path)
     try:
+        p = resolve_run(p, "generator")
         vae = load_vae(p, device=device) if is_vae_checkpoint(p) else None
         G = vae.decoder if vae is not None else load_generator(p, device=device)
     except FileNotFoundError as e:
-        raise SourceError(
-            f"{p}: no trained model found ({e}); pass a run directory or a ckpt-* directory"
-        ) from e
+        hint = "" if "; pass " in str(e) else "; pass a run directory or a ckpt-* directory"
+        raise SourceError(f"{p}: no trained model found ({e}){hint}") from e
     src = GeneratorSource(G, n, seed=seed, truncation=truncation, device=device, path=p)
     info = _run_label_info(p)
     if vae is not None and getattr(vae, "label_names", None):

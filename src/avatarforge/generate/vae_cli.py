@@ -294,7 +294,7 @@ _COMMANDS = {
 def vae_main(args: argparse.Namespace) -> int:
     """Run ``avatarforge vae <command>`` for parsed ``args``; returns the exit code."""
     try:
-        from avatarforge.train.loading import load_vae
+        from avatarforge.runs import load_vae
 
         try:
             vae = load_vae(args.run, which=args.which, device=args.device)

@@ -1,6 +1,6 @@
 """Working with a trained VAE: encode, decode, reconstruct, sample, interpolate, edit attributes.
 
-Every function takes the VAE first: a loaded model (:func:`avatarforge.train.loading.load_vae`)
+Every function takes the VAE first: a loaded model (:func:`avatarforge.runs.load_vae`)
 or a run directory / checkpoint path, which is loaded on the fly.
 
 Images go in as uint8 arrays ``(H, W, C)`` / ``(N, H, W, C)`` (what
@@ -73,7 +73,7 @@ def as_vae(vae: nn.Module | str | os.PathLike, device: str | torch.device = "cpu
     """``vae`` itself, or the VAE loaded from a run directory / checkpoint (eval mode)."""
     if isinstance(vae, nn.Module):
         return vae
-    from avatarforge.train.loading import load_vae
+    from avatarforge.runs import load_vae
 
     return load_vae(vae, device=device)
 

@@ -18,7 +18,6 @@ anyway, so serialising costs little throughput.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from typing import Any
 __all__ = ["QUICKSTART_FILE", "ServeSettings", "ServeState", "resolve_run"]
 
 #: Written by ``avatarforge quickstart`` into its output directory: ``{"generator_run": ...,
-#: "animator_run": ...}``, paths relative to that directory.
+#: "animator_run": ...}``, paths relative to that directory (read by :mod:`avatarforge.runs`).
 QUICKSTART_FILE = "quickstart.json"
 
 _MiB = 1024 * 1024
@@ -140,22 +139,12 @@ def resolve_run(
         raise FileNotFoundError(
             f"RUN {root} does not exist; pass a run directory, checkpoint or quickstart output"
         )
-    qs = root / QUICKSTART_FILE
-    if qs.is_file():
-        try:
-            meta = json.loads(qs.read_text("utf-8"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{qs} is not valid JSON ({e}); re-run 'avatarforge quickstart'") from e
-        if not isinstance(meta, dict) or not isinstance(meta.get("generator_run"), str):
-            raise ValueError(f"{qs} must hold a string 'generator_run' (path relative to {root})")
-        gen = root / meta["generator_run"]
-        anim_rel = meta.get("animator_run")
-        anim = (
-            Path(animator)
-            if animator is not None
-            else (root / anim_rel if isinstance(anim_rel, str) else None)
-        )
-        return gen, anim
+    from avatarforge.runs import quickstart_runs
+
+    found = quickstart_runs(root)
+    if found is not None and "generator" in found:
+        anim = Path(animator) if animator is not None else found.get("animator")
+        return found["generator"], anim
     return root, Path(animator) if animator is not None else None
 
 

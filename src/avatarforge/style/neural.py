@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avatarforge.models.adain import AdaINDecoder
-from avatarforge.models.base import load_pretrained
 from avatarforge.style.classical import as_image_array, merge_alpha, split_alpha
 from avatarforge.style.features import (
     ADAIN_LAYER,
@@ -430,10 +429,9 @@ def load_adain_decoder(path: str | os.PathLike, device: str | torch.device = "cp
         )
     if p.is_file():  # the user named config.json or model.safetensors inside the directory
         p = p.parent
-    model = load_pretrained(p, map_location=device)
-    if not isinstance(model, AdaINDecoder):
-        raise ValueError(f"{p} holds a {type(model).__name__}, not an AdaIN decoder")
-    return model.eval().requires_grad_(False)
+    from avatarforge.runs import load_model
+
+    return load_model(p, device=device, expect=AdaINDecoder, what="an AdaIN decoder")
 
 
 def encoder_for_decoder(decoder: AdaINDecoder, device: str | torch.device = "cpu") -> FeatureNet:

@@ -1,27 +1,17 @@
-"""Training checkpoints: safetensors + JSON, written atomically, loaded without unpickling.
+"""Writing training checkpoints (safetensors + JSON, atomically) and restoring training state.
 
-Layout of one checkpoint (``run/checkpoints/ckpt-SSSSSSSS/``, ``S`` = optimizer step)::
-
-    g_config.json       g_model.safetensors        generator         (ConfigModule.save_pretrained)
-    g_ema_config.json   g_ema_model.safetensors    EMA generator
-    d_config.json       d_model.safetensors        discriminator
-    training_state.safetensors   every tensor of the training state: optimizer moments
-                                 (``optim/<name>/<param>/<key>``) and RNG states (``rng/<name>``)
-    training_state.json          everything else: step and counters, optimizer hyper-parameters,
-                                 numpy/python RNG states, learning-rate scale, data position, ...
-    manifest.json                size and sha256 of every file above; written last
+The layout of a run on disk, finding, verifying and loading checkpoints belong to
+:mod:`avatarforge.runs` (re-exported here: :func:`find_checkpoint`,
+:func:`find_intact_checkpoint`, :func:`verify_checkpoint`, :func:`list_checkpoints`, ...);
+this module writes them and reads back the whole training state for resume.
 
 A checkpoint is built in a hidden temporary sibling directory and renamed into place, so a
 ``ckpt-*`` directory is always complete; then ``checkpoints/latest`` (a one-line text file
 naming it) is replaced atomically. A crash at any point leaves the previous checkpoint and
 pointer usable, and :func:`find_checkpoint` falls back to scanning if ``latest`` is stale.
-
-What a crash cannot do, a disk can: files are truncated or flipped after the fact.
-:func:`verify_checkpoint` checks every file against the manifest (checkpoints written before
-manifests existed are checked by parsing every file's header instead), and
-:func:`find_intact_checkpoint` (what resume uses) skips damaged checkpoints, newest first, with a
-:class:`CheckpointWarning` naming the file and the problem. Every damaged or malformed file
-raises :class:`CheckpointError`, a ``ValueError`` with a one-line message naming the file.
+The manifest (size and sha256 of every file) is written last; resume uses
+:func:`find_intact_checkpoint`, which skips damaged checkpoints with a
+:class:`CheckpointWarning`.
 
 Nothing here calls ``torch.load``/``pickle``: a checkpoint from an untrusted source can at
 worst hold wrong numbers, never run code.
@@ -32,12 +22,9 @@ restoring from memory and from disk is one code path.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import re
 import shutil
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +47,26 @@ from avatarforge.models.base import (
     WEIGHTS_NAME,
     ModelFileError,
     read_safetensors_header,
+)
+from avatarforge.runs import (
+    BEST_NAME,
+    CKPT_PREFIX,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LATEST_NAME,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    STATE_JSON,
+    STATE_TENSORS,
+    CheckpointError,
+    CheckpointWarning,
+    _read_json,
+    _read_pointer,
+    checkpoint_step,
+    find_checkpoint,
+    find_intact_checkpoint,
+    list_checkpoints,
+    verify_checkpoint,
 )
 
 __all__ = [
@@ -87,29 +94,6 @@ __all__ = [
     "verify_checkpoint",
     "write_manifest",
 ]
-
-FORMAT_NAME = "avatarforge-checkpoint"
-FORMAT_VERSION = 1
-CKPT_PREFIX = "ckpt-"
-LATEST_NAME = "latest"
-BEST_NAME = "best"
-STATE_JSON = "training_state.json"
-STATE_TENSORS = "training_state.safetensors"
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "avatarforge-checkpoint-manifest"
-_CKPT_RE = re.compile(r"^ckpt-(\d+)$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-class CheckpointError(ModelFileError):
-    """A checkpoint file is missing, damaged or inconsistent; the one-line message names it.
-
-    A :class:`~avatarforge.models.base.ModelFileError`, hence a ``ValueError``.
-    """
-
-
-class CheckpointWarning(UserWarning):
-    """A checkpoint was passed over while looking for one to resume from (the message says why)."""
 
 
 @dataclass
@@ -217,21 +201,6 @@ def restore_rng(
 
 
 # --------------------------------------------------------------------------- disk format
-def checkpoint_step(path: str | os.PathLike) -> int | None:
-    """``S`` of a ``ckpt-SSSSSSSS`` directory name, else None."""
-    m = _CKPT_RE.match(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def list_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """Complete ``ckpt-*`` directories under ``root``, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if checkpoint_step(p) is not None and (p / STATE_JSON).is_file()]
-    return sorted(found, key=lambda p: checkpoint_step(p) or 0)
-
-
 def save_checkpoint(
     root: str | os.PathLike,
     step: int,
@@ -283,210 +252,6 @@ def write_manifest(directory: str | os.PathLike) -> Path:
     return atomic_write_json(
         directory / MANIFEST_NAME, {"format": MANIFEST_FORMAT, "version": 1, "files": files}
     )
-
-
-def _is_checkpoint_file(name: str) -> bool:
-    return name in (STATE_JSON, STATE_TENSORS) or name.endswith((f"_{CONFIG_NAME}", f"_{WEIGHTS_NAME}"))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: damaged, not valid JSON ({e})") from None
-
-
-def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
-    doc = _read_json(path)
-    files = doc.get("files") if isinstance(doc, dict) else None
-    if (
-        not isinstance(doc, dict)
-        or doc.get("format") != MANIFEST_FORMAT
-        or doc.get("version") != 1
-        or not isinstance(files, dict)
-    ):
-        raise CheckpointError(f"{path}: damaged (not a checkpoint manifest)")
-    for name, rec in files.items():
-        ok = (
-            isinstance(rec, dict)
-            and "/" not in name
-            and "\\" not in name
-            and name not in ("", ".", "..")
-            and type(rec.get("size")) is int
-            and isinstance(rec.get("sha256"), str)
-            and _SHA256_RE.match(rec["sha256"])
-        )
-        if not ok:
-            raise CheckpointError(f"{path}: damaged (entry {name!r}: {json.dumps(rec)[:120]})")
-    return files
-
-
-def verify_checkpoint(path: str | os.PathLike, files: Iterable[str] | None = None) -> None:
-    """Check a checkpoint directory's files before anything is loaded from it.
-
-    With a manifest: every listed file exists with the recorded size and sha256, and no
-    checkpoint file is missing from it. Without one (checkpoints written before manifests):
-    every JSON file parses and every safetensors header fits its file, which catches
-    truncation but not a flipped bit inside tensor data. ``files`` restricts the check to
-    those names (e.g. one network's config).
-
-    Raises:
-        CheckpointError: naming the first damaged or missing file and what is wrong with it.
-    """
-    ckpt = Path(path)
-    if not ckpt.is_dir():
-        raise CheckpointError(f"{ckpt}: missing (not a checkpoint directory)")
-    manifest = ckpt / MANIFEST_NAME
-    if manifest.is_file():
-        listed = _read_manifest(manifest)
-        if files is None:
-            if STATE_JSON not in listed:
-                raise CheckpointError(f"{manifest}: damaged (does not list {STATE_JSON})")
-            unlisted = sorted(
-                f.name for f in ckpt.iterdir() if _is_checkpoint_file(f.name) and f.name not in listed
-            )
-            if unlisted:
-                raise CheckpointError(
-                    f"{ckpt / unlisted[0]}: not in {MANIFEST_NAME} (added after the checkpoint was written)"
-                )
-            names = sorted(listed)
-        else:
-            names = list(files)
-        for name in names:  # sizes first: a truncated file is found without hashing anything
-            f = ckpt / name
-            if name not in listed:
-                raise CheckpointError(f"{f}: not in {MANIFEST_NAME}")
-            if not f.is_file():
-                raise CheckpointError(f"{f}: missing (listed in {MANIFEST_NAME})")
-            size = f.stat().st_size
-            if size != listed[name]["size"]:
-                raise CheckpointError(
-                    f"{f}: {size} bytes, {MANIFEST_NAME} records {listed[name]['size']} (truncated or damaged)"
-                )
-        for name in names:
-            if file_sha256(ckpt / name) != listed[name]["sha256"]:
-                raise CheckpointError(f"{ckpt / name}: damaged (sha256 differs from {MANIFEST_NAME})")
-        return
-
-    state = _read_json(ckpt / STATE_JSON) if files is None or STATE_JSON in files else None
-    if state is not None:
-        if not isinstance(state, dict) or state.get("format") != FORMAT_NAME:
-            raise CheckpointError(f"{ckpt / STATE_JSON}: not an AvatarForge checkpoint's training state")
-        if state.get("manifest"):
-            raise CheckpointError(f"{manifest}: missing (this checkpoint was written with one)")
-    present = sorted(f.name for f in ckpt.iterdir() if f.is_file())
-    names = present if files is None else list(files)
-    for name in names:
-        f = ckpt / name
-        if not f.is_file():
-            raise CheckpointError(f"{f}: missing")
-        if name.endswith(".json"):
-            _read_json(f)
-        elif name.endswith(".safetensors"):
-            try:
-                read_safetensors_header(f)
-            except ModelFileError as e:
-                raise CheckpointError(str(e)) from None
-    if files is None:
-        need = [STATE_TENSORS] + [
-            n[: -len(CONFIG_NAME)] + WEIGHTS_NAME for n in present if n.endswith(f"_{CONFIG_NAME}")
-        ]
-        for name in need:
-            if name not in present:
-                raise CheckpointError(f"{ckpt / name}: missing")
-
-
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """Resolve a run directory, a ``checkpoints`` directory or a checkpoint to a checkpoint.
-
-    A run or checkpoints directory resolves to its latest complete checkpoint (via the
-    ``latest`` pointer, falling back to the highest-numbered ``ckpt-*``).
-
-    Raises:
-        FileNotFoundError: naming what was looked for.
-    """
-    p = Path(path)
-    if (p / STATE_JSON).is_file():
-        return p
-    root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    name = _read_pointer(root)
-    if name and (root / name / STATE_JSON).is_file():
-        return root / name
-    found = list_checkpoints(root)
-    if found:
-        return found[-1]
-    raise FileNotFoundError(
-        f"no checkpoint in {p} (looked for {root}/{LATEST_NAME} and {root}/{CKPT_PREFIX}*/{STATE_JSON})"
-    )
-
-
-def _read_pointer(root: Path) -> str | None:
-    """The checkpoint name ``root/latest`` holds, or None if it is missing or unreadable."""
-    try:
-        name = (root / LATEST_NAME).read_text("utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return name if checkpoint_step(name) is not None else None
-
-
-def find_intact_checkpoint(path: str | os.PathLike, *, warn: bool = True) -> Path:
-    """The checkpoint to resume from: like :func:`find_checkpoint`, but verified.
-
-    A checkpoint directory (``ckpt-*``, ``best``) is verified and returned, or rejected. A run
-    or ``checkpoints`` directory resolves to its newest intact checkpoint: the one ``latest``
-    names, else (damaged) the next older ones; a :class:`CheckpointWarning` names each
-    damaged checkpoint passed over and why. Checkpoints newer than the one ``latest`` names
-    (a write cut between the rename and the pointer update, or those of a run resumed from an
-    older checkpoint) are not used, with a warning.
-
-    Raises:
-        CheckpointError: the named checkpoint, or every candidate, is damaged.
-        FileNotFoundError: no checkpoint at all.
-    """
-    p = Path(path)
-    if (p / STATE_JSON).is_file() or (p / MANIFEST_NAME).is_file() or checkpoint_step(p) is not None:
-        verify_checkpoint(p)
-        return p
-    root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    found = sorted(
-        (
-            d
-            for d in (root.iterdir() if root.is_dir() else [])
-            if d.is_dir() and checkpoint_step(d) is not None
-        ),
-        key=lambda d: checkpoint_step(d) or 0,
-        reverse=True,
-    )
-    if not found:
-        raise FileNotFoundError(f"no checkpoint in {p} (looked for {root}/{CKPT_PREFIX}*)")
-    name = _read_pointer(root)
-    if name and (root / name).is_dir():
-        top = checkpoint_step(name) or 0
-        newer = [d.name for d in found if (checkpoint_step(d) or 0) > top]
-        if newer and warn:
-            warnings.warn(
-                f"{root / LATEST_NAME} names {name}, but {', '.join(newer)} {'is' if len(newer) == 1 else 'are'} newer "
-                "(a checkpoint write cut before the pointer update, or a run resumed from an older checkpoint); "
-                f"using {name} (pass a checkpoint directory to --resume to choose another)",
-                CheckpointWarning,
-                stacklevel=2,
-            )
-        found = [d for d in found if (checkpoint_step(d) or 0) <= top]
-    problems = []
-    for ckpt in found:
-        try:
-            verify_checkpoint(ckpt)
-        except CheckpointError as e:
-            problems.append(str(e))
-            if warn:
-                warnings.warn(
-                    f"skipping damaged checkpoint {ckpt.name}: {e}", CheckpointWarning, stacklevel=2
-                )
-            continue
-        return ckpt
-    raise CheckpointError(f"no intact checkpoint in {root}: {'; '.join(problems)}")
 
 
 def load_snapshot(path: str | os.PathLike, map_location: str = "cpu", *, verify: bool = True) -> Snapshot:
