@@ -12,7 +12,7 @@ EXTRAS ?= dev
 # into their own environment. `make lock` regenerates it.
 LOCK   := requirements.lock
 # The CPU the suite must also hold on: no AVX-512 kernels and no native bf16 in ATen or oneDNN,
-# which makes perf.amp=auto run in fp32 (avatarforge.train.common.cpu_has_native_bf16).
+# which makes perf.amp=auto run in fp32 (avatarforge.device.cpu_has_native_bf16).
 NO_BF16 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 
 .PHONY: install lock demo test test-numerics-fp32 test-all bench bench-quick lint format clean
