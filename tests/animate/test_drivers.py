@@ -24,7 +24,7 @@ from avatarforge.animate.drivers import (
     vmc_to_controls,
 )
 from avatarforge.animate.osc import encode_bundle, encode_message
-from avatarforge.train.metrics_log import MissingDependencyError
+from avatarforge.errors import MissingDependencyError
 
 RATE = 16000
 

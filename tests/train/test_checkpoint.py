@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from avatarforge.errors import MissingDependencyError
 from avatarforge.models.base import ConfigModule
 from avatarforge.models.registry import register_model
 from avatarforge.train import checkpoint as ck
@@ -18,7 +19,7 @@ from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.guard import NaNEvents, NonFiniteWarning, StopSignal, TrainingDiverged, all_finite
 from avatarforge.train.loading import load_network
 from avatarforge.train.losses import d_loss, g_loss, r1_penalty, r1_weight
-from avatarforge.train.metrics_log import MetricsLog, MissingDependencyError, read_metrics, truncate_metrics
+from avatarforge.train.metrics_log import MetricsLog, read_metrics, truncate_metrics
 from avatarforge.train.rundir import allocate_run_dir, run_number, sanitize_desc
 
 

@@ -422,8 +422,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
 def animate_main(args: argparse.Namespace) -> int:
     """Run the ``avatarforge animate`` sub-command in ``args``; returns the process exit code."""
     from avatarforge.config import ConfigError
+    from avatarforge.errors import MissingDependencyError
     from avatarforge.train.guard import TrainingDiverged
-    from avatarforge.train.metrics_log import MissingDependencyError
 
     try:
         return int(args.animate_func(args))

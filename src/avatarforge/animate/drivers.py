@@ -35,8 +35,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from avatarforge.animate.osc import OSCError, iter_messages, parse_packet
+from avatarforge.errors import MissingDependencyError
 from avatarforge.models.animator import CONTROL_NAMES, CONTROL_RANGES
-from avatarforge.train.metrics_log import MissingDependencyError
 
 __all__ = [
     "DEFAULT_KEYS",

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from avatarforge.errors import MissingDependencyError
 from avatarforge.fileio import atomic_write_bytes
 from avatarforge.models.animator import (
     CONTROL_NAMES,
@@ -43,7 +44,6 @@ from avatarforge.models.animator import (
     controls_tensor,
     image_to_tensor,
 )
-from avatarforge.train.metrics_log import MissingDependencyError
 
 __all__ = [
     "OnnxAnimator",

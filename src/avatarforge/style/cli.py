@@ -374,8 +374,8 @@ def style_main(args: argparse.Namespace) -> int:
     """Run the ``avatarforge style`` sub-command in ``args``; returns the process exit code."""
     from avatarforge.config import ConfigError
     from avatarforge.data.packed import PackedFormatError
+    from avatarforge.errors import MissingDependencyError
     from avatarforge.train.guard import TrainingDiverged
-    from avatarforge.train.metrics_log import MissingDependencyError
 
     try:
         return int(args.style_func(args))

@@ -157,8 +157,8 @@ def _file_names_model(path: str | Path) -> bool:
 
 def train_main(args: argparse.Namespace) -> int:
     """Run ``avatarforge train`` for parsed ``args``; returns the process exit code."""
+    from avatarforge.errors import MissingDependencyError
     from avatarforge.train.guard import TrainingDiverged
-    from avatarforge.train.metrics_log import MissingDependencyError
 
     try:
         notes: list[str] = []

@@ -16,22 +16,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from avatarforge.errors import MissingDependencyError
 from avatarforge.fileio import atomic_write_text
 
 __all__ = [
     "METRICS_NAME",
     "MetricsLog",
-    "MissingDependencyError",
     "read_metrics",
     "require_tensorboard",
     "truncate_metrics",
 ]
 
 METRICS_NAME = "metrics.jsonl"
-
-
-class MissingDependencyError(ImportError):
-    """An optional package a requested feature needs is not installed."""
 
 
 def _clean(v: Any) -> Any:
