@@ -21,8 +21,7 @@ its parser) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from avatarforge.lazy import lazy_attributes
 
 __all__ = [
     "CONTROL_NAMES",
@@ -87,11 +86,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'avatarforge.animate' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

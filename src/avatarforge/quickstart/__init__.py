@@ -19,7 +19,7 @@ training continues from its last checkpoint. See docs/quickstart.md.
 
 from __future__ import annotations
 
-from typing import Any
+from avatarforge.lazy import lazy_attributes
 
 __all__ = [
     "MANIFEST_NAME",
@@ -40,14 +40,5 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy, so building the CLI parser does not import torch.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'avatarforge.quickstart' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+# Lazy, so building the CLI parser does not import torch.
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -10,8 +10,7 @@ Attributes are imported lazily so ``import avatarforge.serve`` needs neither tor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from avatarforge.lazy import lazy_attributes
 
 __all__ = [
     "ServeSettings",
@@ -34,13 +33,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'avatarforge.serve' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
