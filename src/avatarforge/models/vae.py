@@ -211,6 +211,9 @@ class VAE(ConfigModule):
         norm: ``"group"`` (GroupNorm) or ``"none"``.
     """
 
+    #: Whether ``label_dims`` must be non-empty (:class:`CVAE`).
+    requires_labels: bool = False
+
     def __init__(
         self,
         resolution: int = 64,
@@ -224,6 +227,11 @@ class VAE(ConfigModule):
         embed_dim: int = 16,
         norm: str = "group",
     ) -> None:
+        if self.requires_labels and not label_dims:
+            raise ValueError(
+                "cvae is label-conditional: pass label_dims (classes per label), e.g. [11]; "
+                "train it on a data set with categorical labels (data.condition_on)"
+            )
         super().__init__()
         self.resolution = gan_api.check_resolution(resolution)
         self.channels = gan_api.check_channels(channels)
@@ -299,36 +307,7 @@ class VAE(ConfigModule):
 class CVAE(VAE):
     """Conditional VAE: label embeddings into encoder and decoder; ``label_dims`` is required.
 
-    Same arguments as :class:`VAE`.
+    Same arguments (and so the same ``config.json`` fields) as :class:`VAE`.
     """
 
-    def __init__(
-        self,
-        resolution: int = 64,
-        channels: int = 3,
-        z_dim: int = 128,
-        label_dims: Sequence[int] = (),
-        label_names: Sequence[str] = (),
-        label_values: Sequence[Sequence[str]] = (),
-        base_channels: int = 32,
-        max_channels: int = 256,
-        embed_dim: int = 16,
-        norm: str = "group",
-    ) -> None:
-        if not label_dims:
-            raise ValueError(
-                "cvae is label-conditional: pass label_dims (classes per label), e.g. [11]; "
-                "train it on a data set with categorical labels (data.condition_on)"
-            )
-        super().__init__(
-            resolution=resolution,
-            channels=channels,
-            z_dim=z_dim,
-            label_dims=label_dims,
-            label_names=label_names,
-            label_values=label_values,
-            base_channels=base_channels,
-            max_channels=max_channels,
-            embed_dim=embed_dim,
-            norm=norm,
-        )
+    requires_labels = True
