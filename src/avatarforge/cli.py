@@ -7,22 +7,20 @@ so everything the CLI does is also available from Python.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from avatarforge import __version__
+from avatarforge.commands import run_command
+from avatarforge.errors import UsageError
 
 __all__ = ["build_parser", "main"]
 
 
-class CLIError(Exception):
-    """A user error: printed as ``avatarforge: error: ...`` with exit code 2, no traceback."""
-
-
 def _parse_attrs(text: str | None) -> dict[str, str]:
-    """``hair_color=pink,eye_color=blue`` -> dict; raises CLIError naming the bad item."""
+    """``hair_color=pink,eye_color=blue`` -> dict; raises UsageError naming the bad item."""
     out: dict[str, str] = {}
     if not text:
         return out
@@ -31,7 +29,7 @@ def _parse_attrs(text: str | None) -> dict[str, str]:
         if not item:
             continue
         if "=" not in item:
-            raise CLIError(f"--attrs item {item!r} must look like name=value (e.g. hair_color=pink)")
+            raise UsageError(f"--attrs item {item!r} must look like name=value (e.g. hair_color=pink)")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -108,7 +106,7 @@ def _cmd_data_render(a: argparse.Namespace) -> int:
     try:
         attrs = sample_attributes(a.seed, **_parse_attrs(a.attrs))
     except (ValueError, KeyError) as e:
-        raise CLIError(f"--attrs: {e}") from e
+        raise UsageError(f"--attrs: {e}") from e
     img = render(attrs, a.size, background=a.background)
     save_image(a.out, img)
     print(f"wrote {a.out}: " + ", ".join(f"{k}={v}" for k, v in attrs.items()))
@@ -184,26 +182,39 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_cmd_data_render)
 
 
-# --------------------------------------------------------------------------- train
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from avatarforge.train.cli import add_train_arguments, train_main
-
-    p = sub.add_parser("train", help="train a model (GAN or VAE family) on a packed data set")
-    add_train_arguments(p)
-    p.set_defaults(func=train_main)
-
-
-def _add_vae(sub: argparse._SubParsersAction) -> None:
-    from avatarforge.generate.vae_cli import add_vae_arguments, vae_main
-
-    p = sub.add_parser(
-        "vae", help="use a trained VAE: encode, decode, reconstruct, sample, interpolate, edit"
-    )
-    add_vae_arguments(p)
-    p.set_defaults(func=vae_main)
+# --------------------------------------------------------------------------- commands
+def _add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], Any],
+    func: Callable[[argparse.Namespace], int],
+) -> None:
+    """Add sub-command ``name``: its part's ``add_*_arguments`` and the function that runs it."""
+    p = sub.add_parser(name, help=help)
+    add_arguments(p)
+    p.set_defaults(func=func)
 
 
-def _add_generate(sub: argparse._SubParsersAction) -> None:
+def _metric_fn_from_config(cfg: Any) -> Any:
+    # In-training metrics come from the evaluation package, which sits above training: the
+    # top-level command composes them (train/cli.py must not import eval), imported only
+    # when a run starts so that building the parser stays light.
+    from avatarforge.eval import metric_fn_from_config
+
+    return metric_fn_from_config(cfg)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from avatarforge.train.cli import train_main
+
+    return train_main(a, metric_fn_factory=_metric_fn_from_config)
+
+
+def _add_part_commands(sub: argparse._SubParsersAction) -> None:
+    """The sub-commands each part's own CLI module defines (flags there, work in the library)."""
+    from avatarforge.animate.cli import add_animate_arguments, animate_main
+    from avatarforge.eval.cli import add_eval_arguments, eval_main
     from avatarforge.generate.cli import (
         add_generate_arguments,
         add_interpolate_arguments,
@@ -212,58 +223,72 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         interpolate_main,
         personalise_main,
     )
-
-    p = sub.add_parser(
-        "generate", help="generate avatars from a trained model (seeds, truncation, attributes)"
-    )
-    add_generate_arguments(p)
-    p.set_defaults(func=generate_main)
-    p = sub.add_parser("interpolate", help="interpolation videos between seeds (mp4, gif, webp, apng)")
-    add_interpolate_arguments(p)
-    p.set_defaults(func=interpolate_main)
-    p = sub.add_parser("edit", help="personalise: variations, style mixing, latent directions, inversion")
-    add_personalise_arguments(p)
-    p.set_defaults(func=personalise_main)
-
-
-def _add_style(sub: argparse._SubParsersAction) -> None:
-    from avatarforge.style.cli import add_style_arguments, style_main
-
-    p = sub.add_parser("style", help="style transfer: colour, histogram, Gatys, AdaIN; CycleGAN train/apply")
-    add_style_arguments(p)
-    p.set_defaults(func=style_main)
-
-
-def _add_animate(sub: argparse._SubParsersAction) -> None:
-    from avatarforge.animate.cli import add_animate_arguments, animate_main
-
-    p = sub.add_parser("animate", help="expression animator: train, animate an avatar, export ONNX")
-    add_animate_arguments(p)
-    p.set_defaults(func=animate_main)
-
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from avatarforge.eval.cli import add_eval_arguments, eval_main
-
-    p = sub.add_parser("eval", help="evaluate a model or image set: FID, KID, precision/recall, SWD, ...")
-    add_eval_arguments(p)
-    p.set_defaults(func=eval_main)
-
-
-def _add_post(sub: argparse._SubParsersAction) -> None:
+    from avatarforge.generate.vae_cli import add_vae_arguments, vae_main
     from avatarforge.postprocess.cli import add_post_arguments, post_main
-
-    p = sub.add_parser("post", help="alpha-preserving post-processing chains, sprite sheets, APNG")
-    add_post_arguments(p)
-    p.set_defaults(func=post_main)
-
-
-def _add_serve(sub: argparse._SubParsersAction) -> None:
     from avatarforge.serve.cli import add_serve_arguments, serve_main
+    from avatarforge.style.cli import add_style_arguments, style_main
+    from avatarforge.train.cli import add_train_arguments
 
-    p = sub.add_parser("serve", help="HTTP API (FastAPI): generate, edit, post-process, style, animate")
-    add_serve_arguments(p)
-    p.set_defaults(func=serve_main)
+    # (name, help, add_arguments, func), in the order `avatarforge --help` lists them.
+    commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], Any], Callable[..., int]]] = [
+        ("train", "train a model (GAN or VAE family) on a packed data set", add_train_arguments, _cmd_train),
+        (
+            "vae",
+            "use a trained VAE: encode, decode, reconstruct, sample, interpolate, edit",
+            add_vae_arguments,
+            vae_main,
+        ),
+        (
+            "eval",
+            "evaluate a model or image set: FID, KID, precision/recall, SWD, ...",
+            add_eval_arguments,
+            eval_main,
+        ),
+        (
+            "generate",
+            "generate avatars from a trained model (seeds, truncation, attributes)",
+            add_generate_arguments,
+            generate_main,
+        ),
+        (
+            "interpolate",
+            "interpolation videos between seeds (mp4, gif, webp, apng)",
+            add_interpolate_arguments,
+            interpolate_main,
+        ),
+        (
+            "edit",
+            "personalise: variations, style mixing, latent directions, inversion",
+            add_personalise_arguments,
+            personalise_main,
+        ),
+        (
+            "style",
+            "style transfer: colour, histogram, Gatys, AdaIN; CycleGAN train/apply",
+            add_style_arguments,
+            style_main,
+        ),
+        (
+            "post",
+            "alpha-preserving post-processing chains, sprite sheets, APNG",
+            add_post_arguments,
+            post_main,
+        ),
+        (
+            "animate",
+            "expression animator: train, animate an avatar, export ONNX",
+            add_animate_arguments,
+            animate_main,
+        ),
+        (
+            "serve",
+            "HTTP API (FastAPI): generate, edit, post-process, style, animate",
+            add_serve_arguments,
+            serve_main,
+        ),
+    ]
+    for name, help, add_arguments, func in commands:
+        _add_command(sub, name, help, add_arguments, func)
 
 
 # --------------------------------------------------------------------------- misc
@@ -302,14 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"avatarforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_data(sub)
-    _add_train(sub)
-    _add_vae(sub)
-    _add_eval(sub)
-    _add_generate(sub)
-    _add_style(sub)
-    _add_post(sub)
-    _add_animate(sub)
-    _add_serve(sub)
+    _add_part_commands(sub)
     m = sub.add_parser("models", help="list the registered model architectures")
     m.set_defaults(func=_cmd_models)
     _add_quickstart(sub)
@@ -317,25 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``avatarforge`` and ``python -m avatarforge``; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as e:
-        parser.exit(2, f"avatarforge: error: {e}\n")
-    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as e:
-        # Library errors carry messages that name the problem and the fix; no traceback.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        parser.exit(2, f"avatarforge: error: {msg}\n")
-    except BrokenPipeError:
-        # The reader closed the pipe early (``avatarforge post --list-ops | head``): it has
-        # what it wanted. Point stdout at /dev/null so the interpreter's final flush cannot
-        # raise again, and exit 0, since stdout only ever carries reports, never results.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    return 0
+    """Entry point of ``avatarforge`` and ``python -m avatarforge``; returns the exit code.
+
+    A sub-command's own errors end in its return code; one that reaches here ends like
+    argparse's usage errors, with :class:`SystemExit` (:func:`avatarforge.commands.run_command`).
+    """
+    args = build_parser().parse_args(argv)
+    return run_command("avatarforge", lambda: args.func(args), exit=True)
 
 
 if __name__ == "__main__":

@@ -138,3 +138,14 @@ def test_train_cli_write_error_is_one_line_with_exit_code_4(data, tmp_path, monk
         err.strip().splitlines()[-1]
         == f"avatarforge train: error: [Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}"
     )
+
+
+def test_train_main_without_a_metric_factory_sends_log_metrics_to_avatarforge_train(data, tmp_path, capsys):
+    # `python -m avatarforge.train` passes no factory: training cannot import evaluation (it
+    # sits above), so log.metrics is refused in one line naming the command that has them.
+    flags = ["--model", "dcgan", "--data", str(data), "--runs-dir", str(tmp_path / "runs")]
+    assert train_main(build_parser().parse_args([*flags, *QUIET, "log.metrics=[swd]"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("avatarforge train: error: log.metrics") and "\n" not in err, err
+    assert "'avatarforge train'" in err and "'python -m avatarforge train'" in err
+    assert not (tmp_path / "runs").exists()  # refused before a run directory is made

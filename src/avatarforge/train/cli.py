@@ -8,7 +8,8 @@ layout and resume the same way.
 
 ``add_train_arguments(parser)`` adds the flags to any ``argparse`` parser (the main CLI's
 ``train`` sub-command, or this module's own parser for ``python -m avatarforge.train``);
-``train_main(args)`` runs it and returns the exit code:
+``train_main(args, metric_fn_factory)`` runs it (through
+:func:`avatarforge.commands.run_command`) and returns the exit code:
 
 * 0: finished, or stopped by ``--minutes`` / SIGINT / SIGTERM with a checkpoint written;
 * 2: a usage or configuration error (message names the key/flag and what is accepted);
@@ -24,10 +25,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from avatarforge.commands import run_command
 from avatarforge.config import (
     ConfigError,
     accept_overrides_anywhere,
@@ -36,10 +38,9 @@ from avatarforge.config import (
     parse_overrides,
     to_yaml,
 )
+from avatarforge.errors import EXIT_OK, EXIT_WRITE, UsageError
 
 __all__ = ["add_train_arguments", "build_parser", "config_from_args", "main", "train_main"]
-
-EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_WRITE = 0, 2, 3, 4
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -155,37 +156,45 @@ def _file_names_model(path: str | Path) -> bool:
     return isinstance(model, dict) and bool(model.get("name"))
 
 
-def train_main(args: argparse.Namespace) -> int:
-    """Run ``avatarforge train`` for parsed ``args``; returns the process exit code."""
-    from avatarforge.errors import MissingDependencyError
-    from avatarforge.train.guard import TrainingDiverged
+#: Builds the in-training metric hook from a config (None when ``log.metrics`` is empty):
+#: :func:`avatarforge.eval.metric_fn_from_config`, passed in by the ``avatarforge`` command.
+MetricFnFactory = Callable[[Any], "Callable[[Any], dict[str, float]] | None"]
 
-    try:
-        notes: list[str] = []
-        cfg = config_from_args(args, notes)
-        if args.dry_run:
-            print("".join(f"# {n}\n" for n in notes) + to_yaml(cfg), end="")
-            return EXIT_OK
-        for n in notes:
-            print(n, file=sys.stderr)
-        from avatarforge.eval import metric_fn_from_config
-        from avatarforge.train.families import train
 
-        train(cfg, resume=args.resume, metric_fn=metric_fn_from_config(cfg))
+def train_main(args: argparse.Namespace, metric_fn_factory: MetricFnFactory | None = None) -> int:
+    """Run ``avatarforge train`` for parsed ``args``; returns the process exit code.
+
+    Args:
+        args: the parsed flags (:func:`add_train_arguments`).
+        metric_fn_factory: builds the in-training metric hook ``log.metrics`` asks for.
+            Evaluation sits above training, so the caller composes it: ``avatarforge
+            train`` passes :func:`avatarforge.eval.metric_fn_from_config`; without one
+            (``python -m avatarforge.train``) a config that sets ``log.metrics`` is a usage
+            error naming the command that computes them.
+    """
+    # A failed write (ENOSPC, EFBIG, EACCES, ...) exits 4: the trainer has already named the
+    # newest complete checkpoint and the resume command; a traceback would add nothing.
+    return run_command("avatarforge train", lambda: _train(args, metric_fn_factory), os_error_code=EXIT_WRITE)
+
+
+def _train(args: argparse.Namespace, metric_fn_factory: MetricFnFactory | None) -> int:
+    notes: list[str] = []
+    cfg = config_from_args(args, notes)
+    if args.dry_run:
+        print("".join(f"# {n}\n" for n in notes) + to_yaml(cfg), end="")
         return EXIT_OK
-    except (ConfigError, MissingDependencyError, FileNotFoundError, ValueError) as e:
-        # User errors (bad key/value, missing data set, batch larger than the data set, ...)
-        # carry messages naming the problem and the fix: no traceback.
-        print(f"avatarforge train: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrainingDiverged as e:
-        print(f"avatarforge train: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except OSError as e:
-        # A failed write (ENOSPC, EFBIG, EACCES, ...): the trainer has already named the newest
-        # complete checkpoint and the resume command; a traceback would add nothing.
-        print(f"avatarforge train: error: {e}", file=sys.stderr)
-        return EXIT_WRITE
+    if metric_fn_factory is None and getattr(cfg.log, "metrics", None):
+        raise UsageError(
+            "log.metrics needs the evaluation package, which 'python -m avatarforge.train' does not "
+            "load: run 'avatarforge train' (or 'python -m avatarforge train') for in-training metrics"
+        )
+    for n in notes:
+        print(n, file=sys.stderr)
+    from avatarforge.train.families import train
+
+    metric_fn = metric_fn_factory(cfg) if metric_fn_factory is not None else None
+    train(cfg, resume=args.resume, metric_fn=metric_fn)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

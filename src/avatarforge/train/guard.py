@@ -21,11 +21,19 @@ from typing import Any
 
 import torch
 
+from avatarforge.errors import EXIT_DIVERGED, CommandFailed
+
 __all__ = ["NaNEvents", "NonFiniteWarning", "StopSignal", "TrainingDiverged", "all_finite", "nonfinite_names"]
 
 
-class TrainingDiverged(RuntimeError):
-    """Losses or weights kept becoming NaN/Inf after restoring and lowering the learning rate."""
+class TrainingDiverged(CommandFailed, RuntimeError):
+    """Losses or weights kept becoming NaN/Inf after restoring and lowering the learning rate.
+
+    A :class:`~avatarforge.errors.CommandFailed` so that every command reports it the same
+    way (``PROG: MESSAGE``, exit code 3); still a RuntimeError for callers that catch that.
+    """
+
+    exit_code = EXIT_DIVERGED
 
 
 class NonFiniteWarning(RuntimeWarning):
