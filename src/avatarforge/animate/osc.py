@@ -70,6 +70,15 @@ Packet = OSCMessage | OSCBundle
 
 
 # =============================================================================== parsing
+#: Fixed-size big-endian argument type tags: struct format and name.
+_NUMBER_TAGS: dict[str, tuple[str, str]] = {
+    "i": (">i", "int32"),
+    "f": (">f", "float32"),
+    "d": (">d", "float64"),
+    "h": (">q", "int64"),
+}
+
+
 def _read_string(data: bytes, pos: int, what: str) -> tuple[str, int]:
     end = data.find(b"\x00", pos)
     if end < 0:
@@ -104,18 +113,10 @@ def _parse_message(data: bytes) -> OSCMessage:
         raise OSCError(f"type tag string {tags!r} at offset {pos} must start with ','")
     args: list[Any] = []
     for tag in tags[1:]:
-        if tag == "i":
-            raw, pos = _read(data, pos, 4, "int32 argument")
-            args.append(struct.unpack(">i", raw)[0])
-        elif tag == "f":
-            raw, pos = _read(data, pos, 4, "float32 argument")
-            args.append(struct.unpack(">f", raw)[0])
-        elif tag == "d":
-            raw, pos = _read(data, pos, 8, "float64 argument")
-            args.append(struct.unpack(">d", raw)[0])
-        elif tag == "h":
-            raw, pos = _read(data, pos, 8, "int64 argument")
-            args.append(struct.unpack(">q", raw)[0])
+        if tag in _NUMBER_TAGS:
+            fmt, what = _NUMBER_TAGS[tag]
+            raw, pos = _read(data, pos, struct.calcsize(fmt), f"{what} argument")
+            args.append(struct.unpack(fmt, raw)[0])
         elif tag == "s":
             text, pos = _read_string(data, pos, "string argument")
             args.append(text)
