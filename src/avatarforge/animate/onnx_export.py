@@ -41,6 +41,7 @@ from avatarforge.models.animator import (
     STATE_NAMES,
     ControlsLike,
     ExpressionAnimator,
+    FrameDecoder,
     controls_tensor,
     image_to_tensor,
 )
@@ -93,17 +94,6 @@ def prepare_path(path: str | os.PathLike) -> Path:
     """``avatar.onnx`` -> ``avatar.prepare.onnx`` (the prepare graph next to the render graph)."""
     p = Path(path)
     return p.with_name(p.stem + ".prepare" + (p.suffix or ".onnx"))
-
-
-class _Render(nn.Module):
-    def __init__(self, animator: ExpressionAnimator) -> None:
-        super().__init__()
-        self.animator = animator
-
-    def forward(
-        self, source: Tensor, e1: Tensor, e2: Tensor, e3: Tensor, g: Tensor, controls: Tensor
-    ) -> Tensor:
-        return self.animator.decode(source, e1, e2, e3, g, controls)[0].clamp(-1, 1)
 
 
 class _Prepare(nn.Module):
@@ -179,7 +169,7 @@ def export_onnx(
     state = model.encode(image)
     controls = controls_tensor({"eye_open": 0.3, "mouth_open": 0.6, "smile": 0.4, "head_yaw": 0.3})
     render_raw = _export_bytes(
-        _Render(model), (*state.tensors(), controls), [*STATE_NAMES, "controls"], ["frame"], opset
+        FrameDecoder(model), (*state.tensors(), controls), [*STATE_NAMES, "controls"], ["frame"], opset
     )
     prepare_raw = _export_bytes(_Prepare(model), (image,), ["image"], list(STATE_NAMES), opset)
     out = Path(path)

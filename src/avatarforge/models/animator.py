@@ -67,6 +67,7 @@ __all__ = [
     "AnimatorState",
     "ControlsLike",
     "ExpressionAnimator",
+    "FrameDecoder",
     "FrozenAnimator",
     "controls_tensor",
     "controls_to_dict",
@@ -445,7 +446,10 @@ class AnimatorDiscriminator(ConfigModule):
 
 
 # --------------------------------------------------------------------------- a faster torch path
-class _Decode(nn.Module):
+class FrameDecoder(nn.Module):
+    """One frame as a module of tensors only: ``(*state.tensors(), controls) -> (B, C, H, W)``
+    in ``[-1, 1]``, the graph that TorchScript (:class:`FrozenAnimator`) and ONNX export trace."""
+
     def __init__(self, animator: ExpressionAnimator) -> None:
         super().__init__()
         self.animator = animator
@@ -491,7 +495,7 @@ class FrozenAnimator:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python code
                 fn = torch.jit.freeze(
-                    torch.jit.trace(_Decode(self.animator).eval(), (*tensors, c), check_trace=False)
+                    torch.jit.trace(FrameDecoder(self.animator).eval(), (*tensors, c), check_trace=False)
                 )
             self._traced[key] = fn
         return fn(*tensors, c)
