@@ -246,49 +246,21 @@ def save_animation(
     if isinstance(loop, bool) or not isinstance(loop, int) or loop < 0:
         raise ValueError(f"loop must be an integer >= 0 (0 = forever), got {loop!r}")
     duration = round(1000.0 / fps)
-    buf = io.BytesIO()
     if fmt == "apng":
         pil = [Image.fromarray(f, "RGBA") for f in imgs]
         # disposal=1 (clear to transparent) + blend=0 (replace): each frame stands alone.
-        pil[0].save(
-            buf,
-            format="PNG",
-            save_all=True,
-            append_images=pil[1:],
-            duration=duration,
-            loop=loop,
-            disposal=1,
-            blend=0,
-        )
+        options: dict[str, Any] = {"format": "PNG", "disposal": 1, "blend": 0}
     elif fmt == "webp":
         pil = [Image.fromarray(f, "RGBA") for f in imgs]
-        pil[0].save(
-            buf,
-            format="WEBP",
-            save_all=True,
-            append_images=pil[1:],
-            duration=duration,
-            loop=loop,
-            lossless=lossless,
-            quality=100 if lossless else 90,
-            method=4,
-        )
+        options = {"format": "WEBP", "lossless": lossless, "quality": 100 if lossless else 90, "method": 4}
     else:
         if not 1 <= int(alpha_threshold) <= 255:
             raise ValueError(f"alpha_threshold must be from 1 to 255, got {alpha_threshold}")
         pil = [_gif_frame(f, int(alpha_threshold)) for f in imgs]
         # disposal=2 (restore to background): transparent areas don't show the last frame.
-        pil[0].save(
-            buf,
-            format="GIF",
-            save_all=True,
-            append_images=pil[1:],
-            duration=duration,
-            loop=loop,
-            disposal=2,
-            transparency=255,
-            optimize=False,
-        )
+        options = {"format": "GIF", "disposal": 2, "transparency": 255, "optimize": False}
+    buf = io.BytesIO()
+    pil[0].save(buf, save_all=True, append_images=pil[1:], duration=duration, loop=loop, **options)
     return atomic_write_bytes(path, buf.getvalue())
 
 
