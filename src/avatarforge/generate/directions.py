@@ -133,6 +133,35 @@ def _sample_ws(pipe: GeneratorPipeline, n: int, seed: int) -> torch.Tensor:
     return lat.ws[:, 0].double()
 
 
+def _eigen_directions(
+    method: str,
+    evecs: torch.Tensor,
+    k: int,
+    layers: Sequence[int] | None,
+    measure: Callable[[int, torch.Tensor], tuple[float, float]],
+) -> list[Direction]:
+    """``w`` directions along the first ``k`` columns of ``evecs`` (ids ``{method}0``, ...),
+    each signed so that its largest entry is positive (eigh's sign is arbitrary);
+    ``measure(i, v)`` gives the ``(scale, score)`` of column ``i`` (signed: ``v``)."""
+    out = []
+    for i in range(min(k, evecs.shape[1])):
+        v = evecs[:, i]
+        v = v * torch.sign(v[v.abs().argmax()])
+        scale, score = measure(i, v)
+        out.append(
+            Direction(
+                id=f"{method}{i}",
+                kind="w",
+                method=method,
+                vector=v.float().tolist(),
+                scale=scale,
+                layers=list(layers) if layers is not None else None,
+                score=score,
+            )
+        )
+    return out
+
+
 def ganspace_directions(
     pipe: GeneratorPipeline,
     k: int = 8,
@@ -147,22 +176,13 @@ def ganspace_directions(
     evals, evecs = torch.linalg.eigh(w.T @ w / (len(w) - 1))  # ascending
     evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
     total = float(evals.sum())
-    out = []
-    for i in range(min(k, evecs.shape[1])):
-        v = evecs[:, i]
-        v = v * torch.sign(v[v.abs().argmax()])  # fixed sign: eigh's is arbitrary
-        out.append(
-            Direction(
-                id=f"pca{i}",
-                kind="w",
-                method="pca",
-                vector=v.float().tolist(),
-                scale=float(evals[i].sqrt()),
-                layers=list(layers) if layers is not None else None,
-                score=float(evals[i]) / total if total > 0 else 0.0,
-            )
-        )
-    return out
+    return _eigen_directions(
+        "pca",
+        evecs,
+        k,
+        layers,
+        lambda i, v: (float(evals[i].sqrt()), float(evals[i]) / total if total > 0 else 0.0),
+    )
 
 
 def sefa_directions(
@@ -190,22 +210,9 @@ def sefa_directions(
     evals, evecs = torch.linalg.eigh(A.T @ A)
     evals, evecs = evals.flip(0), evecs.flip(1)
     w = _sample_ws(pipe, n_samples, seed)
-    out = []
-    for i in range(min(k, evecs.shape[1])):
-        v = evecs[:, i]
-        v = v * torch.sign(v[v.abs().argmax()])
-        out.append(
-            Direction(
-                id=f"sefa{i}",
-                kind="w",
-                method="sefa",
-                vector=v.float().tolist(),
-                scale=float((w @ v).std()),
-                layers=list(apply_layers) if apply_layers is not None else None,
-                score=float(evals[i]),
-            )
-        )
-    return out
+    return _eigen_directions(
+        "sefa", evecs, k, apply_layers, lambda i, v: (float((w @ v).std()), float(evals[i]))
+    )
 
 
 def label_directions(pipe: GeneratorPipeline, attributes: Sequence[str] | None = None) -> list[Direction]:
