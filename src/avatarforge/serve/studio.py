@@ -444,6 +444,18 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
     def err(e: Exception) -> Exception:
         return gr.Error(str(e)) if isinstance(e, StudioError) else e
 
+    def rgba_view(label: str, elem_id: str) -> Any:
+        """A read-only RGBA image (sent as PNG, so its alpha survives)."""
+        return gr.Image(
+            label=label,
+            type="numpy",
+            image_mode="RGBA",
+            format="png",
+            interactive=False,
+            height=280,
+            elem_id=elem_id,
+        )
+
     with gr.Blocks(title="AvatarForge studio", analytics_enabled=False) as demo:
         session = gr.State(StudioSession())
         final = gr.State(None)  # the finished RGBA image (numpy)
@@ -475,15 +487,7 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
         status = gr.Markdown("", elem_id="status")
         with gr.Row():
             with gr.Column(scale=1):
-                picked_img = gr.Image(
-                    label="your avatar",
-                    type="numpy",
-                    image_mode="RGBA",
-                    format="png",
-                    interactive=False,
-                    height=280,
-                    elem_id="picked",
-                )
+                picked_img = rgba_view("your avatar", "picked")
                 download = gr.DownloadButton(
                     "Download PNG (with alpha)", elem_id="download", interactive=False
                 )
@@ -535,15 +539,7 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
                         )
                         for n in CONTROL_NAMES
                     ]
-                    expr_img = gr.Image(
-                        label="expression",
-                        type="numpy",
-                        image_mode="RGBA",
-                        format="png",
-                        interactive=False,
-                        height=280,
-                        elem_id="expression",
-                    )
+                    expr_img = rgba_view("expression", "expression")
 
         # ---------------------------------------------------------------- callbacks
         def attrs_of(values: Sequence[Any]) -> dict[str, str]:
