@@ -231,6 +231,11 @@ def _request_models(state: ServeState) -> dict[str, type[BaseModel]]:
     }
 
 
+def _render_options(req: Any) -> dict[str, Any]:
+    """How an image request wants its pixels: ``noise_mode``, ``rgba``, ``background``."""
+    return {"noise_mode": req.noise_mode, "rgba": req.rgba, "background": req.background}
+
+
 def _body(model: type[BaseModel]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     # The request models are built per server (their attrs depend on the model), so they are
     # local values; FastAPI reads parameter types from __annotations__, set here.
@@ -310,9 +315,7 @@ def build_router(state: ServeState) -> APIRouter:
                 truncation=req.truncation,
                 attrs=attrs,
                 codes=codes,
-                noise_mode=req.noise_mode,
-                rgba=req.rgba,
-                background=req.background,
+                **_render_options(req),
             )
         return _images_response(state, result)
 
@@ -334,9 +337,7 @@ def build_router(state: ServeState) -> APIRouter:
                 n=req.n,
                 strength=req.strength,
                 seed=req.variation_seed,
-                noise_mode=req.noise_mode,
-                rgba=req.rgba,
-                background=req.background,
+                **_render_options(req),
             )
         return _images_response(state, result)
 
@@ -370,9 +371,7 @@ def build_router(state: ServeState) -> APIRouter:
                 direction,
                 amounts=amounts,
                 steps=_DEFAULT_SLIDE_STEPS,
-                noise_mode=req.noise_mode,
-                rgba=req.rgba,
-                background=req.background,
+                **_render_options(req),
             )
         return _images_response(state, result)
 
@@ -402,9 +401,7 @@ def build_router(state: ServeState) -> APIRouter:
                     attrs=attrs,
                     codes=codes,
                     loop=req.loop,
-                    noise_mode=req.noise_mode,
-                    rgba=req.rgba,
-                    background=req.background,
+                    **_render_options(req),
                 )
         else:
             lat = _interpolation_keys_latents(state, req)
