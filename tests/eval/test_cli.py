@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from avatarforge.eval.cli import EXIT_OK, EXIT_USAGE, add_eval_arguments, eval_main
+from avatarforge.errors import EXIT_OK, EXIT_USAGE
+from avatarforge.eval.cli import add_eval_arguments, eval_main
 from avatarforge.models.dcgan import DCGANGenerator
 from tests.conftest import make_packed
 

@@ -16,17 +16,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["EXIT_OK", "EXIT_USAGE", "add_eval_arguments", "build_parser", "eval_main", "main"]
+from avatarforge.commands import run_command
+from avatarforge.errors import EXIT_OK, UsageError
 
-EXIT_OK, EXIT_USAGE = 0, 2
+__all__ = ["add_eval_arguments", "build_parser", "eval_main", "main"]
+
 _METRIC_HELP = (
     "comma-separated: fid, kid, pr (precision/recall), swd (sliced Wasserstein), attr (attribute "
     "accuracy of a conditional model), recon (VAE reconstruction MSE/PSNR/SSIM); default fid,kid,pr"
 )
-
-
-class _UsageError(Exception):
-    pass
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -106,80 +104,76 @@ def _validate(args: argparse.Namespace) -> None:
     from avatarforge.eval.metrics import get_metric
 
     if args.n < 1:
-        raise _UsageError(f"--n must be >= 1, got {args.n}")
+        raise UsageError(f"--n must be >= 1, got {args.n}")
     if args.n_ref is not None and args.n_ref < 2:
-        raise _UsageError(f"--n-ref must be >= 2, got {args.n_ref}")
+        raise UsageError(f"--n-ref must be >= 2, got {args.n_ref}")
     if args.batch < 1:
-        raise _UsageError(f"--batch must be >= 1, got {args.batch}")
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
     if not args.truncation > 0:
-        raise _UsageError(f"--truncation must be > 0 (1 = no truncation), got {args.truncation}")
+        raise UsageError(f"--truncation must be > 0 (1 = no truncation), got {args.truncation}")
     if args.size is not None and args.size < 16:
-        raise _UsageError(f"--size must be >= 16 pixels, got {args.size}")
+        raise UsageError(f"--size must be >= 16 pixels, got {args.size}")
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not names:
-        raise _UsageError(f"--metrics is empty; choose from {_METRIC_HELP}")
+        raise UsageError(f"--metrics is empty; choose from {_METRIC_HELP}")
     kinds = set()
     for m in names:
         try:
             kinds.add(get_metric(m).kind)
         except KeyError as e:
-            raise _UsageError(f"--metrics: {e.args[0]}") from None
+            raise UsageError(f"--metrics: {e.args[0]}") from None
     if args.extractor != "auto" and args.extractor not in list_extractors():
-        raise _UsageError(
+        raise UsageError(
             f"--extractor: unknown {args.extractor!r}; choose from auto, {', '.join(list_extractors())}"
         )
     if not Path(args.source).exists():
-        raise _UsageError(
+        raise UsageError(
             f"SOURCE {args.source} does not exist (a run directory, image folder or packed data set)"
         )
     if kinds & {"features", "images", "reconstruction"} and not args.ref:
         needing = [m for m in names if get_metric(m).kind in ("features", "images", "reconstruction")]
-        raise _UsageError(
+        raise UsageError(
             f"--ref is required for {', '.join(needing)}: pass reference images (a packed data set or a folder)"
         )
     if args.ref and not Path(args.ref).exists():
-        raise _UsageError(f"--ref {args.ref} does not exist (a packed data set or an image folder)")
+        raise UsageError(f"--ref {args.ref} does not exist (a packed data set or an image folder)")
     if args.weights and not Path(args.weights).exists():
-        raise _UsageError(f"--weights {args.weights} does not exist")
+        raise UsageError(f"--weights {args.weights} does not exist")
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
-        raise _UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    """Run ``avatarforge eval`` for parsed ``args``; returns the process exit code."""
-    try:
-        _validate(args)
-        notes: list[str] = []
-        extractor = _resolve_extractor(args, notes)
-        from avatarforge.data.packed import PackedFormatError
-        from avatarforge.eval.evaluate import evaluate
+    """Run ``avatarforge eval`` for parsed ``args``; returns the process exit code (0, or 2
+    with one line naming the problem: :func:`avatarforge.commands.run_command`)."""
+    return run_command("avatarforge eval", lambda: _eval(args))
 
-        for n in notes:
-            print(n, file=sys.stderr)
-        try:
-            result = evaluate(
-                args.source,
-                args.ref,
-                metrics=args.metrics,
-                extractor=extractor,
-                weights=args.weights,
-                n=args.n,
-                n_ref=args.n_ref,
-                batch_size=args.batch,
-                seed=args.seed,
-                truncation=args.truncation,
-                device=args.device,
-                cache_dir=args.cache_dir,
-                use_cache=not args.no_cache,
-                progress=not args.quiet,
-                size=args.size,
-            )
-        except (ValueError, KeyError, FileNotFoundError, PackedFormatError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            raise _UsageError(msg) from e
-    except _UsageError as e:
-        print(f"avatarforge eval: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+
+def _eval(args: argparse.Namespace) -> int:
+    from avatarforge.eval.evaluate import evaluate
+
+    _validate(args)
+    notes: list[str] = []
+    extractor = _resolve_extractor(args, notes)
+    for n in notes:
+        print(n, file=sys.stderr)
+    result = evaluate(
+        args.source,
+        args.ref,
+        metrics=args.metrics,
+        extractor=extractor,
+        weights=args.weights,
+        n=args.n,
+        n_ref=args.n_ref,
+        batch_size=args.batch,
+        seed=args.seed,
+        truncation=args.truncation,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        progress=not args.quiet,
+        size=args.size,
+    )
     result.notes[:0] = notes
     if args.out:
         result.save(args.out)

@@ -467,13 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m avatarforge.generate.cli``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (ValueError, FileNotFoundError) as e:
-        parser.exit(2, f"avatarforge: error: {e}\n")
-    return 0
+    from avatarforge.commands import run_command
+
+    args = build_parser().parse_args(argv)
+    return run_command("avatarforge", lambda: args.func(args), exit=True)
 
 
 if __name__ == "__main__":

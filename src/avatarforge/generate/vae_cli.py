@@ -33,14 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avatarforge.commands import run_command
+from avatarforge.errors import EXIT_OK, UsageError
+
 __all__ = ["add_vae_arguments", "build_parser", "main", "vae_main"]
 
-EXIT_OK, EXIT_USAGE = 0, 2
 _IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".gif")
-
-
-class _UsageError(ValueError):
-    """A user error: printed without a traceback, exit code 2."""
 
 
 def add_vae_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -143,7 +141,7 @@ def _parse_labels(items: Sequence[str]) -> dict[str, str] | None:
     out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
-            raise _UsageError(f"--label {item!r} must look like name=value (e.g. hair_color=blonde)")
+            raise UsageError(f"--label {item!r} must look like name=value (e.g. hair_color=blonde)")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out or None
@@ -215,7 +213,7 @@ def _cmd_decode(a: argparse.Namespace, vae: Any) -> list[Path]:
     try:
         z = np.load(a.latents, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise _UsageError(f"{a.latents}: not a readable .npy array ({e})") from None
+        raise UsageError(f"{a.latents}: not a readable .npy array ({e})") from None
     images = V.decode(vae, z.astype(np.float32), _parse_labels(a.label))
     return _save_many(Path(a.out), images, [f"{i:06d}" for i in range(len(images))])
 
@@ -231,7 +229,7 @@ def _cmd_sample(a: argparse.Namespace, vae: Any) -> list[Path]:
     from avatarforge.generate import vae_ops as V
 
     if a.n < 1:
-        raise _UsageError(f"--n must be >= 1, got {a.n}")
+        raise UsageError(f"--n must be >= 1, got {a.n}")
     images = V.sample(vae, a.n, seed=a.seed, labels=_parse_labels(a.label), temperature=a.temperature)
     return _save_many(Path(a.out), images, [f"{i:06d}" for i in range(len(images))])
 
@@ -292,22 +290,23 @@ _COMMANDS = {
 
 
 def vae_main(args: argparse.Namespace) -> int:
-    """Run ``avatarforge vae <command>`` for parsed ``args``; returns the exit code."""
-    try:
-        from avatarforge.runs import load_vae
+    """Run ``avatarforge vae <command>`` for parsed ``args``; returns the exit code (0, or 2
+    with one line naming the problem: :func:`avatarforge.commands.run_command`)."""
+    return run_command(f"avatarforge vae {args.vae_command}", lambda: _vae(args))
 
-        try:
-            vae = load_vae(args.run, which=args.which, device=args.device)
-        except KeyError as e:  # the checkpoint names a model this version does not have
-            raise _UsageError(f"{args.run}: {e.args[0] if e.args else e}") from None
-        if not hasattr(vae, "encoder"):
-            raise _UsageError(f"{args.run} does not hold a VAE")
-        for p in _COMMANDS[args.vae_command](args, vae):
-            print(p)
-        return EXIT_OK
-    except (ValueError, FileNotFoundError) as e:
-        print(f"avatarforge vae {args.vae_command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+
+def _vae(args: argparse.Namespace) -> int:
+    from avatarforge.runs import load_vae
+
+    try:
+        vae = load_vae(args.run, which=args.which, device=args.device)
+    except KeyError as e:  # the checkpoint names a model this version does not have
+        raise UsageError(f"{args.run}: {e.args[0] if e.args else e}") from None
+    if not hasattr(vae, "encoder"):
+        raise UsageError(f"{args.run} does not hold a VAE")
+    for p in _COMMANDS[args.vae_command](args, vae):
+        print(p)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avatarforge.errors import EXIT_OK, EXIT_PARTIAL
 from avatarforge.postprocess.chain import DEFAULT_CHAIN, Chain, ChainLimits, describe_ops
 
 __all__ = ["DEFAULT_MAX_OUTPUT_SIDE", "OUTPUT_FORMATS", "add_post_arguments", "post_main"]
@@ -335,4 +336,4 @@ def post_main(args: argparse.Namespace) -> int:
     print(
         f"processed {done} image(s) with '{chain}'" + (f"; {failed} skipped" if failed else "") + f" -> {out}"
     )
-    return 1 if failed else 0
+    return EXIT_PARTIAL if failed else EXIT_OK

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["EXIT_INTERRUPTED", "add_quickstart_arguments", "quickstart_main"]
+# Ctrl-C / SIGTERM during training (checkpoint saved; rerun to resume) exits 130, the shell
+# convention for SIGINT; re-exported here, where it always was.
+from avatarforge.errors import EXIT_INTERRUPTED, EXIT_OK
 
-#: Exit code after Ctrl-C / SIGTERM during training (checkpoint saved; rerun to resume),
-#: the shell convention for SIGINT.
-EXIT_INTERRUPTED = 130
+__all__ = ["EXIT_INTERRUPTED", "add_quickstart_arguments", "quickstart_main"]
 
 
 def _minutes(text: str) -> float:
@@ -87,4 +87,4 @@ def quickstart_main(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    return 0
+    return EXIT_OK

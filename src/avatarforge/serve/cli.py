@@ -149,12 +149,14 @@ def serve_main(args: argparse.Namespace) -> int:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError as e:
-        print(
-            f"avatarforge: error: 'serve' needs FastAPI and uvicorn ({e.name} is missing): "
-            "pip install 'avatarforge[serve]'",
-            file=sys.stderr,
+        from avatarforge.commands import report_error
+
+        # Reported here, not raised: serve_main's other errors end in the top-level command's
+        # SystemExit, but this one has always been a returned 2.
+        return report_error(
+            "avatarforge",
+            f"'serve' needs FastAPI and uvicorn ({e.name} is missing): pip install 'avatarforge[serve]'",
         )
-        return 2
 
     from avatarforge.serve.app import create_app
     from avatarforge.serve.state import ServeState

@@ -21,18 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avatarforge.commands import run_command
 from avatarforge.config import accept_overrides_anywhere
+from avatarforge.errors import EXIT_OK, EXIT_PARTIAL, UsageError
 
 __all__ = ["METHODS", "add_style_arguments", "build_parser", "main", "style_main"]
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 METHODS = ("colour", "histogram", "gatys", "adain")
 _METHOD_ALIASES = {"color": "colour", "hist": "histogram"}
 _OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*=")
-
-
-class StyleCLIError(Exception):
-    """A user error of ``avatarforge style`` (printed without a traceback, exit code 2)."""
 
 
 # ----------------------------------------------------------------------------- parser
@@ -179,7 +176,7 @@ def _device(name: str) -> Any:
 
 
 def _read_image(path: str, what: str) -> Any:
-    """A validated RGB/RGBA uint8 array from a file (raises StyleCLIError naming ``what``)."""
+    """A validated RGB/RGBA uint8 array from a file (raises UsageError naming ``what``)."""
     import numpy as np
 
     from avatarforge.data.imagefile import ImageRejected, load_image
@@ -187,7 +184,7 @@ def _read_image(path: str, what: str) -> Any:
     try:
         img = load_image(path)
     except ImageRejected as e:
-        raise StyleCLIError(f"{what} {path}: {e.message}") from None
+        raise UsageError(f"{what} {path}: {e.message}") from None
     return np.asarray(img)
 
 
@@ -240,7 +237,7 @@ def _cmd_transfer(a: argparse.Namespace) -> int:
             common["style_weight"] = a.style_weight
         if a.method == "gatys":
             if a.decoder:
-                raise StyleCLIError("--decoder is for --method adain")
+                raise UsageError("--decoder is for --method adain")
             out = neural.gatys_transfer(content, style, net=net, **common)
         else:
             decoder = neural.load_adain_decoder(a.decoder, device=device) if a.decoder else None
@@ -316,7 +313,7 @@ def _cmd_apply(a: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = _collect_images(a.images)
     if not files:
-        raise StyleCLIError(f"no images found in {', '.join(a.images)}")
+        raise UsageError(f"no images found in {', '.join(a.images)}")
     used: set[str] = set()
     failed = 0
     import numpy as np
@@ -371,31 +368,10 @@ def _cmd_train_decoder(a: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- entry points
 def style_main(args: argparse.Namespace) -> int:
-    """Run the ``avatarforge style`` sub-command in ``args``; returns the process exit code."""
-    from avatarforge.config import ConfigError
-    from avatarforge.data.packed import PackedFormatError
-    from avatarforge.errors import MissingDependencyError
-    from avatarforge.train.guard import TrainingDiverged
-
-    try:
-        return int(args.style_func(args))
-    except (
-        StyleCLIError,
-        ConfigError,
-        PackedFormatError,
-        MissingDependencyError,
-        FileNotFoundError,
-        ValueError,
-    ) as e:
-        # User errors carry messages that name the problem and the fix: no traceback.
-        print(f"avatarforge style: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyError as e:
-        print(f"avatarforge style: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrainingDiverged as e:
-        print(f"avatarforge style: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
+    """Run the ``avatarforge style`` sub-command in ``args``; returns the process exit code
+    (:func:`avatarforge.commands.run_command`: 1 when some inputs failed, 2 for a usage
+    error, 3 if training diverged)."""
+    return run_command("avatarforge style", lambda: args.style_func(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
