@@ -211,7 +211,8 @@ def test_alpha_survives_in_the_written_file(trained, tmp_path, suffix):
 
 
 def test_avatar_from_a_generator_run(trained, cgan_avatars, tmp_path, capsys):
-    from avatarforge.animate.cli import AnimateCLIError, load_avatar
+    from avatarforge.animate.cli import load_avatar
+    from avatarforge.errors import UsageError
     from avatarforge.models.animator import NEUTRAL_CONTROLS
 
     trainer, run = trained
@@ -223,7 +224,7 @@ def test_avatar_from_a_generator_run(trained, cgan_avatars, tmp_path, capsys):
     frames, _ = load_animation(out)
     expected = trainer.G_ema.animate(images[3], NEUTRAL_CONTROLS)
     assert np.array_equal(frames[0][..., 3], expected[..., 3]) and frames[0][0, 0, 3] == 255  # RGB: opaque
-    with pytest.raises(AnimateCLIError, match="no generator run"):
+    with pytest.raises(UsageError, match="no generator run"):
         load_avatar(str(tmp_path / "missing:3"), 32)
     assert _run(str(run), "--avatar", f"{tmp_path}:3", "--out", str(tmp_path / "x.png")) == 2
     assert "cannot load a generator" in capsys.readouterr().err

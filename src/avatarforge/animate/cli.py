@@ -27,11 +27,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avatarforge.commands import run_command
 from avatarforge.config import accept_overrides_anywhere
+from avatarforge.errors import EXIT_OK, UsageError
 
 __all__ = ["add_animate_arguments", "animate_main", "build_parser", "main"]
 
-EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
 COMMANDS = ("render", "train", "export-onnx")
 #: Output suffixes written with transparency (by :func:`avatarforge.postprocess.export.save_animation`).
 ALPHA_FORMATS = (".png", ".apng", ".webp", ".gif")
@@ -39,10 +40,6 @@ ALPHA_FORMATS = (".png", ".apng", ".webp", ".gif")
 #: FFmpeg back end, ``VIDEOWRITER_PROP_ENABLE_ALPHA``), .mp4 is composited on ``--background``.
 VIDEO_FORMATS = {".webm": "VP90", ".mp4": "mp4v"}
 _OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*=")
-
-
-class AnimateCLIError(Exception):
-    """A user error of ``avatarforge animate`` (printed without a traceback, exit code 2)."""
 
 
 # =============================================================================== parser
@@ -197,7 +194,7 @@ def load_avatar(spec: str, size: int) -> Any:
         try:
             return np.asarray(load_image(p))
         except ImageRejected as e:
-            raise AnimateCLIError(f"--avatar {spec}: {e.message}") from None
+            raise UsageError(f"--avatar {spec}: {e.message}") from None
     if re.fullmatch(r"\d+", spec.strip()):
         from avatarforge.data.procedural import render_avatar
 
@@ -205,7 +202,7 @@ def load_avatar(spec: str, size: int) -> Any:
     run, sep, seed = spec.rpartition(":")
     if sep and re.fullmatch(r"\d+", seed.strip()) and run:
         if not Path(run).exists():
-            raise AnimateCLIError(
+            raise UsageError(
                 f"--avatar {spec}: no generator run or checkpoint at {run!r} (GEN_RUN:SEED takes a run "
                 "directory of avatarforge train, e.g. runs/00000-stylegan-64:42)"
             )
@@ -214,9 +211,9 @@ def load_avatar(spec: str, size: int) -> Any:
         try:
             pipe = GeneratorPipeline.from_pretrained(run)
         except (FileNotFoundError, ValueError, KeyError) as e:
-            raise AnimateCLIError(f"--avatar {spec}: cannot load a generator from {run}: {e}") from None
+            raise UsageError(f"--avatar {spec}: cannot load a generator from {run}: {e}") from None
         return pipe.render(pipe.latents([int(seed)]))[0]
-    raise AnimateCLIError(
+    raise UsageError(
         f"--avatar {spec!r} is neither an image file, an integer seed, nor GEN_RUN:SEED (a generator "
         "run directory and a sample seed)"
     )
@@ -240,7 +237,7 @@ def write_video(path: Path, frames: list[Any], fps: float, background: tuple[int
     with OpenCV's FFmpeg back end, atomically (a temporary file renamed into place).
 
     Raises:
-        AnimateCLIError: this OpenCV cannot write the format (the message suggests .webp/.png/.gif).
+        UsageError: this OpenCV cannot write the format (the message suggests .webp/.png/.gif).
     """
     import cv2
     import numpy as np
@@ -255,7 +252,7 @@ def write_video(path: Path, frames: list[Any], fps: float, background: tuple[int
     if alpha:
         prop = getattr(cv2, "VIDEOWRITER_PROP_ENABLE_ALPHA", None)
         if prop is None:
-            raise AnimateCLIError(
+            raise UsageError(
                 f"this OpenCV ({cv2.__version__}) cannot write video with alpha (it needs "
                 "VIDEOWRITER_PROP_ENABLE_ALPHA, OpenCV >= 4.11 with FFmpeg); write .webp, .png (APNG) or "
                 ".gif for transparency, or .mp4 composited on --background"
@@ -267,7 +264,7 @@ def write_video(path: Path, frames: list[Any], fps: float, background: tuple[int
     if not writer.isOpened():
         tmp.unlink(missing_ok=True)
         what = "VP9 video with alpha" if alpha else f"{suffix} ({codec}) video"
-        raise AnimateCLIError(
+        raise UsageError(
             f"OpenCV cannot write {what} here (no FFmpeg back end or encoder); write .webp, .png (APNG) "
             "or .gif instead"
         )
@@ -284,7 +281,7 @@ def write_video(path: Path, frames: list[Any], fps: float, background: tuple[int
         writer.release()
     if not tmp.is_file() or tmp.stat().st_size == 0:
         tmp.unlink(missing_ok=True)
-        raise AnimateCLIError(f"OpenCV wrote no {suffix} data; write .webp, .png (APNG) or .gif instead")
+        raise UsageError(f"OpenCV wrote no {suffix} data; write .webp, .png (APNG) or .gif instead")
     tmp.replace(path)
     return path
 
@@ -297,20 +294,20 @@ def _cmd_render(a: argparse.Namespace) -> int:
     out = Path(a.out)
     suffix = out.suffix.lower()
     if suffix not in ALPHA_FORMATS and suffix not in VIDEO_FORMATS:
-        raise AnimateCLIError(
+        raise UsageError(
             f"--out {out.name}: unknown format; use .webp, .png/.apng, .gif, .webm (with transparency) or .mp4"
         )
     if not 0 < a.fps <= 100:
-        raise AnimateCLIError(f"--fps must be in (0, 100], got {a.fps}")
+        raise UsageError(f"--fps must be in (0, 100], got {a.fps}")
     if a.size is not None and not 16 <= a.size <= 2048:
-        raise AnimateCLIError(f"--size must be from 16 to 2048, got {a.size}")
+        raise UsageError(f"--size must be from 16 to 2048, got {a.size}")
     background = (255, 255, 255)
     if suffix == ".mp4":
         from avatarforge.data.imagefile import parse_color
 
         background = parse_color(a.background)
     if a.threads < 1:
-        raise AnimateCLIError(f"--threads must be >= 1, got {a.threads}")
+        raise UsageError(f"--threads must be >= 1, got {a.threads}")
     import torch
 
     torch.set_num_threads(a.threads)
@@ -332,14 +329,12 @@ def _cmd_render(a: argparse.Namespace) -> int:
             try:
                 vmc = VMCDriver(host or "127.0.0.1", int(port), mirror=a.vmc_mirror)
             except ValueError:
-                raise AnimateCLIError(
-                    f"--vmc {a.vmc!r}: expected [HOST:]PORT, e.g. 127.0.0.1:39539"
-                ) from None
+                raise UsageError(f"--vmc {a.vmc!r}: expected [HOST:]PORT, e.g. 127.0.0.1:39539") from None
             drivers.append(vmc)
             print(f"listening for VMC on {vmc.host}:{vmc.port}", file=sys.stderr)
         seconds = a.seconds if a.seconds is not None else (audio.duration if audio is not None else 5.0)
         if not 0 < seconds <= 3600:
-            raise AnimateCLIError(f"--seconds must be in (0, 3600], got {seconds}")
+            raise UsageError(f"--seconds must be in (0, 3600], got {seconds}")
         loop = FrameLoop(AvatarRenderer(animator, avatar), drivers, fps=a.fps, realtime=live)
         frames = loop.collect(seconds=seconds)
     finally:
@@ -420,30 +415,9 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 # =============================================================================== entry points
 def animate_main(args: argparse.Namespace) -> int:
-    """Run the ``avatarforge animate`` sub-command in ``args``; returns the process exit code."""
-    from avatarforge.config import ConfigError
-    from avatarforge.errors import MissingDependencyError
-    from avatarforge.train.guard import TrainingDiverged
-
-    try:
-        return int(args.animate_func(args))
-    except (
-        AnimateCLIError,
-        ConfigError,
-        MissingDependencyError,
-        FileNotFoundError,
-        ValueError,
-        OSError,
-    ) as e:
-        # User errors carry messages that name the problem and the fix: no traceback.
-        print(f"avatarforge animate: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyError as e:
-        print(f"avatarforge animate: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrainingDiverged as e:
-        print(f"avatarforge animate: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
+    """Run the ``avatarforge animate`` sub-command in ``args``; returns the process exit code
+    (:func:`avatarforge.commands.run_command`: 2 for a usage error, 3 if training diverged)."""
+    return run_command("avatarforge animate", lambda: args.animate_func(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
