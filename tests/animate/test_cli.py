@@ -169,7 +169,9 @@ def test_user_errors_exit_2(trained, tmp_path, capsys):
     assert _run(str(run), "--avatar", "not-a-file.png", "--out", str(tmp_path / "a.png")) == 2
     assert "neither an image file, an integer seed" in capsys.readouterr().err
     assert _run(str(tmp_path / "nope"), "--avatar", "5", "--out", str(tmp_path / "a.png")) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # A path that is no run says what to pass instead (avatarforge.runs.resolve_run).
+    assert "does not exist" in err and "pass a run directory" in err and "quickstart" in err, err
     assert _run(str(run), "--avatar", "5", "--script", "dance", "--out", str(tmp_path / "a.png")) == 2
     assert "unknown script action" in capsys.readouterr().err
 

@@ -104,3 +104,16 @@ def test_cel_outline_follows_interior_edges():
     black = (out == 0).all(axis=2)
     assert black[:, 18:22].any(axis=1).all()  # a line down the colour boundary
     assert not black[:, :15].any() and not black[:, 25:].any()
+
+
+def test_cel_shade_palette_accepts_its_whole_levels_range(avatar):
+    """levels 7-16 ask for more than a Pillow palette's 256 colours (was a 'bad number of
+    colors' error for 7 and up); they get 256."""
+    from avatarforge.postprocess import get_op
+
+    spec = get_op("cel_shade")
+    hi = int(next(p for p in spec.params if p.name == "levels").hi)
+    for levels in (6, 7, hi):
+        out = spec.func(avatar, levels=levels, method="palette")
+        assert out.shape == avatar.shape
+        assert len(np.unique(out[..., :3].reshape(-1, 3), axis=0)) <= 256

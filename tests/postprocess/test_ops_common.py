@@ -25,6 +25,7 @@ ACTIVE = {
     "upscale": {"factor": 2},
     "remove_background": {"method": "grabcut"},
     "composite": {"color": (0, 0, 255)},
+    "clean_alpha": {"solid": 100, "edge": 1},
 }
 
 

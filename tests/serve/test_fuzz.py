@@ -134,7 +134,12 @@ def _chain_item(draw, spec) -> str:
         elif p.kind == "bool":
             args.append(f"{p.name}={draw(st.sampled_from(['true', 'false']))}")
         elif p.kind == "choice":
-            args.append(f"{p.name}={draw(st.sampled_from(p.choices))}")
+            choices = p.choices
+            if spec.name == "remove_background" and p.name == "method":
+                # Key removal without key_color on an avatar whose border is not one colour is a
+                # user error the server rightly answers with 422 naming the fix, not a valid chain.
+                choices = tuple(c for c in choices if c != "key")
+            args.append(f"{p.name}={draw(st.sampled_from(choices))}")
         elif p.kind == "color":
             # r,g,b is quoted: commas separate the chain's ops
             colour = draw(st.sampled_from(["white", "#00ff00", "'10,20,30'"]))
@@ -170,7 +175,7 @@ def test_valid_chains_always_succeed(fuzz_app, avatar_png):
             if (
                 out.shape[:2] == src.shape[:2]
                 and out.shape[2] == 4
-                and not any(a in ops for a in ("remove_background", "composite", "upscale"))
+                and not any(a in ops for a in ("remove_background", "composite", "upscale", "clean_alpha"))
             ):
                 assert (out[..., 3] == src[..., 3]).all(), ops  # alpha untouched
 

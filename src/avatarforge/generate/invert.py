@@ -272,7 +272,7 @@ def invert(
             return replace(start, ws=v if space == "w+" else v.expand(-1, pipe.num_ws, -1))
 
     # Clamped as the uint8 output is: an untrained StyleGAN's linear output strays far outside.
-    init_psnr = float(psnr_fn(pipe.render_float(start).clamp(-1, 1), x)[0])
+    start_psnr = float(psnr_fn(pipe.render_float(start).clamp(-1, 1), x)[0])
     opt = torch.optim.Adam([var], lr=lr, betas=(0.9, 0.999))
     losses: list[float] = []
     best_val, best_var = math.inf, var.detach().clone()
@@ -294,8 +294,10 @@ def invert(
             callback(step, val)
     latent = make(best_var).detach()
     # Never return something worse than the start (possible with a too-high lr).
-    if not steps or float(psnr_fn(pipe.render_float(latent).clamp(-1, 1), x)[0]) < init_psnr:
+    if not steps or float(psnr_fn(pipe.render_float(latent).clamp(-1, 1), x)[0]) < start_psnr:
         latent = start.detach()
+    # Both reported PSNRs are of what the pipeline hands out (uint8, alpha cleaned), as the user sees.
+    init_psnr = float(psnr_fn(pipe.render(start.detach())[0][None], target_u8[None])[0])
     if pipe.is_stylegan:
         latent = pipe.map(latent)
     image = pipe.render(latent)[0]

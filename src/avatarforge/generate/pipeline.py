@@ -46,7 +46,7 @@ from avatarforge.generate.conditioning import (
     model_labels,
     parse_assignments,
 )
-from avatarforge.imageio import make_grid, to_uint8
+from avatarforge.imageio import clean_alpha, make_grid, to_uint8
 
 __all__ = [
     "NOISE_MODES",
@@ -445,6 +445,10 @@ class GeneratorPipeline:
         self.which = which
         self.batch_size = int(batch_size)
         self.device = next(G.parameters()).device
+        #: Clean the alpha of RGBA output (:func:`~avatarforge.imageio.clean_alpha`): one
+        #: silhouette, opaque inside. A generator draws alpha like colour, with faint specks away
+        #: from the character and a body at 249-254; nobody wants those on stream.
+        self.clean_alpha = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -696,9 +700,13 @@ class GeneratorPipeline:
         """uint8 images ``(N, H, W, C)``.
 
         ``rgba``: ``None`` keeps the model's channels, ``True`` adds an opaque alpha to RGB
-        output, ``False`` composites RGBA onto ``background`` (default white).
+        output, ``False`` composites RGBA onto ``background`` (default white). RGBA output has
+        its alpha cleaned (:attr:`clean_alpha`) before anything else.
         """
-        return _to_output(to_uint8(self.render_float(latent, noise_mode)), rgba, background)
+        images = to_uint8(self.render_float(latent, noise_mode))
+        if self.clean_alpha and images.shape[-1] == 4:
+            images = clean_alpha(images)
+        return _to_output(images, rgba, background)
 
     # ------------------------------------------------------------------ one call
     def __call__(

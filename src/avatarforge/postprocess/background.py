@@ -32,6 +32,7 @@ import os
 import cv2
 import numpy as np
 
+from avatarforge.imageio import clean_alpha as _clean_alpha
 from avatarforge.postprocess.alpha import check_image, fill_transparent, has_transparency, to_uint8
 from avatarforge.postprocess.detail import guided_filter
 from avatarforge.postprocess.registry import Param, register_op
@@ -272,6 +273,25 @@ def _fit_background(bg: np.ndarray, h: int, w: int) -> np.ndarray:
         y, x = (nh - h) // 2, (nw - w) // 2
         bg = bg[y : y + h, x : x + w]
     return np.ascontiguousarray(bg)
+
+
+@register_op(
+    "clean_alpha",
+    Param("solid", "int", 1, 255, help="alpha at or above which a pixel is part of the body"),
+    Param("edge", "int", 0, 16, help="soft rim kept around the body, px; 0 = one per 64 px of side"),
+    aliases=("clean_matte", "despeckle_alpha"),
+    alpha="computed",
+    group="alpha",
+)
+def clean_alpha(image: np.ndarray, solid: int = 128, edge: int = 0) -> np.ndarray:
+    """One silhouette, opaque inside: specks of alpha away from the character removed, small
+    holes filled, the body's interior at alpha 255, the antialiased rim kept.
+
+    Generated avatars get this already (``GeneratorPipeline.clean_alpha``); the op is for images
+    from elsewhere. RGB input is returned as a copy. See :func:`avatarforge.imageio.clean_alpha`.
+    """
+    img = check_image(image)
+    return _clean_alpha(img, solid=solid, edge=edge or None)
 
 
 @register_op(

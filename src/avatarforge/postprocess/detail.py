@@ -187,7 +187,8 @@ def cel_shade(
         rgb = cv2.bilateralFilter(rgb, d=5, sigmaColor=40.0, sigmaSpace=5.0)
     visible = image[..., 3] > 0 if image.shape[2] == 4 else np.ones(image.shape[:2], bool)
     if method == "palette":
-        out = _palette(rgb, visible, int(levels) ** 3)
+        # A Pillow palette holds at most 256 colours: levels 7-16 (343+ wanted) get all 256.
+        out = _palette(rgb, visible, min(int(levels) ** 3, 256))
     else:
         step = 255.0 / (levels - 1)
         out = to_uint8(np.rint(rgb.astype(np.float32) / step) * step)
