@@ -19,22 +19,6 @@ from avatarforge.errors import UsageError
 __all__ = ["build_parser", "main"]
 
 
-def _parse_attrs(text: str | None) -> dict[str, str]:
-    """``hair_color=pink,eye_color=blue`` -> dict; raises UsageError naming the bad item."""
-    out: dict[str, str] = {}
-    if not text:
-        return out
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if "=" not in item:
-            raise UsageError(f"--attrs item {item!r} must look like name=value (e.g. hair_color=pink)")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
 # --------------------------------------------------------------------------- data
 def _cmd_data_builtin(a: argparse.Namespace) -> int:
     from avatarforge.data.builtin import build_builtin_dataset
@@ -101,10 +85,15 @@ def _cmd_data_grid(a: argparse.Namespace) -> int:
 
 def _cmd_data_render(a: argparse.Namespace) -> int:
     from avatarforge.data.procedural import render, sample_attributes
+    from avatarforge.generate.conditioning import parse_assignments
     from avatarforge.imageio import save_image
 
     try:
-        attrs = sample_attributes(a.seed, **_parse_attrs(a.attrs))
+        wanted = parse_assignments(a.attrs, what="--attrs")  # "--attrs item 'x' must look like name=value"
+    except ValueError as e:
+        raise UsageError(f"{e} (e.g. hair_color=pink)") from e
+    try:
+        attrs = sample_attributes(a.seed, **wanted)
     except (ValueError, KeyError) as e:
         raise UsageError(f"--attrs: {e}") from e
     img = render(attrs, a.size, background=a.background)
