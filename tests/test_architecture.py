@@ -63,11 +63,6 @@ LIBRARY = ("models", "data", "runs", "train", "eval", "generate", "postprocess")
 #: (importer, imported module or package) pairs that still break a rule. Remove an entry with the
 #: import it excuses; the tests below fail on an entry that no longer happens.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # Not a circle (postprocess never imports generate), but an arrow back up: writing an
-    # animation (GIF/WebP/APNG) lives in postprocess.export. #16: move save_animation and
-    # load_animation below generate (e.g. imageio) once quickstart/pipeline.py, one of its
-    # importers, is free to change.
-    ("avatarforge.generate.interpolate", "avatarforge.postprocess.export"): "animation writer (#16)",
 }
 
 #: Imports that close a circle between modules on purpose, allowed by the module-level check

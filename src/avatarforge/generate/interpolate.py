@@ -193,7 +193,7 @@ def save_video(
     ``background`` (default white). ``loop``: repetitions for GIF/WebP/APNG (0 = forever).
     Note that the GIF and APNG writers merge identical consecutive frames.
     """
-    from avatarforge.postprocess.export import save_animation
+    from avatarforge.imageio import save_animation
 
     path = Path(path)
     fmt = VIDEO_FORMATS.get(path.suffix.lower())

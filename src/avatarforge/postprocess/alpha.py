@@ -20,6 +20,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
+from avatarforge.imageio import check_image
+
 __all__ = [
     "check_image",
     "fill_transparent",
@@ -30,26 +32,6 @@ __all__ = [
     "to_uint8",
     "unpremultiply",
 ]
-
-
-def check_image(image: object, name: str = "image") -> np.ndarray:
-    """Return ``image`` if it is an ``(H, W, 3|4)`` uint8 array, else raise.
-
-    Raises:
-        TypeError: not a NumPy array.
-        ValueError: wrong dtype, rank, channel count or an empty side.
-    """
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy (H, W, 3|4) uint8 array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(
-            f"{name} must be uint8 (0-255), got {image.dtype}; convert with np.clip(...).astype(np.uint8)"
-        )
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"{name} must have shape (H, W, 3) RGB or (H, W, 4) RGBA, got {image.shape}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"{name} is empty: shape {image.shape}")
-    return image
 
 
 def has_transparency(image: np.ndarray) -> bool:

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import Image
 
 from avatarforge import __version__
 from avatarforge.fileio import atomic_write_bytes, atomic_write_json
-from avatarforge.postprocess.alpha import check_image
+from avatarforge.imageio import ANIMATION_FORMATS, as_rgba_frames, load_animation, save_animation
 
 __all__ = [
     "ANIMATION_FORMATS",
@@ -38,26 +38,6 @@ __all__ = [
     "save_sprite_sheet",
     "sprite_sheet",
 ]
-
-#: File suffix -> animation format written by :func:`save_animation`.
-ANIMATION_FORMATS: dict[str, str] = {".png": "apng", ".apng": "apng", ".webp": "webp", ".gif": "gif"}
-
-
-def _rgba(frame: np.ndarray, i: int) -> np.ndarray:
-    check_image(frame, f"frame {i}")
-    if frame.shape[2] == 4:
-        return frame
-    out = np.empty((*frame.shape[:2], 4), np.uint8)
-    out[..., :3] = frame
-    out[..., 3] = 255
-    return out
-
-
-def _frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-    if len(frames) == 0:
-        raise ValueError("no frames to export")
-    return [_rgba(np.asarray(f), i) for i, f in enumerate(frames)]
-
 
 # ----------------------------------------------------------------------------- sprite sheets
 
@@ -85,7 +65,7 @@ def sprite_sheet(
         ``{"frames": {name: {"frame": {"x", "y", "w", "h"}, ...}}, "meta": {...}}``;
         ``meta["order"]`` lists the names in frame order.
     """
-    imgs = _frames(frames)
+    imgs = as_rgba_frames(frames)
     n = len(imgs)
     if names is None:
         names = [f"frame_{i:03d}" for i in range(n)]
@@ -181,94 +161,3 @@ def load_sprite_sheet(json_path: str | os.PathLike) -> dict[str, np.ndarray]:
         r = atlas["frames"][name]["frame"]
         out[name] = sheet[r["y"] : r["y"] + r["h"], r["x"] : r["x"] + r["w"]].copy()
     return out
-
-
-# ----------------------------------------------------------------------------- animations
-
-
-def _same_size(imgs: list[np.ndarray]) -> None:
-    sizes = {f.shape[:2] for f in imgs}
-    if len(sizes) > 1:
-        raise ValueError(
-            f"animation frames must all have the same size, got {sorted(sizes)}; "
-            "resize them first or use a sprite sheet"
-        )
-
-
-def _gif_frame(rgba: np.ndarray, threshold: int) -> Image.Image:
-    """RGBA -> palette image: <= 255 colours, index 255 = transparent (alpha < threshold)."""
-    q = Image.fromarray(np.ascontiguousarray(rgba[..., :3]), "RGB").quantize(
-        colors=255, method=Image.Quantize.MEDIANCUT
-    )
-    idx = np.asarray(q).copy()
-    idx[rgba[..., 3] < threshold] = 255
-    pal = (q.getpalette() or [])[: 255 * 3]
-    pal += [0] * (768 - len(pal))
-    out = Image.fromarray(idx, "P")
-    out.putpalette(pal)
-    out.info["transparency"] = 255
-    return out
-
-
-def save_animation(
-    path: str | os.PathLike,
-    frames: Sequence[np.ndarray],
-    fps: float = 12.0,
-    *,
-    loop: int = 0,
-    format: str | None = None,
-    alpha_threshold: int = 128,
-    lossless: bool = True,
-) -> Path:
-    """Write an animation; the format follows the suffix (``.png``/``.apng`` -> APNG,
-    ``.webp``, ``.gif``) unless ``format`` (``apng``, ``webp``, ``gif``) is given.
-
-    Args:
-        frames: same-size (H, W, 3|4) uint8 arrays.
-        fps: frames per second, 0.1-100.
-        loop: number of repetitions, 0 = forever.
-        alpha_threshold: GIF only: alpha below this becomes transparent (GIF alpha is binary).
-        lossless: WebP only: lossless (exact) or lossy (quality 90) compression.
-
-    Note: APNG and GIF writers merge identical consecutive frames into one longer frame.
-    """
-    path = Path(path)
-    imgs = _frames(frames)
-    _same_size(imgs)
-    fmt = format or ANIMATION_FORMATS.get(path.suffix.lower())
-    if fmt not in ("apng", "webp", "gif"):
-        raise ValueError(
-            f"cannot tell the animation format of {path.name!r}; use a .png/.apng, .webp or .gif name "
-            "or pass format='apng'|'webp'|'gif'"
-        )
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0.1 <= fps <= 100:
-        raise ValueError(f"fps must be a number from 0.1 to 100, got {fps!r}")
-    if isinstance(loop, bool) or not isinstance(loop, int) or loop < 0:
-        raise ValueError(f"loop must be an integer >= 0 (0 = forever), got {loop!r}")
-    duration = round(1000.0 / fps)
-    if fmt == "apng":
-        pil = [Image.fromarray(f, "RGBA") for f in imgs]
-        # disposal=1 (clear to transparent) + blend=0 (replace): each frame stands alone.
-        options: dict[str, Any] = {"format": "PNG", "disposal": 1, "blend": 0}
-    elif fmt == "webp":
-        pil = [Image.fromarray(f, "RGBA") for f in imgs]
-        options = {"format": "WEBP", "lossless": lossless, "quality": 100 if lossless else 90, "method": 4}
-    else:
-        if not 1 <= int(alpha_threshold) <= 255:
-            raise ValueError(f"alpha_threshold must be from 1 to 255, got {alpha_threshold}")
-        pil = [_gif_frame(f, int(alpha_threshold)) for f in imgs]
-        # disposal=2 (restore to background): transparent areas don't show the last frame.
-        options = {"format": "GIF", "disposal": 2, "transparency": 255, "optimize": False}
-    buf = io.BytesIO()
-    pil[0].save(buf, save_all=True, append_images=pil[1:], duration=duration, loop=loop, **options)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_animation(path: str | os.PathLike) -> tuple[list[np.ndarray], list[int]]:
-    """Read an animation back as full RGBA frames and their durations in ms."""
-    frames, durations = [], []
-    with Image.open(path) as im:
-        for fr in ImageSequence.Iterator(im):
-            frames.append(np.asarray(fr.convert("RGBA")).copy())
-            durations.append(int(fr.info.get("duration", 0)))
-    return frames, durations
