@@ -230,3 +230,13 @@ def test_avatar_from_a_generator_run(trained, cgan_avatars, tmp_path, capsys):
         load_avatar(str(tmp_path / "missing:3"), 32)
     assert _run(str(run), "--avatar", f"{tmp_path}:3", "--out", str(tmp_path / "x.png")) == 2
     assert "cannot load a generator" in capsys.readouterr().err
+
+
+def test_help_names_the_render_subcommand(capsys):
+    """The help used to show {RUN,train,export-onnx} and then list 'render'."""
+    from avatarforge.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["animate", "--help"])
+    out = capsys.readouterr().out
+    assert "{render,train,export-onnx}" in out and "short for 'animate render RUN" in out

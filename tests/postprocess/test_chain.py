@@ -204,3 +204,12 @@ def test_an_op_lying_about_its_size_is_caught(avatar):
 def test_listing_shows_size_rules():
     text = describe_ops()
     assert "size: both sides times factor" in text
+
+
+def test_named_parameter_in_shorthand_says_how_to_write_it():
+    """'cel_shade=levels=4' used to say only "got 'levels=4'"; it now shows the syntax."""
+    from avatarforge.postprocess import parse_chain
+
+    with pytest.raises(ValueError, match=r"cel_shade\(levels=4\)"):
+        parse_chain("cel_shade=levels=4")
+    assert str(parse_chain("cel_shade=4")[0]) == "cel_shade(levels=4)"

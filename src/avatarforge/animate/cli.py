@@ -47,9 +47,12 @@ def add_animate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     """Add ``render`` (the default), ``train`` and ``export-onnx`` to ``parser``."""
     parser.description = parser.description or (
         "Animate avatars with a trained expression animator: blinks, talking (from a WAV file or a "
-        "script), VMC face tracking. See docs/animate.md."
+        "script), VMC face tracking. 'animate RUN ...' is short for 'animate render RUN ...'. "
+        "See docs/animate.md."
     )
-    sub = parser.add_subparsers(dest="animate_cmd", metavar="{RUN,train,export-onnx}", required=True)
+    # The metavar names every sub-command, render included (the description says that
+    # 'animate RUN ...' is short for it): help that showed RUN but listed 'render' confused users.
+    sub = parser.add_subparsers(dest="animate_cmd", metavar="{render,train,export-onnx}", required=True)
 
     r = sub.add_parser(
         "render",

@@ -149,7 +149,15 @@ def _parse_item(item: str) -> Op:
         if not spec.params:
             raise ValueError(f"{spec.name} takes no parameters, got {item.strip()!r}")
         p = spec.params[0]
-        params[p.name] = p.convert(_unquote(m.group(2)), spec.name)
+        value = _unquote(m.group(2))
+        key, eq, rest = value.partition("=")
+        if eq and re.fullmatch(r"\s*[A-Za-z_]\w*\s*", key) and key.strip() in {q.name for q in spec.params}:
+            # 'cel_shade=levels=4': a named parameter written the shorthand way.
+            raise ValueError(
+                f"{spec.name}: write a named parameter as {spec.name}({key.strip()}={rest.strip()}); "
+                f"'{spec.name}=VALUE' sets its first parameter, {p.name!r}"
+            )
+        params[p.name] = p.convert(value, spec.name)
     elif m.group(3) is not None and m.group(3).strip():
         named = False
         for i, arg in enumerate(_split(m.group(3), f"the parameters of {spec.name}")):
