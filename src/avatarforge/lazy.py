@@ -52,6 +52,8 @@ def lazy_attributes(
 
     def __getattr__(name: str) -> Any:
         if name in where:
+            # import_module: `where` is the package's own table of its public names (written in
+            # its __init__), never user input; importing on first use keeps `import avatarforge.X` light.
             value = getattr(importlib.import_module(where[name]), name)
             vars(sys.modules[package])[name] = value
             return value

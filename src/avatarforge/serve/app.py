@@ -74,6 +74,8 @@ def _mount_optional(
     if needs is not None and importlib.util.find_spec(needs) is None:
         return False
     try:
+        # import_module: `module` is one of this file's own constants (the studio and overlay
+        # parts, optional because they need extra packages), never a name from a request or config.
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name == module:  # the part is not installed/written: serve without it
