@@ -27,6 +27,7 @@ __all__ = [
     "check_image",
     "checkerboard",
     "clean_alpha",
+    "composite_over",
     "from_uint8",
     "load_animation",
     "make_grid",
@@ -184,6 +185,24 @@ def _component_of(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """The 8-connected component of ``mask`` that holds ``seed`` (a connected subset of it)."""
     _, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     return lab == lab[seed][0]
+
+
+def composite_over(
+    images: np.ndarray, colour: tuple[int, int, int] | np.ndarray = (255, 255, 255)
+) -> np.ndarray:
+    """Straight-alpha RGBA ``(..., 4)`` uint8 over a background -> RGB ``(..., 3)``; RGB passes through.
+
+    ``colour``: an ``(r, g, b)`` colour, or a uint8 ``(..., 3)`` background image that
+    broadcasts against the images.
+
+    ``(rgb * a + colour * (255 - a) + 127) // 255`` in integers: exact and deterministic
+    (``rgb * a + c * (255 - a) <= 255 * 255``, so the sum plus the rounding term fits uint16).
+    """
+    if images.shape[-1] != 4:
+        return images
+    bg = np.asarray(colour, np.uint16)
+    rgb, a = images[..., :3].astype(np.uint16), images[..., 3:4].astype(np.uint16)
+    return ((rgb * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- validation

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from avatarforge.data.packed import LabelSchema, PackedFormatError, read_manifest, read_schema
+from avatarforge.imageio import composite_over
 
 __all__ = [
     "PackedDataset",
@@ -153,14 +154,6 @@ class ShardedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return _per_rank(self.n, self.world_size, self.drop_last)
-
-
-def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """(..., 4) straight-alpha uint8 -> (..., 3) uint8 composited onto white, rounded."""
-    rgb = rgba[..., :3].astype(np.uint16)
-    a = rgba[..., 3:4].astype(np.uint16)
-    # rgb*a + 255*(255-a) <= 255*255 = 65025, so the sum plus the rounding term fits uint16.
-    return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
 
 def _uint8_to_float(u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -296,7 +289,7 @@ class PackedDataset(Dataset):
         if self.channels == self.stored_channels:
             return u8
         if self.stored_channels == 4:  # RGBA -> RGB on white
-            return _composite_on_white(u8)
+            return composite_over(u8)  # on white
         alpha = np.full((*u8.shape[:-1], 1), 255, np.uint8)  # RGB -> opaque RGBA
         return np.concatenate([u8, alpha], axis=-1)
 

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from avatarforge.imageio import composite_over
+
 __all__ = [
     "FolderSource",
     "GeneratorSource",
@@ -46,10 +48,9 @@ class SourceError(ValueError):
 
 
 def composite_on_white(images: np.ndarray) -> np.ndarray:
-    """(..., 4) straight-alpha uint8 -> (..., 3) uint8 on white (exact integer rounding)."""
-    rgb = images[..., :3].astype(np.uint16)
-    a = images[..., 3:4].astype(np.uint16)
-    return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+    """(..., 4) straight-alpha uint8 -> (..., 3) uint8 on white (exact integer rounding): how
+    transparent images are measured."""
+    return composite_over(images)
 
 
 def _to_rgb(images: np.ndarray) -> np.ndarray:

@@ -46,7 +46,7 @@ from avatarforge.generate.conditioning import (
     model_labels,
     parse_assignments,
 )
-from avatarforge.imageio import clean_alpha, make_grid, to_uint8
+from avatarforge.imageio import clean_alpha, composite_over, make_grid, to_uint8
 
 __all__ = [
     "NOISE_MODES",
@@ -293,11 +293,7 @@ def parse_colour(colour: str | Sequence[int] | None) -> tuple[int, int, int]:
 
 def composite(images: np.ndarray, background: str | Sequence[int] | None = None) -> np.ndarray:
     """RGBA ``(..., H, W, 4)`` uint8 over a solid colour -> RGB; RGB passes through."""
-    if images.shape[-1] != 4:
-        return images
-    bg = np.array(parse_colour(background), np.uint16)
-    rgb, a = images[..., :3].astype(np.uint16), images[..., 3:4].astype(np.uint16)
-    return ((rgb * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+    return composite_over(images, parse_colour(background))
 
 
 def _to_output(images: np.ndarray, rgba: bool | None, background: Any) -> np.ndarray:

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from avatarforge.imageio import clean_alpha as _clean_alpha
+from avatarforge.imageio import composite_over
 from avatarforge.postprocess.alpha import check_image, fill_transparent, has_transparency, to_uint8
 from avatarforge.postprocess.detail import guided_filter
 from avatarforge.postprocess.registry import Param, register_op
@@ -333,6 +334,4 @@ def composite(
         bg = _fit_background(check_image(background, "background"), h, w)
     if image.shape[2] == 3:
         return image.copy()
-    a = image[..., 3:4].astype(np.uint32)
-    out = (image[..., :3].astype(np.uint32) * a + bg.astype(np.uint32) * (255 - a) + 127) // 255
-    return out.astype(np.uint8)
+    return composite_over(image, bg)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from avatarforge.imageio import composite_over
 from avatarforge.models.adain import AdaINDecoder
 from avatarforge.style.classical import as_image_array, merge_alpha, split_alpha
 from avatarforge.style.features import (
@@ -577,7 +578,7 @@ def load_image_set(source: ImageSet, size: int, max_images: int = 1000, seed: in
             raise ValueError(
                 f"an image array must be (N, H, W, 3|4) uint8, got {source.dtype} {source.shape}"
             )
-        return to_tensor(_on_white(source[pick(len(source))]))
+        return to_tensor(composite_over(source[pick(len(source))]))
     paths = [Path(p) for p in source] if isinstance(source, (list, tuple)) else [Path(source)]
     for p in paths:
         if not p.exists():
@@ -607,14 +608,6 @@ def load_image_set(source: ImageSet, size: int, max_images: int = 1000, seed: in
     if not arrays:
         raise ValueError(f"no usable images in {', '.join(map(str, paths))}")
     return to_tensor(np.stack(arrays))
-
-
-def _on_white(u8: np.ndarray) -> np.ndarray:
-    """(..., 3|4) uint8 -> (..., 3) composited on white (straight alpha)."""
-    if u8.shape[-1] == 3:
-        return u8
-    a = u8[..., 3:4].astype(np.uint16)
-    return ((u8[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
 
 def train_adain_decoder(
