@@ -41,6 +41,7 @@ HOUSE: dict[str, int] = {
     "imageio": 0,
     "lazy": 0,
     "commands": 0,  # running a command: what it raises -> one line and an exit code
+    "cli_args": 4,  # the flags every training command shares (looks a resumed run up in runs)
     "data": 1,
     "config": 2,
     "models": 2,
@@ -62,8 +63,7 @@ LIBRARY = ("models", "data", "runs", "train", "eval", "generate", "postprocess")
 
 #: (importer, imported module or package) pairs that still break a rule. Remove an entry with the
 #: import it excuses; the tests below fail on an entry that no longer happens.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 #: Imports that close a circle between modules on purpose, allowed by the module-level check
 #: only (they stay within their package). A registry's lookup imports its package inside a

@@ -27,6 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avatarforge.cli_args import (
+    OVERRIDE_RE,
+    add_resume_arguments,
+    add_run_dir_arguments,
+    add_stop_arguments,
+    resumed_config,
+    run_settings,
+)
 from avatarforge.commands import run_command
 from avatarforge.config import accept_overrides_anywhere
 from avatarforge.errors import EXIT_OK, UsageError
@@ -39,7 +47,6 @@ ALPHA_FORMATS = (".png", ".apng", ".webp", ".gif")
 #: Output suffixes written by OpenCV as video: .webm is VP9 with an alpha channel (OpenCV's
 #: FFmpeg back end, ``VIDEOWRITER_PROP_ENABLE_ALPHA``), .mp4 is composited on ``--background``.
 VIDEO_FORMATS = {".webm": "VP90", ".mp4": "mp4v"}
-_OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*=")
 
 
 # =============================================================================== parser
@@ -121,16 +128,11 @@ def add_animate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     t.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. batch_size=32 optim.lr=5e-4"
     )
-    t.add_argument("--minutes", type=float, metavar="M", help="stop after M minutes (this session)")
-    t.add_argument("--kimg", type=float, metavar="K", help="stop after K thousand pairs")
+    add_stop_arguments(t, "pairs")
     t.add_argument("--size", type=int, metavar="PX", help="training resolution (data.size, default 64)")
     t.add_argument("--workers", type=int, metavar="N", help="render processes for the pair cache / stream")
-    t.add_argument("--resume", metavar="RUN", help="continue a run (its config and latest checkpoint)")
-    t.add_argument("--config", metavar="FILE.yaml", help="YAML config file")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
-    t.add_argument("--runs-dir", metavar="DIR", help="where run directories are created (default: runs)")
-    t.add_argument("--desc", metavar="TEXT", help="run directory suffix (default: animator-<size>)")
-    t.add_argument("--dry-run", action="store_true", help="print the resolved config (YAML) and exit")
+    add_resume_arguments(t)
+    add_run_dir_arguments(t, "animator-<size>")
     t.set_defaults(animate_func=_cmd_train)
     accept_overrides_anywhere(t)
 
@@ -371,29 +373,16 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from avatarforge.config import ConfigError, parse_overrides, to_yaml
     from avatarforge.train.families import train
 
-    bad = [t for t in a.overrides if not _OVERRIDE_RE.match(t)]
+    bad = [t for t in a.overrides if not OVERRIDE_RE.match(t)]
     if bad:
         raise ConfigError(f"animate train takes KEY=VALUE overrides, got {' '.join(bad)}")
     overrides = parse_overrides(a.overrides)
-    cli: dict[str, Any] = {}
-    if a.minutes is not None:
-        cli["minutes"] = a.minutes
-    if a.kimg is not None:
-        cli["kimg"] = a.kimg
+    cli = run_settings(a)
     if a.size is not None:
         cli.setdefault("data", {})["size"] = a.size
     if a.workers is not None:
         cli.setdefault("data", {})["workers"] = a.workers
-    for key in ("device", "runs_dir", "desc"):
-        if getattr(a, key, None):
-            cli[key] = getattr(a, key)
-    config_file = a.config
-    if a.resume:
-        from avatarforge.train.checkpoint import find_checkpoint
-
-        saved = find_checkpoint(a.resume).parent.parent / "config.yaml"
-        if config_file is None and saved.is_file():
-            config_file = saved
+    config_file = resumed_config(a.resume, a.config)[1] if a.resume else a.config
     cfg = build_animator_config(
         config_file=config_file, cli=cli, overrides=[f"{k}={v}" for k, v in overrides]
     )

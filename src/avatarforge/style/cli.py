@@ -14,13 +14,20 @@ Building the parser imports nothing heavy; torch is imported when a command runs
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avatarforge.cli_args import (
+    OVERRIDE_RE,
+    add_resume_arguments,
+    add_run_dir_arguments,
+    add_stop_arguments,
+    resumed_config,
+    run_settings,
+)
 from avatarforge.commands import run_command
 from avatarforge.config import accept_overrides_anywhere
 from avatarforge.errors import EXIT_OK, EXIT_PARTIAL, UsageError
@@ -29,7 +36,6 @@ __all__ = ["METHODS", "add_style_arguments", "build_parser", "main", "style_main
 
 METHODS = ("colour", "histogram", "gatys", "adain")
 _METHOD_ALIASES = {"color": "colour", "hist": "histogram"}
-_OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*=")
 
 
 # ----------------------------------------------------------------------------- parser
@@ -99,14 +105,9 @@ def add_style_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         metavar="A B [KEY=VALUE ...]",
         help="two packed data sets (domain A, domain B), then config overrides, e.g. batch_size=8 loss.gan=hinge",
     )
-    r.add_argument("--minutes", type=float, metavar="M", help="stop after M minutes (this session)")
-    r.add_argument("--kimg", type=float, metavar="K", help="stop after K thousand images per domain")
-    r.add_argument("--resume", metavar="RUN", help="continue a run (its config and latest checkpoint)")
-    r.add_argument("--config", metavar="FILE.yaml", help="YAML config file")
-    r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
-    r.add_argument("--runs-dir", metavar="DIR", help="where run directories are created (default: runs)")
-    r.add_argument("--desc", metavar="TEXT", help="run directory suffix (default: cyclegan-<resolution>)")
-    r.add_argument("--dry-run", action="store_true", help="print the resolved config (YAML) and exit")
+    add_stop_arguments(r, "images per domain")
+    add_resume_arguments(r)
+    add_run_dir_arguments(r, "cyclegan-<resolution>")
     r.set_defaults(style_func=_cmd_train)
     accept_overrides_anywhere(r)
 
@@ -254,8 +255,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from avatarforge.style.train_cyclegan import build_cyclegan_config
     from avatarforge.train.families import train
 
-    data = [t for t in a.inputs if not _OVERRIDE_RE.match(t)]
-    overrides = parse_overrides([t for t in a.inputs if _OVERRIDE_RE.match(t)])
+    data = [t for t in a.inputs if not OVERRIDE_RE.match(t)]
+    overrides = parse_overrides([t for t in a.inputs if OVERRIDE_RE.match(t)])
     cli: dict[str, Any] = {}
     if data:
         if len(data) != 2:
@@ -266,20 +267,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         cli["data"] = {"a": data[0], "b": data[1]}
     elif not a.resume:
         raise ConfigError("give two packed data sets: avatarforge style train A B (or --resume RUN)")
-    if a.minutes is not None:
-        cli["minutes"] = a.minutes
-    if a.kimg is not None:
-        cli["kimg"] = a.kimg
-    for key in ("device", "runs_dir", "desc"):
-        if getattr(a, key, None):
-            cli[key] = getattr(a, key)
-    config_file = a.config
-    if a.resume:
-        from avatarforge.train.checkpoint import find_checkpoint
-
-        saved = find_checkpoint(a.resume).parent.parent / "config.yaml"
-        if config_file is None and saved.is_file():
-            config_file = saved
+    cli.update(run_settings(a))
+    config_file = resumed_config(a.resume, a.config)[1] if a.resume else a.config
     cfg = build_cyclegan_config(config_file=config_file, cli=cli, overrides=overrides)
     if a.dry_run:
         print(to_yaml(cfg), end="")

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from avatarforge.cli_args import add_run_dir_arguments, add_stop_arguments, resumed_config, run_settings
 from avatarforge.commands import run_command
 from avatarforge.config import (
     ConfigError,
@@ -59,15 +60,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--data", metavar="DATASET", help="packed data set directory")
     parser.add_argument("--model", metavar="NAME", help=f"model family; presets: {presets}")
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML config file (overrides the preset)")
-    parser.add_argument("--minutes", type=float, metavar="M", help="stop after M minutes (this session)")
-    parser.add_argument("--kimg", type=float, metavar="K", help="stop after K thousand images")
+    add_stop_arguments(parser, "images")
     parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a run (its config and latest checkpoint)"
     )
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA if available)")
-    parser.add_argument("--runs-dir", metavar="DIR", help="where run directories are created (default: runs)")
-    parser.add_argument("--desc", metavar="TEXT", help="run directory suffix (default: <model>-<resolution>)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config (YAML) and exit")
+    add_run_dir_arguments(parser, "<model>-<resolution>", device_help="default: auto (CUDA if available)")
     parser.add_argument(
         "--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)"
     )
@@ -97,24 +94,13 @@ def config_from_args(args: argparse.Namespace, notes: list[str] | None = None) -
         cli.setdefault("data", {})["path"] = args.data
     if args.model:
         cli.setdefault("model", {})["name"] = args.model
-    if args.minutes is not None:
-        cli["minutes"] = args.minutes
-    if args.kimg is not None:
-        cli["kimg"] = args.kimg
-    for key in ("device", "runs_dir", "desc"):
-        if getattr(args, key, None):
-            cli[key] = getattr(args, key)
+    cli.update(run_settings(args))
     if args.tensorboard:
         cli.setdefault("log", {})["tensorboard"] = True
     overrides = parse_overrides(args.overrides or [])
     config_file = args.config
     if args.resume:
-        from avatarforge.train.checkpoint import find_checkpoint
-
-        run_dir = find_checkpoint(args.resume).parent.parent
-        saved = run_dir / "config.yaml"
-        if config_file is None and saved.is_file():
-            config_file = saved
+        run_dir, config_file = resumed_config(args.resume, config_file)
         if notes is not None:
             notes.append(f"resuming {run_dir} (config: {config_file})")
         return build_train_config(
