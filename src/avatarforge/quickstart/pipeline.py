@@ -351,6 +351,38 @@ class _Quickstart:
         }
         self._save_state()
 
+    def _record_training(
+        self, name: str, run: Path, info: dict[str, Any], seconds: float, **extra: Any
+    ) -> None:
+        """Record a training stage: ``extra``, then its run, newest checkpoint, kimg and the
+        wall and CPU seconds it trained (``info`` is :meth:`_train`'s)."""
+        self._record(
+            name,
+            [run / "checkpoints" / info["name"]],
+            seconds,
+            **extra,
+            run=_rel(run, self.out),
+            checkpoint=info["name"],
+            kimg=info["kimg"],
+            train_seconds=info["elapsed_s"],
+            train_cpu_seconds=sum(self.state.get("cpu_seconds", {}).get(name, [])),
+            load_avg=_load_avg(),
+        )
+
+    def _run_overrides(self, minutes: float, desc: str) -> list[str]:
+        """The overrides of a training stage's budget and bookkeeping: ``minutes`` this session
+        (no kimg limit), the quickstart's seed, device and threads, a run in ``OUT/runs``."""
+        o = self.o
+        return [
+            "kimg=null",
+            f"minutes={minutes}",
+            f"seed={o.seed}",
+            f"device={o.device}",
+            f"perf.num_threads={o.threads if o.threads else 'null'}",
+            f"runs_dir={self.out / 'runs'}",
+            f"desc={desc}",
+        ]
+
     def info(self, name: str) -> dict[str, Any]:
         return self.state["stages"].get(name, {})
 
@@ -624,13 +656,7 @@ class _Quickstart:
                     *GENERATOR_OVERRIDES[o.model],
                     *o.generator_overrides,
                     # Budget and bookkeeping last: they are what the quickstart controls.
-                    "kimg=null",
-                    f"minutes={minutes}",
-                    f"seed={o.seed}",
-                    f"device={o.device}",
-                    f"perf.num_threads={o.threads if o.threads else 'null'}",
-                    f"runs_dir={self.out / 'runs'}",
-                    "desc=generator",
+                    *self._run_overrides(minutes, "generator"),
                     "log.progress=false",
                     # About a minute of CPU training between checkpoints: a killed quickstart
                     # (no chance to checkpoint on a signal) loses little on resume.
@@ -640,18 +666,7 @@ class _Quickstart:
             return make_trainer(cfg, resume=resume, metric_fn=metric_fn_from_config(cfg))
 
         run, info = self._train("generator", make)
-        self._record(
-            "generator",
-            [run / "checkpoints" / info["name"]],
-            time.monotonic() - t,
-            model=o.model,
-            run=_rel(run, self.out),
-            checkpoint=info["name"],
-            kimg=info["kimg"],
-            train_seconds=info["elapsed_s"],
-            train_cpu_seconds=sum(self.state.get("cpu_seconds", {}).get("generator", [])),
-            load_avg=_load_avg(),
-        )
+        self._record_training("generator", run, info, time.monotonic() - t, model=o.model)
 
     def stage_animator(self) -> None:
         from avatarforge.animate.config import build_animator_config
@@ -666,13 +681,7 @@ class _Quickstart:
                     f"data.size={o.size}",
                     *ANIMATOR_OVERRIDES,
                     *o.animator_overrides,
-                    "kimg=null",
-                    f"minutes={minutes}",
-                    f"seed={o.seed}",
-                    f"device={o.device}",
-                    f"perf.num_threads={o.threads if o.threads else 'null'}",
-                    f"runs_dir={self.out / 'runs'}",
-                    "desc=animator",
+                    *self._run_overrides(minutes, "animator"),
                     "data.workers=2",
                     "log.progress=false",
                     "log.checkpoint_every_kimg=4",
@@ -682,17 +691,7 @@ class _Quickstart:
 
         self.p.note("training pairs come from the procedural renderer (rendered once, then cached)")
         run, info = self._train("animator", make)
-        self._record(
-            "animator",
-            [run / "checkpoints" / info["name"]],
-            time.monotonic() - t,
-            run=_rel(run, self.out),
-            checkpoint=info["name"],
-            kimg=info["kimg"],
-            train_seconds=info["elapsed_s"],
-            train_cpu_seconds=sum(self.state.get("cpu_seconds", {}).get("animator", [])),
-            load_avg=_load_avg(),
-        )
+        self._record_training("animator", run, info, time.monotonic() - t)
 
     # ------------------------------------------------------------------ evaluation
     def stage_evaluate(self) -> None:
