@@ -50,6 +50,7 @@ __all__ = [
     "TrainConfig",
     "accept_overrides_anywhere",
     "apply_overrides",
+    "budget_checks",
     "build_train_config",
     "check_all",
     "checkpoint_minutes_check",
@@ -196,10 +197,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check value ranges the types cannot express; returns self."""
         checks: list[tuple[bool, str]] = [
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.kimg is None or self.kimg > 0, "kimg must be > 0 (or null with minutes set)"),
-            (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
-            (self.kimg is not None or self.minutes is not None, "set kimg or minutes (or both)"),
+            *budget_checks(self),
             (self.model.z_dim >= 1, "model.z_dim must be >= 1"),
             (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),
             (self.loss.d_recon >= 0, "loss.d_recon must be >= 0 (0 = off)"),
@@ -540,6 +538,17 @@ def check_all(checks: Iterable[tuple[bool, str]]) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+def budget_checks(cfg: Any) -> list[tuple[bool, str]]:
+    """The ``(ok, message)`` checks of ``batch_size``, ``kimg`` and ``minutes`` every trainer's
+    config shares (``kimg: null`` needs ``minutes``)."""
+    return [
+        (cfg.batch_size >= 1, "batch_size must be >= 1"),
+        (cfg.kimg is None or cfg.kimg > 0, "kimg must be > 0 (or null with minutes set)"),
+        (cfg.minutes is None or cfg.minutes > 0, "minutes must be > 0"),
+        (cfg.kimg is not None or cfg.minutes is not None, "set kimg or minutes (or both)"),
+    ]
 
 
 def checkpoint_minutes_check(minutes: float) -> tuple[bool, str]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from avatarforge.config import PerfConfig, check_all, checkpoint_minutes_check, layered_config
+from avatarforge.config import PerfConfig, budget_checks, check_all, checkpoint_minutes_check, layered_config
 from avatarforge.train.families import register_family
 
 __all__ = [
@@ -133,10 +133,7 @@ class AnimatorConfig:
         """Check ranges the types cannot express; returns self. Raises ConfigError."""
         d, lo, lg = self.data, self.loss, self.log
         checks = [
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.kimg is None or self.kimg > 0, "kimg must be > 0 (or null with minutes set)"),
-            (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
-            (self.kimg is not None or self.minutes is not None, "set kimg or minutes (or both)"),
+            *budget_checks(self),
             (
                 d.size >= 32 and d.size % 8 == 0 and d.size <= 512,
                 "data.size must be a multiple of 8 from 32 to 512",

@@ -45,6 +45,7 @@ from torch import Tensor
 from avatarforge.config import (
     ConfigError,
     PerfConfig,
+    budget_checks,
     check_all,
     checkpoint_minutes_check,
     layered_config,
@@ -158,10 +159,7 @@ class CycleGANConfig:
         """Check ranges the types cannot express; returns self. Raises ConfigError."""
         o, lo, lg = self.optim, self.loss, self.log
         checks = [
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.kimg is None or self.kimg > 0, "kimg must be > 0 (or null with minutes set)"),
-            (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
-            (self.kimg is not None or self.minutes is not None, "set kimg or minutes (or both)"),
+            *budget_checks(self),
             (o.lr > 0, "optim.lr must be > 0"),
             (all(0 <= b < 1 for b in o.betas), "optim.betas must be in [0, 1)"),
             (
