@@ -26,7 +26,7 @@ import os
 import struct
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -130,12 +130,11 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
                 f"the file has {size} bytes)"
             )
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{path}: damaged safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path}: damaged safetensors header (not a JSON object)")
+    header = _json_object(
+        lambda: raw.decode("utf-8"),
+        f"{path}: damaged safetensors header",
+        f"{path}: damaged safetensors header (not a JSON object)",
+    )
     data_len = size - 8 - n
     out: dict[str, TensorInfo] = {}
     for name, entry in header.items():
@@ -329,6 +328,19 @@ def load_pretrained(
     return model.to(map_location)
 
 
+def _json_object(read: Callable[[], str], invalid: str, not_object: str) -> dict[str, Any]:
+    """The JSON object in the text ``read()`` returns (untrusted input); a
+    :class:`ModelFileError` ``INVALID (the parser's reason)`` for text that does not decode or
+    parse, ``not_object`` for JSON that is no object."""
+    try:
+        value = json.loads(read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{invalid} ({e})") from None
+    if not isinstance(value, dict):
+        raise ModelFileError(not_object)
+    return value
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text if len(text) <= 300 else text[:297] + "..."
@@ -336,12 +348,11 @@ def _one_line(e: BaseException) -> str:
 
 def _read_model_config(cfg_path: Path) -> dict[str, Any]:
     """``config.json`` parsed and its structure checked (untrusted input)."""
-    try:
-        meta = json.loads(cfg_path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{cfg_path}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise ModelFileError(f"{cfg_path}: not a model config (a JSON object with 'model' and 'config')")
+    meta = _json_object(
+        lambda: cfg_path.read_text("utf-8"),
+        f"{cfg_path}: not valid JSON",
+        f"{cfg_path}: not a model config (a JSON object with 'model' and 'config')",
+    )
     if not isinstance(meta.get("model"), str) or not isinstance(meta.get("role", "generator"), str):
         raise ModelFileError(f"{cfg_path}: not a model config ('model' and 'role' must be strings)")
     if not isinstance(meta.get("config"), dict):
