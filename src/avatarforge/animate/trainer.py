@@ -242,9 +242,7 @@ class AnimatorTrainer(Trainer):
                 loss_g = loss_g + adv * adv_g
                 stats["adv_g"] = adv_g.detach()
         stats["loss_g"] = loss_g.detach()
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        self._optimize(self.opt_g, loss_g)
         self.D.requires_grad_(True)
 
         # -- discriminator: real targets vs. the (detached) predictions, both given the source
@@ -252,9 +250,7 @@ class AnimatorTrainer(Trainer):
             with self._autocast():
                 loss_d = gan_d_loss(self.D(src, tgt, ctrl), self.D(src, pred.detach(), ctrl), cfg.loss.gan)
             stats["loss_d"] = loss_d.detach()
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_d.step()
+            self._optimize(self.opt_d, loss_d)
 
         e = cfg.ema
         update_ema(self.G_ema, self.G, ema_beta(cfg.batch_size, self.nimg + cfg.batch_size, e.kimg, e.rampup))

@@ -429,9 +429,7 @@ class CycleGANTrainer(Trainer):
                 loss_g = loss_g + lam_i * idt
                 stats["identity"] = idt.detach()
         stats["loss_g"] = loss_g.detach()
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        self._optimize(self.opt_g, loss_g)
         self.D_a.requires_grad_(True)
         self.D_b.requires_grad_(True)
 
@@ -443,9 +441,7 @@ class CycleGANTrainer(Trainer):
             loss_db = gan_d_loss(self.D_b(b), self.D_b(pooled_b), kind)
             loss_d = loss_da + loss_db
         stats["loss_d"] = loss_d.detach()
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        self._optimize(self.opt_d, loss_d)
         return stats
 
     def _autocast(self) -> Any:

@@ -619,6 +619,25 @@ class Trainer:
         )
         return self._batches()
 
+    def _optimize(
+        self, opt: torch.optim.Optimizer, loss: Tensor, module: nn.Module | None = None, scaler: Any = None
+    ) -> None:
+        """One step of ``opt`` on ``loss``: clear the gradients, backpropagate (through the fp16
+        ``scaler`` when there is one), average ``module``'s gradients over the processes (when
+        given, for the trainers that run distributed), step."""
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if module is not None:
+            D_.all_reduce_grads(module.parameters(), self.dist)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+
     def _set_lr(self, scale: float) -> None:
         for o in self.optimizers.values():
             for group in o.opt.param_groups:

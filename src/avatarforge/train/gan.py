@@ -236,7 +236,7 @@ class GANTrainer(Trainer):
             r1 = r1_penalty(reals_in, real_logits)
             loss_d = loss_d + r1 * r1_weight(cfg.loss.r1_gamma, cfg.loss.r1_interval)
             stats["r1"] = r1.detach()
-        self._optimize(self.opt_d, self.scaler_d, Dn, loss_d)
+        self._optimize(self.opt_d, loss_d, Dn, self.scaler_d)
 
         # -- generator: through the updated D, which is frozen (its weight gradients would
         # be thrown away)
@@ -249,7 +249,7 @@ class GANTrainer(Trainer):
                 mi_g = info_loss(q, codes, self.code_dims)
                 loss_g = loss_g + cfg.loss.info_lambda * mi_g
                 stats["info"] = mi_g.detach()
-        self._optimize(self.opt_g, self.scaler_g, G, loss_g)
+        self._optimize(self.opt_g, loss_g, G, self.scaler_g)
         Dn.requires_grad_(True)
 
         # -- keep buffers (BatchNorm stats, w_avg) identical across ranks, then the EMA
@@ -307,19 +307,6 @@ class GANTrainer(Trainer):
             out = self.D(images, y, return_q=True)
             return out[0], out
         return self.D(images, y), None
-
-    def _optimize(self, opt: torch.optim.Optimizer, scaler: Any, module: nn.Module, loss: Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        D_.all_reduce_grads(module.parameters(), self.dist)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
 
     # ================================================================== logging and checkpoints
     def _log_fields(self) -> dict[str, Any]:

@@ -263,17 +263,7 @@ class VAETrainer(Trainer):
         kl_dims = kl_per_dim(mu, logvar)  # (B, z_dim)
         loss = recon + self.current_kl_weight() * kl_term(kl_dims, cfg.loss.free_bits)
 
-        self.opt.zero_grad(set_to_none=True)
-        if self.opt_state.scaler is not None:
-            self.opt_state.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        D_.all_reduce_grads(self.vae.parameters(), self.dist)
-        if self.opt_state.scaler is not None:
-            self.opt_state.scaler.step(self.opt)
-            self.opt_state.scaler.update()
-        else:
-            self.opt.step()
+        self._optimize(self.opt, loss, self.vae, self.opt_state.scaler)
         D_.broadcast_buffers(self.vae, self.dist)  # none in the built-in models; kept for custom ones
         if self.vae_ema is not None:
             update_ema(self.vae_ema, self.vae, self.current_ema_beta())
