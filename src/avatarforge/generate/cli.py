@@ -82,6 +82,16 @@ def _add_output(p: argparse.ArgumentParser, grid: bool = True) -> None:
         )
 
 
+def _latent_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    """What picks the latents, from :func:`_add_sampling`'s flags: truncation, labels, codes."""
+    return {"truncation": a.truncation, "attrs": a.attrs, "codes": a.codes}
+
+
+def _image_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    """How latents become images, from ``--noise-mode`` and :func:`_add_output`'s flags."""
+    return {"noise_mode": a.noise_mode, "rgba": a.rgba, "background": a.background}
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -161,12 +171,8 @@ def generate_main(args: argparse.Namespace) -> int:
     result = pipe(
         seeds=args.seeds,
         n=args.n,
-        truncation=args.truncation,
-        attrs=args.attrs,
-        codes=args.codes,
-        noise_mode=args.noise_mode,
-        rgba=args.rgba,
-        background=args.background,
+        **_latent_kwargs(args),
+        **_image_kwargs(args),
     )
     paths = result.save(out, format=args.format, grid=args.grid)
     _report(paths, f"{len(result)} avatars, {pipe.family} {pipe.resolution}px")
@@ -199,13 +205,9 @@ def interpolate_main(args: argparse.Namespace) -> int:
         pipe,
         args.seeds,
         frames=args.frames,
-        truncation=args.truncation,
-        attrs=args.attrs,
-        codes=args.codes,
         loop=args.loop,
-        noise_mode=args.noise_mode,
-        rgba=args.rgba,
-        background=args.background,
+        **_latent_kwargs(args),
+        **_image_kwargs(args),
     )
     save_video(out, frames, fps=args.fps, background=args.background)
     print(
@@ -365,9 +367,7 @@ def personalise_main(args: argparse.Namespace) -> int:
             n=args.n,
             strength=args.strength,
             seed=args.var_seed,
-            noise_mode=args.noise_mode,
-            rgba=args.rgba,
-            background=args.background,
+            **_image_kwargs(args),
         )
         paths = res.save(args.out, format=args.format, grid=args.grid, prefix=f"{stem}_var")
         _report(paths, f"{len(res)} variations of {stem}, strength {args.strength:g}")
@@ -379,9 +379,7 @@ def personalise_main(args: argparse.Namespace) -> int:
             args.crossover,
             truncation=args.truncation,
             attrs=args.attrs,
-            noise_mode=args.noise_mode,
-            rgba=args.rgba,
-            background=args.background,
+            **_image_kwargs(args),
         )
         paths = res.save(args.out, format=args.format, grid=args.grid, prefix="mix", nrow=res.params["cols"])
         _report(paths, f"{res.params['rows']} x {res.params['cols']} style mixes, crossover {args.crossover}")
@@ -419,9 +417,7 @@ def personalise_main(args: argparse.Namespace) -> int:
             direction,
             amounts=amounts,
             steps=args.steps,
-            noise_mode=args.noise_mode,
-            rgba=args.rgba,
-            background=args.background,
+            **_image_kwargs(args),
         )
         paths = res.save(args.out, format=args.format, grid=args.grid, prefix=f"{stem}_slide", nrow=len(res))
         _report(paths, f"{stem} along {direction.name}")
