@@ -370,8 +370,8 @@ def _cmd_render(a: argparse.Namespace) -> int:
 # =============================================================================== train
 def _cmd_train(a: argparse.Namespace) -> int:
     from avatarforge.animate.config import build_animator_config
-    from avatarforge.config import ConfigError, parse_overrides, to_yaml
-    from avatarforge.train.families import train
+    from avatarforge.config import ConfigError, parse_overrides
+    from avatarforge.train.cli import dry_run_or_train
 
     bad = [t for t in a.overrides if not OVERRIDE_RE.match(t)]
     if bad:
@@ -386,11 +386,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     cfg = build_animator_config(
         config_file=config_file, cli=cli, overrides=[f"{k}={v}" for k, v in overrides]
     )
-    if a.dry_run:
-        print(to_yaml(cfg), end="")
-        return EXIT_OK
-    train(cfg, resume=a.resume)
-    return EXIT_OK
+    return dry_run_or_train(cfg, a)
 
 
 # =============================================================================== export

@@ -251,9 +251,9 @@ def _cmd_transfer(a: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- train
 def _cmd_train(a: argparse.Namespace) -> int:
-    from avatarforge.config import ConfigError, parse_overrides, to_yaml
+    from avatarforge.config import ConfigError, parse_overrides
     from avatarforge.style.train_cyclegan import build_cyclegan_config
-    from avatarforge.train.families import train
+    from avatarforge.train.cli import dry_run_or_train
 
     data = [t for t in a.inputs if not OVERRIDE_RE.match(t)]
     overrides = parse_overrides([t for t in a.inputs if OVERRIDE_RE.match(t)])
@@ -270,11 +270,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     cli.update(run_settings(a))
     config_file = resumed_config(a.resume, a.config)[1] if a.resume else a.config
     cfg = build_cyclegan_config(config_file=config_file, cli=cli, overrides=overrides)
-    if a.dry_run:
-        print(to_yaml(cfg), end="")
-        return EXIT_OK
-    train(cfg, resume=a.resume)
-    return EXIT_OK
+    return dry_run_or_train(cfg, a)
 
 
 # ----------------------------------------------------------------------------- apply

@@ -41,7 +41,14 @@ from avatarforge.config import (
 )
 from avatarforge.errors import EXIT_OK, EXIT_WRITE, UsageError
 
-__all__ = ["add_train_arguments", "build_parser", "config_from_args", "main", "train_main"]
+__all__ = [
+    "add_train_arguments",
+    "build_parser",
+    "config_from_args",
+    "dry_run_or_train",
+    "main",
+    "train_main",
+]
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -180,6 +187,18 @@ def _train(args: argparse.Namespace, metric_fn_factory: MetricFnFactory | None) 
 
     metric_fn = metric_fn_factory(cfg) if metric_fn_factory is not None else None
     train(cfg, resume=args.resume, metric_fn=metric_fn)
+    return EXIT_OK
+
+
+def dry_run_or_train(cfg: Any, args: argparse.Namespace) -> int:
+    """The last step of ``style train`` and ``animate train``: ``--dry-run`` prints ``cfg`` as
+    YAML, else it trains (resuming ``--resume``); returns the exit code."""
+    if args.dry_run:
+        print(to_yaml(cfg), end="")
+        return EXIT_OK
+    from avatarforge.train.families import train
+
+    train(cfg, resume=args.resume)
     return EXIT_OK
 
 
