@@ -27,14 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from avatarforge.cli_args import (
-    OVERRIDE_RE,
-    add_resume_arguments,
-    add_run_dir_arguments,
-    add_stop_arguments,
-    resumed_config,
-    run_settings,
-)
+from avatarforge import cli_args
 from avatarforge.commands import run_command
 from avatarforge.config import accept_overrides_anywhere
 from avatarforge.errors import EXIT_OK, UsageError
@@ -128,11 +121,11 @@ def add_animate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     t.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. batch_size=32 optim.lr=5e-4"
     )
-    add_stop_arguments(t, "pairs")
+    cli_args.add_stop_arguments(t, "pairs")
     t.add_argument("--size", type=int, metavar="PX", help="training resolution (data.size, default 64)")
     t.add_argument("--workers", type=int, metavar="N", help="render processes for the pair cache / stream")
-    add_resume_arguments(t)
-    add_run_dir_arguments(t, "animator-<size>")
+    cli_args.add_resume_arguments(t)
+    cli_args.add_run_dir_arguments(t, "animator-<size>")
     t.set_defaults(animate_func=_cmd_train)
     accept_overrides_anywhere(t)
 
@@ -373,16 +366,16 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from avatarforge.config import ConfigError, parse_overrides
     from avatarforge.train.cli import dry_run_or_train
 
-    bad = [t for t in a.overrides if not OVERRIDE_RE.match(t)]
+    bad = [t for t in a.overrides if not cli_args.OVERRIDE_RE.match(t)]
     if bad:
         raise ConfigError(f"animate train takes KEY=VALUE overrides, got {' '.join(bad)}")
     overrides = parse_overrides(a.overrides)
-    cli = run_settings(a)
+    cli = cli_args.run_settings(a)
     if a.size is not None:
         cli.setdefault("data", {})["size"] = a.size
     if a.workers is not None:
         cli.setdefault("data", {})["workers"] = a.workers
-    config_file = resumed_config(a.resume, a.config)[1] if a.resume else a.config
+    config_file = cli_args.resumed_config(a.resume, a.config)[1] if a.resume else a.config
     cfg = build_animator_config(
         config_file=config_file, cli=cli, overrides=[f"{k}={v}" for k, v in overrides]
     )

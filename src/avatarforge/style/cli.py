@@ -20,14 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from avatarforge.cli_args import (
-    OVERRIDE_RE,
-    add_resume_arguments,
-    add_run_dir_arguments,
-    add_stop_arguments,
-    resumed_config,
-    run_settings,
-)
+from avatarforge import cli_args
 from avatarforge.commands import run_command
 from avatarforge.config import accept_overrides_anywhere
 from avatarforge.errors import EXIT_OK, EXIT_PARTIAL, UsageError
@@ -105,9 +98,9 @@ def add_style_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         metavar="A B [KEY=VALUE ...]",
         help="two packed data sets (domain A, domain B), then config overrides, e.g. batch_size=8 loss.gan=hinge",
     )
-    add_stop_arguments(r, "images per domain")
-    add_resume_arguments(r)
-    add_run_dir_arguments(r, "cyclegan-<resolution>")
+    cli_args.add_stop_arguments(r, "images per domain")
+    cli_args.add_resume_arguments(r)
+    cli_args.add_run_dir_arguments(r, "cyclegan-<resolution>")
     r.set_defaults(style_func=_cmd_train)
     accept_overrides_anywhere(r)
 
@@ -255,8 +248,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from avatarforge.style.train_cyclegan import build_cyclegan_config
     from avatarforge.train.cli import dry_run_or_train
 
-    data = [t for t in a.inputs if not OVERRIDE_RE.match(t)]
-    overrides = parse_overrides([t for t in a.inputs if OVERRIDE_RE.match(t)])
+    data = [t for t in a.inputs if not cli_args.OVERRIDE_RE.match(t)]
+    overrides = parse_overrides([t for t in a.inputs if cli_args.OVERRIDE_RE.match(t)])
     cli: dict[str, Any] = {}
     if data:
         if len(data) != 2:
@@ -267,8 +260,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         cli["data"] = {"a": data[0], "b": data[1]}
     elif not a.resume:
         raise ConfigError("give two packed data sets: avatarforge style train A B (or --resume RUN)")
-    cli.update(run_settings(a))
-    config_file = resumed_config(a.resume, a.config)[1] if a.resume else a.config
+    cli.update(cli_args.run_settings(a))
+    config_file = cli_args.resumed_config(a.resume, a.config)[1] if a.resume else a.config
     cfg = build_cyclegan_config(config_file=config_file, cli=cli, overrides=overrides)
     return dry_run_or_train(cfg, a)
 
