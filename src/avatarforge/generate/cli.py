@@ -64,7 +64,11 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_output(p: argparse.ArgumentParser, grid: bool = True) -> None:
+def _add_output(
+    p: argparse.ArgumentParser, grid: bool = True, out: str = "output directory", required: bool = True
+) -> None:
+    """``--rgba``, ``--background``, ``--grid`` and ``--format`` (with ``grid``), and ``--out``
+    (its help ``out``)."""
     p.add_argument(
         "--rgba",
         action=argparse.BooleanOptionalAction,
@@ -80,6 +84,7 @@ def _add_output(p: argparse.ArgumentParser, grid: bool = True) -> None:
         p.add_argument(
             "--format", choices=["png", "webp"], default="png", help="image format (webp is lossless)"
         )
+    p.add_argument("--out", required=required, help=out)
 
 
 def _latent_kwargs(a: argparse.Namespace) -> dict[str, Any]:
@@ -138,8 +143,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="regenerate an image from its metadata (RUN defaults to the model recorded in it)",
     )
     _add_sampling(parser)
-    _add_output(parser)
-    parser.add_argument("--out", default=None, help="output directory")
+    _add_output(parser, required=False)
     return parser
 
 
@@ -188,8 +192,7 @@ def add_interpolate_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument("--fps", type=float, default=24.0, help="frames per second (default 24)")
     parser.add_argument("--loop", action="store_true", help="return to the first seed (seamless loop)")
     _add_sampling(parser)
-    _add_output(parser, grid=False)
-    parser.add_argument("--out", required=True, help="video file: .mp4, .gif, .webp or .png (APNG)")
+    _add_output(parser, grid=False, out="video file: .mp4, .gif, .webp or .png (APNG)")
     return parser
 
 
@@ -238,7 +241,6 @@ def add_personalise_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     v.add_argument("--var-seed", type=int, default=0, help="seed of the random directions (default 0)")
     _add_sampling(v)
     _add_output(v)
-    v.add_argument("--out", required=True, help="output directory")
 
     m = sub.add_parser("mix", help="StyleGAN style mixing: coarse layers from one seed, fine from another")
     _add_model(m)
@@ -247,7 +249,6 @@ def add_personalise_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     m.add_argument("--crossover", type=int, required=True, help="styles taken from --coarse (0..num_ws)")
     _add_sampling(m)
     _add_output(m)
-    m.add_argument("--out", required=True, help="output directory")
 
     d = sub.add_parser("directions", help="find attribute sliders and name them with the avatar classifier")
     _add_model(d)
@@ -286,7 +287,6 @@ def add_personalise_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     s.add_argument("--steps", type=int, default=7, help="images along the slider (default 7)")
     _add_sampling(s)
     _add_output(s)
-    s.add_argument("--out", required=True, help="output directory")
 
     i = sub.add_parser("invert", help="find the latent of your image (then edit it with slide --from-png)")
     _add_model(i)
