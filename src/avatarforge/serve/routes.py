@@ -294,6 +294,11 @@ def build_router(state: ServeState) -> APIRouter:
     """All ``/v1/`` model routes bound to ``state``."""
     router = APIRouter(responses=_ERRORS)
     s = state.settings
+
+    def post_bytes(path: str, responses: dict[Any, Any], tag: str, summary: str) -> Any:
+        """A POST route that answers with the bytes of a file (an image or an animation), not JSON."""
+        return router.post(path, response_class=Response, responses=responses, tags=[tag], summary=summary)
+
     pipe = state.pipe
     models = _request_models(state)
 
@@ -375,13 +380,7 @@ def build_router(state: ServeState) -> APIRouter:
             )
         return _images_response(state, result)
 
-    @router.post(
-        "/interpolate",
-        response_class=Response,
-        responses=_VIDEO,
-        tags=["generate"],
-        summary="animation through seeds or latents",
-    )
+    @post_bytes("/interpolate", _VIDEO, "generate", "animation through seeds or latents")
     @_body(models["interpolate"])
     def interpolate(req: InterpolateRequest) -> Response:
         """An animation (GIF, WebP or APNG; alpha kept, binary in GIF) morphing through the keys."""
@@ -409,13 +408,7 @@ def build_router(state: ServeState) -> APIRouter:
                 frames = pipe.render(lat, req.noise_mode, req.rgba, req.background)
         return _video_response(_encode_animation(frames, req.fps, req.format), req.format, "interpolation")
 
-    @router.post(
-        "/postprocess",
-        response_class=Response,
-        responses=_PNG,
-        tags=["image"],
-        summary="post-process an image",
-    )
+    @post_bytes("/postprocess", _PNG, "image", "post-process an image")
     def postprocess(
         image: Annotated[UploadFile, File(description="PNG/JPEG/WebP/BMP/GIF/TIFF; alpha is preserved")],
         ops: Annotated[
@@ -449,7 +442,7 @@ def build_router(state: ServeState) -> APIRouter:
             data = encode_png(out)
         return Response(content=data, media_type="image/png")
 
-    @router.post("/style", response_class=Response, responses=_PNG, tags=["image"], summary="style transfer")
+    @post_bytes("/style", _PNG, "image", "style transfer")
     def style(
         content: Annotated[
             UploadFile, File(description="the image to restyle (its alpha and size are kept)")
@@ -494,12 +487,8 @@ def build_router(state: ServeState) -> APIRouter:
             )
         return Response(content=encode_png(out), media_type="image/png")
 
-    @router.post(
-        "/animate",
-        response_class=Response,
-        responses={**_VIDEO, 503: {"description": "no animator loaded"}},
-        tags=["animate"],
-        summary="animate an avatar",
+    @post_bytes(
+        "/animate", {**_VIDEO, 503: {"description": "no animator loaded"}}, "animate", "animate an avatar"
     )
     def animate(
         avatar: Annotated[
