@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from avatarforge.config import ConfigError, build_train_config
 from avatarforge.train import family_of, make_trainer, register_family, train, trainer_class
@@ -21,16 +20,9 @@ from tests.train.fault_child import tiny_config as tiny_gan_config
 QUIET = ["log.progress=false", "perf.num_threads=1", "log.num_samples=4", "log.sample_every_kimg=0"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_packed(tmp_path_factory.mktemp("data") / "blobs", n=16, size=32)
+def data(blobs) -> Path:
+    return blobs
 
 
 def _vae_config(data: Path, runs: Path):

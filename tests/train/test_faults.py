@@ -41,7 +41,6 @@ from avatarforge.train.cli import build_parser, train_main
 from avatarforge.train.gan import GANTrainer
 from avatarforge.train.loading import load_generator, load_network
 from avatarforge.train.metrics_log import read_metrics
-from tests.conftest import make_packed
 from tests.train.fault_child import STEP_KIMG, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,16 +58,9 @@ CKPT_FILES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_packed(tmp_path_factory.mktemp("data") / "blobs", n=16, size=32)
+def data(blobs) -> Path:
+    return blobs
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from avatarforge.train.gan import GANTrainer
 from avatarforge.train.guard import NonFiniteWarning, TrainingDiverged
 from avatarforge.train.loading import load_generator
 from avatarforge.train.metrics_log import read_metrics
-from tests.conftest import make_packed
 
 # Outcome depends on trained weights / float rounding: rerun by `make test-numerics-fp32`.
 pytestmark = pytest.mark.numerics
@@ -43,19 +42,6 @@ TINY_STYLEGAN = [
     "model.g_kwargs.mapping_layers=2",
 ]
 QUIET = ["log.progress=false", "perf.num_threads=1", "log.num_samples=4"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def blobs(tmp_path_factory) -> Path:
-    """16 random-blob RGB images at 32 px with a categorical and a continuous label."""
-    return make_packed(tmp_path_factory.mktemp("data") / "blobs", n=16, size=32)
 
 
 def _config(model: str, data: Path, runs: Path, *overrides: str):

@@ -33,13 +33,6 @@ TINY = ["model.kwargs.base_channels=8", "model.kwargs.max_channels=32", "model.z
 QUIET = ["log.progress=false", "perf.num_threads=1", "log.num_samples=4"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def avatars(tmp_path_factory) -> Path:
     """64 procedural avatars at 32 px, RGBA, with the procedural label schema."""
