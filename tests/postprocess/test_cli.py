@@ -161,3 +161,26 @@ def test_default_output_side_limit_stops_runaway_upscales(frames_dir, tmp_path):
     ops = "upscale=4,upscale=4,upscale=4,upscale=4,upscale=2"
     with pytest.raises(ValueError, match=f"at most {DEFAULT_MAX_OUTPUT_SIDE} px per side"):
         run(str(src / "frame_1.png"), str(tmp_path / "big.png"), "--ops", ops)
+
+
+def test_generate_grid_and_earlier_outputs_are_not_frames(frames_dir, tmp_path, capsys):
+    """'post gen/ OUT --sprite-sheet --webp 4' on a 'generate --grid' folder used to take grid.png
+    as a frame, write the sheet, then fail on the frame sizes."""
+    src, _ = frames_dir
+    Image.fromarray(np.zeros((80, 110, 4), np.uint8)).save(src / "grid.png")  # as generate --grid writes
+    Image.fromarray(np.zeros((40, 40, 4), np.uint8)).save(src / "sprite_sheet.png")  # an earlier run's
+    out = tmp_path / "out"
+    assert run(str(src), str(out), "--sprite-sheet", "--webp", "4", "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "grid.png" in err and "generate --grid" in err and "sprite_sheet.png" in err
+    assert list(load_sprite_sheet(out / "sprite_sheet.json")) == ["frame_1", "frame_2", "frame_10"]
+    assert len(load_animation(out / "animation.webp")[0]) == 3
+
+
+def test_mixed_frame_sizes_fail_before_any_sheet_or_animation(frames_dir, tmp_path):
+    src, _ = frames_dir
+    Image.fromarray(np.zeros((48, 48, 4), np.uint8)).save(src / "frame_11.png")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="frame_11 is not"):
+        run(str(src), str(out), "--sprite-sheet", "--webp", "4", "--quiet")
+    assert not (out / "sprite_sheet.png").exists() and not (out / "animation.webp").exists()

@@ -33,6 +33,12 @@ OUTPUT_FORMATS = ("png", "webp", "jpg")
 _IMAGE_SUFFIXES = {".png", ".webp", ".jpg", ".jpeg"}
 SHEET_NAME = "sprite_sheet.png"
 ANIMATION_NAMES = {"apng": "animation.png", "webp": "animation.webp", "gif": "animation.gif"}
+#: Files in an input folder that earlier commands derived from its images (skipped, with a note).
+DERIVED_NAMES = {
+    "grid.png": "a contact sheet written by 'generate --grid'",
+    SHEET_NAME: "a sprite sheet written by 'post --sprite-sheet'",
+    **{name: "an animation written by 'post'" for name in ANIMATION_NAMES.values()},
+}
 
 
 def add_post_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -148,6 +154,12 @@ def _collect(inputs: list[str]) -> list[tuple[Path, Path]]:
         if p.is_dir():
             files = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
             files = [f for f in files if not any(part.startswith(".") for part in f.relative_to(p).parts)]
+            # Contact sheets and earlier outputs in a folder of frames are not frames: `generate
+            # --grid` writes grid.png beside the avatars, and a previous run its sheet/animations.
+            derived = [f for f in files if f.name.lower() in DERIVED_NAMES]
+            for f in derived:
+                print(f"skipped {f}: {DERIVED_NAMES[f.name.lower()]}, not an input frame", file=sys.stderr)
+            files = [f for f in files if f.name.lower() not in DERIVED_NAMES]
             found += [(f, f.relative_to(p).with_suffix("")) for f in sorted(files, key=_natural_key)]
         elif p.exists():
             found.append((p, Path(p.stem)))
@@ -323,6 +335,14 @@ def post_main(args: argparse.Namespace) -> int:
         if keep:
             frames.append(result)
             names.append(rel.as_posix())
+    if frames and animations and len({f.shape[:2] for f in frames}) > 1:
+        # Check before writing anything, so a mixed folder leaves no half-written outputs behind.
+        first = frames[0].shape[:2]
+        odd = next(n for n, f in zip(names, frames) if f.shape[:2] != first)
+        raise ValueError(
+            f"animation frames must all have the same size: {names[0]} is {first[1]}x{first[0]}, "
+            f"{odd} is not; leave it out of the inputs (or use --sprite-sheet alone)"
+        )
     if frames and args.sprite_sheet:
         png, js = save_sprite_sheet(
             out / SHEET_NAME, frames, columns=args.columns, padding=args.padding, names=names
