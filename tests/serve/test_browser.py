@@ -164,6 +164,18 @@ def test_studio_generate_pick_refine_download(server, browser):
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#picked img").get_attribute("src") != picked_src)
     # the animator's expression preview of the finished avatar appears too
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#expression img"))
+    # the hair-colour dropdown moves the pick to another class (issue 18, defect 1)
+    pipe = app.state.serve.pipe
+    hair = list(pipe.labels.values[0])
+    before = browser.find_element(By.CSS_SELECTOR, "#picked img").get_attribute("src")
+    current = hair[int(pipe.latents([3]).labels[0, 0])]  # refining keeps seed 3's class
+    target = next(h for h in reversed(hair) if h != current)
+    browser.find_element(By.CSS_SELECTOR, "#attr-hair_color input").click()
+    option = wait.until(
+        EC.element_to_be_clickable((By.CSS_SELECTOR, f'#attr-hair_color li[aria-label="{target}"]'))
+    )
+    option.click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#picked img").get_attribute("src") != before)
     button = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#download")))
     _screenshot(browser, "studio.png")
     button.click()
@@ -177,7 +189,8 @@ def test_studio_generate_pick_refine_download(server, browser):
     assert img.format == "PNG" and img.mode == "RGBA"
     pixels = np.asarray(img)
     assert (pixels[..., 3] == 0).any() and pixels[..., 3].max() > 0  # really transparent pixels, not a blank
-    # the file is exactly the picked variation: its recorded latent renders to the same pixels
+    # the file is exactly the picked variation in the chosen hair colour: its recorded latent
+    # renders to the same pixels
     from avatarforge.generate import read_metadata
     from avatarforge.generate.pipeline import Latent
 
@@ -187,7 +200,7 @@ def test_studio_generate_pick_refine_download(server, browser):
         "refine strength=0.3",
         "pick cell 5",
     ]
-    pipe = app.state.serve.pipe
+    assert record["attrs"]["hair_color"] == target and record["studio"]["attrs"] == {"hair_color": target}
     with torch.inference_mode():
         again = pipe.render(Latent.from_json(record["latent"]), rgba=True)[0]
     assert np.array_equal(pixels, again)

@@ -19,6 +19,7 @@ from avatarforge.serve.studio import (
     edit_picked,
     export_png,
     expression_preview,
+    finished_latent,
     generate_grid,
     pick,
     refine,
@@ -204,3 +205,61 @@ def test_download_folder_keeps_the_newest(tmp_path):
         os.utime(p, (1000 + i, 1000 + i))
     _prune(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["avatar-3.png", "avatar-4.png"]
+
+
+def test_attribute_dropdown_moves_the_pick_and_the_download_records_it(state, picked, tmp_path):
+    """Issue 18, defect 1: the studio's own dropdown event (the Gradio wiring, called without
+    a browser) moves the pick to the chosen class, and the downloaded PNG says so."""
+    import gradio as gr
+
+    from avatarforge.generate import read_metadata
+    from avatarforge.generate.pipeline import Latent
+    from avatarforge.serve.studio import build_studio
+
+    sess = picked[0]
+    current = HAIR[int(sess.picked.labels[0, 0])]
+    other = next(h for h in HAIR if h != current)
+    demo = build_studio(state, download_dir=tmp_path)
+    dropdown = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "attr-hair_color")
+    fn = next(f for f in demo.fns.values() if (dropdown._id, "change") in [tuple(t) for t in f.targets])
+    assert dropdown in fn.inputs  # the finish step receives the attribute dropdowns
+
+    def value(c):
+        if isinstance(c, gr.State):
+            return sess
+        return other if c is dropdown else c.value
+
+    image, _, _ = fn.fn(*[value(c) for c in fn.inputs])
+    expected = edit_picked(state, sess, attrs={"hair_color": other})
+    assert np.array_equal(image, expected) and mean_abs(image, edit_picked(state, sess)) > 1.0
+    (path,) = tmp_path.glob("avatar-*.png")
+    rec = read_metadata(path)
+    assert rec["attrs"] == {"hair_color": other} and rec["studio"]["attrs"] == {"hair_color": other}
+    assert np.array_equal(np.asarray(Image.open(path)), image)
+    # the recorded latent is the finished one: it renders the downloaded pixels
+    again = state.pipe.render(state.pipe.map(Latent.from_json(rec["latent"])), rgba=True)[0]
+    assert np.array_equal(again, image)
+    assert Latent.from_json(rec["picked_latent"]).labels[0, 0] == HAIR.index(current)
+
+
+def test_two_attributes_combine_on_a_conditional_dcgan(tmp_path):
+    """move_to_classes sets every chosen class at once (label sliders one after the other
+    would keep only the last one on a z-space model)."""
+    from avatarforge.generate import GeneratorPipeline
+    from avatarforge.generate.conditioning import LabelInfo
+    from avatarforge.models.dcgan import DCGANGenerator
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        G = DCGANGenerator(resolution=32, channels=4, z_dim=16, label_dims=[3, 2], base_channels=8).eval()
+    pipe = GeneratorPipeline(
+        G, labels=LabelInfo(("hair_color", "eye_color"), (HAIR, ("blue", "green")), (3, 2), "t")
+    )
+    st = make_state(pipe)
+    sess, _ = generate_grid(st, StudioSession(), 0, n=4, attrs={"hair_color": "black", "eye_color": "blue"})
+    sess = pick(sess, 0)
+    both = {"hair_color": "pink", "eye_color": "green"}
+    lat = finished_latent(st, sess, attrs=both)
+    assert pipe.describe(lat)["attrs"] == both
+    direct = generate_grid(st, StudioSession(), 0, n=1, attrs=both)[1][0]
+    assert np.array_equal(edit_picked(st, sess, attrs=both), direct)

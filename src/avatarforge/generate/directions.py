@@ -57,6 +57,7 @@ __all__ = [
     "label_directions",
     "load_directions",
     "measure_effects",
+    "move_to_classes",
     "name_directions",
     "save_directions",
     "sefa_directions",
@@ -309,6 +310,42 @@ def apply_direction(
             codes[:, cols.continuous[int(direction.code[1:])]] = amt
         return replace(latent, codes=codes)
     raise ValueError(f"unknown direction kind {direction.kind!r}")
+
+
+def move_to_classes(pipe: GeneratorPipeline, latent: Latent, attrs: Mapping[str, str]) -> Latent:
+    """``latent`` moved to the classes ``attrs`` (``{"hair_color": "pink", ...}``), all at once.
+
+    Every named attribute becomes exactly that class (a label slider at 1), the rest of the
+    avatar is kept; unnamed attributes keep their values. Unlike applying label sliders one
+    after the other, several attributes combine: the latent's ``labels`` (and ``labels_to``
+    of a blend in progress) take every new class, and a StyleGAN latent moves by the ``w``
+    difference the new labels cause (so inverted latents are edited too). The returned
+    latent's labels name the classes shown, so its metadata records them.
+    """
+    if not attrs:
+        return latent
+    if latent.labels is None:
+        raise ValueError(
+            f"attributes need a conditional model's latent (with labels); this {pipe.family} has none"
+        )
+    info = pipe.labels
+    labels = latent.labels.clone()
+    labels_to = latent.labels_to.clone() if latent.labels_to is not None else None
+    for name, value in attrs.items():
+        col = info.index(name)
+        idx = info.class_index(col, value)
+        labels[:, col] = idx
+        if labels_to is not None:
+            labels_to[:, col] = idx
+    if torch.equal(labels, latent.labels) and (labels_to is None or torch.equal(labels_to, latent.labels_to)):
+        return latent
+    if not pipe.is_stylegan:
+        return replace(latent, labels=labels, labels_to=labels_to)
+    lat = pipe.map(latent)
+    base = pipe.map(replace(latent, ws=None))
+    moved = pipe.map(replace(latent, ws=None, labels=labels, labels_to=labels_to))
+    assert lat.ws is not None and base.ws is not None and moved.ws is not None
+    return replace(lat, ws=lat.ws + (moved.ws - base.ws), labels=labels, labels_to=labels_to)
 
 
 def slide(

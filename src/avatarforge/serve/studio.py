@@ -43,6 +43,7 @@ __all__ = [
     "edit_picked",
     "export_png",
     "expression_preview",
+    "finished_latent",
     "generate_grid",
     "mount_studio",
     "pick",
@@ -231,6 +232,38 @@ def refine(
     return new, list(images)
 
 
+def finished_latent(
+    state: Any,
+    session: StudioSession,
+    sliders: Mapping[str, float] | None = None,
+    attrs: Mapping[str, str] | None = None,
+) -> Any:
+    """The pick's latent with the attribute dropdowns and latent sliders applied.
+
+    ``attrs`` (``{"hair_color": "pink"}``) moves a conditional model's pick to those classes,
+    all together (:func:`~avatarforge.generate.directions.move_to_classes`: exactly the class,
+    the rest of the avatar kept); ``"(random)"`` or a missing attribute leaves it as generated.
+    ``sliders`` are ``{direction id: amount}`` of the server's directions, applied after.
+    """
+    from avatarforge.generate import apply_direction
+    from avatarforge.generate.directions import move_to_classes
+
+    if session.picked is None:
+        raise StudioError("pick an avatar first (click one in the grid)")
+    dirs = getattr(state, "directions", {})
+    chosen = _attrs(state, attrs)
+    moves = [(k, float(v)) for k, v in (sliders or {}).items() if v]
+    for did, _ in moves:
+        if did not in dirs:
+            raise StudioError(f"unknown slider {did!r}; sliders: {', '.join(dirs) or 'none'}")
+    latent = session.picked
+    with _locked(state):
+        latent = move_to_classes(state.pipe, latent, chosen)
+        for did, amount in moves:
+            latent = apply_direction(state.pipe, latent, dirs[did], amount)
+    return latent
+
+
 def edit_picked(
     state: Any,
     session: StudioSession,
@@ -240,23 +273,9 @@ def edit_picked(
     """The pick rendered with latent slider amounts ``{direction id: amount}`` (RGBA uint8).
 
     ``attrs`` (``{"hair_color": "pink"}``) moves a conditional model's pick to those classes
-    (the label slider at 1: exactly the class, the rest of the avatar kept); ``"(random)"``
-    or a missing attribute leaves it as generated.
+    (see :func:`finished_latent`).
     """
-    from avatarforge.generate import apply_direction
-
-    if session.picked is None:
-        raise StudioError("pick an avatar first (click one in the grid)")
-    dirs = getattr(state, "directions", {})
-    moves = [(f"{k}={v}", 1.0) for k, v in _attrs(state, attrs).items()]
-    moves += [(k, float(v)) for k, v in (sliders or {}).items() if v]
-    latent = session.picked
-    with _locked(state):
-        for did, amount in moves:
-            if did not in dirs:
-                raise StudioError(f"unknown slider {did!r}; sliders: {', '.join(dirs) or 'none'}")
-            latent = apply_direction(state.pipe, latent, dirs[did], amount)
-    return _rgba(state, latent)[0]
+    return _rgba(state, finished_latent(state, session, sliders, attrs))[0]
 
 
 # =============================================================================== style and post
@@ -385,12 +404,15 @@ def export_png(
     directory: str | os.PathLike,
     session: StudioSession | None = None,
     settings: Mapping[str, Any] | None = None,
+    latent: Any = None,
 ) -> Path:
     """Write ``image`` as an RGBA PNG (atomically) with its record; returns the path.
 
     The record (``iTXt`` chunk ``avatarforge``, see docs/generation.md) has ``kind:
-    "studio"``, the model, the picked latent and the ``settings`` (sliders, style, chain),
-    so ``avatarforge generate --from-png`` can reproduce the unstyled avatar.
+    "studio"``, the model, the ``settings`` (attributes, sliders, style, chain), the pick
+    history and a latent: ``latent`` (the finished one, :func:`finished_latent`: attributes
+    and sliders applied; its ``attrs`` are the classes shown) or else the pick's. ``avatarforge
+    generate --from-png`` reproduces the avatar before style and post-processing from it.
     """
     from avatarforge import __version__
     from avatarforge.generate.metadata import save_with_metadata
@@ -406,8 +428,13 @@ def export_png(
         "studio": dict(settings or {}),
     }
     if session is not None and session.picked is not None:
-        record["latent"] = session.picked.to_json()
         record["history"] = list(session.history)
+        record["picked_latent"] = session.picked.to_json()
+        if latent is None:
+            latent = session.picked
+    if latent is not None:
+        record.update(state.pipe.describe(latent[0]))  # "attrs": the classes shown, codes
+        record["latent"] = latent[0].to_json()
     digest = hashlib.sha1(arr.tobytes()).hexdigest()[:10]
     return save_with_metadata(Path(directory) / f"avatar-{digest}.png", arr, record)
 
@@ -564,10 +591,12 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
             if sess.picked is None:
                 return None, None, gr.DownloadButton(interactive=False)
             try:
-                base = edit_picked(state, sess, amounts, attrs)
+                latent = finished_latent(state, sess, amounts, attrs)
+                base = _rgba(state, latent)[0]
                 ref = ref_img if ref_img is not None else ref_seed
                 img = apply_finish(state, base, method, ref, s_strength, chain_text or "")
                 settings = {
+                    "attrs": {k: v for k, v in attrs.items() if v not in (None, "", RANDOM)},
                     "sliders": amounts,
                     "style": method,
                     "style_strength": s_strength,
@@ -575,7 +604,7 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
                 }
                 if method != "none":
                     settings["style_reference"] = "upload" if ref_img is not None else int(ref_seed)
-                path = export_png(state, img, out_dir, sess, settings)
+                path = export_png(state, img, out_dir, sess, settings, latent)
                 _prune(out_dir, keep=KEEP_DOWNLOADS)
             except StudioError as e:
                 raise err(e) from None
@@ -589,6 +618,7 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
             style_upload,
             style_strength,
             chain,
+            *attr_boxes,  # a conditional model's pick takes the chosen classes
         ]
         finish_outputs = [final, picked_img, download]
 
