@@ -27,6 +27,7 @@ def test_the_package_exposes_the_public_api():
         "IDENTITY_ATTRIBUTES", "MAX_SIZE", "MIN_SIZE", "NEUTRAL_EXPRESSION", "OUTFIT_COLORS",
         "PART_NAMES", "SCHEMA", "SKIN_TONES", "check_size", "nearest_color", "random_expression",
         "render", "render_avatar", "render_background", "render_expressions", "sample_attributes",
+        "LIVE_CONTROLS", "NEUTRAL_LIVE",  # the live (rig) parameter set
     }  # fmt: skip
     assert set(P.__all__) == public
     also = ("HAIR_STYLES", "BANGS_STYLES", "EYE_SHAPES", "EYEBROW_STYLES", "MOUTH_STYLES",

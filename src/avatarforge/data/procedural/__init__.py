@@ -7,7 +7,10 @@ antialiased and the alpha channel is an exact coverage mask of the character.
 
 An avatar is fully described by an attribute dict (see :data:`SCHEMA`): categorical identity
 attributes (hair colour and style, eye colour and shape, ...) and continuous expression
-controls (``eye_open``, ``mouth_open``, ``smile``, ``head_yaw``, ``head_tilt``).
+controls (``eye_open``, ``mouth_open``, ``smile``, ``head_yaw``, ``head_tilt``). :func:`render`
+also draws the live (rig) parameter set, :data:`LIVE_CONTROLS` (per-eye blinks, gaze,
+vowels, brows, nod, body sway, breath): render-only controls, not labels; at their
+neutral values (:data:`NEUTRAL_LIVE`) the pictures are bit-identical to those drawn without.
 :func:`sample_attributes` draws such a dict from a seed with a private
 ``numpy.random.Generator(PCG64(seed))``, so the same seed gives the same avatar, byte for
 byte, on every run; :func:`render` is a pure function of the dict and the size.
@@ -51,10 +54,12 @@ from avatarforge.data.procedural.schema import (  # noqa: F401
     HAIR_COLORS,
     HAIR_STYLES,
     IDENTITY_ATTRIBUTES,
+    LIVE_CONTROLS,
     MAX_SIZE,
     MIN_SIZE,
     MOUTH_STYLES,
     NEUTRAL_EXPRESSION,
+    NEUTRAL_LIVE,
     OUTFIT_COLORS,
     OUTFIT_STYLES,
     PART_NAMES,
@@ -73,9 +78,11 @@ __all__ = [
     "EYE_COLORS",
     "HAIR_COLORS",
     "IDENTITY_ATTRIBUTES",
+    "LIVE_CONTROLS",
     "MAX_SIZE",
     "MIN_SIZE",
     "NEUTRAL_EXPRESSION",
+    "NEUTRAL_LIVE",
     "OUTFIT_COLORS",
     "PART_NAMES",
     "SCHEMA",

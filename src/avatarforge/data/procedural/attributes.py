@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from avatarforge.data.packed import LabelField
-from avatarforge.data.procedural.schema import IDENTITY_ATTRIBUTES, NEUTRAL_EXPRESSION, SCHEMA
+from avatarforge.data.procedural.schema import (
+    IDENTITY_ATTRIBUTES,
+    LIVE_CONTROLS,
+    NEUTRAL_EXPRESSION,
+    NEUTRAL_LIVE,
+    RENDER_ONLY_CONTROLS,
+    SCHEMA,
+)
 
 # Sampling weights of categorical values (uniform unless listed). "none" accessory is the
 # most common single value so that plain avatars stay frequent.
@@ -63,10 +70,13 @@ def random_expression(rng: np.random.Generator) -> dict[str, float]:
 
 def check_value(name: str, value: Any) -> Any:
     """Validate one attribute value; categorical indices are accepted and mapped to names."""
+    if name in RENDER_ONLY_CONTROLS:
+        return _check_number(name, value, LIVE_CONTROLS[name])
     try:
         field = SCHEMA[name]
     except KeyError:
-        raise ValueError(f"unknown attribute {name!r}; valid attributes: {', '.join(SCHEMA.names)}") from None
+        valid = ", ".join((*SCHEMA.names, *RENDER_ONLY_CONTROLS))
+        raise ValueError(f"unknown attribute {name!r}; valid attributes: {valid}") from None
     if field.kind == "categorical":
         if isinstance(value, str):
             if value not in field.values:
@@ -80,13 +90,16 @@ def check_value(name: str, value: Any) -> Any:
         raise ValueError(
             f"attribute {name!r}: invalid value {value!r}; valid values: {', '.join(field.values)}"
         )
+    return _check_number(name, value, field.range)
+
+
+def _check_number(name: str, value: Any, valid: tuple[float, float]) -> float:
+    """A continuous control as a float, or ValueError naming it and its range."""
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"attribute {name!r} must be a number in {list(field.range)}, got {value!r}"
-        ) from None
-    lo, hi = field.range
+        raise ValueError(f"attribute {name!r} must be a number in {list(valid)}, got {value!r}") from None
+    lo, hi = valid
     if not lo <= x <= hi:  # also rejects NaN
         raise ValueError(f"attribute {name!r} must be in [{lo}, {hi}], got {value!r}")
     return x
@@ -117,7 +130,11 @@ def sample_attributes(seed: int, **fixed: Any) -> dict[str, Any]:
 
 
 def resolve(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a render dict; missing expression controls default to neutral."""
+    """Validate a render dict; missing expression and live controls default to neutral.
+
+    The result has every expression control and every live control (:data:`LIVE_CONTROLS`);
+    a missing ``eye_open_l`` / ``eye_open_r`` takes the dict's ``eye_open``.
+    """
     if not isinstance(attrs, Mapping):
         raise TypeError(f"attrs must be a dict of attributes, got {type(attrs).__name__}")
     missing = [n for n in IDENTITY_ATTRIBUTES if n not in attrs]
@@ -125,7 +142,10 @@ def resolve(attrs: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"attrs is missing {', '.join(missing)}; build a full dict with sample_attributes(seed, **fixed)"
         )
-    out = dict(NEUTRAL_EXPRESSION)
+    out = {**NEUTRAL_LIVE, **NEUTRAL_EXPRESSION}
     for name, value in attrs.items():
         out[name] = check_value(name, value)
+    for name in ("eye_open_l", "eye_open_r"):
+        if name not in attrs:
+            out[name] = out["eye_open"]
     return out

@@ -49,6 +49,9 @@ def draw_body(cv: Canvas, a: Mapping[str, Any], pal: Palette) -> None:
             np.array([[0.96, 1.02]]),
         ]
     )
+    if cv.sway:
+        # A leaning body must still reach the bottom edge of the picture.
+        right = np.concatenate([right, np.array([[0.96, 1.2]])])
     body = np.concatenate([right, mirror(right[::-1])])
     cv.poly(body, pal.outfit, "outfit", head=False)
     # Neckline: skin visible below the neck, shape depends on the outfit.

@@ -15,12 +15,36 @@ _YAW_SHIFT = 0.045
 # Head roll at |tilt| = 1, in radians, about the neck.
 _TILT_RAD = math.radians(12.0)
 _PIVOT = (0.5, 0.70)
+# Head nod: vertical shift (unit coordinates) per unit of depth at |pitch| = 1 (+ = up), and
+# the vertical squash of the head (about _PITCH_CY) that goes with it.
+_PITCH_SHIFT = 0.035
+_PITCH_SQUASH = 0.06
+_PITCH_CY = 0.45
+# Body sway: the whole figure leans about a point below the picture (the hips), in radians
+# at |sway| = 1: the head moves ~3.8 % of the width, the shoulders ~2.3 %.
+_SWAY_RAD = 0.045
+_SWAY_PIVOT = (0.5, 1.3)
+# Breath: the head, neck and shoulders rise this much (unit coordinates) at breath = 1; the
+# chest below stretches so that the bottom edge stays put.
+_BREATH_LIFT = 0.014
+_BREATH_Y = (0.8, 1.0)
 
 
 class Canvas:
     """A supersampled RGBA picture plus (optionally) a part-id map drawn with the same shapes."""
 
-    def __init__(self, size: int, ss: int, yaw: float, tilt: float, parts: bool) -> None:
+    def __init__(
+        self,
+        size: int,
+        ss: int,
+        yaw: float,
+        tilt: float,
+        parts: bool,
+        *,
+        pitch: float = 0.0,
+        sway: float = 0.0,
+        breath: float = 0.0,
+    ) -> None:
         self.size = size
         self.ss = ss
         self.S = size * ss
@@ -42,15 +66,45 @@ class Canvas:
         self.head_b = (pivot - pivot @ rot_t) * self.S
         # Line widths below one supersampled pixel vanish; this keeps thin lines visible.
         self.min_w = 1.0 / self.S
+        # The live pose (nod, sway, breath). All zero: xf is exactly the expression-only map,
+        # so neutral pictures stay bit-identical.
+        self.pitch, self.sway, self.breath = float(pitch), float(sway), float(breath)
+        self.posed = bool(self.pitch or self.sway or self.breath)
+        ang = self.sway * _SWAY_RAD
+        self._sway_rot_t = np.array([[math.cos(ang), math.sin(ang)], [-math.sin(ang), math.cos(ang)]])
 
     def xf(self, pts: np.ndarray, depth: float, head: bool = True) -> np.ndarray:
         """Unit coordinates -> canvas pixels, with the head pose applied to head parts."""
+        if self.posed:
+            return self._xf_posed(np.asarray(pts, dtype=np.float64), depth, head)
         if not head:
             return np.asarray(pts, dtype=np.float64) * self.S
         return np.asarray(pts, dtype=np.float64) @ self.head_a + (
             self.head_b[0] + self.shift * depth,
             self.head_b[1],
         )
+
+    def _xf_posed(self, p: np.ndarray, depth: float, head: bool) -> np.ndarray:
+        """xf with the live pose: nod (head parts), then the breath lift, then the sway lean."""
+        if head:
+            if self.pitch:
+                # Nodding squashes the head vertically and moves parts up (+) by their depth.
+                p = p.copy()
+                p[:, 1] = _PITCH_CY + (p[:, 1] - _PITCH_CY) * (1.0 - _PITCH_SQUASH * abs(self.pitch))
+                p[:, 1] -= self.pitch * _PITCH_SHIFT * depth
+            out = p @ self.head_a + (self.head_b[0] + self.shift * depth, self.head_b[1])
+            out[:, 1] -= self.breath * _BREATH_LIFT * self.S
+        else:
+            out = p * self.S
+            if self.breath:
+                y0, y1 = _BREATH_Y
+                out[:, 1] -= (
+                    self.breath * _BREATH_LIFT * self.S * np.clip((y1 - p[:, 1]) / (y1 - y0), 0.0, 1.0)
+                )
+        if self.sway:
+            pivot = np.array(_SWAY_PIVOT) * self.S
+            out = (out - pivot) @ self._sway_rot_t + pivot
+        return out
 
     def w(self, width: float) -> float:
         """A line width of at least one supersampled pixel."""
@@ -97,9 +151,17 @@ class Canvas:
         w = np.maximum(np.asarray(widths, dtype=np.float64), self.min_w)
         self.poly(stroke(np.asarray(pts, dtype=np.float64), w), color, part, depth, head)
 
-    def clipped(self, clip: np.ndarray, items: list[tuple], depth: float, head: bool = True) -> None:
-        """Draw ``items`` (pts, color, part) only inside the polygon ``clip``."""
-        c = self.xf(clip, depth, head)
+    def clipped(
+        self,
+        clip: np.ndarray,
+        items: list[tuple],
+        depth: float,
+        head: bool = True,
+        clip_depth: float | None = None,
+    ) -> None:
+        """Draw ``items`` (pts, color, part) only inside the polygon ``clip`` (placed at
+        ``clip_depth`` if given, else at the items' ``depth``)."""
+        c = self.xf(clip, depth if clip_depth is None else clip_depth, head)
         x0 = max(0, math.floor(c[:, 0].min()) - 1)
         y0 = max(0, math.floor(c[:, 1].min()) - 1)
         x1 = min(self.S, math.ceil(c[:, 0].max()) + 2)

@@ -21,6 +21,7 @@ from avatarforge.data.procedural.palette import Palette
 from avatarforge.data.procedural.schema import (
     BACKGROUND_COLORS,
     EXPRESSION_ATTRIBUTES,
+    LIVE_CONTROLS,
     NEUTRAL_EXPRESSION,
     check_size,
 )
@@ -83,7 +84,8 @@ def render(
 
     Args:
         attrs: an attribute dict (from :func:`sample_attributes`); the identity attributes
-            are required, missing expression controls are neutral.
+            are required, missing expression controls and live controls
+            (:data:`LIVE_CONTROLS`) are neutral.
         size: output width = height in pixels, ``MIN_SIZE`` (32) to ``MAX_SIZE`` (512).
         background: composite onto :func:`render_background` and return RGB.
         return_parts: also return ``{part name: (size, size) bool mask}`` for every name in
@@ -101,7 +103,16 @@ def render(
     size = check_size(size)
     a = resolve(attrs)
     pal = Palette(a)
-    cv = Canvas(size, supersample(size), float(a["head_yaw"]), float(a["head_tilt"]), return_parts)
+    cv = Canvas(
+        size,
+        supersample(size),
+        float(a["head_yaw"]),
+        float(a["head_tilt"]),
+        return_parts,
+        pitch=float(a["head_pitch"]),
+        sway=float(a["body_sway"]),
+        breath=float(a["breath"]),
+    )
     draw_back_hair(cv, a, pal)
     draw_tails(cv, a, pal)
     draw_body(cv, a, pal)
@@ -139,9 +150,10 @@ def render_expressions(
     """The same identity at several expressions: ``(len(expressions), size, size, 4 or 3)``.
 
     ``seed_or_attrs`` is a seed (identity from :func:`sample_attributes`) or an attribute
-    dict. Each expression dict sets some of :data:`EXPRESSION_ATTRIBUTES`; the ones it
-    leaves out are neutral (:data:`NEUTRAL_EXPRESSION`), not taken from the base identity,
-    so an expression means the same thing for every identity.
+    dict. Each expression dict sets some of :data:`EXPRESSION_ATTRIBUTES` and
+    :data:`LIVE_CONTROLS`; the ones it leaves out are neutral (:data:`NEUTRAL_EXPRESSION`,
+    :data:`NEUTRAL_LIVE`), not taken from the base identity, so an expression means the
+    same thing for every identity.
     """
     base = (
         sample_attributes(seed_or_attrs)
@@ -149,12 +161,14 @@ def render_expressions(
         else dict(seed_or_attrs)
     )
     size = check_size(size)
+    base = {k: v for k, v in base.items() if k not in LIVE_CONTROLS}
+    valid = (*EXPRESSION_ATTRIBUTES, *(n for n in LIVE_CONTROLS if n not in EXPRESSION_ATTRIBUTES))
     frames = []
     for expr in expressions:
-        bad = set(expr) - set(EXPRESSION_ATTRIBUTES)
+        bad = set(expr) - set(valid)
         if bad:
             raise ValueError(
-                f"expression keys {sorted(bad)} are not expression attributes ({', '.join(EXPRESSION_ATTRIBUTES)})"
+                f"expression keys {sorted(bad)} are not expression attributes or live controls ({', '.join(valid)})"
             )
         attrs = {**base, **NEUTRAL_EXPRESSION, **expr}
         frames.append(render(attrs, size, background=background))

@@ -138,6 +138,40 @@ NEUTRAL_EXPRESSION: dict[str, float] = {
     "head_tilt": 0.0,
 }
 
+# The live (rig) parameter set, after the Live2D standard parameters: what a VTuber rig
+# drives every frame. Render-only controls: render() draws them, but they are not labels
+# (SCHEMA and EXPRESSION_ATTRIBUTES above are the label columns of packed data sets, and do
+# not change). Four are the expression controls under their own names (smile is Live2D's
+# mouth form, head_tilt its head roll); the rig has one eye_open per eye instead of
+# eye_open. At NEUTRAL_LIVE every picture is bit-identical to one drawn without them.
+LIVE_CONTROLS: dict[str, tuple[float, float]] = {
+    "eye_open_l": (0.0, 1.0),  # the character's left eye = the image-right one; 0 closed
+    "eye_open_r": (0.0, 1.0),  # the character's right eye = the image-left one
+    "gaze_x": (-1.0, 1.0),  # irises towards the image right for +
+    "gaze_y": (-1.0, 1.0),  # irises up for +
+    "mouth_open": (0.0, 1.0),
+    "smile": (-1.0, 1.0),
+    "vowel_a": (0.0, 1.0),  # wide and tall
+    "vowel_i": (0.0, 1.0),  # wide and flat, teeth showing
+    "vowel_u": (0.0, 1.0),  # small round pout
+    "vowel_e": (0.0, 1.0),  # medium wide, upper teeth
+    "vowel_o": (0.0, 1.0),  # round and tall
+    "brow_y": (-1.0, 1.0),  # eyebrows up for +
+    "head_yaw": (-1.0, 1.0),
+    "head_pitch": (-1.0, 1.0),  # nod; + looks up
+    "head_tilt": (-1.0, 1.0),
+    "body_sway": (-1.0, 1.0),  # the whole figure leans towards the image right for +
+    "breath": (0.0, 1.0),  # shoulders, chest and head rise
+}
+# Neutral values. eye_open_l / eye_open_r are listed as 1 (the neutral eye_open), but when
+# absent from a render dict they follow that dict's eye_open.
+NEUTRAL_LIVE: dict[str, float] = {name: 0.0 for name in LIVE_CONTROLS} | {
+    "eye_open_l": 1.0,
+    "eye_open_r": 1.0,
+}
+# The live controls that are not label fields (drawn only when asked for).
+RENDER_ONLY_CONTROLS: tuple[str, ...] = tuple(n for n in LIVE_CONTROLS if n not in EXPRESSION_ATTRIBUTES)
+
 # Part ids of the label map drawn alongside the picture (0 = nothing = background).
 PART_NAMES: tuple[str, ...] = (
     "background",
