@@ -60,7 +60,8 @@ def _eye_curves(
 
 
 def draw_eyes(cv: Canvas, a: Mapping[str, Any], pal: Palette) -> None:
-    """Both eyes: lids, white, iris, highlights and lashes, or a closed-eye arc."""
+    """Both eyes: lids, white, iris, highlights and lashes, or a closed-eye arc; each eye
+    opens by its own ``eye_open_l`` / ``eye_open_r`` and the irises follow the gaze."""
     shape = a["eye_shape"]
     smile = float(a["smile"])
     yaw = float(a["head_yaw"])
@@ -134,7 +135,7 @@ _BROWS: dict[str, tuple[float, float, float, float]] = {
 
 
 def draw_brows(cv: Canvas, a: Mapping[str, Any], pal: Palette) -> None:
-    """Both eyebrows, raised a little by a smile."""
+    """Both eyebrows, raised a little by a smile and moved up / down by ``brow_y``."""
     width, din, dout, arch = _BROWS[a["eyebrows"]]
     lift = -0.006 * max(float(a["smile"]), 0.0)
     brow_y = float(a.get("brow_y", 0.0))
