@@ -15,9 +15,18 @@ LOCK   := requirements.lock
 # which makes perf.amp=auto run in fp32 (avatarforge.device.cpu_has_native_bf16).
 NO_BF16 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 
-.PHONY: install lock demo test test-numerics-fp32 test-all bench bench-quick lint format clean
+.PHONY: install web-assets lock demo test test-numerics-fp32 test-all bench bench-quick lint format clean
 
-install: $(STAMP)
+install: $(STAMP) web-assets
+
+# Browser files the server serves itself (Swagger UI for /docs: no page loads anything from another
+# host), pinned by package.json + package-lock.json. --ignore-scripts: no install scripts run (the
+# package's analytics dependency has one). Without npm the server still runs; /docs says how to add them.
+web-assets: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --ignore-scripts --no-audit --no-fund; \
+	else echo "npm not found: /docs will not have Swagger UI (install Node.js's npm, then make install)"; fi
 
 # Re-install only when the package metadata or the lock changes (idempotent `make demo` / `make test`).
 $(STAMP): pyproject.toml $(LOCK)

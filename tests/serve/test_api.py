@@ -35,6 +35,76 @@ def test_api_key_enforced(keyed_client):
     assert keyed_client.get("/v1/info", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
 
 
+# ----------------------------------------------------------------------------- offline docs
+def _docs_app(state, swagger):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from avatarforge.serve.app import _docs
+
+    keyed = state.settings.api_key is not None
+    app = FastAPI(openapi_url=None if keyed else "/openapi.json", docs_url=None, redoc_url=None)
+    _docs(app, state, swagger)
+    return TestClient(app)
+
+
+def _local_only(html: str) -> None:
+    import re
+
+    assert "cdn" not in html.lower() and "fastapi.tiangolo.com" not in html
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", html), html  # nothing from another host
+
+
+def test_docs_serve_swagger_ui_from_local_files(serve_state, tmp_path):
+    """Issue 18, defect 3: /docs loads Swagger UI from the server (a local copy of the npm
+    package swagger-ui-dist), never from a CDN; /redoc leads there; the key still guards it."""
+    from avatarforge.serve.app import SWAGGER_UI_FILES
+
+    for name in SWAGGER_UI_FILES:
+        (tmp_path / name).write_bytes(f"/* {name} */".encode())
+    client = _docs_app(serve_state, tmp_path)
+    page = client.get("/docs")
+    assert page.status_code == 200
+    _local_only(page.text)
+    assert '"/docs/static/swagger-ui-bundle.js"' in page.text and '"/docs/static/swagger-ui.css"' in page.text
+    assert '"validatorUrl": null' in page.text  # no badge fetching validator.swagger.io
+    js = client.get("/docs/static/swagger-ui-bundle.js")
+    assert js.status_code == 200 and js.text == "/* swagger-ui-bundle.js */"
+    assert js.headers["content-type"].startswith("text/javascript")
+    for bad in ("package.json", "..%2Fapp.py", "swagger-ui-bundle.js.map"):
+        assert client.get(f"/docs/static/{bad}").status_code == 404, bad
+    assert client.get("/redoc").url.path == "/docs"
+    keyed = _docs_app(serve_state.with_settings(api_key=API_KEY), tmp_path)
+    assert keyed.get("/docs").status_code == 401
+    page = keyed.get(f"/docs?key={API_KEY}")
+    assert page.status_code == 200 and f"/openapi.json?key={API_KEY}" in page.text
+    assert keyed.get("/docs/static/swagger-ui.css").status_code == 200  # public files, no data
+
+
+def test_docs_without_swagger_ui_say_how_to_install_it(serve_state):
+    client = _docs_app(serve_state, None)
+    page = client.get("/docs")
+    assert page.status_code == 200 and "Swagger UI is not installed" in page.text
+    assert "make install" in page.text and "npm ci --ignore-scripts" in page.text
+    assert 'href="/openapi.json"' in page.text
+    _local_only(page.text)
+    assert client.get("/docs/static/swagger-ui-bundle.js").status_code == 404
+
+
+def test_swagger_ui_dir_finds_the_bundle(tmp_path, monkeypatch):
+    from avatarforge.serve.app import SWAGGER_UI_ENV, swagger_ui_dir
+
+    (tmp_path / "swagger-ui-bundle.js").write_text("x")
+    (tmp_path / "swagger-ui.css").write_text("x")
+    assert swagger_ui_dir({SWAGGER_UI_ENV: str(tmp_path)}) == tmp_path
+    # from the checkout: where `make install` (npm ci) puts it, found whatever the cwd
+    monkeypatch.chdir(tmp_path)
+    repo = Path(__file__).resolve().parents[2]
+    found = swagger_ui_dir({})
+    if (repo / "node_modules" / "swagger-ui-dist" / "swagger-ui-bundle.js").is_file():
+        assert found == repo / "node_modules" / "swagger-ui-dist"
+
+
 # ----------------------------------------------------------------------------- helpers
 def _images(body: dict) -> list[np.ndarray]:
     return [decode_png(base64.b64decode(im["png"])) for im in body["images"]]

@@ -90,6 +90,8 @@ def browser(tmp_path_factory):
         f"--use-file-for-fake-audio-capture={tone}",
     ):
         opts.add_argument(arg)
+    # every request the pages make, for the offline test (Network.requestWillBeSent events)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     opts.add_experimental_option(
         "prefs",
         {
@@ -294,3 +296,55 @@ def test_control_panel_microphone_lip_sync(server, browser):
         ) from None
     browser.find_element(By.CSS_SELECTOR, "#mic").click()  # stop: the mouth is released
     WebDriverWait(browser, 10, poll_frequency=0.05).until(lambda d: "mouth_open" not in controls.get())
+
+
+def _requested_urls(driver) -> list[str]:
+    """URLs of the requests the browser sent since the last call (its performance log)."""
+    import json
+
+    urls = []
+    for entry in driver.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg["method"] == "Network.requestWillBeSent":
+            urls.append(msg["params"]["request"]["url"])
+        elif msg["method"] == "Network.webSocketCreated":
+            urls.append(msg["params"]["url"])
+    return urls
+
+
+def test_no_page_requests_an_outside_host(server, browser):
+    """Issue 18: the studio, the API docs and the overlay pages load everything from the
+    server itself (no CDN, no web fonts, no analytics): every request the browser sends, as
+    recorded by Chrome's DevTools log, goes to the server's host and port."""
+    from urllib.parse import urlsplit
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, app = server
+    wait = WebDriverWait(browser, 30, poll_frequency=0.1)
+    _requested_urls(browser)  # drop what earlier tests requested
+    seen: list[str] = []
+    browser.get(url + "/studio/")
+    wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#generate"))).click()
+    wait.until(lambda d: len(_grid_srcs(d)) >= 16)
+    seen += _requested_urls(browser)
+    browser.get(url + "/docs")
+    if app.state.swagger_ui is not None:  # Swagger UI rendered the schema from local files
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))
+    else:  # not installed: the page says how to install it
+        assert "Swagger UI is not installed" in browser.page_source and "npm ci" in browser.page_source
+    seen += _requested_urls(browser)
+    browser.get(url + "/overlay?avatar=studio&fps=30")
+    wait.until(lambda d: d.execute_script("return window.overlayFrames") >= 3)
+    browser.get(url + "/overlay/control?avatar=studio")
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#preview").get_attribute("src"))
+    time.sleep(1.0)  # late requests (fonts, analytics) of the last page
+    seen += _requested_urls(browser)
+    here = urlsplit(url).netloc
+    web = [u for u in seen if urlsplit(u).scheme in ("http", "https", "ws", "wss")]
+    assert len(web) > 20 and any("/docs" in u for u in web), web  # the log really recorded them
+    outside = sorted({u for u in web if urlsplit(u).netloc != here})
+    assert not outside, f"requests to other hosts: {outside}"
+    assert all(urlsplit(u).scheme in ("http", "ws", "data", "blob") for u in seen), seen

@@ -111,6 +111,21 @@ def test_serve_main_loads_once_and_warns_on_public_host_without_key(
     assert state.generator_run == serve_run
 
 
+def test_start_up_prints_the_studio_overlay_and_docs_urls_never_the_key(monkeypatch, capsys, serve_run):
+    """Issue 18, defect 3: the start-up lines name /studio, /overlay and /docs."""
+    _run_serve_main(monkeypatch, [str(serve_run), "--port", "8123"])
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:8123/studio" in err
+    assert "http://127.0.0.1:8123/overlay?avatar=studio" in err
+    assert "http://127.0.0.1:8123/docs" in err
+    secret = "never-print-this-key-42"
+    seen = _run_serve_main(monkeypatch, [str(serve_run), "--host", "0.0.0.0"], {API_KEY_ENV: secret})
+    err = capsys.readouterr().err
+    assert seen["app"].state.serve.settings.api_key == secret
+    assert secret not in err
+    assert "http://127.0.0.1:8000/docs?key=KEY" in err and "/overlay?avatar=studio&key=KEY" in err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,6 +5,11 @@ endpoints under ``/v1/`` (API key enforced when configured; see docs/serving.md)
 end the live overlay (:mod:`avatarforge.serve.overlay`) and the Gradio studio
 (:mod:`avatarforge.serve.studio`, only when gradio is installed) are mounted when present.
 
+``/docs`` is Swagger UI served from local files (:func:`swagger_ui_dir`: the npm package
+``swagger-ui-dist`` that ``make install`` puts in the checkout's ``node_modules``); without
+them it is a page saying how to install them. ``/redoc`` leads to ``/docs``. No page of
+the server loads anything from another host.
+
 With an API key, ``/docs``, ``/redoc`` and ``/openapi.json`` need it too (the schema lists
 the model's attributes and the server's limits, which ``/v1/info`` also guards): send the
 header, or -- from a browser, which cannot -- add ``?key=KEY`` to the URL; the docs page
@@ -17,6 +22,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -37,7 +45,7 @@ from avatarforge.serve.logs import install_redaction
 from avatarforge.serve.state import ServeState
 from avatarforge.serve.uploads import BodyLimit
 
-__all__ = ["create_app"]
+__all__ = ["SWAGGER_UI_ENV", "create_app", "swagger_ui_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -85,33 +93,119 @@ def _mount_optional(
     return True
 
 
-def _keyed_docs(app: FastAPI, state: ServeState) -> None:
-    """``/openapi.json``, ``/docs`` and ``/redoc`` that need the API key (header or ``?key=``)."""
-    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+#: A folder holding Swagger UI's files (``swagger-ui-bundle.js``, ``swagger-ui.css``) when they
+#: are not in the checkout's ``node_modules`` (see :func:`swagger_ui_dir`).
+SWAGGER_UI_ENV = "AVATARFORGE_SWAGGER_UI"
+#: The files of the npm package ``swagger-ui-dist`` that ``/docs`` serves (nothing else is).
+SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "oauth2-redirect.html")
+_SWAGGER_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png", ".html": "text/html"}
 
-    def key_of(request: Request) -> str:
+
+def swagger_ui_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where Swagger UI's files are, or ``None`` when they are not installed.
+
+    Looked for, in this order: ``$AVATARFORGE_SWAGGER_UI``; ``static/swagger-ui/`` in the
+    package (for a build that ships them); ``node_modules/swagger-ui-dist`` of the checkout
+    the package runs from (``make install`` puts it there with ``npm ci --ignore-scripts``,
+    pinned by package.json and package-lock.json) and of the current directory. The server
+    never loads them from the internet.
+    """
+    env = os.environ if environ is None else environ
+    here = Path(__file__).resolve().parent
+    candidates = [Path(env[SWAGGER_UI_ENV])] if env.get(SWAGGER_UI_ENV) else []
+    candidates += [
+        here / "static" / "swagger-ui",
+        here.parents[2] / "node_modules" / "swagger-ui-dist",  # src/avatarforge/serve -> the checkout
+        Path.cwd() / "node_modules" / "swagger-ui-dist",
+    ]
+    for d in candidates:
+        if all((d / f).is_file() for f in SWAGGER_UI_FILES[:2]):
+            return d
+    return None
+
+
+_NO_SWAGGER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:46em;margin:2em auto;line-height:1.5}}
+code{{background:#eee;padding:0 .2em}}</style></head>
+<body><h1>API docs: Swagger UI is not installed</h1>
+<p>This page shows the interactive API docs with Swagger UI, served by this server from local
+files (never from the internet). They are not installed here. In the AvatarForge checkout run</p>
+<pre>make install          # or: npm ci --ignore-scripts   (needs Node.js's npm)</pre>
+<p>and restart the server; or set <code>{env}</code> to a folder holding
+<code>swagger-ui-bundle.js</code> and <code>swagger-ui.css</code> (the npm package
+<code>swagger-ui-dist</code>).</p>
+<p>The API schema itself is here: <a href="{schema}">openapi.json</a>. The endpoints are described
+in docs/serving.md.</p></body></html>
+"""
+
+
+def _docs(app: FastAPI, state: ServeState, swagger: Path | None) -> None:
+    """``/docs`` (Swagger UI from local files), ``/redoc`` (the same page) and, with an API
+    key, ``/openapi.json``; all three need the key when one is set (header or ``?key=``)."""
+    from fastapi import HTTPException
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import FileResponse, RedirectResponse
+
+    keyed = state.settings.api_key is not None
+
+    def key_of(request: Request) -> str | None:
+        if not keyed:
+            return None
         key = presented_key(request.headers) or request.query_params.get("key")
         if key is None or not check_api_key(state.settings.api_key, key):
             raise unauthorized()
         return key
 
-    def schema_url(request: Request) -> str:
-        root = str(request.scope.get("root_path", "") or "").rstrip("/")
-        # The page's own fetch of the schema cannot send headers: it carries the key.
-        return f"{root}/openapi.json?key={quote(key_of(request), safe='')}"
+    def root(request: Request) -> str:
+        return str(request.scope.get("root_path", "") or "").rstrip("/")
 
-    @app.get("/openapi.json", include_in_schema=False)
-    def openapi(request: Request) -> JSONResponse:
-        key_of(request)
-        return JSONResponse(app.openapi())
+    def schema_url(request: Request) -> str:
+        key = key_of(request)
+        # The page's own fetch of the schema cannot send headers: it carries the key.
+        return f"{root(request)}/openapi.json" + (f"?key={quote(key, safe='')}" if key else "")
+
+    if keyed:
+
+        @app.get("/openapi.json", include_in_schema=False)
+        def openapi(request: Request) -> JSONResponse:
+            key_of(request)
+            return JSONResponse(app.openapi())
 
     @app.get("/docs", include_in_schema=False)
     def docs(request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=schema_url(request), title=f"{app.title} - docs")
+        url = schema_url(request)
+        title = f"{app.title} - docs"
+        if swagger is None:
+            return HTMLResponse(_NO_SWAGGER_PAGE.format(title=title, env=SWAGGER_UI_ENV, schema=url))
+        static = f"{root(request)}/docs/static"
+        return get_swagger_ui_html(
+            openapi_url=url,
+            title=title,
+            swagger_js_url=f"{static}/swagger-ui-bundle.js",
+            swagger_css_url=f"{static}/swagger-ui.css",
+            swagger_favicon_url=f"{static}/favicon-32x32.png",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            # No spec validator badge: it would send the schema to validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/docs/static/{name}", include_in_schema=False)
+    def docs_static(name: str) -> FileResponse:
+        # Open like the overlay's scripts: the same public files for every server, no data.
+        if swagger is None or name not in SWAGGER_UI_FILES or not (swagger / name).is_file():
+            raise HTTPException(status_code=404, detail=f"no docs file {name!r}")
+        return FileResponse(swagger / name, media_type=_SWAGGER_TYPES[Path(name).suffix])
 
     @app.get("/redoc", include_in_schema=False)
-    def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(openapi_url=schema_url(request), title=f"{app.title} - ReDoc")
+    def redoc(request: Request) -> RedirectResponse:
+        key_of(request)
+        query = request.url.query
+        return RedirectResponse(f"{root(request)}/docs" + (f"?{query}" if query else ""), status_code=307)
 
 
 def create_app(state: ServeState) -> FastAPI:
@@ -126,10 +220,11 @@ def create_app(state: ServeState) -> FastAPI:
         title="AvatarForge API",
         version=__version__,
         description="Generate, edit, post-process, style and animate VTuber avatars. See docs/serving.md.",
-        # With a key the schema and docs pages are added below, behind the key.
+        # With a key the schema is added below, behind the key; the docs pages always are
+        # (Swagger UI from local files, never a CDN).
         openapi_url=None if keyed else "/openapi.json",
-        docs_url=None if keyed else "/docs",
-        redoc_url=None if keyed else "/redoc",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.serve = state
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -146,8 +241,8 @@ def create_app(state: ServeState) -> FastAPI:
     def info() -> dict[str, Any]:
         return state.info()
 
-    if keyed:
-        _keyed_docs(app, state)
+    app.state.swagger_ui = swagger_ui_dir()
+    _docs(app, state, app.state.swagger_ui)
 
     from avatarforge.serve.routes import build_router
 

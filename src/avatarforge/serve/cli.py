@@ -13,7 +13,14 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["API_KEY_ENV", "add_serve_arguments", "is_loopback", "serve_main", "settings_from_args"]
+__all__ = [
+    "API_KEY_ENV",
+    "add_serve_arguments",
+    "is_loopback",
+    "serve_main",
+    "settings_from_args",
+    "startup_message",
+]
 
 #: Environment variable read for the API key when ``--api-key`` is not given (keeps the key
 #: out of the process list and shell history).
@@ -140,6 +147,45 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
         raise ValueError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None
 
 
+def _browser_host(host: str) -> str:
+    """The address a browser on this machine opens for a server bound to ``host``."""
+    h = host.strip()
+    if h in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if h in ("::", "[::]"):
+        return "[::1]"
+    return f"[{h}]" if ":" in h and not h.startswith("[") else h
+
+
+def startup_message(settings: Any, state: Any, app: Any) -> str:
+    """What ``avatarforge serve`` prints at start: the model and the studio, overlay and API
+    docs URLs. Never the API key: with one, the URLs say where to add it."""
+    anim = f", animator {state.animator_run}" if state.animator is not None else ", no animator"
+    base = f"http://{_browser_host(settings.host)}:{settings.port}"
+    mounted = getattr(app.state, "mounted", [])
+    keyed = settings.api_key is not None
+    studio = f"{base}/studio" if "studio" in mounted else "not available (pip install 'avatarforge[ui]')"
+    if "studio" in mounted and keyed:
+        studio += "  (log in with the API key as the password)"
+    overlay = f"{base}/overlay?avatar=studio" + ("&key=KEY" if keyed else "")
+    if "overlay" not in mounted:
+        overlay = "not available"
+    docs = f"{base}/docs" + ("?key=KEY" if keyed else "")
+    if getattr(app.state, "swagger_ui", None) is None:
+        docs += (
+            "  (Swagger UI not installed: run 'make install' in the checkout; the schema is /openapi.json)"
+        )
+    lines = [
+        f"serving {state.generator_run} ({state.pipe.family}, {state.pipe.resolution} px{anim}) on {base}",
+        f"  studio:   {studio}",
+        f"  overlay:  {overlay}",
+        f"  API docs: {docs}",
+    ]
+    if keyed:
+        lines.append("  (KEY: this server's API key, from --api-key or $" + API_KEY_ENV + ")")
+    return "\n".join(lines)
+
+
 def serve_main(args: argparse.Namespace) -> int:
     """Load the models, print where the server listens, run uvicorn until interrupted.
 
@@ -170,12 +216,6 @@ def serve_main(args: argparse.Namespace) -> int:
         )
     state = ServeState.load(args.run, animator=args.animator, settings=settings)
     app = create_app(state)
-    anim = f", animator {state.animator_run}" if state.animator is not None else ", no animator"
-    print(
-        f"serving {state.generator_run} ({state.pipe.family}, {state.pipe.resolution} px{anim}) on "
-        f"http://{settings.host}:{settings.port} (API docs: "
-        f"{'/docs?key=KEY; key required' if settings.api_key else '/docs; key off'})",
-        file=sys.stderr,
-    )
+    print(startup_message(settings, state, app), file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
     return 0
