@@ -51,7 +51,8 @@ def make_client(state, **options) -> tuple[TestClient, object]:
 def with_assets(client: TestClient, page) -> str:
     """A page's HTML plus the text of the scripts and stylesheets it links (static files)."""
     refs = re.findall(r'(?:href|src)="([^"]*/overlay/static/[^"]+)"', page.text)
-    assert len(refs) == 2, refs  # one stylesheet, one script
+    # the overlay: a stylesheet and two scripts (rig.js, overlay.js); the control page: one of each
+    assert len(refs) in (2, 3), refs
     texts = [page.text]
     for ref in refs:
         r = client.get(ref)
@@ -237,7 +238,15 @@ def test_pages_are_static_files_filled_with_a_config(pipe):
     stylesheets without the key (they hold no data) while the pages need it."""
     from avatarforge.serve.overlay.pages import static_dir
 
-    names = {"overlay.html", "overlay.js", "overlay.css", "control.html", "control.js", "control.css"}
+    names = {
+        "overlay.html",
+        "overlay.js",
+        "rig.js",
+        "overlay.css",
+        "control.html",
+        "control.js",
+        "control.css",
+    }
     assert names <= {f.name for f in static_dir().iterdir()}
     client, _ = make_client(make_state(pipe, tiny_animator(), api_key="s3cret"))
     with client:
@@ -484,3 +493,43 @@ def test_vmc_port_in_use_closes_with_a_clear_reason(pipe):
     assert e.value.code == 1011
     assert f"cannot start the overlay: cannot listen for VMC on 127.0.0.1:{port}" in e.value.reason
     assert hub.running() == [] and hub._vmc is None
+
+
+# ------------------------------------------------------------------ rig mode (the page draws)
+def test_rig_mode_page_rig_and_controls_stream(pipe):
+    """A procedural avatar is rigged at 512 px without any animator; the socket then sends
+    only the smoothed controls as JSON, which the page draws from (tests/serve/test_overlay_rig_browser.py)."""
+    client, hub = make_client(make_state(pipe, None))
+    with client:
+        page = client.get("/overlay?avatar=procedural:3")
+        assert page.status_code == 200
+        cfg = json.loads(re.search(r'id="overlay-config"[^>]*>(.*?)</script>', page.text, re.S).group(1))
+        assert cfg["mode"] == "rig" and cfg["query"]["mode"] == "rig"
+        rig = client.get("/overlay/rig?avatar=procedural:3").json()
+        assert rig["format"] == "avatarforge-rig" and rig["size"] == 512
+        assert set(rig["eyes"]) == {"l", "r"} and rig["plate"].startswith("data:image/png;base64,")
+        assert client.get("/overlay/rig?avatar=procedural:3&size=256").json()["size"] == 256
+        with client.websocket_connect("/ws/overlay?avatar=procedural:3&mode=rig&fps=60&idle=0") as ws:
+            first = json.loads(ws.receive_text())
+            assert first["c"]["eye_open"] == 1.0 and first["c"]["mouth_open"] == 0.0
+            ws.send_text(json.dumps({"key": "3"}))  # mouth wide open
+            for _ in range(30):
+                msg = json.loads(ws.receive_text())
+            assert msg["c"]["mouth_open"] > 0.9
+            assert hub.running()[0]["mode"] == "rig"
+
+
+def test_rig_mode_errors_name_the_fix(pipe):
+    client, _ = make_client(make_state(pipe, None))
+    with client:
+        # generator seeds need a layer source (a refiner): the message says how to get one
+        r = client.get("/overlay/rig?avatar=5")
+        assert r.status_code == 422 and "--refiner" in r.json()["detail"]
+        assert "mode must be one of rig, frames" in client.get("/overlay?avatar=procedural:1&mode=x").text
+        # without an animator, frames mode is refused as before
+        with (
+            client.websocket_connect("/ws/overlay?avatar=procedural:1&mode=frames") as ws,
+            pytest.raises(WebSocketDisconnect) as e,
+        ):
+            ws.receive_bytes()
+        assert e.value.code == 4503

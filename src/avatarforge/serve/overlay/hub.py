@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -30,6 +32,8 @@ from avatarforge.serve.overlay.protocol import (
 __all__ = [
     "AUDIO_ENV",
     "MAX_CONTROLLED_AVATARS",
+    "OVERLAY_MODES",
+    "RIG_SIZE",
     "VMC_ENV",
     "OverlayHub",
     "OverlayOptions",
@@ -40,6 +44,13 @@ __all__ = [
 #: dropped, oldest first, beyond this): ``?avatar=`` takes any of a billion seeds, and each
 #: one must not be a permanent allocation.
 MAX_CONTROLLED_AVATARS = 256
+
+#: How the page gets its frames: drawn by the page from the avatar's rig and the controls
+#: the server streams ("rig", 512 px, the default where the avatar can be rigged), or
+#: rendered and encoded by the server's neural animator ("frames").
+OVERLAY_MODES = ("rig", "frames")
+#: The rig's default size: the recommended OBS browser-source size.
+RIG_SIZE = 512
 
 
 @dataclass
@@ -170,6 +181,20 @@ class _Neutral:
         pass
 
 
+class _Breath:
+    """Breathing for the rig (its ``breath`` control): a slow, slightly uneven cycle."""
+
+    def __init__(self, period: float = 4.2) -> None:
+        self.period = period
+
+    def update(self, t: float) -> Mapping[str, float]:
+        phase = 2 * math.pi * t / self.period
+        return {"breath": 0.5 + 0.45 * math.sin(phase) + 0.05 * math.sin(2.7 * phase)}
+
+    def close(self) -> None:
+        pass
+
+
 class _Shared:
     """A driver shared by several loops: closing one loop must not close it."""
 
@@ -188,10 +213,10 @@ class _Subscriber:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=maxsize)
+        self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(maxsize=maxsize)
         self.dropped = 0
 
-    def _put(self, item: bytes | None) -> None:
+    def _put(self, item: bytes | str | None) -> None:
         # Runs on the client's event loop: drop the oldest frame rather than grow the queue.
         while self.queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
@@ -199,7 +224,7 @@ class _Subscriber:
                 self.dropped += 1
         self.queue.put_nowait(item)
 
-    def offer(self, item: bytes | None) -> None:
+    def offer(self, item: bytes | str | None) -> None:
         with contextlib.suppress(RuntimeError):  # the client's loop already closed
             self.loop.call_soon_threadsafe(self._put, item)
 
@@ -207,10 +232,10 @@ class _Subscriber:
 class _Session:
     """One running frame loop (avatar, size, fps) and its subscribers."""
 
-    def __init__(self, hub: OverlayHub, key: tuple[str, int | None, float, bool]) -> None:
+    def __init__(self, hub: OverlayHub, key: tuple[str, int | None, float, bool, str]) -> None:
         self.hub = hub
         self.key = key
-        self.avatar, self.size, self.fps, self.idle = key
+        self.avatar, self.size, self.fps, self.idle, self.mode = key
         self.subscribers: list[_Subscriber] = []
         self.frames = 0
         self.error: str | None = None
@@ -225,15 +250,18 @@ class _Session:
         from avatarforge.animate.loop import AvatarRenderer, FrameLoop
 
         hub = self.hub
-        avatar = hub.avatar_image(self.avatar)
-        with hub.model_lock():
-            self.renderer = AvatarRenderer(hub.state.animator, avatar)
+        if self.mode == "frames":
+            avatar = hub.avatar_image(self.avatar)
+            with hub.model_lock():
+                self.renderer = AvatarRenderer(hub.state.animator, avatar)
         controls = hub.controls(self.avatar)
         # Neutral first: the loop keeps a control's last target when no driver sends it, so a
         # cleared manual control (or the end of a blink) would otherwise stick.
         drivers: list[Any] = [_Neutral()]
         if self.idle:
             drivers.append(IdleDriver(hub.options.seed))
+            if self.mode == "rig":
+                drivers.append(_Breath())
         if hub.options.audio is not None:
             drivers.append(_RestartableAudio(AudioDriver(hub.options.audio), controls))
         vmc = hub.acquire_vmc()
@@ -245,14 +273,20 @@ class _Session:
         self.thread = threading.Thread(target=self._run, name=f"overlay-{self.avatar}", daemon=True)
         self.thread.start()
 
-    def _render(self, controls: Mapping[str, float]) -> np.ndarray:
+    def _render(self, controls: Mapping[str, float]) -> np.ndarray | None:
+        if self.mode == "rig":
+            return None  # the page draws the frame from the controls (rig.js)
         with self.hub.model_lock():
             return self.renderer(controls)
 
     def _run(self) -> None:
         try:
             for frame in self.loop.run():
-                data = encode_frame(frame.image, self.hub.options.image_format, self.size)
+                if self.mode == "rig":
+                    controls = {k: round(float(v), 4) for k, v in frame.controls.items()}
+                    data: bytes | str = json.dumps({"t": round(frame.t, 4), "c": controls})
+                else:
+                    data = encode_frame(frame.image, self.hub.options.image_format, self.size)
                 self.frames += 1
                 for sub in list(self.subscribers):
                     sub.offer(data)
@@ -289,9 +323,10 @@ class OverlayHub:
         self.state = state
         self.options = options or OverlayOptions()
         self._lock = threading.Lock()
-        self._sessions: dict[tuple[str, int | None, float, bool], _Session] = {}
+        self._sessions: dict[tuple[str, int | None, float, bool, str], _Session] = {}
         self._controls: dict[str, OverlayControls] = {}
         self._avatars: dict[str, np.ndarray] = {}
+        self._rigs: dict[tuple[str, int], dict[str, Any]] = {}
         self._vmc: Any = None
         self._vmc_users = 0
 
@@ -330,6 +365,46 @@ class OverlayHub:
             out = self.state.pipe(seeds=[seed], rgba=True)
         return out.images[0]
 
+    def avatar_rig(self, avatar: str, size: int = RIG_SIZE) -> dict[str, Any]:
+        """The rig of ``avatar`` at ``size`` for the page (:meth:`AvatarRig.to_json`), cached.
+
+        ``procedural:N`` avatars are rigged from the renderer's part map; generator seeds and
+        the studio's pick from the server's layer source (``state.avatar_layers``: the
+        pipeline's refiner, which predicts the part map).
+
+        Raises:
+            RigError: this avatar cannot be rigged (the message says what to do instead).
+        """
+        from avatarforge.animate.rig import AvatarRig, RigError
+
+        avatar = parse_avatar(avatar)
+        key = (avatar, int(size))
+        with self._lock:
+            if key in self._rigs:
+                return self._rigs[key]
+        if avatar.startswith("procedural:"):
+            from avatarforge.data.procedural import NEUTRAL_EXPRESSION, render, sample_attributes
+            from avatarforge.data.procedural.schema import PART_NAMES
+
+            attrs = {**sample_attributes(int(avatar.split(":", 1)[1])), **NEUTRAL_EXPRESSION}
+            image, parts = render(attrs, int(size), return_parts=True)
+            labels = np.zeros((int(size), int(size)), np.uint8)
+            for i, name in enumerate(PART_NAMES):
+                labels[parts[name]] = i
+        else:
+            layers = getattr(self.state, "avatar_layers", None)
+            if layers is None:
+                raise RigError(
+                    "this server has no high-resolution layer source: start it on a run with a refiner "
+                    "(avatarforge serve RUN --refiner REFINER_RUN), or show avatar=procedural:N"
+                )
+            with self.model_lock():
+                image, labels = layers(avatar, int(size), self._avatars.get(avatar))
+        rig = AvatarRig.from_parts(image, labels).to_json()
+        with self._lock:
+            self._rigs[key] = rig
+        return rig
+
     def set_avatar(self, avatar: str, image: np.ndarray) -> None:
         """Show ``image`` (RGBA uint8) as ``avatar`` (e.g. ``"studio"``), also in running loops."""
         img = np.asarray(image)
@@ -338,6 +413,8 @@ class OverlayHub:
         avatar = parse_avatar(avatar)
         with self._lock:
             self._avatars[avatar] = img
+            for k in [k for k in self._rigs if k[0] == avatar]:
+                del self._rigs[k]  # the page fetches the new rig when it reconnects
             running = [s for k, s in self._sessions.items() if k[0] == avatar and s.renderer is not None]
         for s in running:
             with self.model_lock():
@@ -388,8 +465,13 @@ class OverlayHub:
         fps: float,
         idle: bool = True,
         loop: asyncio.AbstractEventLoop | None = None,
+        mode: str = "frames",
     ) -> tuple[_Session, _Subscriber]:
-        """Join (or start) the loop of ``(avatar, size, fps, idle)``.
+        """Join (or start) the loop of ``(avatar, size, fps, idle, mode)``.
+
+        ``mode="frames"``: the loop renders and sends encoded images (the neural animator);
+        ``"rig"``: it sends only the smoothed controls as JSON text and the page draws the
+        frame from the avatar's rig (:meth:`avatar_rig`).
 
         Raises:
             OverlayBusy: starting it would run more than ``options.max_loops`` loops.
@@ -398,7 +480,9 @@ class OverlayHub:
         running event loop; pass it when calling from a worker thread, since starting a loop
         prepares the avatar, a model call).
         """
-        key = (parse_avatar(avatar), size, float(fps), bool(idle))
+        if mode not in OVERLAY_MODES:
+            raise OverlayError(f"mode must be one of {', '.join(OVERLAY_MODES)}, got {mode!r}")
+        key = (parse_avatar(avatar), size, float(fps), bool(idle), mode)
         sub = _Subscriber(loop or asyncio.get_running_loop(), self.options.queue_frames)
         with self._lock:
             session = self._sessions.get(key)
@@ -441,6 +525,7 @@ class OverlayHub:
                     "size": s.size,
                     "fps": s.fps,
                     "idle": s.idle,
+                    "mode": s.mode,
                     "clients": len(s.subscribers),
                     "frames": s.frames,
                     "stats": s.loop.stats.summary() if s.loop is not None else {},

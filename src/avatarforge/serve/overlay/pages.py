@@ -23,6 +23,7 @@ from avatarforge.serve.overlay.protocol import (
     KEY_BINDINGS,
     KEY_HELP,
     PAGE_PATH,
+    RIG_PATH,
     STATIC_PATH,
 )
 
@@ -59,15 +60,21 @@ def _fill(name: str, root: str, cfg: Mapping[str, Any]) -> str:
     )
 
 
-def overlay_page_html(query: Mapping[str, str], root: str = "", error: str | None = None) -> str:
-    """The ``/overlay`` page: transparent, margin-free, an <img> updated from ``/ws/overlay``.
+def overlay_page_html(
+    query: Mapping[str, str], root: str = "", error: str | None = None, mode: str = "frames"
+) -> str:
+    """The ``/overlay`` page: transparent, margin-free.
 
-    ``query`` is forwarded to the socket (avatar, size, fps, idle, key); ``error`` is shown
-    instead of connecting (e.g. no animator loaded).
+    ``mode="rig"``: a canvas the page draws from the avatar's rig (``/overlay/rig``) and the
+    controls streamed over ``/ws/overlay``; ``"frames"``: an <img> showing the server's
+    frames. ``query`` is forwarded to the socket (avatar, size, fps, idle, key, mode);
+    ``error`` is shown instead of connecting (e.g. no animator loaded).
     """
     cfg = {
         "query": dict(query),
         "root": root,
+        "mode": mode,
+        "rig": RIG_PATH,
         "socket": FRAME_SOCKET_PATH,
         "keys": list(KEY_BINDINGS),
         "error": error,

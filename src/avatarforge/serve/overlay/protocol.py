@@ -28,6 +28,7 @@ __all__ = [
     "NO_ANIMATOR_CLOSE_CODE",
     "NO_ANIMATOR_MESSAGE",
     "PAGE_PATH",
+    "RIG_PATH",
     "STATIC_PATH",
     "TOO_MANY_LOOPS_CLOSE_CODE",
     "UNAUTHORIZED_CLOSE_CODE",
@@ -44,6 +45,8 @@ __all__ = [
 PAGE_PATH = "/overlay"
 CONTROL_PAGE_PATH = "/overlay/control"
 FRAME_SOCKET_PATH = "/ws/overlay"
+#: The avatar's rig as JSON (rig mode: the page draws the frames).
+RIG_PATH = "/overlay/rig"
 CONTROL_SOCKET_PATH = "/ws/overlay/control"
 #: The pages' scripts and stylesheets (static files, no API key needed).
 STATIC_PATH = "/overlay/static"

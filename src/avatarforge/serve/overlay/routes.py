@@ -18,7 +18,7 @@ from fastapi import Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from avatarforge.serve.overlay.hub import OverlayHub, OverlayOptions, overlay_options
+from avatarforge.serve.overlay.hub import OVERLAY_MODES, RIG_SIZE, OverlayHub, OverlayOptions, overlay_options
 from avatarforge.serve.overlay.pages import control_page_html, mount_static, overlay_page_html
 from avatarforge.serve.overlay.protocol import (
     BAD_REQUEST_CLOSE_CODE,
@@ -28,6 +28,7 @@ from avatarforge.serve.overlay.protocol import (
     NO_ANIMATOR_CLOSE_CODE,
     NO_ANIMATOR_MESSAGE,
     PAGE_PATH,
+    RIG_PATH,
     TOO_MANY_LOOPS_CLOSE_CODE,
     UNAUTHORIZED_CLOSE_CODE,
     OverlayBusy,
@@ -87,7 +88,20 @@ def _client_params(hub: OverlayHub, q: Mapping[str, str]) -> tuple[str, int | No
 
 
 def _forward_query(q: Mapping[str, str]) -> dict[str, str]:
-    return {k: q[k] for k in ("avatar", "size", "fps", "idle", "key") if k in q}
+    return {k: q[k] for k in ("avatar", "size", "fps", "idle", "key", "mode") if k in q}
+
+
+def _mode(hub: OverlayHub, q: Mapping[str, str]) -> str:
+    """``?mode=``: ``rig`` or ``frames``; by default the rig, unless only the animator can
+    animate this avatar (no layer source for generator seeds)."""
+    mode = (q.get("mode") or "").strip().lower()
+    if mode:
+        if mode not in OVERLAY_MODES:
+            raise OverlayError(f"mode must be one of {', '.join(OVERLAY_MODES)}, got {q.get('mode')!r}")
+        return mode
+    avatar = parse_avatar(q.get("avatar"))
+    rig_ok = avatar.startswith("procedural:") or getattr(hub.state, "avatar_layers", None) is not None
+    return "rig" if rig_ok else "frames"
 
 
 def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -> OverlayHub:
@@ -123,16 +137,37 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
         q = dict(request.query_params)
         error = None
         status = 200
+        mode = "frames"
         if not _check_key(state, q.get("key")):
             error, status = "wrong or missing API key: add ?key=YOUR_KEY to the URL", 401
-        elif not hub.has_animator:
-            error, status = NO_ANIMATOR_MESSAGE, 503
         else:
             try:
                 _client_params(hub, q)
+                mode = _mode(hub, q)
             except OverlayError as e:
                 error, status = str(e), 400
-        return HTMLResponse(overlay_page_html(_forward_query(q), _root(request), error), status_code=status)
+            else:
+                if mode == "frames" and not hub.has_animator:
+                    error, status = NO_ANIMATOR_MESSAGE, 503
+        forward = {**_forward_query(q), "mode": mode}
+        return HTMLResponse(overlay_page_html(forward, _root(request), error, mode), status_code=status)
+
+    @app.get(RIG_PATH, include_in_schema=False)
+    async def overlay_rig(request: Request) -> JSONResponse:
+        """The avatar's rig (layers as PNG data URLs, geometry): the page draws frames from it."""
+        from avatarforge.animate.rig import RigError
+
+        q = dict(request.query_params)
+        if not _check_key(state, q.get("key") or _header_key(request.headers)):
+            return JSONResponse(
+                {"detail": "wrong or missing API key (X-API-Key header or ?key=)"}, status_code=401
+            )
+        try:
+            avatar, size, _, _ = _client_params(hub, q)
+            rig = await run_in_threadpool(hub.avatar_rig, avatar, size or RIG_SIZE)
+        except (OverlayError, RigError) as e:
+            return JSONResponse({"detail": str(e)}, status_code=422)
+        return JSONResponse(rig)
 
     @app.get(CONTROL_PAGE_PATH, response_class=HTMLResponse, include_in_schema=False)
     def control_page(request: Request) -> HTMLResponse:
@@ -219,17 +254,22 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
         q = dict(ws.query_params)
         if not _check_key(state, q.get("key") or _header_key(ws.headers)):
             return await _refuse(ws, "wrong or missing API key: add ?key=YOUR_KEY")
-        if not hub.has_animator:
-            return await _reject(ws, NO_ANIMATOR_CLOSE_CODE, NO_ANIMATOR_MESSAGE)
         try:
             avatar, size, fps, idle = _client_params(hub, q)
+            mode = (q.get("mode") or "frames").strip().lower()
+            if mode not in OVERLAY_MODES:
+                raise OverlayError(f"mode must be one of {', '.join(OVERLAY_MODES)}, got {q.get('mode')!r}")
         except OverlayError as e:
+            if not hub.has_animator and q.get("mode") != "rig":
+                return await _reject(ws, NO_ANIMATOR_CLOSE_CODE, NO_ANIMATOR_MESSAGE)
             return await _reject(ws, BAD_REQUEST_CLOSE_CODE, str(e))
+        if mode == "frames" and not hub.has_animator:
+            return await _reject(ws, NO_ANIMATOR_CLOSE_CODE, NO_ANIMATOR_MESSAGE)
         await ws.accept()
         try:
             # Starting a loop prepares the avatar (a model call): keep it off the event loop.
             session, sub = await run_in_threadpool(
-                hub.subscribe, avatar, size, fps, idle, asyncio.get_running_loop()
+                hub.subscribe, avatar, size, fps, idle, asyncio.get_running_loop(), mode
             )
         except OverlayBusy as e:
             return await _close_rejected(ws, TOO_MANY_LOOPS_CLOSE_CODE, str(e))
@@ -250,7 +290,10 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
                 if data is None:
                     await ws.close(code=1011, reason=(session.error or "the overlay stopped")[:120])
                     break
-                await ws.send_bytes(data)
+                if isinstance(data, str):
+                    await ws.send_text(data)  # rig mode: the controls, as JSON
+                else:
+                    await ws.send_bytes(data)
         except (WebSocketDisconnect, RuntimeError):
             pass  # the client went away mid-send
         finally:

@@ -1,0 +1,277 @@
+// The live rig in the page: the same two steps as avatarforge.animate.rig (read its
+// docstring first), so the server sends the avatar's layers once and then only numbers.
+//   1. face: plate + eyes (lids, gaze, lashes) + brows + mouth on a 2D canvas, unwarped;
+//   2. warp: one WebGL pass maps every output pixel back to the face canvas (head roll/yaw/
+//      pitch weighted from the chin to the shoulders, body sway and breath).
+// Without WebGL the face canvas is drawn as it is (expressions still move; pose does not).
+(function () {
+  'use strict';
+
+  function loadImage(src) {
+    return new Promise(function (resolve, reject) {
+      const img = new Image();
+      img.onload = function () { resolve(img); };
+      img.onerror = function () { reject(new Error('rig layer failed to load')); };
+      img.src = src;
+    });
+  }
+
+  function canvas2d(w, h) {
+    const c = document.createElement('canvas');
+    c.width = w; c.height = h;
+    return c;
+  }
+
+  const VERT = 'attribute vec2 p; varying vec2 uv; void main() { uv = p * 0.5 + 0.5; gl_Position = vec4(p, 0.0, 1.0); }';
+  // Inverse warp, the fixed-point iteration of AvatarRig.warp_maps (three steps).
+  const FRAG = [
+    'precision highp float;',
+    'varying vec2 uv;',
+    'uniform sampler2D face;',
+    'uniform float S, pivx, pivy, chin, shoulder, roll, yawS, pitchS, swayS, breathS;',
+    'float weight(float y) { float t = clamp((shoulder - y) / max(shoulder - chin, 1.0), 0.0, 1.0); return t * t * (3.0 - 2.0 * t); }',
+    'void main() {',
+    '  float x = uv.x * S - 0.5; float y = (1.0 - uv.y) * S - 0.5;',
+    '  float sx = x; float sy = y;',
+    '  for (int i = 0; i < 3; i++) {',
+    '    float w = weight(sy);',
+    '    float up = clamp((S - sy) / S, 0.0, 1.0);',
+    '    float chest = clamp((S - sy) / max(S - shoulder, 1.0), 0.0, 1.0);',
+    '    float ang = roll * w;',
+    '    float tx = yawS * w + swayS * up;',
+    '    float ty = -pitchS * w - breathS * chest;',
+    '    float qx = x - tx - pivx; float qy = y - ty - pivy;',
+    '    float ca = cos(-ang); float sa = sin(-ang);',
+    '    sx = ca * qx - sa * qy + pivx;',
+    '    sy = sa * qx + ca * qy + pivy;',
+    '  }',
+    '  vec2 t = vec2((sx + 0.5) / S, (sy + 0.5) / S);',
+    '  if (t.x < 0.0 || t.y < 0.0 || t.x > 1.0 || t.y > 1.0) { gl_FragColor = vec4(0.0); return; }',
+    '  gl_FragColor = texture2D(face, t);',
+    '}',
+  ].join('\n');
+
+  function RigView(target, rig) {
+    this.rig = rig;
+    this.S = rig.size;
+    this.k = rig.constants;
+    this.target = target;
+    target.width = this.S; target.height = this.S;
+    this.face = canvas2d(this.S, this.S);
+    this.fctx = this.face.getContext('2d');
+    this.eyeCanvas = {};
+    this.images = {};
+    this.gl = null;
+  }
+
+  RigView.prototype.load = async function () {
+    const r = this.rig, jobs = [], im = this.images;
+    function add(key, src) { if (src) { jobs.push(loadImage(src).then(function (img) { im[key] = img; })); } }
+    add('plate', r.plate);
+    for (const side in r.eyes) {
+      const e = r.eyes[side];
+      add(side + ':opening', e.opening); add(side + ':iris', e.iris);
+      add(side + ':upper', e.upper); add(side + ':lower', e.lower);
+      this.eyeCanvas[side] = canvas2d(e.w, e.h);
+    }
+    if (r.brows) { add('brows', r.brows.png); }
+    if (r.mouth.original) { add('mouth', r.mouth.original.png); }
+    await Promise.all(jobs);
+    this.initGL();
+    return this;
+  };
+
+  RigView.prototype.initGL = function () {
+    const gl = this.target.getContext('webgl', {premultipliedAlpha: true, alpha: true, preserveDrawingBuffer: true});
+    if (!gl) { this.ctx2d = this.target.getContext('2d'); return; }
+    function shader(type, src) {
+      const s = gl.createShader(type); gl.shaderSource(s, src); gl.compileShader(s);
+      if (!gl.getShaderParameter(s, gl.COMPILE_STATUS)) { throw new Error(gl.getShaderInfoLog(s)); }
+      return s;
+    }
+    const prog = gl.createProgram();
+    gl.attachShader(prog, shader(gl.VERTEX_SHADER, VERT));
+    gl.attachShader(prog, shader(gl.FRAGMENT_SHADER, FRAG));
+    gl.linkProgram(prog);
+    gl.useProgram(prog);
+    const buf = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, buf);
+    gl.bufferData(gl.ARRAY_BUFFER, new Float32Array([-1, -1, 1, -1, -1, 1, 1, 1]), gl.STATIC_DRAW);
+    const loc = gl.getAttribLocation(prog, 'p');
+    gl.enableVertexAttribArray(loc);
+    gl.vertexAttribPointer(loc, 2, gl.FLOAT, false, 0, 0);
+    const tex = gl.createTexture();
+    gl.bindTexture(gl.TEXTURE_2D, tex);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+    gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, true);
+    this.gl = gl;
+    this.u = {};
+    for (const n of ['S', 'pivx', 'pivy', 'chin', 'shoulder', 'roll', 'yawS', 'pitchS', 'swayS', 'breathS']) {
+      this.u[n] = gl.getUniformLocation(prog, n);
+    }
+  };
+
+  // Every live control as a number: missing ones neutral, eye_open sets both eyes.
+  RigView.prototype.controls = function (c) {
+    const out = Object.assign({}, this.rig.neutral);
+    if (c && c.eye_open !== undefined) { out.eye_open_l = c.eye_open; out.eye_open_r = c.eye_open; }
+    for (const n in c || {}) {
+      const r = this.rig.controls[n];
+      if (r) { out[n] = Math.min(r[1], Math.max(r[0], Number(c[n]) || 0)); }
+    }
+    return out;
+  };
+
+  RigView.prototype.drawEye = function (side, e, open, gx, gy, smile) {
+    const cv = this.eyeCanvas[side], g = cv.getContext('2d'), im = this.images, k = this.k;
+    g.globalCompositeOperation = 'source-over'; g.globalAlpha = 1;
+    g.clearRect(0, 0, e.w, e.h);
+    g.drawImage(im[side + ':opening'], 0, 0);
+    g.globalCompositeOperation = 'source-atop';  // the iris only inside the opening
+    g.drawImage(im[side + ':iris'], gx * e.travel[0], -gy * e.travel[1]);
+    // Lids (EyeRig.lids): keep the rows between the upper and the lower lid.
+    const rise = Math.min(1, Math.max(1 - open / k.lower_lid_from, k.smile_lid * Math.max(smile, 0)));
+    const upper = new Float32Array(e.w), lower = new Float32Array(e.w);
+    for (let j = 0; j < e.w; j++) {
+      upper[j] = e.closed[j] + (e.top[j] - e.closed[j]) * open;
+      lower[j] = Math.max(e.bottom[j] + (e.closed[j] - e.bottom[j]) * rise, upper[j]);
+    }
+    g.globalCompositeOperation = 'destination-in';
+    g.beginPath();
+    g.moveTo(0, upper[0]);
+    for (let j = 0; j < e.w; j++) { g.lineTo(j, upper[j]); g.lineTo(j + 1, upper[j]); }
+    for (let j = e.w - 1; j >= 0; j--) { g.lineTo(j + 1, lower[j] + 1); g.lineTo(j, lower[j] + 1); }
+    g.closePath();
+    g.fill();
+    g.globalCompositeOperation = 'source-over';
+    g.globalAlpha = Math.min(1, 3 * open);  // the lower lash fades as the eye closes
+    g.drawImage(im[side + ':lower'], 0, 0);
+    g.globalAlpha = 1;
+    const up = im[side + ':upper'];
+    for (let j = 0; j < e.w; j++) {  // the upper lash follows the lid, column by column
+      g.drawImage(up, j, 0, 1, e.h, j, upper[j] - e.top[j], 1, e.h);
+    }
+    return cv;
+  };
+
+  // MouthRig.shape: the drawn mouth's numbers.
+  RigView.prototype.mouthShape = function (c) {
+    const m = this.rig.mouth;
+    let va = c.vowel_a, vi = c.vowel_i, vu = c.vowel_u, ve = c.vowel_e, vo = c.vowel_o;
+    const open = Math.max(c.mouth_open, va, vi, vu, ve, vo);
+    const vsum = va + vi + vu + ve + vo;
+    if (vsum > 0) { va /= vsum; vi /= vsum; vu /= vsum; ve /= vsum; vo /= vsum; }
+    const fw = 1 + 0.35 * vi + 0.15 * ve - 0.40 * vu - 0.20 * vo;
+    const fh = 1 + 0.15 * va - 0.55 * vi - 0.15 * vu - 0.30 * ve + 0.10 * vo;
+    const s = c.smile;
+    const hw = m.half_width * fw * (0.75 + 0.25 * open) * (1 + 0.15 * Math.max(s, 0));
+    const hh = m.height * open * fh;
+    const lift = s * 0.35 * m.half_width;
+    return {
+      open: open, hw: hw, corner_y: m.cy - lift,
+      upper_y: m.cy - 0.30 * hh - 0.25 * lift, lower_y: m.cy + 0.70 * hh + 0.25 * lift,
+      teeth: vsum > 0 ? 0.5 * (vi + ve) : 0,
+      fade: Math.min(1, Math.max(open, Math.abs(s)) / this.k.mouth_fade),
+    };
+  };
+
+  RigView.prototype.drawMouth = function (g, c, px, py) {
+    const m = this.rig.mouth, sh = this.mouthShape(c);
+    const hasOriginal = !!m.original;
+    if (hasOriginal && sh.fade < 1) {
+      g.globalAlpha = 1 - sh.fade;
+      g.drawImage(this.images.mouth, m.original.x + px, m.original.y + py);
+    }
+    const fade = hasOriginal ? sh.fade : 1;
+    if (fade <= 0) { g.globalAlpha = 1; return; }
+    g.globalAlpha = fade;
+    g.save();
+    g.translate(px, py);
+    const L = m.cx - sh.hw, R = m.cx + sh.hw, cy = sh.corner_y;
+    const rgb = function (a) { return 'rgb(' + a[0] + ',' + a[1] + ',' + a[2] + ')'; };
+    g.lineWidth = m.line_width; g.lineJoin = 'round'; g.lineCap = 'round';
+    g.strokeStyle = rgb(m.line);
+    if (sh.open < 0.04) {
+      const mid = 0.5 * (m.cy + (m.cy - cy) + m.cy);
+      g.beginPath(); g.moveTo(L, cy); g.quadraticCurveTo(m.cx, 2 * mid - cy, R, cy); g.stroke();
+    } else {
+      const path = new Path2D();
+      path.moveTo(L, cy);
+      path.quadraticCurveTo(m.cx, 2 * sh.upper_y - cy, R, cy);
+      path.quadraticCurveTo(m.cx, 2 * sh.lower_y - cy, L, cy);
+      path.closePath();
+      g.fillStyle = rgb(m.inside); g.fill(path);
+      g.save(); g.clip(path);
+      const h = sh.lower_y - sh.upper_y, ty = sh.lower_y - 0.2 * h;
+      g.fillStyle = rgb(m.tongue);
+      g.beginPath(); g.ellipse(m.cx, ty, 0.6 * sh.hw, Math.max(0.35 * h, 0.01), 0, 0, 2 * Math.PI); g.fill();
+      if (sh.teeth > 0) {
+        g.fillStyle = 'rgb(250,250,250)';
+        g.fillRect(L, sh.upper_y - 4, 2 * sh.hw, 4 + sh.teeth * 0.35 * h);
+      }
+      g.restore();
+      g.stroke(path);
+    }
+    g.restore();
+    g.globalAlpha = 1;
+  };
+
+  // Step 1 (AvatarRig.face).
+  RigView.prototype.drawFace = function (c) {
+    const g = this.fctx, r = this.rig, k = this.k, S = this.S, im = this.images;
+    g.globalCompositeOperation = 'source-over'; g.globalAlpha = 1;
+    g.clearRect(0, 0, S, S);
+    g.drawImage(im.plate, 0, 0);
+    const px = c.head_yaw * k.parallax * S, py = -c.head_pitch * k.parallax * S;
+    for (const side in r.eyes) {
+      const e = r.eyes[side];
+      const cv = this.drawEye(side, e, c['eye_open_' + side], c.gaze_x, c.gaze_y, c.smile);
+      g.drawImage(cv, e.x + px, e.y + py);
+    }
+    if (r.brows) {
+      const lift = c.brow_y * k.brow_travel * r.brow_gap + 0.006 * S * Math.max(c.smile, 0);
+      g.drawImage(im.brows, r.brows.x + px, r.brows.y - lift + py);
+    }
+    this.drawMouth(g, c, px, py);
+  };
+
+  // Step 2 (AvatarRig.warp_maps), then show.
+  // The controls that change step 1's picture; the others (pose, sway, breath) only change
+  // the warp, so most frames (breathing, swaying) skip step 1 and the texture upload.
+  const FACE_CONTROLS = ['eye_open_l', 'eye_open_r', 'gaze_x', 'gaze_y', 'mouth_open', 'smile',
+    'vowel_a', 'vowel_i', 'vowel_u', 'vowel_e', 'vowel_o', 'brow_y', 'head_yaw', 'head_pitch'];
+
+  RigView.prototype.draw = function (controls) {
+    const c = this.controls(controls), k = this.k, S = this.S, h = this.rig.head;
+    const key = FACE_CONTROLS.map(function (n) { return Math.round(c[n] * 1000); }).join(',');
+    const faceChanged = key !== this.faceKey;
+    if (faceChanged) { this.drawFace(c); this.faceKey = key; }
+    const gl = this.gl;
+    if (!gl) {
+      this.ctx2d.clearRect(0, 0, S, S);
+      this.ctx2d.drawImage(this.face, 0, 0);
+      return;
+    }
+    gl.viewport(0, 0, S, S);
+    gl.clearColor(0, 0, 0, 0);
+    gl.clear(gl.COLOR_BUFFER_BIT);
+    if (faceChanged) { gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, gl.RGBA, gl.UNSIGNED_BYTE, this.face); }
+    const u = this.u;
+    gl.uniform1f(u.S, S);
+    gl.uniform1f(u.pivx, h.pivot_x); gl.uniform1f(u.pivy, h.pivot_y);
+    gl.uniform1f(u.chin, h.chin_y); gl.uniform1f(u.shoulder, h.shoulder_y);
+    gl.uniform1f(u.roll, k.roll_deg * c.head_tilt * Math.PI / 180);
+    gl.uniform1f(u.yawS, c.head_yaw * k.yaw_shift * S);
+    gl.uniform1f(u.pitchS, c.head_pitch * k.pitch_shift * S);
+    gl.uniform1f(u.swayS, c.body_sway * k.sway_shift * S);
+    gl.uniform1f(u.breathS, c.breath * k.breath_lift * S);
+    gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
+  };
+
+  window.AvatarForgeRig = {
+    create: async function (target, rig) { return new RigView(target, rig).load(); },
+  };
+})();
