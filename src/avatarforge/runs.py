@@ -89,6 +89,7 @@ __all__ = [
     "load_generator",
     "load_model",
     "load_network",
+    "load_refiner",
     "load_vae",
     "quickstart_runs",
     "read_training_state",
@@ -628,3 +629,25 @@ def load_animator(
         raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
     run = resolve_run(path, "animator")
     return load_model(run, which, device, expect=ExpressionAnimator, what="an expression animator")
+
+
+def load_refiner(
+    path: str | os.PathLike, which: str = "ema", device: str | torch.device = "cpu"
+) -> ConfigModule:
+    """The refiner of a run directory, a checkpoint, a ``save_pretrained`` directory or a
+    quickstart folder (its refiner run): a :class:`~avatarforge.models.refiner.Refiner` in eval
+    mode without gradients.
+
+    ``which``: ``"ema"`` (the averaged weights; default) or ``"g"`` (the raw ones).
+
+    Example::
+
+        refiner = load_refiner("runs/00005-refiner-512")
+        big = refine_images(refiner, small)   # (N, 64, 64, 4) uint8 -> (N, 512, 512, 4)
+    """
+    from avatarforge.models.refiner import Refiner
+
+    if which not in ("ema", "g"):
+        raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
+    run = resolve_run(path, "refiner")
+    return load_model(run, which, device, expect=Refiner, what="a refiner")

@@ -96,6 +96,9 @@ def config_from_args(args: argparse.Namespace, notes: list[str] | None = None) -
     Raises:
         ConfigError: a bad flag, key or value (the message says which and what is accepted).
     """
+    _config_file_from_overrides(args)
+    if _is_refiner(args):
+        return _refiner_config(args, notes)
     cli: dict[str, Any] = {}
     if args.data:
         cli.setdefault("data", {})["path"] = args.data
@@ -121,6 +124,55 @@ def config_from_args(args: argparse.Namespace, notes: list[str] | None = None) -
     cfg = build_train_config(config_file=config_file, cli=cli, overrides=overrides, notes=notes)
     _check_model_name(cfg.model.name)
     return cfg
+
+
+def _config_file_from_overrides(args: argparse.Namespace) -> None:
+    """``avatarforge train FILE.yaml``: a positional YAML file is the ``--config`` file."""
+    files = [o for o in args.overrides or [] if "=" not in o and o.lower().endswith((".yaml", ".yml"))]
+    if not files:
+        return
+    if len(files) > 1 or args.config:
+        raise ConfigError(
+            f"one config file, please: got {', '.join(files + ([args.config] if args.config else []))}"
+        )
+    args.config = files[0]
+    args.overrides = [o for o in args.overrides if o != files[0]]
+
+
+def _is_refiner(args: argparse.Namespace) -> bool:
+    """Whether the command trains the refiner (``--model refiner`` or a config naming it)."""
+    from avatarforge.train.refiner_config import is_refiner_config_file
+
+    if args.model:
+        return args.model == "refiner"
+    config_file = args.config
+    if args.resume:
+        _, config_file = resumed_config(args.resume, config_file)
+    return bool(config_file) and is_refiner_config_file(config_file)
+
+
+def _refiner_config(args: argparse.Namespace, notes: list[str] | None) -> Any:
+    """The :class:`~avatarforge.train.refiner_config.RefinerConfig` the flags describe:
+    ``--data`` is ``data.source``; without ``--config`` the shipped ``refiner-512px.yaml``."""
+    from avatarforge.train.refiner_config import build_refiner_config, refiner_preset
+
+    cli: dict[str, Any] = dict(run_settings(args))
+    if args.data:
+        cli["data"] = {"source": args.data}
+    if args.tensorboard:
+        raise ConfigError("--tensorboard is not supported by the refiner trainer (see metrics.jsonl)")
+    config_file = args.config
+    if args.resume:
+        run_dir, config_file = resumed_config(args.resume, config_file)
+        if notes is not None:
+            notes.append(f"resuming {run_dir} (config: {config_file})")
+    elif config_file is None:
+        config_file = refiner_preset("refiner-512px.yaml")
+        if notes is not None:
+            notes.append(f"config: {config_file.name}")
+    return build_refiner_config(
+        config_file=config_file, cli=cli, overrides=parse_overrides(args.overrides or [])
+    )
 
 
 def _check_model_name(name: str) -> None:
