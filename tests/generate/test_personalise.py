@@ -229,8 +229,8 @@ def test_w_direction_edits_only_its_layers(sg_pipe, cgan_pipe):
     strip = slide(sg_pipe, lat, d, steps=5)
     assert len(strip) == 5 and [it["amount"] for it in strip.items] == [-3.0, -1.5, 0.0, 1.5, 3.0]
     assert strip.images[2].tobytes() == sg_pipe(seeds=[4]).images[0].tobytes()
-    with pytest.raises(ValueError, match="w space"):
-        sefa_directions(cgan_pipe)
+    with pytest.raises(ValueError, match="w space do not apply to this cgan"):
+        apply_direction(cgan_pipe, cgan_pipe.latents([4]), d, 1.0)  # a w direction on a z model
 
 
 def test_naming_finds_the_attribute_a_direction_changes(sg_pipe):

@@ -263,3 +263,40 @@ def test_two_attributes_combine_on_a_conditional_dcgan(tmp_path):
     assert pipe.describe(lat)["attrs"] == both
     direct = generate_grid(st, StudioSession(), 0, n=1, attrs=both)[1][0]
     assert np.array_equal(edit_picked(st, sess, attrs=both), direct)
+
+
+def test_a_cgan_gets_latent_sliders_in_the_studio_and_the_api():
+    """Issue 18, defect 2: "This model has no latent sliders" for the quickstart's family.
+    The app (and the studio on its own) add z-space SeFa sliders to any generator."""
+    from fastapi.testclient import TestClient
+
+    from avatarforge.generate import GeneratorPipeline
+    from avatarforge.generate.conditioning import LabelInfo
+    from avatarforge.models.cgan import CGANGenerator
+    from avatarforge.serve.app import create_app
+    from avatarforge.serve.studio import build_studio
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        G = CGANGenerator(resolution=32, channels=4, z_dim=24, label_dims=[3], base_channels=8).eval()
+    pipe = GeneratorPipeline(G, labels=LabelInfo(("hair_color",), (HAIR,), (3,), "t"))
+    st = make_state(pipe)
+    assert slider_directions(st) == []  # the state alone has only the label sliders
+    build_studio(st)
+    sliders = slider_directions(st)
+    assert [d.id for d in sliders] == [f"sefa{i}" for i in range(8)] and {d.kind for d in sliders} == {"z"}
+    sess = pick(generate_grid(st, StudioSession(), 0, n=4)[0], 2)
+    base = edit_picked(st, sess)
+    moved = edit_picked(st, sess, {"sefa0": 3.0}, attrs={"hair_color": "pink"})
+    assert not np.array_equal(moved, base)
+    assert pipe.describe(finished_latent(st, sess, {"sefa0": 3.0}, {"hair_color": "pink"}))["attrs"] == {
+        "hair_color": "pink"
+    }
+    with TestClient(create_app(make_state(pipe))) as client:
+        ids = [s["id"] for s in client.get("/v1/info").json()["sliders"]]
+        assert "sefa0" in ids and "hair_color=pink" in ids
+        token = client.post("/v1/generate", json={"seeds": [1]}).json()["images"][0]["latent"]
+        r = client.post("/v1/edit", json={"latent": token, "direction": "sefa0", "amounts": [-3, 3]})
+        assert r.status_code == 200, r.text
+        a, b = (im["png"] for im in r.json()["images"])
+        assert a != b

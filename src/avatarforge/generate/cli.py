@@ -256,10 +256,13 @@ def add_personalise_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         "--method",
         choices=["auto", "sefa", "pca", "labels", "codes"],
         default="auto",
-        help="auto: labels (conditional), codes (InfoGAN), SeFa (StyleGAN)",
+        help="auto: labels (conditional), codes (InfoGAN), else SeFa; sefa/pca work for every "
+        "generator (StyleGAN: w space; dcgan, cgan, infogan, VAEs: z space, on the first layer)",
     )
     d.add_argument("--k", type=int, default=8, help="unsupervised directions to keep (default 8)")
-    d.add_argument("--layers", default="0", help="SeFa: style indices whose weights define A (default 0)")
+    d.add_argument(
+        "--layers", default="0", help="SeFa on a StyleGAN: style indices whose weights define A (default 0)"
+    )
     d.add_argument(
         "--no-name", action="store_true", help="skip naming (naming trains the classifier once, ~1 min)"
     )

@@ -9,6 +9,16 @@ Kinds of :class:`Direction`:
   latents found by inversion.
 * ``code`` -- InfoGAN: a continuous code ``cJ`` is *set* to ``amount`` (trained range
   [-1, 1]); a categorical code ``catK=J`` blends the one-hot block toward class ``J``.
+* ``z`` -- every other generator (dcgan, cgan, infogan, the VAEs' decoders), unsupervised,
+  on the first layer, the one that maps ``z`` (plus labels and codes) to features:
+  - **SeFa**: eigenvectors of ``A^T A`` where ``A`` is that layer's weight on the ``z`` inputs
+    (a ``ConvTranspose2d`` from ``z`` to 4x4 features, or the VAE decoder's ``Linear``): the
+    unit ``z`` moves that change the first features most, whatever the labels;
+  - **GANSpace**: principal components of the first layer's features over random ``z``,
+    mapped back to ``z`` by least squares (Härkönen et al.'s recipe for BigGAN). With a
+    linear first layer and ``z ~ N(0, I)`` these are SeFa's directions again (up to sampling
+    noise), ordered by explained variance.
+  ``amount`` is in standard deviations of ``z`` along the direction (before truncation).
 * ``w`` -- StyleGAN, unsupervised:
   - **GANSpace** (Härkönen et al. 2020): principal components of ``w`` over random samples;
   - **SeFa** (Shen & Zhou 2021, closed form): eigenvectors of ``A^T A`` where ``A`` stacks
@@ -76,10 +86,10 @@ class Direction:
     Attributes:
         id: stable identifier (``sefa0``, ``pca3``, ``hair_color=pink``, ``c0``).
         name: human name (auto-named, or ``id``).
-        kind: ``"w"``, ``"label"`` or ``"code"``.
+        kind: ``"w"`` (StyleGAN), ``"z"`` (other generators), ``"label"`` or ``"code"``.
         method: ``"sefa"``, ``"pca"``, ``"label"`` or ``"code"``.
-        vector: unit vector in ``w`` space (kind ``w``).
-        scale: std of ``w`` along ``vector`` (``amount`` 1 = one std).
+        vector: unit vector in ``w`` space (kind ``w``) or ``z`` space (kind ``z``).
+        scale: std of ``w`` (``z``) along ``vector`` (``amount`` 1 = one std).
         layers: style indices edited (``None`` = all).
         attribute, value: the target class of a label slider.
         code: ``"cJ"`` or ``"catK=J"`` for code sliders.
@@ -122,9 +132,43 @@ class Direction:
 def _require_stylegan(pipe: GeneratorPipeline, what: str) -> None:
     if not pipe.is_stylegan:
         raise ValueError(
-            f"{what} directions live in StyleGAN's w space; this model is a {pipe.family}. "
-            "Use label sliders (conditional models) or code sliders (InfoGAN) instead"
+            f"{what} directions of StyleGAN's w space do not apply to this {pipe.family}; compute its own "
+            "(z space): sefa_directions(pipe) or 'avatarforge edit directions --method sefa'"
         )
+
+
+def _z_input_weights(pipe: GeneratorPipeline) -> torch.Tensor:
+    """``A (features, z_dim)``: the first layer's weights on ``z`` (float64, CPU).
+
+    The first ``Linear`` or ``ConvTranspose2d`` of the generator that takes at least
+    ``z_dim`` inputs: dcgan/infogan/conditional dcgan put ``z`` first in its input (then
+    codes, then label embeddings), cgan feeds ``z`` alone (labels act through its
+    conditional batch norms), a VAE decoder's ``fc`` takes ``z`` then the label embeddings.
+    """
+    from torch import nn
+
+    z_dim = pipe.z_dim
+    for m in pipe.G.modules():
+        if isinstance(m, nn.Linear) and m.in_features >= z_dim:
+            return m.weight.detach()[:, :z_dim].double().cpu()
+        if isinstance(m, nn.ConvTranspose2d) and m.in_channels >= z_dim:
+            # weight (in, out, kh, kw): every output unit's weights on the z inputs
+            return m.weight.detach()[:z_dim].reshape(z_dim, -1).T.double().cpu()
+    raise ValueError(
+        f"cannot find the first layer of this {pipe.family} generator (a Linear or ConvTranspose2d "
+        f"taking z, {z_dim} inputs); SeFa/GANSpace need it"
+    )
+
+
+def _sample_zs(pipe: GeneratorPipeline, n: int, seed: int) -> torch.Tensor:
+    """``(n, z_dim)`` random ``z`` of the generator's prior, float64."""
+    return pipe.random_latents(n, seed).z.double()
+
+
+def _z_directions(
+    method: str, evecs: torch.Tensor, k: int, z: torch.Tensor, score: Callable[[int], float]
+) -> list[Direction]:
+    return _eigen_directions(method, evecs, k, None, lambda i, v: (float((z @ v).std()), score(i)), "z")
 
 
 def _sample_ws(pipe: GeneratorPipeline, n: int, seed: int) -> torch.Tensor:
@@ -140,10 +184,11 @@ def _eigen_directions(
     k: int,
     layers: Sequence[int] | None,
     measure: Callable[[int, torch.Tensor], tuple[float, float]],
+    kind: str = "w",
 ) -> list[Direction]:
-    """``w`` directions along the first ``k`` columns of ``evecs`` (ids ``{method}0``, ...),
-    each signed so that its largest entry is positive (eigh's sign is arbitrary);
-    ``measure(i, v)`` gives the ``(scale, score)`` of column ``i`` (signed: ``v``)."""
+    """``w`` (or ``z``) directions along the first ``k`` columns of ``evecs`` (ids
+    ``{method}0``, ...), each signed so that its largest entry is positive (eigh's sign is
+    arbitrary); ``measure(i, v)`` gives the ``(scale, score)`` of column ``i`` (signed: ``v``)."""
     out = []
     for i in range(min(k, evecs.shape[1])):
         v = evecs[:, i]
@@ -152,7 +197,7 @@ def _eigen_directions(
         out.append(
             Direction(
                 id=f"{method}{i}",
-                kind="w",
+                kind=kind,
                 method=method,
                 vector=v.float().tolist(),
                 scale=scale,
@@ -170,8 +215,25 @@ def ganspace_directions(
     seed: int = 0,
     layers: Sequence[int] | None = None,
 ) -> list[Direction]:
-    """Top-``k`` principal components of ``w`` (GANSpace), largest variance first."""
-    _require_stylegan(pipe, "GANSpace")
+    """Top-``k`` principal components (GANSpace), largest variance first.
+
+    StyleGAN: of ``w``. Other generators: of the first layer's features over ``n_samples``
+    random ``z`` (labels and codes add a constant per sample, left out), each mapped back to
+    the ``z`` move that makes it (least squares); ``layers`` is StyleGAN's only.
+    """
+    if not pipe.is_stylegan:
+        if layers is not None:
+            raise ValueError(f"layers are StyleGAN style indices; this {pipe.family} has none")
+        A = _z_input_weights(pipe)  # (F, z_dim)
+        z = _sample_zs(pipe, n_samples, seed)
+        f = (z - z.mean(0)) @ A.T  # (n, F) features' variation due to z
+        evals, u = torch.linalg.eigh(f.T @ f / (len(f) - 1))
+        evals, u = evals.flip(0).clamp_min(0), u.flip(1)
+        kk = min(k, A.shape[1])
+        v = torch.linalg.lstsq(A, u[:, :kk]).solution  # (z_dim, k): A v = u
+        v = v / v.norm(dim=0, keepdim=True).clamp_min(1e-12)
+        total = float(evals.sum())
+        return _z_directions("pca", v, kk, z, lambda i: float(evals[i]) / total if total > 0 else 0.0)
     w = _sample_ws(pipe, n_samples, seed)
     w = w - w.mean(0)
     evals, evecs = torch.linalg.eigh(w.T @ w / (len(w) - 1))  # ascending
@@ -194,15 +256,29 @@ def sefa_directions(
     n_samples: int = 1024,
     seed: int = 0,
 ) -> list[Direction]:
-    """Closed-form SeFa directions: top eigenvectors of ``A^T A`` for the styles of ``layers``.
+    """Closed-form SeFa directions: top eigenvectors of ``A^T A``, for any generator.
+
+    StyleGAN: ``A`` stacks the affine (style) weights of ``layers``; the directions live in
+    ``w``. Other generators (dcgan, cgan, infogan, VAE decoders): ``A`` is the first layer's
+    weights on ``z`` (:func:`_z_input_weights`; ``layers`` must be ``(0,)``); the directions
+    live in ``z``.
 
     Args:
-        layers: style indices whose affine weights define ``A`` (default: the first
+        layers: StyleGAN style indices whose affine weights define ``A`` (default: the first
             modulation, ``G.style_affine_weights()[0]``).
-        apply_layers: style indices the slider edits (default: all).
-        n_samples: random ``w`` used to measure the spread along each direction (``scale``).
+        apply_layers: style indices the slider edits (default: all; StyleGAN only).
+        n_samples: random ``w`` (``z``) used to measure the spread along each direction (``scale``).
     """
-    _require_stylegan(pipe, "SeFa")
+    if not pipe.is_stylegan:
+        if tuple(layers) != (0,) or apply_layers is not None:
+            raise ValueError(
+                f"this {pipe.family} has one first layer (layers=(0,)); style layers are StyleGAN's only"
+            )
+        A = _z_input_weights(pipe)
+        evals, evecs = torch.linalg.eigh(A.T @ A)
+        evals, evecs = evals.flip(0), evecs.flip(1)
+        z = _sample_zs(pipe, n_samples, seed)
+        return _z_directions("sefa", evecs, k, z, lambda i: float(evals[i]))
     mats = pipe.G.style_affine_weights()
     bad = [i for i in layers if not 0 <= i < len(mats)]
     if bad:
@@ -309,6 +385,21 @@ def apply_direction(
         else:
             codes[:, cols.continuous[int(direction.code[1:])]] = amt
         return replace(latent, codes=codes)
+    if direction.kind == "z":
+        if pipe.is_stylegan or latent.ws is not None:
+            raise ValueError(
+                f"{direction.id} is a z-space direction of a {pipe.family}; this model is a StyleGAN "
+                "(use its w-space directions)"
+                if pipe.is_stylegan
+                else "a z-space direction cannot move a latent given by its w"
+            )
+        assert direction.vector is not None
+        v = torch.tensor(direction.vector, dtype=latent.z.dtype) * float(direction.scale)
+        if v.shape[0] != latent.z.shape[1]:
+            raise ValueError(
+                f"{direction.id} has {v.shape[0]} entries; this model's z has {latent.z.shape[1]}"
+            )
+        return replace(latent, z=latent.z + amt[:, None].to(latent.z.dtype) * v[None, :])
     raise ValueError(f"unknown direction kind {direction.kind!r}")
 
 

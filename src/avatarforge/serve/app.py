@@ -227,6 +227,9 @@ def create_app(state: ServeState) -> FastAPI:
         redoc_url=None,
     )
     app.state.serve = state
+    from avatarforge.serve.routes import add_latent_sliders, build_router
+
+    add_latent_sliders(state)  # before the router: its schema lists the sliders
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(UploadError, _upload_error)
     # Bound the whole body (two uploads for /v1/style plus form fields) before it is spooled.
@@ -243,8 +246,6 @@ def create_app(state: ServeState) -> FastAPI:
 
     app.state.swagger_ui = swagger_ui_dir()
     _docs(app, state, app.state.swagger_ui)
-
-    from avatarforge.serve.routes import build_router
 
     app.include_router(build_router(state), prefix="/v1", dependencies=[Depends(require_api_key)])
 

@@ -39,7 +39,7 @@ from avatarforge.serve.schemas import (
 from avatarforge.serve.state import ServeState
 from avatarforge.serve.uploads import receive_image
 
-__all__ = ["VIDEO_MEDIA_TYPES", "build_router", "chain_limits", "encode_png"]
+__all__ = ["VIDEO_MEDIA_TYPES", "add_latent_sliders", "build_router", "chain_limits", "encode_png"]
 
 _DEFAULT_SLIDE_STEPS = 7
 
@@ -290,6 +290,21 @@ def _interpolation_keys_latents(state: ServeState, req: InterpolateRequest) -> A
 
 
 # ----------------------------------------------------------------------------- the router
+def add_latent_sliders(state: ServeState, k: int = 8) -> None:
+    """Give every generator family latent sliders: closed-form SeFa on the first layer's
+    ``z`` weights for dcgan, cgan, infogan and the VAEs (StyleGAN's ``w``-space SeFa sliders
+    come from :class:`ServeState` itself). Added only when the state has no ``w``/``z``
+    sliders yet (e.g. from a ``directions.json``); ids that exist are kept."""
+    if state.pipe.is_stylegan or any(d.kind in ("w", "z") for d in state.directions.values()):
+        return
+    from avatarforge.generate.directions import sefa_directions
+
+    with state.model_lock():
+        found = sefa_directions(state.pipe, k=k, n_samples=256)
+    for d in found:
+        state.directions.setdefault(d.id, d)
+
+
 def build_router(state: ServeState) -> APIRouter:
     """All ``/v1/`` model routes bound to ``state``."""
     router = APIRouter(responses=_ERRORS)

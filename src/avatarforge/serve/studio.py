@@ -458,7 +458,9 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
 
     from avatarforge.models.animator import CONTROL_NAMES, CONTROL_RANGES, NEUTRAL_CONTROLS
     from avatarforge.postprocess.registry import get_op, list_ops
+    from avatarforge.serve.routes import add_latent_sliders
 
+    add_latent_sliders(state)  # SeFa sliders for every generator family (no-op when present)
     choices = attribute_choices(state)
     sliders = slider_directions(state)
     if download_dir is None:
