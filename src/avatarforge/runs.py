@@ -397,7 +397,8 @@ def split_run_seed(spec: str) -> tuple[str, int] | None:
 
 
 def quickstart_runs(folder: str | os.PathLike) -> dict[str, Path] | None:
-    """``{"generator": run, "animator": run}`` of a quickstart output folder, None if it is not one.
+    """``{"generator": run, "animator": run, "refiner": run}`` of a quickstart output folder (the
+    runs it has), None if it is not one.
 
     A finished quickstart names its runs in ``quickstart.json``; an unfinished one in the
     ``runs`` of its resume state (only the stages trained so far).
@@ -415,8 +416,9 @@ def quickstart_runs(folder: str | os.PathLike) -> dict[str, Path] | None:
         if not isinstance(meta, dict) or not isinstance(meta.get("generator_run"), str):
             raise ValueError(f"{qs} must hold a string 'generator_run' (path relative to {root})")
         found = {"generator": root / meta["generator_run"]}
-        if isinstance(meta.get("animator_run"), str):
-            found["animator"] = root / meta["animator_run"]
+        for role in ("animator", "refiner"):
+            if isinstance(meta.get(f"{role}_run"), str):
+                found[role] = root / meta[f"{role}_run"]
         return found
     state = root / QUICKSTART_STATE
     if state.is_file():

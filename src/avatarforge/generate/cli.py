@@ -48,6 +48,13 @@ def _add_model(p: argparse.ArgumentParser, optional: bool = False) -> None:
         default=8,
         help="images per forward pass (default 8); part of the reproducibility recipe, recorded",
     )
+    p.add_argument(
+        "--refiner",
+        default="auto",
+        metavar="REFINER_RUN",
+        help="refiner run for sizes above the generator's (--size 256/512); default: a quickstart "
+        "folder's own refiner; 'none' to use none",
+    )
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -112,8 +119,15 @@ def _pipeline(a: argparse.Namespace) -> Any:
         raise ValueError("give the model: a run directory or checkpoint")
     if not Path(a.run).exists():
         raise FileNotFoundError(f"{a.run}: no such run directory or checkpoint")
+    refiner = getattr(a, "refiner", "auto")
+    if refiner not in ("auto", "none") and not Path(refiner).exists():
+        raise FileNotFoundError(f"--refiner {refiner}: no such refiner run or checkpoint")
     return GeneratorPipeline.from_pretrained(
-        a.run, which=a.which, device=_device(a.device), batch_size=a.batch_size
+        a.run,
+        which=a.which,
+        device=_device(a.device),
+        batch_size=a.batch_size,
+        refiner=None if refiner == "none" else refiner,
     )
 
 
@@ -144,6 +158,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     )
     _add_sampling(parser)
     _add_output(parser, required=False)
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="output size in pixels: the generator's resolution (default), or 128/256/512 through the "
+        "refiner (--refiner; a quickstart folder has one)",
+    )
     return parser
 
 
@@ -177,9 +198,10 @@ def generate_main(args: argparse.Namespace) -> int:
         n=args.n,
         **_latent_kwargs(args),
         **_image_kwargs(args),
+        size=args.size,
     )
     paths = result.save(out, format=args.format, grid=args.grid)
-    _report(paths, f"{len(result)} avatars, {pipe.family} {pipe.resolution}px")
+    _report(paths, f"{len(result)} avatars, {pipe.family} {args.size or pipe.resolution}px")
     return 0
 
 

@@ -291,6 +291,23 @@ def parse_colour(colour: str | Sequence[int] | None) -> tuple[int, int, int]:
     return (vals[0], vals[1], vals[2])
 
 
+def _downsample(images: np.ndarray, size: int) -> np.ndarray:
+    """Area-average ``(N, H, H, C)`` uint8 down to ``size`` (H a multiple of it), in
+    premultiplied alpha so transparent pixels' colours do not bleed into the edges."""
+    n, h = images.shape[0], images.shape[1]
+    if h == size:
+        return images
+    k = h // size
+    x = images.astype(np.float32)
+    if x.shape[-1] == 4:
+        x[..., :3] *= x[..., 3:4] / 255.0
+    x = x.reshape(n, size, k, size, k, x.shape[-1]).mean(axis=(2, 4))
+    if x.shape[-1] == 4:
+        a = x[..., 3:4]
+        x[..., :3] = np.where(a > 0, x[..., :3] * 255.0 / np.maximum(a, 1e-6), 0.0)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 def composite(images: np.ndarray, background: str | Sequence[int] | None = None) -> np.ndarray:
     """RGBA ``(..., H, W, 4)`` uint8 over a solid colour -> RGB; RGB passes through."""
     return composite_over(images, parse_colour(background))
@@ -445,6 +462,11 @@ class GeneratorPipeline:
         #: silhouette, opaque inside. A generator draws alpha like colour, with faint specks away
         #: from the character and a body at 249-254; nobody wants those on stream.
         self.clean_alpha = True
+        #: The cascade's second stage (:class:`~avatarforge.models.refiner.Refiner`): makes the
+        #: high-resolution sizes (:attr:`sizes`) and the part maps a rig needs. See
+        #: :meth:`attach_refiner`.
+        self.refiner: nn.Module | None = None
+        self.refiner_info: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -454,11 +476,14 @@ class GeneratorPipeline:
         which: str = "ema",
         device: str | torch.device = "cpu",
         batch_size: int = DEFAULT_BATCH,
+        refiner: str | os.PathLike | None = "auto",
     ) -> GeneratorPipeline:
         """Load from a run directory, its ``checkpoints`` directory, one checkpoint, or a
         quickstart output folder (its generator run); see :func:`avatarforge.runs.resolve_run`.
 
         ``which``: ``"ema"`` (the EMA generator, or a VAE's EMA weights when kept) or ``"g"``.
+        ``refiner``: a refiner run (:meth:`attach_refiner`); ``"auto"`` (default) takes the
+        quickstart folder's refiner when ``path`` is one that has it; ``None``: none.
         """
         from avatarforge.runs import (
             ROLE_PREFIXES,
@@ -494,7 +519,7 @@ class GeneratorPipeline:
             vae = None
             labels = model_labels(G, p, ckpt)
         weights = ckpt / f"{prefix}model.safetensors"
-        return cls(
+        pipe = cls(
             G,
             labels=labels,
             model_sha256=file_sha256(weights),
@@ -504,6 +529,50 @@ class GeneratorPipeline:
             vae=vae,
             batch_size=batch_size,
         )
+        if refiner == "auto":
+            from avatarforge.runs import quickstart_runs
+
+            refiner = (quickstart_runs(path) or {}).get("refiner") if Path(path).is_dir() else None
+        if refiner is not None:
+            pipe.attach_refiner(refiner, device=device)
+        return pipe
+
+    def attach_refiner(
+        self, refiner: str | os.PathLike | nn.Module, device: str | torch.device = "cpu"
+    ) -> None:
+        """Use ``refiner`` (a refiner run/checkpoint, or a loaded module) for the large sizes.
+
+        Raises:
+            ValueError: it was trained for another colour mode or its input size is not this
+                generator's resolution (the message names the refiner to train instead).
+        """
+        from avatarforge.runs import load_refiner
+
+        source = None
+        if not isinstance(refiner, nn.Module):
+            source = str(Path(refiner).resolve())
+            refiner = load_refiner(refiner, device=device)
+        ch = int(getattr(refiner, "channels", self.channels))
+        if ch != self.channels:
+            raise ValueError(
+                f"the refiner works on {ch}-channel images but this generator makes {self.channels}-channel "
+                "ones: train a refiner on the generator's data set (avatarforge train "
+                "src/avatarforge/configs/refiner-512px.yaml data.source=DATA)"
+            )
+        in_size = getattr(refiner, "in_size", None)
+        if in_size is not None and int(in_size) != self.resolution:
+            raise ValueError(
+                f"the refiner was trained on {in_size}-px inputs but this generator makes {self.resolution}-px "
+                "avatars: train a refiner for this resolution (avatarforge train "
+                "src/avatarforge/configs/refiner-512px.yaml data.source=DATA)"
+            )
+        self.refiner = refiner.eval().requires_grad_(False)
+        self.refiner_info = {
+            "sha256": state_sha256(refiner),
+            "path": source,
+            "scale": int(refiner.scale),
+            "parts": int(getattr(refiner, "part_classes", 0) or 0),
+        }
 
     def to(self, device: str | torch.device) -> GeneratorPipeline:
         """Move the model to ``device`` (latents stay on the CPU); returns ``self``."""
@@ -533,6 +602,32 @@ class GeneratorPipeline:
     @property
     def channels(self) -> int:
         return int(self.G.channels)
+
+    @property
+    def sizes(self) -> list[int]:
+        """The output sizes this pipeline makes: the generator's resolution, and with a refiner
+        every power-of-two step up to its output (e.g. 64, 128, 256, 512)."""
+        out = [self.resolution]
+        if self.refiner is not None:
+            top = self.resolution * int(self.refiner.scale)
+            while out[-1] < top:
+                out.append(out[-1] * 2)
+        return out
+
+    def check_size(self, size: int | None) -> int:
+        """``size`` (None = the generator's resolution) if this pipeline makes it, else a
+        ValueError naming the sizes it makes and how to get larger ones."""
+        if size is None:
+            return self.resolution
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) not in self.sizes:
+            if self.refiner is None and isinstance(size, (int, np.integer)) and int(size) > self.resolution:
+                raise ValueError(
+                    f"size {size}: this {self.family} generator makes {self.resolution}-px avatars and has no "
+                    "refiner for larger ones; train one (avatarforge train src/avatarforge/configs/refiner-512px.yaml "
+                    "data.source=DATA) and pass it (--refiner REFINER_RUN), or use a quickstart folder, which has one"
+                )
+            raise ValueError(f"size must be one of {', '.join(map(str, self.sizes))}, got {size!r}")
+        return int(size)
 
     @property
     def z_dim(self) -> int:
@@ -565,6 +660,7 @@ class GeneratorPipeline:
             "family": self.family,
             "resolution": self.resolution,
             "channels": self.channels,
+            **({"refiner": self.refiner_info} if self.refiner_info is not None else {}),
         }
 
     # ------------------------------------------------------------------ latents
@@ -692,17 +788,67 @@ class GeneratorPipeline:
         noise_mode: str = "const",
         rgba: bool | None = None,
         background: str | Sequence[int] | None = None,
+        size: int | None = None,
     ) -> np.ndarray:
-        """uint8 images ``(N, H, W, C)``.
+        """uint8 images ``(N, size, size, C)``.
 
         ``rgba``: ``None`` keeps the model's channels, ``True`` adds an opaque alpha to RGB
         output, ``False`` composites RGBA onto ``background`` (default white). RGBA output has
-        its alpha cleaned (:attr:`clean_alpha`) before anything else.
+        its alpha cleaned (:attr:`clean_alpha`) before anything else. ``size``: one of
+        :attr:`sizes` (default the generator's resolution); larger sizes go through the refiner.
         """
+        size = self.check_size(size)
+        images = self._render_uint8(latent, noise_mode, size)
+        return _to_output(images, rgba, background)
+
+    def _render_uint8(self, latent: Latent, noise_mode: str, size: int) -> np.ndarray:
         images = to_uint8(self.render_float(latent, noise_mode))
+        if size != self.resolution:
+            images = self._refine(images, size)
         if self.clean_alpha and images.shape[-1] == 4:
             images = clean_alpha(images)
-        return _to_output(images, rgba, background)
+        return images
+
+    def _refine(self, images: np.ndarray, size: int) -> np.ndarray:
+        """The refiner's output, area-downsampled when ``size`` is below it (e.g. 256 of 512)."""
+        from avatarforge.models.refiner import refine_images
+
+        assert self.refiner is not None
+        with _deterministic_kernels():
+            big = refine_images(self.refiner, images)
+        return _downsample(big, size)
+
+    def render_layers(
+        self, latent: Latent, size: int, noise_mode: str = "const"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """RGBA images and their part maps ``((N, S, S, 4) uint8, (N, S, S) uint8)`` for rigs
+        (:class:`~avatarforge.animate.rig.AvatarRig`); needs a refiner with a part head.
+
+        Raises:
+            ValueError: no refiner, a refiner without a part head, or an RGB generator.
+        """
+        size = self.check_size(size)
+        if self.refiner is None or not int(getattr(self.refiner, "part_classes", 0) or 0):
+            raise ValueError(
+                "part maps come from a refiner trained on the built-in renderer (it predicts the parts): "
+                "train one with avatarforge train src/avatarforge/configs/refiner-512px.yaml and pass --refiner"
+            )
+        if self.channels != 4:
+            raise ValueError("a rig needs RGBA avatars; this generator makes RGB images")
+        from avatarforge.models.refiner import predict_parts
+
+        small = to_uint8(self.render_float(latent, noise_mode))
+        images = self._render_uint8(latent, noise_mode, size)
+        with _deterministic_kernels():
+            parts = predict_parts(self.refiner, small)
+        if parts.shape[1] != size:
+            from PIL import Image
+
+            parts = np.stack(
+                [np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.NEAREST)) for p in parts]
+            )
+        parts = np.where(images[..., 3] == 0, 0, parts).astype(np.uint8)  # background = transparent
+        return images, parts
 
     # ------------------------------------------------------------------ one call
     def __call__(
@@ -715,6 +861,7 @@ class GeneratorPipeline:
         noise_mode: str = "const",
         rgba: bool | None = None,
         background: str | Sequence[int] | None = None,
+        size: int | None = None,
     ) -> GenerationResult:
         """Generate one image per seed (``n`` alone means seeds ``0..n-1``).
 
@@ -727,7 +874,9 @@ class GeneratorPipeline:
             codes: InfoGAN codes, ``{"c0": 0.8, "cat0": 3}``; the rest are random per seed.
             noise_mode: StyleGAN noise: ``"const"`` (default), ``"random"`` (per-seed), ``"none"``.
             rgba, background: output channels, see :meth:`render`.
+            size: output size, one of :attr:`sizes` (default the generator's resolution).
         """
+        size = self.check_size(size)
         if seeds is None:
             if n is None:
                 raise ValueError("give seeds (e.g. '1-16') or n")
@@ -740,10 +889,12 @@ class GeneratorPipeline:
         attrs_d = parse_assignments(attrs)
         codes_d = parse_assignments(codes, "--codes")
         latent = self.map(self.latents(seed_list, attrs_d, codes_d, truncation))
-        images = self.render(latent, noise_mode, rgba, background)
+        images = self.render(latent, noise_mode, rgba, background, size=size)
         params = self.record_params(
             "generate", truncation=float(truncation), noise_mode=noise_mode, rgba=rgba, background=background
         )
+        if size != self.resolution:
+            params["size"] = size
         params["requested"] = {"attrs": attrs_d, "codes": codes_d}
         items = [{"seed": s, **self.describe(latent[i])} for i, s in enumerate(seed_list)]
         return GenerationResult(images, latent, params, items)

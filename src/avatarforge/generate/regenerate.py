@@ -51,6 +51,19 @@ def _pipeline_for(record: Mapping[str, Any], model: Any, device: str) -> Any:
         pipe = model
     else:
         pipe = GeneratorPipeline.from_pretrained(model, which=info.get("which", "ema"), device=device)
+    ref = info.get("refiner")
+    if ref and pipe.refiner_info is None:
+        if not ref.get("path") or not Path(ref["path"]).exists():
+            raise FileNotFoundError(
+                f"the image was refined by the refiner at {ref.get('path')}, which no longer exists; "
+                "regenerating it needs that refiner run"
+            )
+        pipe.attach_refiner(ref["path"], device=device)
+    if ref and pipe.refiner_info is not None and pipe.refiner_info["sha256"] != ref.get("sha256"):
+        raise ModelMismatchError(
+            f"refiner mismatch: the image was refined by weights with sha256 {str(ref.get('sha256'))[:16]}...; "
+            f"the refiner loaded has sha256 {pipe.refiner_info['sha256'][:16]}... -- regenerating needs the same refiner"
+        )
     want = info.get("sha256")
     if want and pipe.model_sha256 != want:
         raise ModelMismatchError(
@@ -134,6 +147,10 @@ def regenerate_from_png(
     with _recipe(pipe, record):
         latent = latent_from_record(pipe, record)
         image = pipe.render(
-            latent, record.get("noise_mode", "const"), record.get("rgba"), record.get("background")
+            latent,
+            record.get("noise_mode", "const"),
+            record.get("rgba"),
+            record.get("background"),
+            size=record.get("size"),
         )
     return image[0], record
