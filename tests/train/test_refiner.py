@@ -41,6 +41,7 @@ TINY = [
     "minutes=null",
     "kimg=0.048",
     "perf.amp=off",
+    "perf.num_threads=1",
     "log.progress=false",
     "log.every_steps=2",
     "log.num_samples=2",

@@ -160,7 +160,7 @@ class RefinerDiscriminator(ConfigModule):
 def _to_input(images: np.ndarray, channels: int) -> Tensor:
     if images.ndim != 4 or images.shape[-1] not in (3, 4) or images.dtype != np.uint8:
         raise ValueError(f"images must be (N, h, w, 3 or 4) uint8, got {images.dtype} {images.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     if x.shape[1] == channels:
         return x
     if channels == 4:  # RGB given to an RGBA refiner: opaque

@@ -102,7 +102,7 @@ def refiner_metrics(
 def downsample_u8(images: np.ndarray, factor: int) -> np.ndarray:
     """``(N, H, W, C)`` uint8 -> ``/ factor`` by area averaging in premultiplied alpha (what a good
     generator's low-resolution output looks like)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     y = area_downsample(x, factor)
     return y.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
@@ -163,7 +163,6 @@ class RefinerTrainer(Trainer):
     RUN_NAME = "refiner"
     DATA_PATHS = ("source",)
     NEXT_STEP = "load it with: avatarforge.runs.load_refiner('{run}')"
-
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
