@@ -533,3 +533,28 @@ def test_rig_mode_errors_name_the_fix(pipe):
         ):
             ws.receive_bytes()
         assert e.value.code == 4503
+
+
+def test_generator_avatars_are_rigged_through_the_refiner(pipe):
+    """With a refiner that predicts part maps, generator seeds and the studio's pick are rigged
+    at the largest size the server makes; a new studio pick tells rig pages to reload."""
+    from avatarforge.models.refiner import Refiner
+
+    p = tiny_pipe()
+    torch.manual_seed(0)
+    p.attach_refiner(Refiner(scale=4, channels=4, width=8, blocks=1).eval())
+    client, hub = make_client(make_state(p, None))
+    with client:
+        page = client.get("/overlay?avatar=5")
+        assert page.status_code == 200 and '"mode": "rig"' in page.text
+        r = client.get("/overlay/rig?avatar=5")
+        assert r.status_code == 200 and r.json()["size"] == 4 * SIZE
+        with client.websocket_connect("/ws/overlay?avatar=studio&mode=rig&idle=0") as ws:
+            json.loads(ws.receive_text())
+            img = p(seeds=[9], rgba=True).images[0]
+            hub.set_avatar("studio", img)
+            for _ in range(100):
+                msg = json.loads(ws.receive_text())
+                if msg.get("reload"):
+                    break
+            assert msg == {"reload": True}

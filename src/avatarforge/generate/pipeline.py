@@ -827,7 +827,45 @@ class GeneratorPipeline:
         Raises:
             ValueError: no refiner, a refiner without a part head, or an RGB generator.
         """
+        self._check_layers()
+        return self.layers_of(to_uint8(self.render_float(latent, noise_mode)), size)
+
+    def layers_of(self, images: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`render_layers` for ``(N, R, R, 4)`` uint8 images at the generator's resolution
+        ``R`` (e.g. the studio's finished pick): refined to ``size``, alpha cleaned, part maps."""
+        self._check_layers()
         size = self.check_size(size)
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (self.resolution, self.resolution, 4):
+            raise ValueError(
+                f"layers_of takes (N, {self.resolution}, {self.resolution}, 4) uint8 images, got {images.shape}"
+            )
+        from avatarforge.models.refiner import predict_parts
+
+        big = self._refine(images, size) if size != self.resolution else images.copy()
+        if self.clean_alpha:
+            big = clean_alpha(big)
+        with _deterministic_kernels():
+            parts = predict_parts(self.refiner, images)
+        if parts.shape[1] != size:
+            from PIL import Image
+
+            parts = np.stack(
+                [np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.NEAREST)) for p in parts]
+            )
+        parts = np.where(big[..., 3] == 0, 0, parts).astype(np.uint8)  # background = transparent
+        return big, parts
+
+    @property
+    def has_layers(self) -> bool:
+        """Whether :meth:`render_layers` works: an RGBA generator and a refiner with a part head."""
+        return (
+            self.refiner is not None
+            and int(getattr(self.refiner, "part_classes", 0) or 0) > 0
+            and self.channels == 4
+        )
+
+    def _check_layers(self) -> None:
         if self.refiner is None or not int(getattr(self.refiner, "part_classes", 0) or 0):
             raise ValueError(
                 "part maps come from a refiner trained on the built-in renderer (it predicts the parts): "
@@ -835,20 +873,6 @@ class GeneratorPipeline:
             )
         if self.channels != 4:
             raise ValueError("a rig needs RGBA avatars; this generator makes RGB images")
-        from avatarforge.models.refiner import predict_parts
-
-        small = to_uint8(self.render_float(latent, noise_mode))
-        images = self._render_uint8(latent, noise_mode, size)
-        with _deterministic_kernels():
-            parts = predict_parts(self.refiner, small)
-        if parts.shape[1] != size:
-            from PIL import Image
-
-            parts = np.stack(
-                [np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.NEAREST)) for p in parts]
-            )
-        parts = np.where(images[..., 3] == 0, 0, parts).astype(np.uint8)  # background = transparent
-        return images, parts
 
     # ------------------------------------------------------------------ one call
     def __call__(

@@ -232,6 +232,30 @@ class ServeState:
             animator_run=animator_run,
         )
 
+    @property
+    def avatar_layers(self) -> Any:
+        """``(avatar, size, image) -> (RGBA, part map)`` for the overlay's rigs, or None when the
+        pipeline cannot make part maps (no refiner with a part head). ``avatar``: a seed
+        (``"7"``) or ``"studio"``; ``image``: the generator-resolution picture shown for it
+        (the studio's pick), refined instead of a seed's sample when given."""
+        if not getattr(self.pipe, "has_layers", False):
+            return None
+
+        def layers(avatar: str, size: int, image: Any = None) -> tuple[Any, Any]:
+            import numpy as np
+
+            if image is not None and np.asarray(image).shape[:2] == (self.pipe.resolution,) * 2:
+                img = np.asarray(image)
+                if img.shape[-1] == 3:
+                    img = np.concatenate([img, np.full((*img.shape[:2], 1), 255, np.uint8)], axis=-1)
+                big, parts = self.pipe.layers_of(img[None], size)
+            else:
+                seed = 0 if avatar == "studio" else int(avatar)
+                big, parts = self.pipe.render_layers(self.pipe.latents([seed]), size)
+            return big[0], parts[0]
+
+        return layers
+
     def with_settings(self, **changes: Any) -> ServeState:
         """A state sharing these models *and their lock* (and image slots), with some settings changed.
 

@@ -414,8 +414,12 @@ class OverlayHub:
         with self._lock:
             self._avatars[avatar] = img
             for k in [k for k in self._rigs if k[0] == avatar]:
-                del self._rigs[k]  # the page fetches the new rig when it reconnects
+                del self._rigs[k]
             running = [s for k, s in self._sessions.items() if k[0] == avatar and s.renderer is not None]
+            rigged = [s for k, s in self._sessions.items() if k[0] == avatar and s.mode == "rig"]
+        for s in rigged:  # pages drawing this avatar fetch its new rig
+            for sub in list(s.subscribers):
+                sub.offer(json.dumps({"reload": True}))
         for s in running:
             with self.model_lock():
                 s.renderer.set_avatar(img)

@@ -164,7 +164,10 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
             )
         try:
             avatar, size, _, _ = _client_params(hub, q)
-            rig = await run_in_threadpool(hub.avatar_rig, avatar, size or RIG_SIZE)
+            if size is None:  # the largest the server makes, up to the recommended OBS size
+                sizes = getattr(getattr(state, "pipe", None), "sizes", None) or [RIG_SIZE]
+                size = RIG_SIZE if avatar.startswith("procedural:") else min(RIG_SIZE, max(sizes))
+            rig = await run_in_threadpool(hub.avatar_rig, avatar, size)
         except (OverlayError, RigError) as e:
             return JSONResponse({"detail": str(e)}, status_code=422)
         return JSONResponse(rig)

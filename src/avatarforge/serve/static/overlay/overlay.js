@@ -51,12 +51,18 @@
     lastTick = now;
     requestAnimationFrame(tick);
   }
-  async function startRig() {
+  async function loadRig() {
+    // A new avatar (e.g. the studio's next pick): fetch its rig and swap it in.
     const res = await fetch(cfg.root + cfg.rig + '?' + query());
     const body = await res.json();
     if (!res.ok) { throw new Error(body.detail || ('rig request failed: ' + res.status)); }
-    view = await window.AvatarForgeRig.create(canvas, body);
+    const next = await window.AvatarForgeRig.create(canvas, body);
     canvas.dataset.size = String(body.size);
+    view = next;
+    window.overlayRigLoads = (window.overlayRigLoads || 0) + 1;
+  }
+  async function startRig() {
+    await loadRig();
     target = {};
     requestAnimationFrame(tick);
   }
@@ -70,6 +76,7 @@
         if (cfg.mode === 'rig') {
           const msg = JSON.parse(ev.data);
           if (msg.c) { target = msg.c; status.textContent = ''; }
+          if (msg.reload) { loadRig().catch(function (e) { status.textContent = 'AvatarForge overlay: ' + e.message; }); }
         }
         return;
       }
