@@ -75,6 +75,11 @@ class ServeSettings:
             (``None``: off; ``avatarforge serve --vmc`` gives ``127.0.0.1:39539``).
         overlay_audio: a WAV the overlay lip-syncs to (the control page's "play" key).
         overlay_fps: the overlay's default frame rate (``None``: the overlay's own default).
+        state_dir: the serve state directory, where the studio's last pick and slider state
+            and the overlay's ``studio`` avatar are kept across restarts (one folder per
+            generator, :mod:`avatarforge.serve.persist`); ``None``: nothing is kept
+            (``avatarforge serve`` uses ``$AVATARFORGE_CACHE/serve``, see
+            :func:`avatarforge.serve.persist.default_state_dir`).
     """
 
     host: str = "127.0.0.1"
@@ -98,6 +103,7 @@ class ServeSettings:
     vmc: str | None = None
     overlay_audio: str | None = None
     overlay_fps: float | None = None
+    state_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
