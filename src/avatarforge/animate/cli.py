@@ -37,8 +37,8 @@ __all__ = ["add_animate_arguments", "animate_main", "build_parser", "main"]
 COMMANDS = ("render", "train", "export-onnx")
 #: Output suffixes written with transparency (by :func:`avatarforge.postprocess.export.save_animation`).
 ALPHA_FORMATS = (".png", ".apng", ".webp", ".gif")
-#: Output suffixes written by OpenCV as video: .webm is VP9 with an alpha channel (OpenCV's
-#: FFmpeg back end, ``VIDEOWRITER_PROP_ENABLE_ALPHA``), .mp4 is composited on ``--background``.
+#: Output suffixes written as video: .webm is VP9 with an alpha channel (PyAV,
+#: :func:`avatarforge.imageio.save_webm`), .mp4 (OpenCV) is composited on ``--background``.
 VIDEO_FORMATS = {".webm": "VP90", ".mp4": "mp4v"}
 
 
@@ -94,7 +94,14 @@ def add_animate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     r.add_argument(
         "--seconds", type=float, default=None, help="length (default: the audio's length, else 5 s)"
     )
-    r.add_argument("--size", type=int, default=None, help="output size in pixels (default: the animator's)")
+    r.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="output size in pixels (default: the animator's). Sizes above the animator's (256, 512) are "
+        "drawn crisp by the rig (every live control: winks, gaze, vowels, brows, head pose, breath) from a "
+        "built-in avatar (--avatar N) or GEN_RUN:SEED / an image with RUN's refiner (a quickstart folder has one)",
+    )
     r.add_argument(
         "--background",
         default="white",
@@ -237,10 +244,14 @@ def write_video(path: Path, frames: list[Any], fps: float, background: tuple[int
     Raises:
         UsageError: this OpenCV cannot write the format (the message suggests .webp/.png/.gif).
     """
+    suffix = path.suffix.lower()
+    if suffix == ".webm":  # VP9 with alpha through a real encoder (PyAV), not OpenCV's fallback
+        from avatarforge.imageio import save_webm
+
+        return save_webm(path, frames, fps)
     import cv2
     import numpy as np
 
-    suffix = path.suffix.lower()
     codec = VIDEO_FORMATS[suffix]
     alpha = suffix == ".webm"
     h, w = frames[0].shape[:2]
@@ -285,9 +296,39 @@ def write_video(path: Path, frames: list[Any], fps: float, background: tuple[int
 
 
 # =============================================================================== render
+def _renderer(a: argparse.Namespace) -> tuple[Any, int]:
+    """``(controls -> frame, frame size)``: the rig at ``--size`` when it is larger than the
+    animator draws (crisp, every live control), else the neural animator of RUN."""
+    from avatarforge.animate.loop import AvatarRenderer
+
+    animator = None
+    resolution = None
+    try:
+        animator = load_any_animator(a.run, a.device, a.threads)
+        resolution = int(animator.resolution)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        if a.size is None:
+            raise UsageError(
+                f"{a.run}: no animator ({e}); give --size 256 or 512 to animate with the rig"
+            ) from None
+    if a.size is not None and (resolution is None or a.size > resolution) and a.size >= 128:
+        from avatarforge.animate.rig import RigError
+        from avatarforge.animate.rig_sources import rig_for
+
+        try:
+            rig = rig_for(a.avatar, a.size, generator=a.run)
+        except RigError as e:
+            raise UsageError(f"--avatar {a.avatar} at --size {a.size}: {e}") from None
+        for w in rig.warnings:
+            print(f"note: {w}", file=sys.stderr)
+        return rig.render, a.size
+    assert animator is not None and resolution is not None
+    return AvatarRenderer(animator, load_avatar(a.avatar, resolution)), resolution
+
+
 def _cmd_render(a: argparse.Namespace) -> int:
     from avatarforge.animate.drivers import AudioDriver, MicrophoneDriver, ScriptedDriver, VMCDriver
-    from avatarforge.animate.loop import AvatarRenderer, FrameLoop
+    from avatarforge.animate.loop import FrameLoop
 
     out = Path(a.out)
     suffix = out.suffix.lower()
@@ -310,8 +351,7 @@ def _cmd_render(a: argparse.Namespace) -> int:
 
     torch.set_num_threads(a.threads)
 
-    animator = load_any_animator(a.run, a.device, a.threads)
-    avatar = load_avatar(a.avatar, animator.resolution)
+    render, resolution = _renderer(a)
     drivers: list[Any] = []
     live = bool(a.vmc or a.mic)
     script = a.script or ("blink" if (a.audio or live) else "idle")
@@ -333,12 +373,12 @@ def _cmd_render(a: argparse.Namespace) -> int:
         seconds = a.seconds if a.seconds is not None else (audio.duration if audio is not None else 5.0)
         if not 0 < seconds <= 3600:
             raise UsageError(f"--seconds must be in (0, 3600], got {seconds}")
-        loop = FrameLoop(AvatarRenderer(animator, avatar), drivers, fps=a.fps, realtime=live)
+        loop = FrameLoop(render, drivers, fps=a.fps, realtime=live)
         frames = loop.collect(seconds=seconds)
     finally:
         for d in drivers:
             d.close()
-    if a.size is not None:
+    if a.size is not None and a.size != resolution:
         frames = _resize_frames(frames, a.size)
     if suffix in VIDEO_FORMATS:
         path = write_video(out, frames, a.fps, background)
