@@ -52,6 +52,7 @@ HOUSE: dict[str, int] = {
     "postprocess": 7,
     "style": 7,
     "animate": 8,
+    "avatar3d": 8,  # 3D models (VRM/GLB) cut from an avatar with the live rig's renders
     "serve": 9,
     "quickstart": 10,
     "cli": 11,

@@ -203,6 +203,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 def _add_part_commands(sub: argparse._SubParsersAction) -> None:
     """The sub-commands each part's own CLI module defines (flags there, work in the library)."""
     from avatarforge.animate.cli import add_animate_arguments, animate_main
+    from avatarforge.avatar3d.cli import add_export_arguments, export_main
     from avatarforge.eval.cli import add_eval_arguments, eval_main
     from avatarforge.generate.cli import (
         add_generate_arguments,
@@ -268,6 +269,12 @@ def _add_part_commands(sub: argparse._SubParsersAction) -> None:
             "expression animator: train, animate an avatar, export ONNX",
             add_animate_arguments,
             animate_main,
+        ),
+        (
+            "export",
+            "3D models: a textured VRM (VSeeFace, Warudo, three-vrm) or GLB of an avatar",
+            add_export_arguments,
+            export_main,
         ),
         (
             "serve",

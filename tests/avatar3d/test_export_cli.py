@@ -1,0 +1,81 @@
+"""``avatarforge export vrm``: the command, PNG + part-map input, and bad input (a clear
+error, exit code 2, nothing written)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from avatarforge.avatar3d.source import Avatar3DError
+
+
+def _write_avatar(tmp_path, size=128, seed=2):
+    from avatarforge.avatar3d.source import load_avatar
+
+    src = load_avatar(f"procedural:{seed}", size=size)
+    img = tmp_path / "me.png"
+    Image.fromarray(src.image).save(img)
+    Image.fromarray(src.parts, "L").save(tmp_path / "me.parts.png")
+    return img, src
+
+
+def test_cli_writes_vrm0_from_a_png_and_its_part_map(tmp_path, capsys):
+    from avatarforge.avatar3d.raster import load_scene
+    from avatarforge.cli import main
+
+    img, _ = _write_avatar(tmp_path)
+    out = tmp_path / "out" / "me.vrm"
+    rc = main(["export", "vrm", str(img), str(out), "--format", "vrm0", "--author", "Ada", "--name", "Me"])
+    assert rc == 0 and out.is_file()
+    assert "wrote" in capsys.readouterr().out
+    scene = load_scene(out)
+    assert scene.vrm0 and "blink" in scene.expressions
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def _bad(args, capsys, *, match):
+    from avatarforge.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["export", "vrm", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err, err
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    img, src = _write_avatar(tmp_path)
+    out = tmp_path / "x.vrm"
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((128, 160, 4), np.uint8)).save(wide)
+    _bad([str(wide), str(out)], capsys, match="square")
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(src.image[::4, ::4]).save(tiny)
+    Image.fromarray(src.parts[::4, ::4], "L").save(tmp_path / "tiny.parts.png")
+    _bad([str(tiny), str(out)], capsys, match="too small")
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(src.image[..., :3]).save(rgb)
+    Image.fromarray(src.parts, "L").save(tmp_path / "rgb.parts.png")
+    _bad([str(rgb), str(out)], capsys, match="no transparency")
+    lone = tmp_path / "lone.png"
+    Image.fromarray(src.image).save(lone)
+    _bad([str(lone), str(out)], capsys, match="no part map")
+    _bad(["procedural:1", str(img / "x.vrm")], capsys, match="cannot write")  # parent is a file
+    _bad(["procedural:1", "/proc/avatar.vrm"], capsys, match="cannot write")
+    _bad(["procedural:1", str(out), "--texture-size", "300"], capsys, match="power of two")
+    _bad(["run-that-is-not-here:3", str(out)], capsys, match="RUN:SEED")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_faceless_avatar(tmp_path):
+    from avatarforge.avatar3d.build import build_model
+    from avatarforge.avatar3d.source import AvatarSource
+
+    img = np.zeros((96, 96, 4), np.uint8)
+    img[20:80, 20:80] = 200
+    parts = np.zeros((96, 96), np.uint8)
+    parts[20:80, 20:80] = 1
+    with pytest.raises(Avatar3DError, match="no eyes"):
+        build_model(AvatarSource(img, parts, "blob", "blob.png"))
