@@ -280,8 +280,9 @@ class _Geometry:
         x, y = self.xy(px)
         z = self.z(layer, px)
         e = 1.0
-        dzdx = (self.z(layer, [*px, e, 0]) - self.z(layer, px - [e, 0])) / (2 * e * self.m)
-        dzdy = -(self.z(layer, [*px, 0, e]) - self.z(layer, px - [0, e])) / (2 * e * self.m)
+        dx, dy = np.array([e, 0.0]), np.array([0.0, e])
+        dzdx = (self.z(layer, px + dx) - self.z(layer, px - dx)) / (2 * e * self.m)
+        dzdy = -(self.z(layer, px + dy) - self.z(layer, px - dy)) / (2 * e * self.m)
         n = np.stack([-np.clip(dzdx, -4, 4), -np.clip(dzdy, -4, 4), np.ones_like(z)], 1)
         n /= np.linalg.norm(n, axis=1, keepdims=True)
         return np.stack([x, y, z], 1).astype(np.float32), n.astype(np.float32)
