@@ -109,7 +109,7 @@ def test_vrm0_structure(exported):
         g["presetName"] if g["presetName"] != "unknown" else g["name"]: g
         for g in v["blendShapeMaster"]["blendShapeGroups"]
     }
-    for p in ("blink", "blink_l", "blink_r", "a", "i", "u", "e", "o", "joy", "angry", "Surprised"):
+    for p in ("blink", "blink_l", "blink_r", "a", "i", "u", "e", "o", "joy", "angry", "surprised"):
         assert groups[p]["binds"], p
         for bind in groups[p]["binds"]:
             targets = doc["meshes"][bind["mesh"]]["primitives"][0]["targets"]

@@ -99,7 +99,7 @@ VRM0_PRESETS: dict[str, tuple[str, str]] = {
     "oh": ("O", "o"),
     "happy": ("Joy", "joy"),
     "angry": ("Angry", "angry"),
-    "surprised": ("Surprised", "unknown"),
+    "surprised": ("surprised", "unknown"),  # not a 0.x preset: a custom group, named as in 1.0
     "lookUp": ("LookUp", "lookup"),
     "lookDown": ("LookDown", "lookdown"),
     "lookLeft": ("LookLeft", "lookleft"),

@@ -3,8 +3,8 @@
 * **VRM 1.0** (``VRMC_vrm``, the default): the model faces +Z; humanoid bones, meta,
   ``lookAt`` of type ``expression``, preset expressions bound to morph targets.
 * **VRM 0.x** (``VRM``, ``--format vrm0``, for apps that read only 0.x such as VSeeFace): the
-  same model turned to face -Z, as 0.x requires; blend-shape groups with weights 0-100 and
-  an unlit cutout material (``VRM/UnlitCutout``).
+  same model turned to face -Z, as 0.x requires; blend-shape groups with weights 0-100; the
+  glTF material used as it is (``VRM_USE_GLTFSHADER``).
 * **GLB**: the same meshes, skeleton and morph targets without a VRM extension.
 
 All three hold one material (unlit, alpha cut-out at 0.5, double sided) over one texture
@@ -423,16 +423,18 @@ def model_to_glb(
                 },
                 "blendShapeMaster": {"blendShapeGroups": groups},
                 "secondaryAnimation": {"boneGroups": [], "colliderGroups": []},
+                # The glTF material as it is (unlit, alpha cut-out: KHR_materials_unlit, which
+                # UniVRM reads as UniUnlit and three-vrm as MeshBasicMaterial).
                 "materialProperties": [
                     {
                         "name": "avatar",
-                        "shader": "VRM/UnlitCutout",
+                        "shader": "VRM_USE_GLTFSHADER",
                         "renderQueue": 2450,
-                        "floatProperties": {"_Cutoff": 0.5},
-                        "vectorProperties": {"_Color": [1, 1, 1, 1], "_MainTex": [0, 0, 1, 1]},
-                        "textureProperties": {"_MainTex": 0},
-                        "keywordMap": {"_ALPHATEST_ON": True},
-                        "tagMap": {"RenderType": "TransparentCutout"},
+                        "floatProperties": {},
+                        "vectorProperties": {},
+                        "textureProperties": {},
+                        "keywordMap": {},
+                        "tagMap": {},
                     }
                 ],
             }

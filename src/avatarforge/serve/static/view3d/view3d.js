@@ -1,0 +1,124 @@
+// The 3D view: load the avatar's VRM with three-vrm, draw it unlit with an orthographic camera
+// framed like the 2D avatar (canvas pixel = avatar pixel at the front view), rotate it, turn its
+// head, play its expressions. window.view3d is the page's API (buttons and tests use it).
+import * as THREE from "three";
+import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
+import { VRMLoaderPlugin, VRMUtils } from "@pixiv/three-vrm";
+
+const params = new URLSearchParams(location.search);
+const avatar = params.get("avatar") || "procedural:0";
+const format = params.get("format") || "vrm1";
+const canvas = document.getElementById("stage");
+const status = document.getElementById("status");
+
+const renderer = new THREE.WebGLRenderer({ canvas, alpha: true, antialias: false, preserveDrawingBuffer: true });
+renderer.setPixelRatio(1);
+renderer.setClearColor(0x000000, 0);
+const scene = new THREE.Scene();
+const camera = new THREE.OrthographicCamera(-0.3, 0.3, 0.3, -0.3, 0.01, 10);
+// The exported materials are unlit; a light only matters for other VRMs (MToon).
+const light = new THREE.DirectionalLight(0xffffff, Math.PI);
+light.position.set(0, 1, 2);
+scene.add(light, new THREE.AmbientLight(0xffffff, 0.4));
+const pivot = new THREE.Group(); // the whole model turns about the vertical axis through the head bone
+scene.add(pivot);
+
+const api = {
+  ready: false,
+  errors: window.view3dErrors,
+  avatar,
+  format,
+  expressions: [],
+  yaw: 0,
+  headYaw: 0,
+  weights: {},
+  vrm: null,
+  setExpression(name, weight) {
+    this.weights[name] = weight;
+    this.vrm.expressionManager.setValue(name, weight);
+    this.render();
+  },
+  resetExpressions() {
+    for (const name of this.expressions) this.vrm.expressionManager.setValue(name, 0);
+    this.weights = {};
+    this.render();
+  },
+  setYaw(deg) {
+    this.yaw = deg;
+    pivot.rotation.y = THREE.MathUtils.degToRad(deg);
+    this.render();
+  },
+  setHeadYaw(deg) {
+    this.headYaw = deg;
+    this.vrm.humanoid.getNormalizedBoneNode("head").rotation.y = THREE.MathUtils.degToRad(deg);
+    this.render();
+  },
+  render() {
+    if (!this.vrm) return;
+    this.vrm.update(0);
+    renderer.render(scene, camera);
+  },
+};
+window.view3d = api;
+
+function frame(framing) {
+  // Orthographic camera showing exactly the 2D avatar's square at the front view.
+  const S = framing.size, m = framing.metres_per_pixel;
+  const ox = framing.origin_x, oy = framing.origin_y, hy = framing.head_y;
+  camera.left = -ox * m;
+  camera.right = (S - ox) * m;
+  camera.top = hy + oy * m;
+  camera.bottom = hy - (S - oy) * m;
+  camera.position.set(0, 0, 3);
+  camera.lookAt(0, 0, 0);
+  camera.updateProjectionMatrix();
+  canvas.width = canvas.height = S;
+  renderer.setSize(S, S, false);
+}
+
+async function load() {
+  const loader = new GLTFLoader();
+  loader.register((parser) => new VRMLoaderPlugin(parser));
+  const url = `./view3d/model.vrm?avatar=${encodeURIComponent(avatar)}&format=${encodeURIComponent(format)}`;
+  const gltf = await loader.loadAsync(url);
+  const vrm = gltf.userData.vrm;
+  if (!vrm) throw new Error("the file has no VRM extension three-vrm can read");
+  VRMUtils.rotateVRM0(vrm); // 0.x models face -Z; three-vrm turns them to face +Z like 1.0
+  pivot.add(vrm.scene);
+  vrm.scene.traverse((o) => { o.frustumCulled = false; });
+  const extras = (gltf.parser.json.scenes[0].extras || {}).avatarforge || {
+    size: 512, metres_per_pixel: 0.0012, origin_x: 256, origin_y: 300, head_y: 1.36,
+  };
+  frame(extras);
+  api.vrm = vrm;
+  api.framing = extras;
+  api.expressions = vrm.expressionManager.expressions.map((e) => e.expressionName);
+  const box = document.getElementById("expressions");
+  for (const name of api.expressions) {
+    const b = document.createElement("button");
+    b.textContent = name;
+    b.onclick = () => {
+      const on = !b.classList.contains("on");
+      b.classList.toggle("on", on);
+      api.setExpression(name, on ? 1 : 0);
+    };
+    box.appendChild(b);
+  }
+  document.getElementById("yaw").oninput = (e) => api.setYaw(+e.target.value);
+  document.getElementById("head").oninput = (e) => api.setHeadYaw(+e.target.value);
+  const spin = document.getElementById("spin");
+  let t0 = performance.now();
+  const tick = (t) => {
+    if (spin.checked) api.setYaw(30 * Math.sin((t - t0) / 1000));
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+  api.render();
+  api.ready = true;
+  status.textContent = `${avatar} (${format}): ${api.expressions.length} expressions - ${vrm.meta.name || vrm.meta.title || ""}`;
+}
+
+load().catch((e) => {
+  window.view3dErrors.push(String(e && e.stack ? e.stack : e));
+  status.textContent = "could not load the model: " + e;
+});
