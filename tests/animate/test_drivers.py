@@ -116,6 +116,19 @@ def test_idle_driver_blinks_and_sways_deterministically():
     tilt = np.array([a.update(t)["head_tilt"] for t in ts])
     assert 0.1 < np.abs(tilt).max() <= 0.15 + 1e-9
     assert not np.array_equal(eyes, [IdleDriver(seed=4).update(t)["eye_open"] for t in ts])
+    # the live extras: breathing, a slight body sway, occasional eye darts that come back
+    vals = [IdleDriver(seed=3).update(t) for t in ts]
+    breath = np.array([v["breath"] for v in vals])
+    assert breath.min() >= 0 and breath.max() <= 1 and breath.max() - breath.min() > 0.8
+    body = np.array([v["body_sway"] for v in vals])
+    assert 0.02 < np.abs(body).max() <= 0.12 + 1e-9
+    gx = np.array([v["gaze_x"] for v in vals])
+    darts = np.flatnonzero((np.abs(gx[1:]) > 0.05) & (np.abs(gx[:-1]) <= 0.05))
+    assert 3 <= len(darts) <= 12  # every 2.5-7 s over 30 s
+    assert (np.abs(gx) < 0.01).mean() > 0.7  # the eyes rest ahead most of the time
+    assert [IdleDriver(seed=3).update(t) for t in ts[:500]] == vals[:500]  # seeded
+    # the blinks are the same with and without the live extras (animations stay as they were)
+    assert np.array_equal(eyes, [IdleDriver(seed=3, live=False).update(t)["eye_open"] for t in ts])
 
 
 def test_scripted_driver_actions():
@@ -151,7 +164,18 @@ def test_manual_driver_is_thread_safe_and_merges_last():
     assert "smile" not in m.get()
     idle = IdleDriver(seed=0)
     merged = merge_targets([idle, ManualDriver(eye_open=0.25)], 1.0)
-    assert merged["eye_open"] == 0.25 and "head_tilt" in merged  # later drivers win per control
+    # later drivers win per control; eye_open stands for both eyes
+    assert merged["eye_open_l"] == merged["eye_open_r"] == 0.25 and "head_tilt" in merged
+    # all 17 live controls are accepted (and eye_open), each clamped to its own range
+    m2 = ManualDriver(gaze_x=-3, vowel_o=0.5, brow_y=0.2, breath=2)
+    assert m2.get() == {"gaze_x": -1.0, "vowel_o": 0.5, "brow_y": 0.2, "breath": 1.0}
+    m2.set(eye_open=0.5)
+    m2.set(eye_open_l=0.0)  # one eye now: the other keeps the both-eyes value
+    assert m2.get()["eye_open_l"] == 0.0 and m2.get()["eye_open_r"] == 0.5 and "eye_open" not in m2.get()
+    m2.set(eye_open=1.0)  # both eyes again: the single eyes are forgotten
+    assert merge_targets([m2], 0.0)["eye_open_l"] == 1.0
+    with pytest.raises(ValueError, match=r"control gaze_y must be a finite number from -1 to 1"):
+        m2.set(gaze_y=float("nan"))
 
 
 def _quat(axis: str, degrees: float) -> tuple[float, float, float, float]:
@@ -165,14 +189,21 @@ def test_vmc_mapping():
     assert head_angles(_quat("z", -10))[2] == pytest.approx(-10)
     assert head_angles(_quat("x", 15))[1] == pytest.approx(15)
     c = vmc_to_controls({"Blink_L": 1.0, "Blink_R": 0.5, "A": 0.2, "O": 1.0, "Joy": 0.6, "Sorrow": 0.5})
-    assert c == pytest.approx({"eye_open": 0.25, "mouth_open": 0.85, "smile": 0.25})
+    vowels = {"vowel_a": 0.2, "vowel_i": 0.0, "vowel_u": 0.0, "vowel_e": 0.0, "vowel_o": 1.0}
+    assert c == pytest.approx(
+        {"eye_open_l": 0.0, "eye_open_r": 0.5, "mouth_open": 0.85, "smile": 0.25, **vowels}
+    )
     # VRM 1.0 names, case-insensitive; the head: turning to its right = towards image left.
     c = vmc_to_controls({"blink": 0.0, "aa": 1.0, "HAPPY": 1.0}, _quat("y", 15))
     assert c == pytest.approx(
-        {"eye_open": 1.0, "mouth_open": 1.0, "smile": 1.0, "head_yaw": -0.5, "head_tilt": 0.0}
-    )
+        {"eye_open": 1.0, "mouth_open": 1.0, "smile": 1.0, "head_yaw": -0.5, "head_tilt": 0.0,
+         "head_pitch": 0.0, "vowel_a": 1.0, "vowel_i": 0.0, "vowel_u": 0.0, "vowel_e": 0.0, "vowel_o": 0.0}
+    )  # fmt: skip
     c = vmc_to_controls({}, _quat("z", 30), mirror=True)
-    assert c == pytest.approx({"head_yaw": 0.0, "head_tilt": -1.0})  # clamped and mirrored
+    assert c == pytest.approx({"head_yaw": 0.0, "head_tilt": -1.0, "head_pitch": 0.0})  # clamped, mirrored
+    assert vmc_to_controls({}, _quat("x", 10))["head_pitch"] == pytest.approx(-0.5)  # Unity +x looks down
+    # NaN and inf never reach the controls
+    assert vmc_to_controls({"Joy": float("nan"), "A": float("inf")}, (float("nan"), 0, 0, 1)) == {}
     assert vmc_to_controls({"Neutral": 1.0, "LookUp": 0.3}) == {}
 
 
@@ -200,12 +231,15 @@ def test_vmc_listener_over_loopback_udp():
         sender.sendto(frame, ("127.0.0.1", drv.port))
         assert drv.wait(lambda d: d.packets >= 1, timeout=5.0)
         # Blend values wait for Apply; the head bone applies at once.
-        assert drv.update(0.0) == pytest.approx({"head_yaw": 0.5, "head_tilt": 0.0})
+        assert drv.update(0.0) == pytest.approx({"head_yaw": 0.5, "head_tilt": 0.0, "head_pitch": 0.0})
         sender.sendto(encode_message("/VMC/Ext/Blend/Apply"), ("127.0.0.1", drv.port))
         sender.sendto(b"garbage!", ("127.0.0.1", drv.port))  # malformed: counted, dropped
         assert drv.wait(lambda d: d.packets >= 2 and d.errors >= 1, timeout=5.0)
-        assert drv.update(0.0) == pytest.approx(
-            {"eye_open": 0.0, "mouth_open": 0.7, "smile": 0.5, "head_yaw": 0.5, "head_tilt": 0.0}
+        got = drv.update(0.0)
+        assert {k: got[k] for k in ("eye_open_l", "eye_open_r", "mouth_open", "smile", "head_yaw")} == (
+            pytest.approx(
+                {"eye_open_l": 0.0, "eye_open_r": 0.0, "mouth_open": 0.7, "smile": 0.5, "head_yaw": 0.5}
+            )
         )
         assert "address pattern" in (drv.last_error or "") or "'/'" in (drv.last_error or "")
     finally:
@@ -237,7 +271,7 @@ def test_keyboard_driver_holds_combines_and_releases():
     v = kb.version
     assert kb.key_down("m") and kb.version == v  # key repeat changes nothing
     assert kb.key_up("m") and kb.update(0.0)["mouth_open"] == 1.0
-    assert merge_targets([idle, kb], 0.0)["eye_open"] == 0.0
+    assert merge_targets([idle, kb], 0.0)["eye_open_l"] == 0.0
     assert kb.key_up("b") and not kb.key_up("b")
     assert kb.update(0.0) == {"mouth_open": 1.0}
     kb.release_all()

@@ -327,7 +327,10 @@ def test_apply_control_keys_and_validation():
     assert apply_control(c, {"key": "ArrowRight"}) == {"head_yaw": 0.25}
     assert apply_control(c, {"key": "arrowright"}) == {"head_yaw": 0.5}
     assert apply_control(c, {"key": "ArrowUp"}) == {"head_yaw": 0.5, "head_tilt": -0.25}
-    assert apply_control(c, '{"set": {"mouth_open": 7}}')["mouth_open"] == 1.0  # clamped
+    assert apply_control(c, '{"set": {"mouth_open": 0.7, "vowel_o": 1, "gaze_x": -0.5}}')["vowel_o"] == 1.0
+    with pytest.raises(OverlayError, match=r'"set": mouth_open must be a number from 0 to 1, got 7'):
+        apply_control(c, '{"set": {"mouth_open": 7}}')  # out of range: the field and its range
+    apply_control(c, {"clear": ["vowel_o", "gaze_x", "mouth_open"]})
     assert apply_control(c, {"key": "Escape"}) == {}
     c.blink()
     assert c.update(0.0)["eye_open"] == 0.0
@@ -380,11 +383,15 @@ def test_vmc_listener_drives_the_overlay_and_closes_with_it(pipe):
         packet = encode_bundle(
             [encode_message("/VMC/Ext/Blend/Val", "Blink", 1.0), encode_message("/VMC/Ext/Blend/Apply")]
         )
+        # A sender streams (the listener counts a silent one as a lost face after 0.5 s); the
+        # tracking layer fades in over 0.3 s.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(packet, ("127.0.0.1", vmc.port))
-        assert vmc.wait(lambda d: d.packets >= 1, timeout=5)
-        for _ in range(12):
-            last = decode(ws.receive_bytes())
+            assert vmc.wait(lambda d: d.packets >= 1, timeout=5)
+            for i in range(45):
+                if i % 5 == 0:
+                    s.sendto(packet, ("127.0.0.1", vmc.port))
+                last = decode(ws.receive_bytes())
         assert np.abs(last.astype(int) - closed_ref.astype(int))[eyes].mean() < 1.0
     assert wait_until(lambda: hub._vmc is None)  # the last client left: the UDP port is free again
 

@@ -35,11 +35,14 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from avatarforge.animate.osc import OSCError, iter_messages, parse_packet
+from avatarforge.data.procedural.schema import LIVE_CONTROLS, NEUTRAL_LIVE
 from avatarforge.errors import MissingDependencyError
-from avatarforge.models.animator import CONTROL_NAMES, CONTROL_RANGES
+from avatarforge.models.animator import CONTROL_RANGES
 
 __all__ = [
+    "ALL_CONTROLS",
     "DEFAULT_KEYS",
+    "LIVE_NAMES",
     "SCRIPT_ACTIONS",
     "VMC_DEFAULT_HOST",
     "VMC_DEFAULT_PORT",
@@ -54,7 +57,9 @@ __all__ = [
     "VMCDriver",
     "clamp_controls",
     "envelope_from_samples",
+    "expand_eyes",
     "head_angles",
+    "live_controls",
     "merge_targets",
     "read_wav",
     "vmc_to_controls",
@@ -77,25 +82,59 @@ class Driver(Protocol):
         ...
 
 
+#: The 17 live (rig) controls, in the schema's order (:data:`LIVE_CONTROLS`).
+LIVE_NAMES: tuple[str, ...] = tuple(LIVE_CONTROLS)
+#: Every control a driver may send and its range: the 17 live controls plus the animator's
+#: ``eye_open`` (both eyes at once: :func:`expand_eyes`).
+ALL_CONTROLS: dict[str, tuple[float, float]] = {**CONTROL_RANGES, **LIVE_CONTROLS}
+
+
 def clamp_controls(values: Mapping[str, float]) -> dict[str, float]:
-    """Known controls clamped to their ranges; unknown names raise ValueError."""
+    """Known controls (:data:`ALL_CONTROLS`) clamped to their ranges; unknown names and
+    values that are not finite numbers raise ValueError naming the control and its range."""
     out = {}
     for k, v in values.items():
-        if k not in CONTROL_RANGES:
-            raise ValueError(f"unknown control {k!r}; valid controls: {', '.join(CONTROL_NAMES)}")
-        lo, hi = CONTROL_RANGES[k]
-        v = float(v)
+        if k not in ALL_CONTROLS:
+            raise ValueError(f"unknown control {k!r}; valid controls: {', '.join(ALL_CONTROLS)}")
+        lo, hi = ALL_CONTROLS[k]
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"control {k} must be a number from {lo:g} to {hi:g}, got {v!r}") from None
         if not math.isfinite(v):
-            raise ValueError(f"control {k} must be a finite number, got {v}")
+            raise ValueError(f"control {k} must be a finite number from {lo:g} to {hi:g}, got {v}")
         out[k] = min(hi, max(lo, v))
     return out
 
 
+def expand_eyes(values: Mapping[str, float]) -> dict[str, float]:
+    """``eye_open`` (both eyes) as ``eye_open_l`` and ``eye_open_r``, unless the same dict
+    names an eye itself (that eye wins); other controls unchanged."""
+    out = dict(values)
+    if "eye_open" in out:
+        v = out.pop("eye_open")
+        out.setdefault("eye_open_l", v)
+        out.setdefault("eye_open_r", v)
+    return out
+
+
+def live_controls(values: Mapping[str, float]) -> dict[str, float]:
+    """All 17 live controls (neutral where ``values`` has none) plus ``eye_open``, the mean of
+    the two eyes, for the animator (exact when both eyes are equal)."""
+    out = {**NEUTRAL_LIVE, **expand_eyes(values)}
+    out["eye_open"] = (out["eye_open_l"] + out["eye_open_r"]) / 2
+    return out
+
+
 def merge_targets(drivers: Iterable[Any], t: float) -> dict[str, float]:
-    """Every driver's targets at ``t``, later drivers overriding earlier ones per control."""
+    """Every driver's targets at ``t``, later drivers overriding earlier ones per control.
+
+    A driver's ``eye_open`` stands for both eyes (:func:`expand_eyes`), so a later driver's
+    ``eye_open`` overrides an earlier one's ``eye_open_l``, and the other way round.
+    """
     out: dict[str, float] = {}
     for d in drivers:
-        out.update(clamp_controls(d.update(t)))
+        out.update(expand_eyes(clamp_controls(d.update(t))))
     return out
 
 
@@ -112,16 +151,27 @@ class _Base:
 
 # =============================================================================== idle / scripted
 class IdleDriver(_Base):
-    """Random blinks and a slow breathing sway; deterministic for a seed.
+    """Idle life, deterministic for a seed: random blinks, a slow breathing sway of the head,
+    and for the live rig breathing, a slight body sway and occasional eye darts.
+
+    The blinks and head sway are the animator's (``eye_open``, ``head_tilt``, ``head_yaw``;
+    their random stream is unchanged by the live extras, which draw from their own); the
+    extras are the rig's controls (``breath``, ``body_sway``, ``gaze_x``/``gaze_y``) and are
+    left out with ``live=False``.
 
     Args:
-        seed: blink times and sway phases.
+        seed: blink times, sway phases and eye darts.
         blink: produce blinks (``eye_open``).
         sway: produce head sway (``head_tilt``, ``head_yaw``).
-        blink_interval: seconds between blinks, uniform in this range.
+        blink_interval: seconds between blinks, uniform in this range (people blink every
+            2-6 s at rest); one blink in ``double_blink`` is followed by a second one.
         blink_duration: close + open, seconds.
         sway_amount: peak tilt (yaw is 60% of it) in control units.
         breath_period: seconds per breathing cycle.
+        live: also breathing (``breath``), body sway and eye darts.
+        dart_interval: seconds between eye darts (glances aside that return), uniform.
+        dart_amount: largest gaze offset of a dart.
+        body_amount: peak ``body_sway``.
     """
 
     def __init__(
@@ -134,15 +184,27 @@ class IdleDriver(_Base):
         blink_duration: float = 0.18,
         sway_amount: float = 0.15,
         breath_period: float = 4.0,
+        live: bool = True,
+        dart_interval: tuple[float, float] = (2.5, 7.0),
+        dart_amount: float = 0.45,
+        body_amount: float = 0.12,
     ) -> None:
         self.rng = np.random.default_rng(seed)
-        self.blink, self.sway = blink, sway
+        self.blink, self.sway, self.live = blink, sway, live
         self.blink_interval = blink_interval
         self.blink_duration = blink_duration
         self.sway_amount = sway_amount
         self.breath_period = breath_period
+        self.dart_interval = dart_interval
+        self.dart_amount = dart_amount
+        self.body_amount = body_amount
         self._phase = self.rng.random(2) * 2 * math.pi
         self._blinks: list[float] = [float(self.rng.uniform(0.3, blink_interval[1]))]
+        # The live extras draw from their own stream: the blinks stay what they always were.
+        self._live_rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 1])
+        self._live_phase = self._live_rng.random(3) * 2 * math.pi
+        self._darts: list[tuple[float, float, float, float]] = []  # start, hold, gx, gy
+        self._next_dart = float(self._live_rng.uniform(1.0, dart_interval[1]))
 
     def blink_times(self, until: float) -> list[float]:
         """Start times of the blinks up to ``until`` seconds (generated lazily, in order)."""
@@ -162,6 +224,27 @@ class IdleDriver(_Base):
                 return 1.0 - (u / 0.4 if u < 0.4 else (1.0 - u) / 0.6)
         return 1.0
 
+    def gaze(self, t: float) -> tuple[float, float]:
+        """``(gaze_x, gaze_y)``: a dart jumps aside (a saccade: ~40 ms), holds 0.3-0.9 s and
+        returns; in between the eyes rest ahead."""
+        lo, hi = self.dart_interval
+        r = self._live_rng
+        while self._next_dart <= t:
+            ang = float(r.uniform(0, 2 * math.pi))
+            amp = self.dart_amount * float(r.uniform(0.4, 1.0))
+            hold = float(r.uniform(0.3, 0.9))
+            self._darts.append((self._next_dart, hold, amp * math.cos(ang), 0.6 * amp * math.sin(ang)))
+            self._next_dart += hold + float(r.uniform(lo, hi))
+            del self._darts[:-8]  # a long stream keeps only the recent ones
+        for start, hold, gx, gy in reversed(self._darts):
+            if start <= t:
+                u = t - start
+                if u > hold + 0.05:
+                    break
+                k = min(u / 0.04, 1.0) * min((hold + 0.05 - u) / 0.05, 1.0)
+                return gx * k, gy * k
+        return 0.0, 0.0
+
     def update(self, t: float) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.blink:
@@ -170,6 +253,16 @@ class IdleDriver(_Base):
             w = 2 * math.pi / self.breath_period
             out["head_tilt"] = self.sway_amount * math.sin(w * t + self._phase[0])
             out["head_yaw"] = 0.6 * self.sway_amount * math.sin(0.37 * w * t + self._phase[1])
+        if self.live:
+            w = 2 * math.pi / self.breath_period
+            p = self._live_phase
+            breath = 0.5 + 0.45 * math.sin(w * t + p[0]) + 0.05 * math.sin(2.7 * w * t)
+            out["breath"] = min(1.0, max(0.0, breath))
+            if self.sway:
+                out["body_sway"] = self.body_amount * (
+                    0.7 * math.sin(0.23 * w * t + p[1]) + 0.3 * math.sin(0.61 * w * t + p[2])
+                )
+            out["gaze_x"], out["gaze_y"] = self.gaze(t)
         return out
 
 
@@ -201,7 +294,7 @@ class ScriptedDriver(_Base):
         self.seed = seed
         blink = any(a in ("idle", "blink") for a in self.actions)
         sway = any(a in ("idle", "sway") for a in self.actions)
-        self.idle = IdleDriver(seed, blink=blink, sway=sway) if (blink or sway) else None
+        self.idle = IdleDriver(seed, blink=blink, sway=sway, live=False) if (blink or sway) else None
         rng = np.random.default_rng(seed + 1)
         # talk: a syllable every 0.22-0.32 s with amplitude 0.4-1, and a pause every ~2 s
         self._syllables: list[tuple[float, float, float]] = []  # (start, duration, amplitude)
@@ -442,6 +535,11 @@ class ManualDriver(_Base):
         """Set some controls (clamped to range); returns the whole state."""
         new = clamp_controls({**(values or {}), **controls})
         with self._lock:
+            if "eye_open" in new:  # both eyes: forget a single eye set before
+                self._values.pop("eye_open_l", None)
+                self._values.pop("eye_open_r", None)
+            elif ("eye_open_l" in new or "eye_open_r" in new) and "eye_open" in self._values:
+                self._values = expand_eyes(self._values)  # one eye now: the other keeps its value
             self._values.update(new)
             self.version += 1
             return dict(self._values)
@@ -588,58 +686,99 @@ def vmc_to_controls(
     *,
     yaw_degrees: float = 30.0,
     tilt_degrees: float = 15.0,
+    pitch_degrees: float = 20.0,
     mirror: bool = False,
 ) -> dict[str, float]:
-    """Map VMC blend shapes (and the Head bone quaternion) to controls.
+    """Map VMC blend shapes (and the Head bone quaternion) to live controls.
 
-    * ``eye_open = 1 - max(Blink, mean(Blink_L, Blink_R))``;
-    * ``mouth_open = max over visemes A I U E O of value x`` :data:`VISEME_OPENNESS`;
-    * ``smile = max(Joy, 0.7 Fun) - 0.7 max(Sorrow, Angry)``;
-    * ``head_yaw = -yaw / yaw_degrees``, ``head_tilt = roll / tilt_degrees`` (clamped). The
-      avatar faces the camera (+z in Unity), so turning to its own right (positive Unity
-      yaw) moves the head towards image left, and a positive roll is clockwise on screen.
-      ``mirror`` flips both, for senders that mirror the webcam.
+    VRM presets:
 
-    Only controls with data are returned. Names are case-insensitive; VRM 1.0 names
-    (``blinkLeft``, ``aa``, ``happy``, ...) work too.
+    * ``eye_open = 1 - Blink``; ``Blink_L``/``Blink_R`` close one eye each (``eye_open_l``
+      is the character's left, ``Blink_L``);
+    * ``mouth_open = max over visemes A I U E O of value x`` :data:`VISEME_OPENNESS`, and the
+      visemes themselves as ``vowel_a`` ... ``vowel_o``;
+    * ``smile = max(Joy, 0.7 Fun) - 0.7 max(Sorrow, Angry)``.
+
+    "Perfect sync" senders send Apple's 52 ARKit blend shapes instead (``eyeBlinkLeft``,
+    ``jawOpen``, ...); when any is present they are mapped by
+    :func:`avatarforge.animate.tracking.arkit_to_live` (gaze, vowels, brows too) and the
+    VRM presets fill in only what they leave out.
+
+    Head: ``head_yaw = -yaw / yaw_degrees``, ``head_tilt = roll / tilt_degrees``,
+    ``head_pitch = -pitch / pitch_degrees`` (clamped). The avatar faces the camera (+z in
+    Unity), so turning to its own right (positive Unity yaw) moves the head towards image
+    left, a positive roll is clockwise on screen and a positive Unity pitch looks down.
+    ``mirror`` flips left and right, for senders that mirror the webcam.
+
+    Only controls with data are returned; non-finite values are ignored. Names are
+    case-insensitive; VRM 1.0 names (``blinkLeft``, ``aa``, ``happy``, ...) work too.
     """
+    from avatarforge.animate.tracking import ARKIT_NAMES, arkit_to_live, mirror_controls
+
     b: dict[str, float] = {}
+    arkit: dict[str, float] = {}
+    arkit_lower = {n.lower() for n in ARKIT_NAMES}
     for name, v in blend.items():
-        key = _BLEND_ALIASES.get(name.lower())
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        low = name.lower()
+        key = _BLEND_ALIASES.get(low)
         if key is not None:
-            b[key] = max(b.get(key, 0.0), float(v))
+            b[key] = max(b.get(key, 0.0), min(1.0, max(0.0, float(v))))
+        elif low in arkit_lower:
+            arkit[name] = float(v)
     out: dict[str, float] = {}
     if {"blink", "blink_l", "blink_r"} & b.keys():
-        sides = [b[k] for k in ("blink_l", "blink_r") if k in b]
-        close = max(b.get("blink", 0.0), sum(sides) / len(sides) if sides else 0.0)
-        out["eye_open"] = 1.0 - close
+        both = b.get("blink", 0.0)
+        if "blink_l" in b or "blink_r" in b:
+            out["eye_open_l"] = 1.0 - max(both, b.get("blink_l", 0.0))
+            out["eye_open_r"] = 1.0 - max(both, b.get("blink_r", 0.0))
+        else:
+            out["eye_open"] = 1.0 - both
     if VISEME_OPENNESS.keys() & b.keys():
         out["mouth_open"] = max(b.get(k, 0.0) * w for k, w in VISEME_OPENNESS.items())
+        for k in VISEME_OPENNESS:
+            out[f"vowel_{k}"] = b.get(k, 0.0)
     if {"joy", "fun", "sorrow", "angry"} & b.keys():
         out["smile"] = max(b.get("joy", 0.0), 0.7 * b.get("fun", 0.0)) - 0.7 * max(
             b.get("sorrow", 0.0), b.get("angry", 0.0)
         )
-    if head is not None:
-        yaw, _pitch, roll = head_angles(head)
-        sign = -1.0 if mirror else 1.0
-        out["head_yaw"] = sign * -yaw / yaw_degrees
-        out["head_tilt"] = sign * roll / tilt_degrees
-    return clamp_controls(out)
+    if arkit:
+        live = arkit_to_live(arkit)
+        if "eye_open_l" in live:
+            out.pop("eye_open", None)
+        out.update(live)
+    if head is not None and len(head) >= 4 and all(math.isfinite(float(v)) for v in head[:4]):
+        yaw, pitch, roll = head_angles(head)
+        out["head_yaw"] = -yaw / yaw_degrees
+        out["head_tilt"] = roll / tilt_degrees
+        out["head_pitch"] = -pitch / pitch_degrees
+    out = clamp_controls(out)
+    return mirror_controls(out) if mirror else out
 
 
 class VMCDriver(_Base):
     """Listen for VMC protocol packets (OSC over UDP) and map them to controls.
 
-    Handles ``/VMC/Ext/Blend/Val name value`` (collected), ``/VMC/Ext/Blend/Apply``
-    (makes the collected values current) and ``/VMC/Ext/Bone/Pos "Head" px py pz qx qy qz
-    qw``; other addresses are ignored. A background thread receives; :meth:`update`
-    returns the latest mapped controls. Malformed packets are counted (``errors``,
-    ``last_error``) and dropped.
+    Handles ``/VMC/Ext/Blend/Val name value`` (collected; VRM presets or the 52 ARKit names
+    of "perfect sync"), ``/VMC/Ext/Blend/Apply`` (makes the collected values current) and
+    ``/VMC/Ext/Bone/Pos "Head" px py pz qx qy qz qw``; other addresses are ignored. A
+    background thread receives; :meth:`update` returns the latest mapped controls.
+
+    Never trusts a packet: malformed ones are counted (``errors``, ``last_error``) and
+    dropped; NaN/inf values are dropped and counted (``dropped_values``); out-of-range values
+    are clamped. A flood is bounded: the thread drains what waits in the socket and parses at
+    most the newest ``max_batch`` datagrams of a burst (the older ones are counted in
+    ``coalesced``), so 10,000 packets a second cost a fraction of a core and the frame loop
+    keeps its rate.
 
     Args:
         host, port: where to listen; port 0 picks a free port (see :attr:`port`).
-        yaw_degrees, tilt_degrees, mirror: see :func:`vmc_to_controls`.
+        yaw_degrees, tilt_degrees, pitch_degrees, mirror: see :func:`vmc_to_controls`.
         bone: the bone whose rotation drives the head.
+        stale_after: seconds without a packet after which :meth:`update` returns nothing
+            (the mixer fades back to idle); ``None``: keep the last values forever.
+        max_batch: most datagrams parsed per burst.
     """
 
     def __init__(
@@ -649,11 +788,21 @@ class VMCDriver(_Base):
         *,
         yaw_degrees: float = 30.0,
         tilt_degrees: float = 15.0,
+        pitch_degrees: float = 20.0,
         mirror: bool = False,
         bone: str = "Head",
+        stale_after: float | None = None,
+        max_batch: int = 64,
     ) -> None:
-        self.mapping = {"yaw_degrees": yaw_degrees, "tilt_degrees": tilt_degrees, "mirror": mirror}
+        self.mapping = {
+            "yaw_degrees": yaw_degrees,
+            "tilt_degrees": tilt_degrees,
+            "pitch_degrees": pitch_degrees,
+            "mirror": mirror,
+        }
         self.bone = bone
+        self.stale_after = stale_after
+        self.max_batch = max_batch
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self._sock.bind((host, port))
@@ -674,6 +823,8 @@ class VMCDriver(_Base):
         self.packets = 0
         self.messages = 0
         self.errors = 0
+        self.coalesced = 0
+        self.dropped_values = 0
         self.last_error: str | None = None
         self.last_packet_time: float | None = None
         self._stop = threading.Event()
@@ -689,7 +840,28 @@ class VMCDriver(_Base):
                 continue
             except OSError:
                 break  # socket closed
-            self.handle_packet(data)
+            batch = [data]
+            self._sock.setblocking(False)
+            try:
+                while len(batch) < 100_000:
+                    try:
+                        batch.append(self._sock.recvfrom(65535)[0])
+                    except (BlockingIOError, InterruptedError):
+                        break
+            except OSError:
+                break
+            finally:
+                if not self._stop.is_set():
+                    self._sock.settimeout(0.1)
+            if len(batch) > self.max_batch:
+                with self._cond:
+                    self.coalesced += len(batch) - self.max_batch
+                    self.packets += len(batch) - self.max_batch
+                batch = batch[-self.max_batch :]
+            for data in batch:
+                self.handle_packet(data)
+            if len(batch) > 1:
+                time.sleep(0.002)  # a burst: let the frame loop run
 
     def handle_packet(self, data: bytes) -> None:
         """Process one datagram (also usable without a socket, e.g. from a recording)."""
@@ -709,17 +881,30 @@ class VMCDriver(_Base):
                 self.messages += 1
                 a = m.address
                 if a == "/VMC/Ext/Blend/Val" and len(m.args) >= 2 and isinstance(m.args[0], str):
-                    if isinstance(m.args[1], (int, float)) and not isinstance(m.args[1], bool):
-                        self._pending[m.args[0]] = float(m.args[1])
+                    v = m.args[1]
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        if math.isfinite(v):
+                            self._pending[m.args[0][:64]] = float(v)
+                        else:
+                            self.dropped_values += 1
+                    if len(self._pending) > 256:  # a sender inventing names: bound the memory
+                        self._pending.clear()
+                        self.errors += 1
+                        self.last_error = "more than 256 blend shapes before an Apply"
                 elif a == "/VMC/Ext/Blend/Apply":
                     self._blend.update(self._pending)
                     self._pending.clear()
+                    if len(self._blend) > 256:
+                        self._blend = dict(list(self._blend.items())[-256:])
                     changed = True
                 elif a == "/VMC/Ext/Bone/Pos" and len(m.args) >= 8 and m.args[0] == self.bone:
                     q = m.args[4:8]
                     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in q):
-                        self._head = tuple(float(v) for v in q)
-                        changed = True
+                        if all(math.isfinite(v) for v in q) and any(q):
+                            self._head = tuple(float(v) for v in q)
+                            changed = True
+                        else:
+                            self.dropped_values += 1
             if changed:
                 self._controls = vmc_to_controls(self._blend, self._head, **self.mapping)  # type: ignore[arg-type]
             self._cond.notify_all()
@@ -727,7 +912,23 @@ class VMCDriver(_Base):
     # ------------------------------------------------------------------ reading
     def update(self, t: float) -> dict[str, float]:
         with self._lock:
+            if self.stale_after is not None and (
+                self.last_packet_time is None or time.monotonic() - self.last_packet_time > self.stale_after
+            ):
+                return {}
             return dict(self._controls)
+
+    def stats(self) -> dict[str, Any]:
+        """What the listener counted (packets, messages, errors, coalesced, dropped values)."""
+        with self._lock:
+            return {
+                "packets": self.packets,
+                "messages": self.messages,
+                "errors": self.errors,
+                "coalesced": self.coalesced,
+                "dropped_values": self.dropped_values,
+                "last_error": self.last_error,
+            }
 
     def wait(self, predicate: Callable[[VMCDriver], bool], timeout: float = 2.0) -> bool:
         """Block until ``predicate(self)`` holds (checked after each packet) or ``timeout``."""

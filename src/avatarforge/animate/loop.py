@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from avatarforge.animate.drivers import merge_targets
-from avatarforge.models.animator import CONTROL_NAMES, NEUTRAL_CONTROLS
+from avatarforge.animate.drivers import LIVE_NAMES, expand_eyes, live_controls, merge_targets
+from avatarforge.data.procedural.schema import NEUTRAL_LIVE
+from avatarforge.models.animator import CONTROL_NAMES
 
 __all__ = [
     "DEFAULT_RESPONSE",
@@ -43,18 +44,33 @@ __all__ = [
 ]
 
 #: Response time (seconds; ~ the time to cover 80% of a step) per control: eyes must be
-#: fast enough for blinks, the head slow enough to look heavy.
+#: fast enough for blinks, the head slow enough to look heavy. ``eye_open`` stands for both
+#: eyes (``eye_open_l``, ``eye_open_r``), as in a driver's targets.
 DEFAULT_RESPONSE: dict[str, float] = {
     "eye_open": 0.025,
+    "gaze_x": 0.03,  # saccades are fast
+    "gaze_y": 0.03,
     "mouth_open": 0.04,
     "smile": 0.15,
+    "vowel_a": 0.05,
+    "vowel_i": 0.05,
+    "vowel_u": 0.05,
+    "vowel_e": 0.05,
+    "vowel_o": 0.05,
+    "brow_y": 0.08,
     "head_yaw": 0.12,
+    "head_pitch": 0.12,
     "head_tilt": 0.12,
+    "body_sway": 0.25,
+    "breath": 0.2,
 }
 
 
 class CriticalSmoother:
-    """Critically damped springs, one per control, integrated exactly for any ``dt``.
+    """Critically damped springs, one per live control, integrated exactly for any ``dt``.
+
+    The controls are the 17 live ones; :meth:`step` also returns ``eye_open`` (the mean of
+    the two eyes, exactly the old single eye when both are driven together) for the animator.
 
     For a target ``x*`` held over ``dt`` the exact solution of ``x'' = -2 w x' - w^2 (x - x*)``
     is ``y(dt) = (y0 + (v0 + w y0) dt) e^{-w dt}`` with ``y = x - x*``; the response time
@@ -65,17 +81,18 @@ class CriticalSmoother:
     def __init__(
         self, response: Mapping[str, float] | None = None, initial: Mapping[str, float] | None = None
     ):
-        resp = {**DEFAULT_RESPONSE, **dict(response or {})}
-        self.omega = {k: 3.0 / max(float(r), 1e-4) for k, r in resp.items() if k in CONTROL_NAMES}
-        self.value = {**NEUTRAL_CONTROLS, **dict(initial or {})}
-        self.velocity = dict.fromkeys(CONTROL_NAMES, 0.0)
+        resp = expand_eyes({**DEFAULT_RESPONSE, **dict(response or {})})
+        self.omega = {k: 3.0 / max(float(r), 1e-4) for k, r in resp.items() if k in LIVE_NAMES}
+        self.value = {**NEUTRAL_LIVE, **expand_eyes(dict(initial or {}))}
+        self.velocity = dict.fromkeys(LIVE_NAMES, 0.0)
         # Last target of each control: a driver that stops sending keeps its old target.
         self.target = dict(self.value)
 
     def step(self, targets: Mapping[str, float], dt: float) -> dict[str, float]:
         """Advance by ``dt`` seconds towards ``targets`` (controls left out keep their last
-        target). Returns the new values."""
-        for k in CONTROL_NAMES:
+        target; ``eye_open`` means both eyes). Returns the new values (:func:`live_controls`)."""
+        targets = expand_eyes(targets)
+        for k in LIVE_NAMES:
             target = self.target[k] = float(targets.get(k, self.target[k]))
             w = self.omega[k]
             y0, v0 = self.value[k] - target, self.velocity[k]
@@ -83,7 +100,7 @@ class CriticalSmoother:
             tmp = (v0 + w * y0) * dt
             self.value[k] = target + (y0 + tmp) * e
             self.velocity[k] = (v0 - w * tmp) * e
-        return dict(self.value)
+        return live_controls(self.value)
 
 
 @dataclass
@@ -157,9 +174,15 @@ class AvatarRenderer:
             self.state = state
 
     def __call__(self, controls: Mapping[str, float]) -> np.ndarray:
+        """The frame for ``controls``: the animator's five (``eye_open`` from the two eyes when
+        only they are given); the rig's other live controls are not the animator's and are
+        left out."""
         with self._lock:
             state = self.state
-        return self.animator.render_image(state, controls)
+        c = {k: controls[k] for k in CONTROL_NAMES if k in controls}
+        if "eye_open" not in c and ("eye_open_l" in controls or "eye_open_r" in controls):
+            c["eye_open"] = live_controls(controls)["eye_open"]
+        return self.animator.render_image(state, c)
 
 
 class FrameLoop:

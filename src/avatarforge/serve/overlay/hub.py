@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
+import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -31,10 +31,13 @@ from avatarforge.serve.overlay.protocol import (
 
 __all__ = [
     "AUDIO_ENV",
+    "IFACIALMOCAP_ENV",
+    "LISTEN_ENV",
     "MAX_CONTROLLED_AVATARS",
     "OVERLAY_MODES",
     "RIG_SIZE",
     "VMC_ENV",
+    "VMC_SEND_ENV",
     "OverlayHub",
     "OverlayOptions",
     "overlay_options",
@@ -68,6 +71,15 @@ class OverlayOptions:
             ``{"action": "play_audio"}`` restarts it.
         vmc: ``"HOST:PORT"`` (or ``"PORT"``) to listen for VMC face tracking, e.g.
             ``"127.0.0.1:39539"``; ``None`` = off.
+        ifacialmocap: ``"HOST:PORT"`` (or ``"PORT"``) to listen for iFacialMocap (iPhone
+            ARKit tracking), e.g. ``"127.0.0.1:49983"``; ``None`` = off.
+        ifacialmocap_phone: the phone's IP: the start request is sent to it.
+        vmc_send: ``"HOST:PORT"``: send every frame's controls out as VMC (perfect-sync
+            blend shapes, the head bone), so other apps can use this tracking; ``None`` = off.
+        tracking_fade_in, tracking_fade_out: seconds a tracker (webcam page, iPhone, VMC)
+            takes to take over from idle life, and to give it back when the face is lost.
+        expression_fade_in, expression_fade_out: default fade times of expressions.
+        stale_after: seconds without tracker data after which the face counts as lost.
         queue_frames: frames buffered per client before the oldest is dropped.
         seed: seed of the idle driver's blinks.
         max_loops: most frame loops running at once (one per distinct avatar, size, fps,
@@ -82,6 +94,14 @@ class OverlayOptions:
     idle: bool = True
     audio: str | Path | None = None
     vmc: str | None = None
+    ifacialmocap: str | None = None
+    ifacialmocap_phone: str | None = None
+    vmc_send: str | None = None
+    tracking_fade_in: float = 0.3
+    tracking_fade_out: float = 0.6
+    expression_fade_in: float = 0.25
+    expression_fade_out: float = 0.4
+    stale_after: float = 0.5
     queue_frames: int = 2
     seed: int = 0
     max_loops: int = 8
@@ -97,25 +117,58 @@ class OverlayOptions:
             raise OverlayError(f"max_loops must be >= 1, got {self.max_loops}")
         if self.vmc is not None:
             _parse_hostport(self.vmc)
+        if self.ifacialmocap is not None:
+            _parse_hostport(self.ifacialmocap, "ifacialmocap", 49983)
+        if self.vmc_send is not None:
+            _parse_hostport(self.vmc_send, "vmc_send", 39540)
+        for name in ("tracking_fade_in", "tracking_fade_out", "expression_fade_in", "expression_fade_out"):
+            v = getattr(self, name)
+            if not 0 <= v <= 10:
+                raise OverlayError(f"{name} must be from 0 to 10 seconds, got {v}")
+        if not 0.05 <= self.stale_after <= 10:
+            raise OverlayError(f"stale_after must be from 0.05 to 10 seconds, got {self.stale_after}")
 
 
-def _parse_hostport(text: str) -> tuple[str, int]:
+def _parse_hostport(text: str, what: str = "vmc", example: int = 39539) -> tuple[str, int]:
     host, _, port = str(text).rpartition(":")
     try:
         p = int(port)
     except ValueError:
         raise OverlayError(
-            f"vmc must be 'HOST:PORT' or 'PORT' (e.g. 127.0.0.1:39539), got {text!r}"
+            f"{what} must be 'HOST:PORT' or 'PORT' (e.g. 127.0.0.1:{example}), got {text!r}"
         ) from None
     if not 0 <= p <= 65535:
-        raise OverlayError(f"vmc port must be in 0..65535, got {p}")
+        raise OverlayError(f"{what} port must be in 0..65535, got {p}")
     return host or "127.0.0.1", p
+
+
+_log = logging.getLogger(__name__)
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+def _warn_public(what: str, host: str, port: int) -> None:
+    """Like the server's public-bind warning: a tracker listener others can reach."""
+    if not host.startswith(_LOOPBACK):
+        _log.warning(
+            "%s listens on %s:%d: anyone on this network can move your avatar (the UDP protocols "
+            "have no key). Use it on a network you trust, or listen on 127.0.0.1.",
+            what,
+            host,
+            port,
+        )
 
 
 #: Environment variables read when the server's settings do not say: VMC listener
 #: (``HOST:PORT`` or ``PORT``; ``1`` = the default ``127.0.0.1:39539``) and a WAV for lip sync.
 VMC_ENV = "AVATARFORGE_VMC"
 AUDIO_ENV = "AVATARFORGE_OVERLAY_AUDIO"
+#: iFacialMocap listener (``HOST:PORT``, ``PORT`` or ``1`` = ``127.0.0.1:49983``); the phone's
+#: IP for the start request; where to send VMC; the LAN address the tracking listeners use
+#: instead of 127.0.0.1 (``--listen``: ``0.0.0.0`` or the machine's LAN address; warned about).
+IFACIALMOCAP_ENV = "AVATARFORGE_IFACIALMOCAP"
+IFACIALMOCAP_PHONE_ENV = "AVATARFORGE_IFACIALMOCAP_PHONE"
+VMC_SEND_ENV = "AVATARFORGE_VMC_SEND"
+LISTEN_ENV = "AVATARFORGE_TRACKING_LISTEN"
 
 
 def overlay_options(state: Any, options: OverlayOptions | None = None) -> OverlayOptions:
@@ -133,10 +186,19 @@ def overlay_options(state: Any, options: OverlayOptions | None = None) -> Overla
     s = getattr(state, "settings", None)
     kw: dict[str, Any] = {}
     vmc = getattr(s, "vmc", None) or os.environ.get(VMC_ENV, "").strip() or None
+    listen = getattr(s, "listen", None) or os.environ.get(LISTEN_ENV, "").strip() or None
+    host = listen or VMC_DEFAULT_HOST
     if vmc is not None:
-        kw["vmc"] = (
-            f"{VMC_DEFAULT_HOST}:{VMC_DEFAULT_PORT}" if str(vmc).lower() in ("1", "true", "on") else vmc
-        )
+        kw["vmc"] = f"{host}:{VMC_DEFAULT_PORT}" if str(vmc).lower() in ("1", "true", "on") else vmc
+    ifm = getattr(s, "ifacialmocap", None) or os.environ.get(IFACIALMOCAP_ENV, "").strip() or None
+    if ifm is not None:
+        kw["ifacialmocap"] = f"{host}:49983" if str(ifm).lower() in ("1", "true", "on") else ifm
+    phone = getattr(s, "ifacialmocap_phone", None) or os.environ.get(IFACIALMOCAP_PHONE_ENV, "").strip()
+    if phone:
+        kw["ifacialmocap_phone"] = phone
+    send = getattr(s, "vmc_send", None) or os.environ.get(VMC_SEND_ENV, "").strip() or None
+    if send is not None:
+        kw["vmc_send"] = "127.0.0.1:39540" if str(send).lower() in ("1", "true", "on") else send
     audio = getattr(s, "overlay_audio", None) or os.environ.get(AUDIO_ENV, "").strip() or None
     if audio is not None:
         if not Path(audio).is_file():
@@ -167,32 +229,6 @@ class _RestartableAudio:
 
     def close(self) -> None:
         self.driver.close()
-
-
-class _Neutral:
-    """Every control at rest; the other drivers override it."""
-
-    def update(self, t: float) -> Mapping[str, float]:
-        from avatarforge.models.animator import NEUTRAL_CONTROLS
-
-        return NEUTRAL_CONTROLS
-
-    def close(self) -> None:
-        pass
-
-
-class _Breath:
-    """Breathing for the rig (its ``breath`` control): a slow, slightly uneven cycle."""
-
-    def __init__(self, period: float = 4.2) -> None:
-        self.period = period
-
-    def update(self, t: float) -> Mapping[str, float]:
-        phase = 2 * math.pi * t / self.period
-        return {"breath": 0.5 + 0.45 * math.sin(phase) + 0.05 * math.sin(2.7 * phase)}
-
-    def close(self) -> None:
-        pass
 
 
 class _Shared:
@@ -242,34 +278,41 @@ class _Session:
         self.renderer: Any = None
         self.loop: Any = None
         self.thread: threading.Thread | None = None
-        self._vmc_acquired = False
+        self.controls: OverlayControls | None = None
+        self.mixer: Any = None
+        self._inputs: list[str] = []
         self._stopped = threading.Event()
 
     def start(self) -> None:
         from avatarforge.animate.drivers import AudioDriver, IdleDriver
+        from avatarforge.animate.expressions import PRIORITIES, Layer, Mixer
         from avatarforge.animate.loop import AvatarRenderer, FrameLoop
 
         hub = self.hub
+        o = hub.options
         if self.mode == "frames":
             avatar = hub.avatar_image(self.avatar)
             with hub.model_lock():
                 self.renderer = AvatarRenderer(hub.state.animator, avatar)
-        controls = hub.controls(self.avatar)
-        # Neutral first: the loop keeps a control's last target when no driver sends it, so a
-        # cleared manual control (or the end of a blink) would otherwise stick.
-        drivers: list[Any] = [_Neutral()]
-        if self.idle:
-            drivers.append(IdleDriver(hub.options.seed))
-            if self.mode == "rig":
-                drivers.append(_Breath())
-        if hub.options.audio is not None:
-            drivers.append(_RestartableAudio(AudioDriver(hub.options.audio), controls))
-        vmc = hub.acquire_vmc()
-        self._vmc_acquired = vmc is not None
-        if vmc is not None:
-            drivers.append(_Shared(vmc))
-        drivers.append(controls)
-        self.loop = FrameLoop(self._render, drivers, fps=self.fps, realtime=True, drop_late=True)
+        controls = self.controls = hub.controls(self.avatar)
+        # The mixer starts every frame from neutral, then idle life (blinks, breathing, sway,
+        # eye darts), then the layers by priority with fades: trackers (server WAV, VMC,
+        # iFacialMocap, the webcam page), manual controls, one-shot animations, expressions.
+        base: list[Any] = [IdleDriver(o.seed)] if self.idle else []
+        tracking = PRIORITIES["tracking"]
+        fades = {"fade_in": o.tracking_fade_in, "fade_out": o.tracking_fade_out}
+        layers: list[Any] = []
+        if o.audio is not None:
+            audio = _RestartableAudio(AudioDriver(o.audio), controls)
+            layers.append(Layer(audio, "audio", tracking, fade_in=0.05, fade_out=0.2))
+        for name in ("vmc", "ifacialmocap"):
+            drv = hub.acquire_input(name)
+            if drv is not None:
+                self._inputs.append(name)
+                layers.append(Layer(_Shared(drv), name, tracking, **fades))
+        layers += controls.layers(o.tracking_fade_in, o.tracking_fade_out)
+        self.mixer = Mixer(base, layers)
+        self.loop = FrameLoop(self._render, [self.mixer], fps=self.fps, realtime=True, drop_late=True)
         self.thread = threading.Thread(target=self._run, name=f"overlay-{self.avatar}", daemon=True)
         self.thread.start()
 
@@ -282,9 +325,16 @@ class _Session:
     def _run(self) -> None:
         try:
             for frame in self.loop.run():
+                sender = self.hub.vmc_sender()
+                if sender is not None:
+                    sender.send(frame.controls)
                 if self.mode == "rig":
                     controls = {k: round(float(v), 4) for k, v in frame.controls.items()}
-                    data: bytes | str = json.dumps({"t": round(frame.t, 4), "c": controls})
+                    msg: dict[str, Any] = {"t": round(frame.t, 4), "c": controls}
+                    seq = self.controls.tracker.seq if self.controls is not None else None
+                    if seq is not None:
+                        msg["s"] = seq  # the newest tracker frame behind these controls (latency)
+                    data: bytes | str = json.dumps(msg)
                 else:
                     data = encode_frame(frame.image, self.hub.options.image_format, self.size)
                 self.frames += 1
@@ -298,8 +348,8 @@ class _Session:
                 sub.offer(None)
         finally:
             self.loop.close()
-            if self._vmc_acquired:
-                self.hub.release_vmc()
+            for name in self._inputs:
+                self.hub.release_input(name)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -327,8 +377,8 @@ class OverlayHub:
         self._controls: dict[str, OverlayControls] = {}
         self._avatars: dict[str, np.ndarray] = {}
         self._rigs: dict[tuple[str, int], dict[str, Any]] = {}
-        self._vmc: Any = None
-        self._vmc_users = 0
+        self._inputs: dict[str, list[Any]] = {}  # name -> [listener, loops using it]
+        self._sender: Any = None
 
     # ------------------------------------------------------------------ models
     @contextlib.contextmanager
@@ -434,32 +484,88 @@ class OverlayHub:
                     idle = [a for a in self._controls if a not in live]  # insertion order: oldest first
                     for a in idle[: len(self._controls) - MAX_CONTROLLED_AVATARS + 1]:
                         del self._controls[a]
-                self._controls[avatar] = OverlayControls()
+                o = self.options
+                self._controls[avatar] = OverlayControls(
+                    fade_in=o.expression_fade_in, fade_out=o.expression_fade_out, stale_after=o.stale_after
+                )
             return self._controls[avatar]
 
-    # ------------------------------------------------------------------ VMC (one UDP port)
+    # ------------------------------------------------------------------ tracking inputs (one UDP port each)
+    def acquire_input(self, name: str) -> Any:
+        """The shared listener ``name`` (``"vmc"`` or ``"ifacialmocap"``; started on first use),
+        or None when it is off. Each loop that uses it calls :meth:`release_input` once."""
+        o = self.options
+        where = {"vmc": o.vmc, "ifacialmocap": o.ifacialmocap}[name]
+        if where is None:
+            return None
+        with self._lock:
+            if name not in self._inputs:
+                if name == "vmc":
+                    from avatarforge.animate.drivers import VMCDriver
+
+                    host, port = _parse_hostport(where)
+                    drv: Any = VMCDriver(host, port, stale_after=o.stale_after)
+                else:
+                    from avatarforge.animate.tracking import IFacialMocapDriver, OneEuroBank
+
+                    host, port = _parse_hostport(where, "ifacialmocap", 49983)
+                    drv = IFacialMocapDriver(
+                        host,
+                        port,
+                        phone=o.ifacialmocap_phone,
+                        stale_after=o.stale_after,
+                        filter=OneEuroBank(),
+                    )
+                _warn_public("VMC" if name == "vmc" else "iFacialMocap", host, drv.port)
+                self._inputs[name] = [drv, 0]
+            self._inputs[name][1] += 1
+            return self._inputs[name][0]
+
+    def release_input(self, name: str) -> None:
+        """One loop less uses the listener; the last one closes it (frees the port)."""
+        with self._lock:
+            entry = self._inputs.get(name)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                entry[0].close()
+                del self._inputs[name]
+
+    @property
+    def _vmc(self) -> Any:
+        """The running VMC listener or None (tests and status)."""
+        entry = self._inputs.get("vmc")
+        return entry[0] if entry else None
+
     def acquire_vmc(self) -> Any:
         """The shared VMC listener (started on first use), or None when VMC is off."""
-        if self.options.vmc is None:
-            return None
-        from avatarforge.animate.drivers import VMCDriver
-
-        with self._lock:
-            if self._vmc is None:
-                host, port = _parse_hostport(self.options.vmc)
-                self._vmc = VMCDriver(host, port)
-            self._vmc_users += 1
-            return self._vmc
+        return self.acquire_input("vmc")
 
     def release_vmc(self) -> None:
         """One loop less uses the VMC listener; the last one closes it (frees the port)."""
+        self.release_input("vmc")
+
+    def input_stats(self) -> dict[str, Any]:
+        """What each running listener counted (packets, errors, coalesced, dropped values)."""
         with self._lock:
-            if self._vmc is None:
-                return
-            self._vmc_users -= 1
-            if self._vmc_users <= 0:
-                self._vmc.close()
-                self._vmc, self._vmc_users = None, 0
+            entries = {k: v[0] for k, v in self._inputs.items()}
+        out = {}
+        for name, drv in entries.items():
+            out[name] = drv.stats() if callable(getattr(drv, "stats", None)) else drv.stats.as_dict()
+        return out
+
+    def vmc_sender(self) -> Any:
+        """The VMC sender (``options.vmc_send``), created on first use, or None."""
+        if self.options.vmc_send is None:
+            return None
+        with self._lock:
+            if self._sender is None:
+                from avatarforge.animate.tracking import VMCSender
+
+                host, port = _parse_hostport(self.options.vmc_send, "vmc_send", 39540)
+                self._sender = VMCSender(host, port, max_rate=self.options.max_fps)
+            return self._sender
 
     # ------------------------------------------------------------------ subscriptions
     def subscribe(
@@ -551,6 +657,10 @@ class OverlayHub:
             for sub in list(s.subscribers):
                 sub.offer(None)
         with self._lock:
-            if self._vmc is not None:
-                self._vmc.close()
-                self._vmc, self._vmc_users = None, 0
+            inputs = [v[0] for v in self._inputs.values()]
+            self._inputs.clear()
+            sender, self._sender = self._sender, None
+        for drv in inputs:
+            drv.close()
+        if sender is not None:
+            sender.close()

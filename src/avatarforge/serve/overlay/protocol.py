@@ -25,6 +25,7 @@ __all__ = [
     "FRAME_SOCKET_PATH",
     "KEY_BINDINGS",
     "KEY_HELP",
+    "MESSAGE_FIELDS",
     "NO_ANIMATOR_CLOSE_CODE",
     "NO_ANIMATOR_MESSAGE",
     "PAGE_PATH",
@@ -71,6 +72,17 @@ NO_ANIMATOR_MESSAGE = (
 #: sets controls; ``("step", name, delta)`` moves a control by ``delta``; ``("clear", names)``.
 KEY_BINDINGS: dict[str, tuple[Any, ...]] = {
     "b": ("action", "blink"),
+    "6": ("expression", "happy"),
+    "7": ("expression", "angry"),
+    "8": ("expression", "surprised"),
+    "9": ("expression", "sad"),
+    "w": ("expression", "wink"),
+    "e": ("expression", "wink_right"),
+    "z": ("expression", "sleepy"),
+    "u": ("expression", "pout"),
+    "n": ("animation", "nod"),
+    "h": ("animation", "shake"),
+    "l": ("animation", "laugh"),
     "1": ("clear", ("mouth_open", "smile")),
     "2": ("set", {"mouth_open": 0.5}),
     "3": ("set", {"mouth_open": 1.0}),
@@ -93,7 +105,10 @@ KEY_HELP: list[tuple[str, str]] = [
     ("4 / 5", "smile / frown"),
     ("\u2190 \u2192", "turn the head (steps of 0.25)"),
     ("\u2191 \u2193", "tilt the head (steps of 0.25)"),
-    ("0 or Esc", "reset every manual control (idle, audio and VMC take over)"),
+    ("6 / 7 / 8 / 9", "expression happy / angry / surprised / sad (press again: off)"),
+    ("W / E / Z / U", "expression wink / wink right / sleepy / pout (press again: off)"),
+    ("N / H / L", "one-shot: nod / shake the head / laugh"),
+    ("0 or Esc", "reset every manual control and expression (idle and tracking take over)"),
     ("P", "play the server's WAV from the start (when one is configured)"),
 ]
 
@@ -120,26 +135,52 @@ def parse_avatar(spec: str | None) -> str:
 
 
 # =============================================================================== controls
-class OverlayControls:
-    """The manual controls of one avatar: a :class:`ManualDriver` plus timed actions.
+#: The fields of a control message (:func:`apply_control`).
+MESSAGE_FIELDS = ("set", "clear", "action", "key", "expression", "animation", "track", "seq")
 
-    Thread-safe; a driver for the frame loop (``update(t)``). A blink closes the eyes for
-    0.15 s of wall time (the loop's smoothing then opens them naturally).
+
+class OverlayControls:
+    """What one avatar is told to do, shared by its loops: manual controls, the browser
+    tracker's frames, one-shot animations and the expression.
+
+    * :attr:`manual` -- a :class:`ManualDriver` (sliders, keys, ``{"set": ...}``);
+    * :attr:`tracker` -- a :class:`~avatarforge.animate.tracking.TrackerInput` (the
+      ``/tracker`` page's ``{"track": ...}`` frames; stale after 0.5 s: face lost);
+    * :attr:`animations` -- an :class:`~avatarforge.animate.expressions.AnimationPlayer`
+      (blink, nod, shake, laugh, bounce);
+    * :attr:`expression` -- an :class:`~avatarforge.animate.expressions.ExpressionState`.
+
+    :meth:`layers` gives them to a loop's :class:`~avatarforge.animate.expressions.Mixer` in
+    priority order. Thread-safe. :meth:`update` is the older "manual controls plus a 0.15 s
+    blink" driver, for plain driver lists.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        fade_in: float = 0.25,
+        fade_out: float = 0.4,
+        stale_after: float = 0.5,
+    ) -> None:
         from avatarforge.animate.drivers import ManualDriver
+        from avatarforge.animate.expressions import AnimationPlayer, ExpressionState
+        from avatarforge.animate.tracking import TrackerInput
 
         self.manual = ManualDriver()
+        self.tracker = TrackerInput(stale_after, clock)
+        self.animations = AnimationPlayer(clock=clock)
+        self.expression = ExpressionState(fade_in, fade_out, clock=clock)
         self.clock = clock
         self._blink_until = 0.0
         self._audio_restart = 0  # incremented by play_audio; audio wrappers watch it
         self._lock = threading.Lock()
 
     def blink(self) -> None:
-        """Close the eyes for 0.15 s of wall time."""
+        """Blink once (a one-shot animation; :meth:`update` closes the eyes for 0.15 s)."""
         with self._lock:
             self._blink_until = self.clock() + _BLINK_SECONDS
+        self.animations.play("blink")
 
     @property
     def audio_restarts(self) -> int:
@@ -155,6 +196,16 @@ class OverlayControls:
         """The manual controls set now (without the timed blink)."""
         return self.manual.get()
 
+    def status(self) -> dict[str, Any]:
+        """Manual controls, expression, animations playing, whether a tracker is live."""
+        return {
+            "manual": self.manual.get(),
+            "expression": self.expression.current,
+            "animations": self.animations.playing,
+            "tracking": self.tracker.active,
+            "tracker": self.tracker.stats.as_dict(),
+        }
+
     def update(self, t: float) -> dict[str, float]:
         """The manual controls for the frame loop at time ``t``, with a running blink."""
         out = self.manual.get()
@@ -163,22 +214,51 @@ class OverlayControls:
                 out["eye_open"] = 0.0
         return out
 
+    def layers(self, fade_in: float = 0.3, fade_out: float = 0.6) -> list[Any]:
+        """The mixer layers of these controls: tracker (fading in and out over ``fade_in`` /
+        ``fade_out`` seconds), manual, animations, expression."""
+        from avatarforge.animate.expressions import PRIORITIES, Layer
+
+        return [
+            Layer(self.tracker, "webcam", PRIORITIES["tracking"], fade_in=fade_in, fade_out=fade_out),
+            Layer(self.manual, "manual", PRIORITIES["manual"], fade_in=0.15, fade_out=0.3),
+            Layer(self.animations, "animation", PRIORITIES["animation"]),
+            Layer(self.expression, "expression", PRIORITIES["expression"]),
+        ]
+
     def close(self) -> None:
         """Shared between loops: nothing to release."""
+
+
+def _number(field: str, name: str, v: Any, lo: float, hi: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise OverlayError(f'"{field}": {name} must be a number from {lo:g} to {hi:g}, got {v!r}')
+    return float(v)
 
 
 def apply_control(controls: OverlayControls, message: Any) -> dict[str, float]:
     """Apply one control message (a dict or JSON text) and return the manual controls.
 
-    Messages: ``{"set": {control: value}}``, ``{"clear": [names] | true}``,
-    ``{"action": "blink" | "reset" | "play_audio"}``, ``{"key": KEY}`` (see
-    :data:`KEY_BINDINGS`). Several fields may be combined in one message.
+    Messages (several fields may be combined in one):
+
+    * ``{"set": {control: value}}`` -- manual controls: any of the 17 live controls (and
+      ``eye_open`` for both eyes), each in its range;
+    * ``{"clear": [names] | true}``;
+    * ``{"action": "blink" | "reset" | "play_audio"}``; ``{"key": KEY}`` (:data:`KEY_BINDINGS`);
+    * ``{"expression": NAME}`` (held until cleared), ``{"expression": {"name": NAME,
+      "hold": SECONDS, "fade_in": SECONDS, "fade_out": SECONDS}}`` (all but the name
+      optional), ``{"expression": null}`` (fade out);
+    * ``{"animation": NAME}`` -- a one-shot animation (nod, shake, laugh, bounce, blink);
+    * ``{"track": {control: value} | null, "seq": N}`` -- a tracker frame (the ``/tracker``
+      page): clamped into range rather than refused (it is a measurement), NaN dropped and
+      counted; ``null`` = the face is lost.
 
     Raises:
-        OverlayError: not JSON, not an object, unknown fields, controls, keys or actions,
-            or values that are not finite numbers (the message names the field).
+        OverlayError: not JSON, not an object, unknown fields, controls, keys, expressions or
+            actions, or values out of range (the message names the field and the range).
     """
-    from avatarforge.models.animator import CONTROL_NAMES, CONTROL_RANGES
+    from avatarforge.animate.drivers import ALL_CONTROLS
+    from avatarforge.animate.expressions import ANIMATIONS
 
     if isinstance(message, (str, bytes)):
         try:
@@ -187,37 +267,50 @@ def apply_control(controls: OverlayControls, message: Any) -> dict[str, float]:
             raise OverlayError(f'a control message must be JSON, e.g. {{"action": "blink"}} ({e})') from None
     if not isinstance(message, Mapping):
         raise OverlayError(f"a control message must be a JSON object, got {type(message).__name__}")
-    unknown = sorted(set(message) - {"set", "clear", "action", "key"})
+    unknown = sorted(set(message) - set(MESSAGE_FIELDS))
     if unknown:
         raise OverlayError(
-            f"unknown control message field(s) {unknown}; valid fields: set, clear, action, key"
+            f"unknown control message field(s) {unknown}; valid fields: {', '.join(MESSAGE_FIELDS)}"
         )
+    if "track" in message:
+        track = message["track"]
+        seq = message.get("seq")
+        if track is not None and not isinstance(track, Mapping):
+            raise OverlayError('"track" must be an object of live controls, or null when the face is lost')
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+            raise OverlayError(f'"seq" must be an integer, got {seq!r}')
+        controls.tracker.put(track, seq)
     if "set" in message:
         values = message["set"]
         if not isinstance(values, Mapping):
             raise OverlayError('"set" must be an object such as {"mouth_open": 0.5}')
         clean: dict[str, float] = {}
         for k, v in values.items():
-            if k not in CONTROL_RANGES:
-                raise OverlayError(
-                    f'"set": unknown control {k!r}; valid controls: {", ".join(CONTROL_NAMES)}'
-                )
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                lo, hi = CONTROL_RANGES[k]
-                raise OverlayError(f'"set": {k} must be a number from {lo:g} to {hi:g}, got {v!r}')
-            clean[k] = float(v)
+            if k not in ALL_CONTROLS:
+                raise OverlayError(f'"set": unknown control {k!r}; valid controls: {", ".join(ALL_CONTROLS)}')
+            lo, hi = ALL_CONTROLS[k]
+            clean[k] = _number("set", k, v, lo, hi)
         controls.manual.set(clean)
     if "clear" in message:
         names = message["clear"]
         if names is True:
             controls.manual.clear()
-        elif isinstance(names, list) and all(n in CONTROL_RANGES for n in names):
+        elif isinstance(names, list) and all(isinstance(n, str) and n in ALL_CONTROLS for n in names):
             if names:
                 controls.manual.clear(*names)
         else:
-            raise OverlayError(f'"clear" must be true or a list of controls ({", ".join(CONTROL_NAMES)})')
+            raise OverlayError(f'"clear" must be true or a list of controls ({", ".join(ALL_CONTROLS)})')
     if "action" in message:
         _action(controls, message["action"])
+    if "expression" in message:
+        _expression(controls, message["expression"])
+    if "animation" in message:
+        name = message["animation"]
+        if name not in ANIMATIONS:
+            raise OverlayError(
+                f'"animation": unknown animation {name!r}; animations: {", ".join(ANIMATIONS)}'
+            )
+        controls.animations.play(name)
     if "key" in message:
         key = message["key"]
         if not isinstance(key, str):
@@ -232,11 +325,43 @@ def apply_control(controls: OverlayControls, message: Any) -> dict[str, float]:
             controls.manual.set(binding[1])
         elif kind == "clear":
             controls.manual.clear(*binding[1])
+        elif kind == "expression":
+            controls.expression.toggle(binding[1])
+        elif kind == "animation":
+            controls.animations.play(binding[1])
         else:  # step
             name, delta = binding[1], binding[2]
+            lo, hi = ALL_CONTROLS[name]
             current = controls.manual.get().get(name, 0.0)
-            controls.manual.set({name: current + delta})
+            controls.manual.set({name: min(hi, max(lo, current + delta))})
     return controls.get()
+
+
+def _expression(controls: OverlayControls, spec: Any) -> None:
+    from avatarforge.animate.expressions import EXPRESSIONS
+
+    if spec is None:
+        controls.expression.clear()
+        return
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping):
+        raise OverlayError(
+            '"expression" must be a name, null, or {"name": ..., "hold": s, "fade_in": s, "fade_out": s}'
+        )
+    bad = sorted(set(spec) - {"name", "hold", "fade_in", "fade_out"})
+    if bad:
+        raise OverlayError(
+            f'"expression": unknown field(s) {bad}; valid fields: name, hold, fade_in, fade_out'
+        )
+    name = spec.get("name")
+    if name not in EXPRESSIONS:
+        raise OverlayError(f'"expression": unknown expression {name!r}; presets: {", ".join(EXPRESSIONS)}')
+    kw = {}
+    for f, most in (("hold", 3600.0), ("fade_in", 10.0), ("fade_out", 10.0)):
+        if spec.get(f) is not None:
+            kw[f] = _number("expression", f, spec[f], 0.0, most)
+    controls.expression.set(name, **kw)
 
 
 def _action(controls: OverlayControls, action: Any) -> None:
@@ -244,6 +369,7 @@ def _action(controls: OverlayControls, action: Any) -> None:
         controls.blink()
     elif action == "reset":
         controls.manual.clear()
+        controls.expression.clear()
     elif action == "play_audio":
         controls.restart_audio()
     else:
