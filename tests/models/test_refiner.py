@@ -84,3 +84,20 @@ def test_discriminator_and_flops():
     assert d(torch.zeros(2, 4, 32, 32)).shape == (2, 1, 4, 4)
     small = refiner_flops(Refiner(scale=8, width=8, blocks=1), 16)
     assert 0 < small < refiner_flops(Refiner(scale=8, width=16, blocks=2), 16)
+
+
+def test_select_head_starts_near_nearest_neighbour_and_keeps_flat_colours():
+    """The "select" head mixes each output pixel from its 3x3 input neighbours: flat colour
+    stays exactly flat (a mix of equal colours), transparent pixels stay transparent."""
+    torch.manual_seed(0)
+    r = Refiner(scale=4, channels=4, width=8, blocks=1, part_classes=0, head="select").eval()
+    x = torch.full((1, 4, 8, 8), -1.0)
+    x[:, :, 2:6, 2:6] = torch.tensor([0.2, -0.4, 0.6, 1.0]).view(1, 4, 1, 1)  # an opaque square
+    with torch.no_grad():
+        y = r(x)
+    assert y.shape == (1, 4, 32, 32)
+    inner = y[0, :, 12:20, 12:20]
+    assert torch.allclose(inner, x[0, :, 4:5, 4:5].expand_as(inner), atol=1e-4)
+    assert float(y[0, 3, :4, :4].max()) == -1.0  # far from the square: transparent
+    with pytest.raises(ValueError, match="head must be 'select' or 'residual'"):
+        Refiner(head="sharp")

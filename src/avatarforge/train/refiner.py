@@ -215,7 +215,7 @@ class RefinerTrainer(Trainer):
             torch.manual_seed(derive_seed(cfg.seed, 0x5EF1))
             self.G = Refiner(
                 scale=d.scale, channels=channels, width=m.width, blocks=m.blocks,
-                up_widths=list(m.up_widths), part_classes=part_classes,
+                up_widths=list(m.up_widths), part_classes=part_classes, head=m.head,
             )  # fmt: skip
             self.D = RefinerDiscriminator(channels=channels, width=m.d_width, layers=m.d_layers)
         self.G.to(self.device).train()

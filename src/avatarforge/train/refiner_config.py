@@ -56,6 +56,7 @@ class RefinerModelConfig:
     blocks: int = 6
     up_widths: list[int] = field(default_factory=list)  # per x2 stage; [] = halve width each stage
     part_head: bool = True  # predict the renderer's part map (built-in data only)
+    head: str = "residual"  # or "select" (a learned choice among input neighbours; see docs/refiner.md)
     d_width: int = 32  # discriminator
     d_layers: int = 3
 
@@ -160,6 +161,8 @@ class RefinerConfig:
             raise ConfigError(
                 f"model.name: {m.name!r} is not a refiner; a refiner config has model.name=refiner"
             )
+        if m.head not in ("select", "residual"):
+            raise ConfigError(f"model.head: {m.head!r} is not a refiner head; use select or residual")
         if d.scale not in (2, 4, 8):
             raise ConfigError(f"data.scale: {d.scale} is not supported; use 2, 4 or 8")
         if d.size % d.scale:
