@@ -28,7 +28,7 @@ from avatarforge.quickstart import (
     run_quickstart,
 )
 from avatarforge.quickstart import pipeline as qs_pipeline
-from avatarforge.quickstart.pipeline import STATE_NAME
+from avatarforge.quickstart.pipeline import GENERATOR_SHARE, STATE_NAME
 
 TINY_G = [
     "model.kwargs.channel_base=256",
@@ -40,6 +40,19 @@ TINY_G = [
     "log.every_steps=2",
     "log.num_samples=4",
     "perf.num_threads=1",
+]
+#: A refiner of a few thousand weights on a pool of 12 renders (256 px for the 32-px data).
+TINY_R = [
+    "data.pool=12",
+    "data.heldout=2",
+    "data.crop=64",
+    "data.workers=0",
+    "model.width=8",
+    "model.blocks=1",
+    "model.d_width=8",
+    "model.d_layers=2",
+    "batch_size=4",
+    "log.sample_every_kimg=0",
 ]
 TINY_A = [
     "data.identities=6",
@@ -61,6 +74,7 @@ OUTPUTS = (
     "avatar.webp",
     "avatar.gif",
     "avatar.png",
+    "avatars-512.webp",
     "metrics.json",
     "report.html",
     MANIFEST_NAME,
@@ -86,6 +100,7 @@ def tiny_kwargs(tmp: Path, extractor) -> dict:
         size=32,
         generator_overrides=TINY_G,
         animator_overrides=[*TINY_A, f"data.cache_dir={tmp / 'pairs'}"],
+        refiner_overrides=[*TINY_R, f"data.cache_dir={tmp / 'refiner-pool'}"],
         eval_images=24,
         extractor=extractor,
         grid_seeds=8,
@@ -152,6 +167,7 @@ def test_animation_is_transparent_and_moves(resumed):
     for i in range(webp.n_frames):
         webp.seek(i)
         frames.append(np.asarray(webp.convert("RGBA")))
+    assert frames[0].shape == (256, 256, 4)  # the refiner's size: the rig animates the large avatar
     # The alpha channel is the model's own (an untrained tiny model's is not crisp): what
     # matters is that it survived into the file rather than being flattened to opaque.
     assert webp.mode == "RGBA"
@@ -172,7 +188,11 @@ def test_metrics_json_holds_the_numbers(resumed):
     assert m["chance"]["attr_acc_hair_color"] == pytest.approx(1 / len(HAIR_COLORS), abs=1e-3)
     assert m["generator"]["kimg"] > 0 and m["generator"]["train_seconds"] > 0
     assert m["animator"]["kimg"] > 0 and math.isfinite(m["animator"]["eval_ratio"])
-    assert set(m["stage_seconds"]) >= {"data", "generator", "evaluate", "animator", "samples", "animation"}
+    assert m["refiner"]["kimg"] > 0 and math.isfinite(m["refiner"]["psnr"])
+    assert m["avatar"]["size"] == 256  # the 32-px generator x8
+    assert set(m["stage_seconds"]) >= {
+        "data", "generator", "refiner", "evaluate", "animator", "samples", "animation",
+    }  # fmt: skip
     assert resumed["result"].metrics == m
 
 
@@ -187,7 +207,7 @@ def test_report_is_self_contained_and_shows_the_metrics(resumed):
     assert "<link" not in text and "<script" not in text and "@import" not in text
     for url in re.findall(r"""href\s*=\s*["']([^"']+)""", text):
         assert url.startswith("http://127.0.0.1:8000/"), url
-    assert text.count('src="data:image/') == 5  # samples, data, attributes, GIF, animation
+    assert text.count('src="data:image/') == 6  # samples, data, attributes, 512-px avatars, animation, GIF
     m = json.loads((out / "metrics.json").read_text())
     assert f"{m['evaluation']['swd']:.4g}" in text
     assert "<svg" in text and "<polyline" in text  # loss curves
@@ -204,6 +224,9 @@ def test_manifest_names_loadable_runs(resumed):
     G = load_generator(man["generator_run"])
     assert G.label_dims == [len(HAIR_COLORS)]  # conditioned on hair colour
     assert load_animator(man["animator_run"]).resolution == 32
+    from avatarforge.runs import load_refiner
+
+    assert load_refiner(man["refiner_run"]).scale == 8
     raw = json.loads((resumed["out"] / MANIFEST_NAME).read_text())
     assert not Path(raw["generator_run"]).is_absolute()  # relative: the folder can move
     # `avatarforge serve OUT` finds both models through quickstart.json.
@@ -216,14 +239,15 @@ def test_rerun_skips_every_stage_and_keeps_the_outputs(resumed):
     out = resumed["out"]
     before = {n: (out / n).read_bytes() for n in OUTPUTS}
     again = run_quickstart(out, **resumed["kw"])
-    assert again.ran == [] and len(again.skipped) == 7
+    assert again.ran == [] and len(again.skipped) == 8
     assert {n: (out / n).read_bytes() for n in OUTPUTS} == before
 
 
 def test_failure_in_a_later_stage_then_rerun_completes(resumed, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(resumed["out"], out)
-    kw = {**resumed["kw"], "upscale": 2}  # a new output size: samples, animation and report rerun
+    # a new grid size (samples) and frame rate (animation): both and the report rerun
+    kw = {**resumed["kw"], "upscale": 2, "anim_fps": 8.0}
     with pytest.raises(RuntimeError, match="injected failure in stage 'animation'"):
         run_quickstart(out, _fail_at="animation", **kw)
     state = json.loads((out / STATE_NAME).read_text())
@@ -245,7 +269,7 @@ def test_more_minutes_trains_further_in_the_same_run(resumed, tmp_path):
     assert {"generator", "animator", "evaluate", "report"} <= set(res.ran) and "data" in res.skipped
     later = json.loads((out / STATE_NAME).read_text())["stages"]["generator"]
     assert later["run"] == first["run"] and later["kimg"] > first["kimg"]
-    assert later["train_seconds"] >= 0.15 * 0.7 * 60 * 0.99
+    assert later["train_seconds"] >= 0.15 * GENERATOR_SHARE * 60 * 0.99
 
 
 @pytest.mark.parametrize("minutes", [0, -1, float("nan"), float("inf"), "10", True])

@@ -176,3 +176,12 @@ def test_page_copy_has_every_layer(rigged):
     for e in js["eyes"].values():
         assert len(e["top"]) == len(e["bottom"]) == len(e["closed"]) == e["w"]
     assert set(js["controls"]) == set(LIVE_CONTROLS)
+
+
+def test_a_part_map_without_a_face_gives_a_pose_only_rig(rigged):
+    _, img, lab, _ = rigged
+    rig = AvatarRig.from_parts(img, np.zeros_like(lab), require_face=False)
+    assert not rig.eyes and rig.mouth is None and "whole avatar only" in rig.warnings[0]
+    assert np.array_equal(rig.render({"eye_open": 0.0, "mouth_open": 1.0}), img)  # nothing to move there
+    assert _changed(rig.render({}), rig.render({"head_tilt": 1.0})).mean() > 0.01
+    assert rig.to_json()["mouth"] is None

@@ -390,20 +390,22 @@ class AvatarRig:
     eyes: dict[str, EyeRig]
     brows: Sprite | None
     brow_gap: float
-    mouth: MouthRig
+    mouth: MouthRig | None
     head: HeadRig
     warnings: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_parts(cls, image: np.ndarray, parts: np.ndarray) -> AvatarRig:
+    def from_parts(cls, image: np.ndarray, parts: np.ndarray, require_face: bool = True) -> AvatarRig:
         """Rig an ``(S, S, 4)`` uint8 RGBA avatar from its ``(S, S)`` part-id map.
 
         Part ids are :data:`~avatarforge.data.procedural.schema.PART_IDS` (the renderer's
-        ``return_parts`` masks, or the refiner's prediction).
+        ``return_parts`` masks, or the refiner's prediction). ``require_face=False`` accepts
+        a part map without eyes: the rig then only moves the whole avatar (head pose, sway,
+        breath) and says so in :attr:`warnings`.
 
         Raises:
-            RigError: not RGBA, shapes that differ, or no eyes in the part map.
+            RigError: not RGBA, shapes that differ, or (``require_face``) no eyes in the part map.
         """
         import cv2
 
@@ -415,7 +417,9 @@ class AvatarRig:
         P = {name: parts == i for name, i in PART_IDS.items()}
         feature = P["eye_white"] | P["iris"] | P["eye_line"]
         if feature.sum() < 8:
-            raise RigError("no eyes in the part map: the rig needs an avatar with a visible face")
+            if require_face:
+                raise RigError("no eyes in the part map: the rig needs an avatar with a visible face")
+            return cls._pose_only(image)
         warnings: list[str] = []
         ys, xs = np.nonzero(feature)
         mid_x = 0.5 * (xs.min() + xs.max())
@@ -564,6 +568,27 @@ class AvatarRig:
             warnings=warnings,
         )
 
+    @classmethod
+    def _pose_only(cls, image: np.ndarray) -> AvatarRig:
+        """No face found: a rig that moves the whole picture (pivot from the silhouette)."""
+        S = image.shape[0]
+        ys, xs = np.nonzero(image[..., 3] > 0)
+        cx = float(xs.mean()) if len(xs) else S / 2
+        top = float(ys.min()) if len(ys) else 0.0
+        chin = top + 0.55 * (S - top)
+        return cls(
+            size=S,
+            plate=image.copy(),
+            eyes={},
+            brows=None,
+            brow_gap=0.04 * S,
+            mouth=None,
+            head=HeadRig(pivot_x=cx, pivot_y=chin + 0.03 * S, chin_y=chin, shoulder_y=chin + 0.10 * S),
+            warnings=[
+                "no face found in the part map: the rig moves the whole avatar only (no blinks or mouth)"
+            ],
+        )
+
     # ------------------------------------------------------------------ drawing
     def face(self, c: Mapping[str, float]) -> np.ndarray:
         """Step 1: the unwarped picture (premultiplied float) with the face parts drawn."""
@@ -578,6 +603,8 @@ class AvatarRig:
         if self.brows is not None:
             lift = c["brow_y"] * k["brow_travel"] * self.brow_gap + 0.006 * S * max(c["smile"], 0.0)
             _over(out, _premul(self.brows.rgba), self.brows.x + px, self.brows.y - lift + py)
+        if self.mouth is None:
+            return out
         sh = self.mouth.shape(c)
         if self.mouth.original is not None and sh["fade"] < 1.0:
             o = self.mouth.original
@@ -650,7 +677,7 @@ class AvatarRig:
             "eyes": {s: e.to_json() for s, e in self.eyes.items()},
             "brows": self.brows.to_json() if self.brows is not None else None,
             "brow_gap": self.brow_gap,
-            "mouth": self.mouth.to_json(),
+            "mouth": self.mouth.to_json() if self.mouth is not None else None,
             "head": {
                 "pivot_x": self.head.pivot_x,
                 "pivot_y": self.head.pivot_y,

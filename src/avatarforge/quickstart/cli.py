@@ -27,17 +27,17 @@ def add_quickstart_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Add the quickstart flags to ``p``."""
     p.description = (
         "Render a built-in procedural avatar data set, train a conditional generator for the time "
-        "budget, evaluate it, train the expression animator, and write sample/attribute grids, an "
-        "interpolation GIF, a transparent blinking/talking animation, metrics.json and a "
-        "self-contained report.html into OUT. Interrupt any time; rerun the same command to resume. "
+        "budget, train the 512-px refiner, evaluate, train the 64-px expression animator, and write "
+        "sample/attribute grids, 512-px avatars, an interpolation GIF, a transparent 512-px animated "
+        "avatar (the live rig), metrics.json and a self-contained report.html into OUT. Interrupt any time; rerun the same command to resume. "
         "See docs/quickstart.md."
     )
     p.add_argument(
         "--minutes",
         type=_minutes,
         default=10.0,
-        help="total time budget in minutes (default 10): 70%% generator training, 20%% animator, "
-        "the rest data/evaluation/outputs; rerun with more to train further",
+        help="total time budget in minutes (default 10): 60%% generator training, 25%% refiner, 5%% "
+        "animator, the rest data/evaluation/outputs; rerun with more to train further",
     )
     p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
     p.add_argument(

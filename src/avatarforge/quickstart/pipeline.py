@@ -3,11 +3,13 @@
 Stages, in order (each one a method of :class:`_Quickstart`)::
 
     data        render the built-in procedural data set (reused when its options match)
-    generator   train a conditional generator for ~70 % of the budget (resumes its run)
+    generator   train a conditional generator for ~60 % of the budget (resumes its run)
+    refiner     train the x8 refiner (64 -> 512 px, with part maps) for ~25 % (resumes)
     evaluate    SWD, FID with the avatar extractor, attribute accuracy -> eval.json
-    animator    train the expression animator for ~20 % of the budget (resumes its run)
-    samples     samples.png, attributes.png, interpolation.gif
-    animation   a generated avatar blinking and talking: avatar.webp (alpha), avatar.gif
+    animator    train the 64-px expression animator for ~5 % of the budget (resumes its run)
+    samples     samples.png, attributes.png, interpolation.gif, avatars-512.webp
+    animation   a generated avatar rigged at 512 px blinking, winking, talking (vowels),
+                smiling and turning its head: avatar.webp (alpha), avatar.gif, avatar.png
     report      metrics.json, report.html, quickstart.json
 
 Resume: ``quickstart-state.json`` (written atomically after every stage) records for each
@@ -27,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +60,13 @@ _STATE_VERSION = 1
 #: 64 px and the one the attribute grid shows (one row per colour).
 DEFAULT_CONDITION_ON: tuple[str, ...] = ("hair_color",)
 
-#: Shares of ``minutes`` for the two training stages; the rest covers data, evaluation and
-#: the outputs (about a minute on 2 cores at the defaults).
-GENERATOR_SHARE = 0.7
-ANIMATOR_SHARE = 0.2
+#: Shares of ``minutes`` for the training stages; the rest covers data, evaluation and the
+#: outputs (about a minute on 2 cores at the defaults). The refiner makes the 512-px avatar
+#: and its part maps (the live rig animates that one); the 64-px animator only serves the
+#: overlay's frames mode, so it gets little.
+GENERATOR_SHARE = 0.6
+REFINER_SHARE = 0.25
+ANIMATOR_SHARE = 0.05
 
 #: Generator families the quickstart can train, and its overrides on top of their 64 px
 #: presets for a budget of minutes rather than days (docs/quickstart.md, "Time and quality").
@@ -84,6 +89,10 @@ MODELS = ("auto", *GENERATOR_OVERRIDES)
 #: The animator's pair cache for the quickstart: 600 identities x 6 renders render in
 #: ~20 s on 2 cores (the default 2000 take ~1 min) and are enough for a few minutes of training.
 ANIMATOR_OVERRIDES: tuple[str, ...] = ("data.identities=600",)
+
+#: The refiner's recipe in the quickstart: the shipped x8 config (refiner-512px.yaml) with a
+#: pool of renders that builds in ~30 s on 2 cores.
+REFINER_OVERRIDES: tuple[str, ...] = ("data.pool=160",)
 
 #: Torch intra-op threads on a CPU. Measured on the 2-core development machine while other
 #: jobs ran: the cgan quickstart generator trained at 55-63 images/s on 1 thread and 2.3 on
@@ -130,8 +139,12 @@ class QuickstartResult:
 
 
 def budget_split(minutes: float) -> dict[str, float]:
-    """Training minutes per stage for a total budget: ``{"generator": .., "animator": ..}``."""
-    return {"generator": minutes * GENERATOR_SHARE, "animator": minutes * ANIMATOR_SHARE}
+    """Training minutes per stage for a total budget: ``{"generator": .., "refiner": .., "animator": ..}``."""
+    return {
+        "generator": minutes * GENERATOR_SHARE,
+        "refiner": minutes * REFINER_SHARE,
+        "animator": minutes * ANIMATOR_SHARE,
+    }
 
 
 def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
@@ -145,7 +158,7 @@ def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
             f"{path} not found: {out} is not a finished quickstart; run: avatarforge quickstart --out {out}"
         )
     data = json.loads(path.read_text("utf-8"))
-    for key in ("generator_run", "animator_run", "data"):
+    for key in ("generator_run", "refiner_run", "animator_run", "data"):
         if data.get(key):
             data[key] = str((Path(out) / data[key]).resolve())
     return data
@@ -273,6 +286,7 @@ class _Options:
     condition_on: tuple[str, ...]
     generator_overrides: tuple[str, ...]
     animator_overrides: tuple[str, ...]
+    refiner_overrides: tuple[str, ...]
     eval_images: int
     eval_metrics: tuple[str, ...]
     grid_seeds: int
@@ -282,14 +296,15 @@ class _Options:
     upscale: int
 
 
-_STAGES = ("data", "generator", "evaluate", "animator", "samples", "animation", "report")
+_STAGES = ("data", "generator", "refiner", "evaluate", "animator", "samples", "animation", "report")
 _TITLES = {
     "data": "built-in procedural data set",
     "generator": "train the conditional generator",
+    "refiner": "train the 512-px refiner (crisp avatars, part maps for the live rig)",
     "evaluate": "evaluate the generator",
     "animator": "train the expression animator",
-    "samples": "sample grid, attribute grid, interpolation",
-    "animation": "transparent blinking / talking animation",
+    "samples": "sample grid, attribute grid, interpolation, 512-px avatars",
+    "animation": "transparent 512-px animated avatar (blink, wink, vowels, smile, head turn)",
     "report": "metrics.json, report.html, quickstart.json",
 }
 
@@ -398,19 +413,19 @@ class _Quickstart:
         o = self.o
         if name == "data":
             return 5 + o.n_images / 250
-        if name in ("generator", "animator"):
+        if name in ("generator", "refiner", "animator"):
             run = self._find_run(name)
             info = _checkpoint_info(run) if run is not None else None
             done = info["elapsed_s"] if info else 0.0
-            setup = 5 if name == "generator" else 25
+            setup = {"generator": 5, "refiner": 30, "animator": 25}[name]
             return setup + max(0.0, self.budget[name] * 60 - done)
         if name == "evaluate":
             net = 0 if self.extractor is not None or self._avatar_net_cached() else 90
             return 10 + net + o.eval_images / 25 + 2 * o.eval_images / 100
         if name == "samples":
-            return 5 + (o.grid_seeds + 10 * 8 + o.interp_frames) / 20
+            return 10 + (o.grid_seeds + 10 * 8 + o.interp_frames) / 20
         if name == "animation":
-            return 5 + o.anim_seconds * o.anim_fps / 50
+            return 10 + o.anim_seconds * o.anim_fps / 15
         return 2
 
     def _eta(self, from_index: int) -> float:
@@ -431,6 +446,7 @@ class _Quickstart:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("data", self.stage_data),
             ("generator", self.stage_generator),
+            ("refiner", self.stage_refiner),
             ("evaluate", self.stage_evaluate),
             ("animator", self.stage_animator),
             ("samples", self.stage_samples),
@@ -458,6 +474,7 @@ class _Quickstart:
                 "animation": "avatar.webp",
                 "animation_gif": "avatar.gif",
                 "avatar": "avatar.png",
+                "avatars_512": "avatars-512.webp",
                 "metrics": "metrics.json",
                 "report": "report.html",
                 "manifest": MANIFEST_NAME,
@@ -470,6 +487,7 @@ class _Quickstart:
                 f"ran {', '.join(self.ran) or 'nothing'}; up to date: {', '.join(self.skipped) or 'none'})\n"
                 f"report:    {files['report']}\n"
                 f"generator: {self.out / self.info('generator')['run']}\n"
+                f"refiner:   {self.out / self.info('refiner')['run']}\n"
                 f"animator:  {self.out / self.info('animator')['run']}\n"
                 f"next:      avatarforge serve {self.out}   (studio: http://127.0.0.1:8000/studio)",
                 flush=True,
@@ -503,10 +521,16 @@ class _Quickstart:
             inputs = [up("generator"), o.eval_images, o.eval_metrics, o.seed, self.extractor is not None]
         elif name == "animator":
             inputs = [self._animator_model_inputs(), self.budget["animator"]]
+        elif name == "refiner":
+            inputs = [self._refiner_model_inputs(), self.budget["refiner"]]
         elif name == "samples":
-            inputs = [up("generator"), o.grid_seeds, o.interp_frames, o.upscale, TRUNCATION, o.seed]
+            inputs = [
+                up("generator"), up("refiner"), o.grid_seeds, o.interp_frames, o.upscale, TRUNCATION, o.seed,
+            ]  # fmt: skip
         elif name == "animation":
-            inputs = [up("generator"), up("animator"), o.anim_seconds, o.anim_fps, o.upscale, o.seed]
+            from avatarforge.animate.showcase import SHOWCASE_VERSION
+
+            inputs = [up("generator"), up("refiner"), o.anim_seconds, o.anim_fps, o.seed, SHOWCASE_VERSION]
         else:
             inputs = [up(s) for s in _STAGES[:-1]] + [o.minutes]
         self.fps[name] = _fingerprint(inputs)
@@ -549,6 +573,17 @@ class _Quickstart:
         o = self.o
         return {"size": o.size, "overrides": [*ANIMATOR_OVERRIDES, *o.animator_overrides], "seed": o.seed}
 
+    def _refiner_model_inputs(self) -> Any:
+        o = self.o
+        return {"size": o.size * 8, "overrides": [*REFINER_OVERRIDES, *o.refiner_overrides], "seed": o.seed}
+
+    def _model_inputs(self, name: str) -> Any:
+        return {
+            "generator": self._generator_model_inputs,
+            "refiner": self._refiner_model_inputs,
+            "animator": self._animator_model_inputs,
+        }[name]()
+
     def _find_run(self, name: str) -> Path | None:
         """The stage's run directory, if an earlier call started one for the same model inputs.
 
@@ -556,9 +591,7 @@ class _Quickstart:
         hook), so a call killed mid-training still leaves it findable.
         """
         rec = self.state.get("runs", {}).get(name)
-        model_fp = _fingerprint(
-            self._generator_model_inputs() if name == "generator" else self._animator_model_inputs()
-        )
+        model_fp = _fingerprint(self._model_inputs(name))
         if rec and rec.get("model") == model_fp:
             run = self.out / rec["run"]
             if run.is_dir():
@@ -566,9 +599,7 @@ class _Quickstart:
         return None
 
     def _remember_run(self, name: str, run: Path) -> None:
-        model_fp = _fingerprint(
-            self._generator_model_inputs() if name == "generator" else self._animator_model_inputs()
-        )
+        model_fp = _fingerprint(self._model_inputs(name))
         self.state.setdefault("runs", {})[name] = {"run": _rel(run, self.out), "model": model_fp}
         self._save_state()
 
@@ -668,6 +699,33 @@ class _Quickstart:
         run, info = self._train("generator", make)
         self._record_training("generator", run, info, time.monotonic() - t, model=o.model)
 
+    def stage_refiner(self) -> None:
+        from avatarforge.train import make_trainer
+        from avatarforge.train.refiner_config import build_refiner_config, refiner_preset
+
+        t = time.monotonic()
+        o = self.o
+
+        def make(minutes: float, resume: Path | None) -> Any:
+            cfg = build_refiner_config(
+                config_file=refiner_preset(),
+                overrides=[
+                    f"data.size={o.size * 8}",
+                    "data.scale=8",
+                    "data.workers=2",
+                    *REFINER_OVERRIDES,
+                    *o.refiner_overrides,
+                    *self._run_overrides(minutes, "refiner"),
+                    "log.progress=false",
+                    "log.checkpoint_every_kimg=2",
+                ],
+            )
+            return make_trainer(cfg, resume=resume)
+
+        self.p.note("training pairs come from the procedural renderer at 512 px (rendered once, then cached)")
+        run, info = self._train("refiner", make)
+        self._record_training("refiner", run, info, time.monotonic() - t, **_refiner_eval(run))
+
     def stage_animator(self) -> None:
         from avatarforge.animate.config import build_animator_config
         from avatarforge.train import make_trainer
@@ -729,17 +787,19 @@ class _Quickstart:
             if self.o.device == "auto" and _cuda()
             else ("cpu" if self.o.device == "auto" else self.o.device)
         )
-        return GeneratorPipeline.from_pretrained(run, device=dev)
+        refiner = self.out / self.info("refiner")["run"] if self.info("refiner").get("run") else None
+        return GeneratorPipeline.from_pretrained(run, device=dev, refiner=refiner)
 
     def stage_samples(self) -> None:
         from avatarforge.generate import interpolate, save_video
         from avatarforge.imageio import make_grid, save_image
+        from avatarforge.postprocess.export import save_animation
 
         t = time.monotonic()
         o = self.o
         pipe = self._pipeline()
         cols = 8
-        bar = self.p.bar(3, "grids and interpolation")
+        bar = self.p.bar(4, "grids, interpolation, 512-px avatars")
         # -- sample grid: seeds 0..N-1, labels random per seed
         res = pipe(seeds=list(range(o.seed, o.seed + o.grid_seeds)), truncation=TRUNCATION)
         samples = save_image(
@@ -770,46 +830,54 @@ class _Quickstart:
         )
         interp = save_video(self.out / "interpolation.gif", _upscale(frames, o.upscale), fps=12)
         bar.update()
+        # -- the same seeds at the refiner's size: what a creator downloads and streams
+        big = pipe(seeds=list(range(o.seed, o.seed + 4)), truncation=TRUNCATION, size=pipe.sizes[-1]).images
+        avatars = save_animation(
+            self.out / "avatars-512.webp",
+            [make_grid(big, nrow=4, alpha_backdrop=None)],
+            fps=1,
+            lossless=False,
+        )
+        bar.update()
         bar.close()
         self._record(
             "samples",
-            [samples, attributes, interp],
+            [samples, attributes, interp, avatars],
             time.monotonic() - t,
             attribute_label=label,
             attribute_values=values,
         )
 
     def stage_animation(self) -> None:
-        from avatarforge.animate.drivers import ScriptedDriver
-        from avatarforge.animate.loading import load_animator
-        from avatarforge.animate.loop import AvatarRenderer, FrameLoop
+        from avatarforge.animate.showcase import SHOWCASE_SECONDS, showcase_controls
         from avatarforge.imageio import save_image
         from avatarforge.postprocess.export import save_animation
 
         t = time.monotonic()
         o = self.o
         pipe = self._pipeline()
-        avatar = pipe(seeds=[o.seed], truncation=TRUNCATION, rgba=True).images[0]  # (S, S, 4)
-        animator = load_animator(self.out / self.info("animator")["run"])
-        n = max(2, round(o.anim_seconds * o.anim_fps))
-        bar = self.p.bar(n, "rendering frames", unit="frame")
-        render = AvatarRenderer(animator, avatar)
-
-        def counted(controls: Mapping[str, float]) -> np.ndarray:
+        size = pipe.sizes[-1]
+        seed, rig = _pick_rigged_avatar(pipe, o.seed, size)
+        if rig.warnings:
+            self.p.note("; ".join(rig.warnings))
+        n = max(2, round(min(o.anim_seconds, SHOWCASE_SECONDS) * o.anim_fps))
+        # The showcase runs at its own pace; a shorter animation samples it more sparsely.
+        times = np.linspace(0.0, SHOWCASE_SECONDS, n, endpoint=False)
+        bar = self.p.bar(n, f"rendering {size}-px frames", unit="frame")
+        frames = []
+        for tt in times:
+            frames.append(rig.render(showcase_controls(float(tt))))
             bar.update()
-            return render(controls)
-
-        # Idle blinks and syllables come from the same seeded drivers as `avatarforge animate`.
-        driver = ScriptedDriver(["blink", "talk"], seed=o.seed)
-        loop = FrameLoop(counted, [driver], fps=o.anim_fps, realtime=False)
-        frames = np.stack(loop.collect(seconds=n / o.anim_fps))
         bar.close()
-        big = _upscale(frames, o.upscale)
+        fps = n / SHOWCASE_SECONDS
         # Lossy colour (alpha stays exact): a tenth of the lossless size, and the report embeds it.
-        webp = save_animation(self.out / "avatar.webp", list(big), fps=o.anim_fps, lossless=False)
-        gif = save_animation(self.out / "avatar.gif", list(big), fps=o.anim_fps)
-        still = save_image(self.out / "avatar.png", _upscale(avatar[None], o.upscale)[0])
-        self._record("animation", [webp, gif, still], time.monotonic() - t, frames=len(frames))
+        webp = save_animation(self.out / "avatar.webp", frames, fps=fps, lossless=False)
+        half = [_downsample_u8(f, 2) for f in frames]  # GIF: 1-bit alpha and 256 colours; 256 px is plenty
+        gif = save_animation(self.out / "avatar.gif", half, fps=fps)
+        still = save_image(self.out / "avatar.png", rig.render({}))
+        self._record(
+            "animation", [webp, gif, still], time.monotonic() - t, frames=len(frames), seed=seed, size=size
+        )
 
     def stage_report(self) -> None:
         from avatarforge.quickstart.report import build_metrics, write_report
@@ -821,7 +889,9 @@ class _Quickstart:
             "format": MANIFEST_FORMAT,
             "version": 1,
             "generator_run": self.info("generator")["run"],
+            "refiner_run": self.info("refiner")["run"],
             "animator_run": self.info("animator")["run"],
+            "avatar_seed": self.info("animation").get("seed"),
             "data": "data",
             "report": "report.html",
             "metrics": "metrics.json",
@@ -833,6 +903,54 @@ class _Quickstart:
         man = atomic_write_json(self.out / MANIFEST_NAME, manifest)
         report = write_report(self.out, metrics, self.state)
         self._record("report", [mpath, man, report], time.monotonic() - t)
+
+
+def _refiner_eval(run: Path) -> dict[str, Any]:
+    """The refiner run's last held-out evaluation: PSNR, sharpness, part accuracy (and bicubic's)."""
+    last: dict[str, Any] = {}
+    path = run / "metrics.jsonl"
+    if path.is_file():
+        for text in path.read_text("utf-8").splitlines():
+            try:
+                rec = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("kind") == "metric" and "eval_psnr" in rec:
+                last = rec
+    keys = ("psnr", "psnr_bicubic", "sharpness", "sharpness_bicubic", "part_acc", "part_acc_fg")
+    return {k: round(float(last[f"eval_{k}"]), 4) for k in keys if f"eval_{k}" in last}
+
+
+def _pick_rigged_avatar(pipe: Any, seed: int, size: int, tries: int = 16) -> tuple[int, Any]:
+    """The first seed from ``seed`` whose avatar rigs with both eyes open (a generated avatar
+    may blink or squint: a rig cannot open eyes it never saw); else the first that rigs."""
+    from avatarforge.animate.rig import AvatarRig, RigError
+
+    first = None
+    for s in range(seed, seed + tries):
+        images, parts = pipe.render_layers(pipe.map(pipe.latents([s], truncation=TRUNCATION)), size)
+        try:
+            rig = AvatarRig.from_parts(images[0], parts[0])
+        except RigError:
+            continue
+        if len(rig.eyes) == 2 and not rig.warnings:
+            return s, rig
+        first = first or (s, rig)
+    if first is None:  # an undertrained refiner: the avatar still moves, and the note says why
+        images, parts = pipe.render_layers(pipe.map(pipe.latents([seed], truncation=TRUNCATION)), size)
+        return seed, AvatarRig.from_parts(images[0], parts[0], require_face=False)
+    return first
+
+
+def _downsample_u8(image: np.ndarray, k: int) -> np.ndarray:
+    """Area-average an RGBA uint8 image by ``k`` in premultiplied alpha."""
+    x = image.astype(np.float32)
+    x[..., :3] *= x[..., 3:4] / 255.0
+    h, w = x.shape[0] // k, x.shape[1] // k
+    x = x[: h * k, : w * k].reshape(h, k, w, k, -1).mean(axis=(1, 3))
+    a = x[..., 3:4]
+    x[..., :3] = np.where(a > 0, x[..., :3] * 255.0 / np.maximum(a, 1e-6), 0.0)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def _load_avg() -> float | None:
@@ -880,6 +998,7 @@ def run_quickstart(
     condition_on: Sequence[str] = DEFAULT_CONDITION_ON,
     generator_overrides: Sequence[str] = (),
     animator_overrides: Sequence[str] = (),
+    refiner_overrides: Sequence[str] = (),
     eval_images: int = 500,
     eval_metrics: Sequence[str] = ("swd", "fid", "attr"),
     extractor: Any = None,
@@ -895,8 +1014,8 @@ def run_quickstart(
 
     Args:
         out: output directory (new, empty, or an earlier quickstart's to resume it).
-        minutes: total budget in minutes (> 0); training gets 70 % (generator) + 20 %
-            (animator), data/evaluation/outputs use the rest.
+        minutes: total budget in minutes (> 0); training gets 60 % (generator) + 25 %
+            (refiner) + 5 % (animator), data/evaluation/outputs use the rest.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: seeds the data set, training and the report's samples.
         progress: stage lines, progress bars and the final summary on the terminal.
@@ -911,7 +1030,7 @@ def run_quickstart(
         n_images, size: the built-in data set (procedural avatars, 32 or 64 px).
         condition_on: categorical labels the generator is conditioned on; the first one
             is the attribute grid's rows.
-        generator_overrides, animator_overrides: ``key=value`` config overrides.
+        generator_overrides, animator_overrides, refiner_overrides: ``key=value`` config overrides.
         eval_images, eval_metrics: generated images and metrics of the evaluation.
         extractor: an avatar feature extractor instance (default: the cached one).
         grid_seeds, interp_frames, anim_seconds, anim_fps, upscale: output sizes.
@@ -965,6 +1084,7 @@ def run_quickstart(
         condition_on=tuple(condition_on),
         generator_overrides=tuple(generator_overrides),
         animator_overrides=tuple(animator_overrides),
+        refiner_overrides=tuple(refiner_overrides),
         eval_images=int(eval_images),
         eval_metrics=tuple(eval_metrics),
         grid_seeds=int(grid_seeds),

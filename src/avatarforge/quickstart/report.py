@@ -48,6 +48,22 @@ def _last_metric_line(run: Path) -> dict[str, Any]:
     return lines[-1] if lines else {}
 
 
+#: What metrics.json keeps of the refiner stage (its run and held-out evaluation).
+_REFINER_KEYS = (
+    "run",
+    "checkpoint",
+    "kimg",
+    "train_seconds",
+    "train_cpu_seconds",
+    "psnr",
+    "psnr_bicubic",
+    "sharpness",
+    "sharpness_bicubic",
+    "part_acc",
+    "part_acc_fg",
+)
+
+
 def build_metrics(out: Path, state: Mapping[str, Any], minutes: float) -> dict[str, Any]:
     """The ``metrics.json`` dict from the stage records and the runs' files."""
     import torch
@@ -57,6 +73,8 @@ def build_metrics(out: Path, state: Mapping[str, Any], minutes: float) -> dict[s
     stages = state.get("stages", {})
     gen = stages.get("generator", {})
     anim = stages.get("animator", {})
+    ref = stages.get("refiner", {})
+    animation = stages.get("animation", {})
     evaluation = json.loads((out / "eval.json").read_text("utf-8")) if (out / "eval.json").is_file() else {}
     gen_run = out / gen.get("run", "")
     train_lines = [r for r in _read_jsonl(gen_run / "metrics.jsonl") if r.get("kind") == "train"]
@@ -101,6 +119,8 @@ def build_metrics(out: Path, state: Mapping[str, Any], minutes: float) -> dict[s
             "train_cpu_seconds": anim.get("train_cpu_seconds"),
             **anim_metrics,
         },
+        "refiner": {k: ref.get(k) for k in _REFINER_KEYS},
+        "avatar": {"seed": animation.get("seed"), "size": animation.get("size")},
         "stage_seconds": {k: v.get("seconds") for k, v in stages.items() if k != "report"},
         "machine": {
             "python": platform.python_version(),
@@ -244,6 +264,8 @@ def write_report(out: Path, metrics: Mapping[str, Any], state: Mapping[str, Any]
     esc = html.escape
     stages = state.get("stages", {})
     gen, anim, ev = metrics["generator"], metrics["animator"], metrics["evaluation"]
+    ref = metrics.get("refiner", {})
+    av = metrics.get("avatar", {})
     samples_info = stages.get("samples", {})
     label = samples_info.get("attribute_label", "hair_color")
     out_arg = esc(str(out))
@@ -314,10 +336,20 @@ Training used {_fmt_s(gen.get("train_cpu_seconds"))} of CPU time on {_fmt(machin
 <p>Each row asks for one <code>{esc(label)}</code>; each column keeps one seed.</p>
 <figure>{_img(out / "attributes.png", "attribute grid", 1.5)}<figcaption>attributes.png</figcaption></figure>
 
-<h2>Interpolation and animation</h2>
+<h2>Stream-ready: {_fmt(av.get("size"))} px</h2>
+<p>The same seeds through the refiner ({_fmt_s(ref.get("train_seconds"))} of training on the renderer's
+512-px avatars; on held-out avatars PSNR {_fmt(ref.get("psnr"))} dB vs {_fmt(ref.get("psnr_bicubic"))} for
+bicubic, edge sharpness {_fmt(ref.get("sharpness"))}x the original's vs {_fmt(ref.get("sharpness_bicubic"))}).
+Alpha is cleaned: one silhouette, opaque inside.</p>
+<figure>{_img(out / "avatars-512.webp", "avatars at 512 px", 0.5, checker=True)}<figcaption>avatars-512.webp: seeds 0-3 at full size</figcaption></figure>
+<p>The live avatar (seed {_fmt(av.get("seed"))}) rigged from its refined picture and predicted part map:
+blink, winks, talking through the vowels A I U E O, smile, head turn with the eyes leading, nod,
+breathing. <code>avatarforge serve {out_arg}</code> streams it: the overlay draws it in the page at 512 px.</p>
+<figure>{_img(out / "avatar.webp", "animated avatar", 1, checker=True)}<figcaption>avatar.webp: transparent, {_fmt(av.get("size"))} px
+(the live rig); also avatar.gif (256 px) and avatar.png (the still)</figcaption></figure>
+
+<h2>Interpolation</h2>
 <figure>{_img(out / "interpolation.gif", "interpolation", 3)}<figcaption>interpolation.gif: a loop through six seeds</figcaption></figure>
-<figure>{_img(out / "avatar.webp", "animated avatar", 3, checker=True)}<figcaption>avatar.webp: transparent, blinking and talking
-(expression animator, {_fmt_s(anim.get("train_seconds"))} of training); also avatar.gif</figcaption></figure>
 
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>value</th><th>meaning</th></tr>

@@ -75,7 +75,7 @@
       this.eyeCanvas[side] = canvas2d(e.w, e.h);
     }
     if (r.brows) { add('brows', r.brows.png); }
-    if (r.mouth.original) { add('mouth', r.mouth.original.png); }
+    if (r.mouth && r.mouth.original) { add('mouth', r.mouth.original.png); }
     await Promise.all(jobs);
     this.initGL();
     return this;
@@ -179,7 +179,9 @@
   };
 
   RigView.prototype.drawMouth = function (g, c, px, py) {
-    const m = this.rig.mouth, sh = this.mouthShape(c);
+    const m = this.rig.mouth;
+    if (!m) { return; }  // a pose-only rig (no face found)
+    const sh = this.mouthShape(c);
     const hasOriginal = !!m.original;
     if (hasOriginal && sh.fade < 1) {
       g.globalAlpha = 1 - sh.fade;
