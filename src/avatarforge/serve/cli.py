@@ -43,6 +43,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="expression animator run/checkpoint or .onnx (enables /v1/animate)",
     )
     parser.add_argument(
+        "--refiner",
+        metavar="RUN",
+        default=None,
+        help="refiner run (avatarforge train .../refiner-512px.yaml): 512-px avatars and the overlay's "
+        "live rig for generated avatars; default: a quickstart folder's own",
+    )
+    parser.add_argument(
         "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
     )
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -214,7 +221,7 @@ def serve_main(args: argparse.Namespace) -> int:
             f"the models. Set --api-key or ${API_KEY_ENV}, or bind to 127.0.0.1.",
             file=sys.stderr,
         )
-    state = ServeState.load(args.run, animator=args.animator, settings=settings)
+    state = ServeState.load(args.run, animator=args.animator, settings=settings, refiner=args.refiner)
     app = create_app(state)
     print(startup_message(settings, state, app), file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)

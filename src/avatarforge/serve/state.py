@@ -190,28 +190,35 @@ class ServeState:
         run: str | os.PathLike,
         animator: str | os.PathLike | None = None,
         settings: ServeSettings | None = None,
+        refiner: str | os.PathLike | None = None,
     ) -> ServeState:
         """Load the generator of ``run`` (run dir, checkpoint or quickstart output) and the animator.
 
         ``animator``: a run directory/checkpoint of ``avatarforge animate train`` or an
         exported ``.onnx``; defaults to the quickstart's ``animator_run`` if any.
+        ``refiner``: a refiner run (512-px avatars and the overlay's rigs); defaults to the
+        quickstart's ``refiner_run`` if any.
         """
         from avatarforge.generate import GeneratorPipeline
 
         settings = settings or ServeSettings()
         gen_run, anim_run = resolve_run(run, animator)
+        if refiner is None and Path(run).is_dir():
+            from avatarforge.runs import quickstart_runs
+
+            refiner = (quickstart_runs(run) or {}).get("refiner")
         if settings.threads is not None:
             import torch
 
             torch.set_num_threads(int(settings.threads))
         pipe = GeneratorPipeline.from_pretrained(
-            gen_run, device=settings.device, batch_size=settings.batch_size
+            gen_run, device=settings.device, batch_size=settings.batch_size, refiner=refiner
         )
         anim = None
         if anim_run is not None:
-            from avatarforge.animate.cli import load_any_animator
+            from avatarforge.animate.loading import load_animator
 
-            anim = load_any_animator(str(anim_run), device=settings.device, threads=settings.threads)
+            anim = load_animator(str(anim_run), device=settings.device, threads=settings.threads)
         return cls.from_pipeline(
             pipe, animator=anim, settings=settings, generator_run=gen_run, animator_run=anim_run
         )
