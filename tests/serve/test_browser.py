@@ -24,7 +24,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.serve.fixtures_studio import make_state, tiny_animator, tiny_pipe
+from tests.serve.fixtures_studio import HAIR, make_state, tiny_animator
+
+EYES = ("blue", "green")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -42,15 +44,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
-    """A uvicorn server on a free loopback port, in a background thread, with tiny models."""
+def server(tmp_path_factory):
+    """A uvicorn server on a free loopback port, in a background thread, with tiny models
+    (and a serve state directory of its own)."""
     uvicorn = pytest.importorskip("uvicorn")
     pytest.importorskip("gradio")
     from avatarforge.serve.app import create_app
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    app = create_app(make_state(tiny_pipe(), tiny_animator()))
+    state_dir = tmp_path_factory.mktemp("serve-state")
+    app = create_app(make_state(_two_attribute_pipe(), tiny_animator(), state_dir=str(state_dir)))
     port = _free_port()
     srv = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets")
@@ -98,6 +102,8 @@ def browser(tmp_path_factory):
             "download.default_directory": str(downloads),
             "download.prompt_for_download": False,
             "safebrowsing.enabled": False,
+            # the studio test downloads twice from one page origin: no "multiple files" prompt
+            "profile.default_content_setting_values.automatic_downloads": 1,
         },
     )
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
@@ -138,74 +144,194 @@ def _grid_srcs(driver) -> list[str]:
     return [im.get_attribute("src") for im in driver.find_elements(By.CSS_SELECTOR, "#grid img")]
 
 
+def _two_attribute_pipe():
+    """The studio's tiny StyleGAN with two named attributes (hair and eye colour)."""
+    from avatarforge.generate import GeneratorPipeline
+    from avatarforge.generate.conditioning import LabelInfo
+    from avatarforge.models.stylegan import StyleGANGenerator
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        G = StyleGANGenerator(
+            resolution=32,
+            channels=4,
+            channel_base=512,
+            channel_max=64,
+            z_dim=64,
+            w_dim=64,
+            mapping_layers=2,
+            label_dims=[len(HAIR), len(EYES)],
+        ).eval()
+        with torch.no_grad():
+            G.mapping.w_avg.copy_(G.mapping(torch.randn(256, 64), update_w_avg=False)[:, 0].mean(0))
+    labels = LabelInfo(("hair_color", "eye_color"), (HAIR, EYES), (len(HAIR), len(EYES)), "test")
+    return GeneratorPipeline(G, labels=labels)
+
+
+def _choose(browser, wait, attr: str, value: str) -> None:
+    """Pick ``value`` in the studio's dropdown of ``attr`` and wait for the pick to follow."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    before = _picked_src(browser)
+    browser.find_element(By.CSS_SELECTOR, f"#attr-{attr} input").click()
+    option = wait.until(
+        EC.element_to_be_clickable((By.CSS_SELECTOR, f'#attr-{attr} li[aria-label="{value}"]'))
+    )
+    option.click()
+    wait.until(lambda d: _picked_src(d) != before)
+
+
+def _picked_src(driver) -> str | None:
+    from selenium.webdriver.common.by import By
+
+    imgs = driver.find_elements(By.CSS_SELECTOR, "#picked img")
+    return imgs[0].get_attribute("src") if imgs else None
+
+
+def _status(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, "#status").text
+
+
+def _download(browser, wait, suffix: str = ".png") -> Path:
+    """Click the download button until a ``suffix`` file arrives (the folder is emptied first:
+    Chrome overwrites a file of the same name, and the name is the pixels' hash). Clicking
+    again covers a click that came before the finish step set the new file."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    for old in browser.downloads.iterdir():
+        old.unlink()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#download"))).click()
+        until = time.monotonic() + 3
+        while time.monotonic() < until:
+            got = [p for p in browser.downloads.iterdir() if p.suffix == suffix]
+            if got:
+                time.sleep(0.1)  # the file is renamed into place once complete
+                return got[0]
+            time.sleep(0.1)
+    raise AssertionError(f"no {suffix} download arrived: {list(browser.downloads.iterdir())}")
+
+
 def test_studio_generate_pick_refine_download(server, browser):
+    """Issue 18: generate, pick, change two attributes and a slider, refine, undo, download;
+    the PNG's record and pixels reflect every change; a new page shows the same avatar (the
+    session is kept under the serve state directory)."""
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from avatarforge.generate import read_metadata
+    from avatarforge.generate.pipeline import Latent
+    from avatarforge.serve.studio import StudioSession, finished_latent, slider_directions
+
     url, app = server
+    state = app.state.serve
+    pipe = state.pipe
     wait = WebDriverWait(browser, 30, poll_frequency=0.1)
     browser.get(url + "/studio/")
     wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#generate"))).click()
     wait.until(lambda d: len(_grid_srcs(d)) >= 16)
     first = _grid_srcs(browser)
 
-    # pick the 4th avatar: the picked image and the download button appear
+    # pick the 4th avatar (seed 3): the picked image and the download button appear
     browser.find_elements(By.CSS_SELECTOR, "#grid img")[3].click()
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#picked img"))
-    wait.until(lambda d: "picked" in d.find_element(By.CSS_SELECTOR, "#status").text)
-    picked_src = browser.find_element(By.CSS_SELECTOR, "#picked img").get_attribute("src")
+    wait.until(lambda d: _picked_src(d) and "picked seed 3" in _status(d))
+    # two attributes: the pick moves to the chosen classes
+    labels = pipe.latents([3]).labels[0].tolist()
+    hair = next(h for h in reversed(HAIR) if h != HAIR[labels[0]])
+    eyes = next(e for e in EYES if e != EYES[labels[1]])
+    _choose(browser, wait, "hair_color", hair)
+    _choose(browser, wait, "eye_color", eyes)
+    # a latent slider: click on its track at 80 % (sets the value and releases it)
+    before = _picked_src(browser)
+    track = browser.find_element(By.CSS_SELECTOR, "#slider-0 input[type=range]")
+    ActionChains(browser).move_to_element_with_offset(
+        track, int(track.size["width"] * 0.3), 0
+    ).click().perform()
+    wait.until(lambda d: _picked_src(d) != before)
+    number = browser.find_element(By.CSS_SELECTOR, "#slider-0 input[type=number]")
+    amount = float(number.get_attribute("value"))
+    assert amount > 0.5, amount
+    picked_src = _picked_src(browser)
 
-    # refine: 16 new cells, the first one is the pick
+    # refine (the palette step): 16 new cells, the first one is the pick; pick another
     browser.find_element(By.CSS_SELECTOR, "#refine").click()
-    wait.until(lambda d: len(_grid_srcs(d)) >= 16 and _grid_srcs(d) != first)
-    wait.until(lambda d: "round 1" in d.find_element(By.CSS_SELECTOR, "#status").text)
+    wait.until(lambda d: _grid_srcs(d) != first and "round 1" in _status(d))
+    assert float(number.get_attribute("value")) == 0.0  # the slider is part of the refined pick
     browser.find_elements(By.CSS_SELECTOR, "#grid img")[5].click()
-    wait.until(lambda d: "cell 5" in d.find_element(By.CSS_SELECTOR, "#status").text)
-    # the finished image (and with it the download) follows the new pick
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#picked img").get_attribute("src") != picked_src)
-    # the animator's expression preview of the finished avatar appears too
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#expression img"))
-    # the hair-colour dropdown moves the pick to another class (issue 18, defect 1)
-    pipe = app.state.serve.pipe
-    hair = list(pipe.labels.values[0])
-    before = browser.find_element(By.CSS_SELECTOR, "#picked img").get_attribute("src")
-    current = hair[int(pipe.latents([3]).labels[0, 0])]  # refining keeps seed 3's class
-    target = next(h for h in reversed(hair) if h != current)
-    browser.find_element(By.CSS_SELECTOR, "#attr-hair_color input").click()
-    option = wait.until(
-        EC.element_to_be_clickable((By.CSS_SELECTOR, f'#attr-hair_color li[aria-label="{target}"]'))
+    wait.until(lambda d: "cell 5" in _status(d) and _picked_src(d) != picked_src)
+    # undo: back to the pick with both attributes and the slider, the seed grid again
+    browser.find_element(By.CSS_SELECTOR, "#undo").click()
+    wait.until(lambda d: "undone" in _status(d))
+    wait.until(
+        lambda d: (
+            float(d.find_element(By.CSS_SELECTOR, "#slider-0 input[type=number]").get_attribute("value"))
+            == amount
+        )
     )
-    option.click()
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#picked img").get_attribute("src") != before)
-    button = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#download")))
+    wait.until(lambda d: _grid_srcs(d) and len(_grid_srcs(d)) >= 16)
+    # the expression preview of the finished avatar appears too
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#expression img"))
     _screenshot(browser, "studio.png")
-    button.click()
-
-    def downloaded(_d):
-        files = [p for p in browser.downloads.iterdir() if p.suffix == ".png"]
-        return files[0] if files else False
-
-    path = WebDriverWait(browser, 20, poll_frequency=0.1).until(downloaded)
+    # the finish step after undo shows the pick again (Gradio names its files by content)
+    wait.until(lambda d: _picked_src(d) == picked_src)
+    path = _download(browser, wait)
     img = Image.open(io.BytesIO(path.read_bytes()))
     assert img.format == "PNG" and img.mode == "RGBA"
     pixels = np.asarray(img)
-    assert (pixels[..., 3] == 0).any() and pixels[..., 3].max() > 0  # really transparent pixels, not a blank
-    # the file is exactly the picked variation in the chosen hair colour: its recorded latent
-    # renders to the same pixels
-    from avatarforge.generate import read_metadata
-    from avatarforge.generate.pipeline import Latent
+    assert (pixels[..., 3] == 0).any() and pixels[..., 3].max() > 0  # really transparent pixels
 
     record = read_metadata(path)
-    assert record["kind"] == "studio" and record["history"][-3:] == [
+    assert record["kind"] == "studio" and record["history"][-4:] == [
         "pick seed 3",
-        "refine strength=0.3",
+        "refine palette strength=0.3",
         "pick cell 5",
+        "undo palette",
     ]
-    assert record["attrs"]["hair_color"] == target and record["studio"]["attrs"] == {"hair_color": target}
+    assert record["steps"] == [{"step": "pick", "choice": "seed 3"}]
+    chosen = {"hair_color": hair, "eye_color": eyes}
+    assert record["attrs"] == chosen and record["studio"]["attrs"] == chosen
+    slider = slider_directions(state)[0]
+    assert record["studio"]["sliders"][slider.id] == amount
+    # the recorded latent is the pick of seed 3 with both classes and the slider: it renders
+    # the downloaded pixels, and each change shows in them
+    sess = StudioSession(picked=pipe.map(pipe.latents([3], truncation=0.8)))  # the page's truncation
+    want = finished_latent(state, sess, {slider.id: amount}, chosen)
+    assert torch.equal(Latent.from_json(record["latent"]).ws, want.ws)
     with torch.inference_mode():
         again = pipe.render(Latent.from_json(record["latent"]), rgba=True)[0]
+        no_slider = pipe.render(finished_latent(state, sess, {}, chosen), rgba=True)[0]
+        one_attr = pipe.render(
+            finished_latent(state, sess, {slider.id: amount}, {"hair_color": hair}), rgba=True
+        )[0]
     assert np.array_equal(pixels, again)
+    assert not np.array_equal(pixels, no_slider) and not np.array_equal(pixels, one_attr)
+
+    # a new page (or a restarted server) shows the same avatar: the session was kept
+    assert list(Path(state.settings.state_dir).glob("*/studio.json"))
+    browser.get(url + "/studio/")
+    wait.until(lambda d: "restored your last session" in _status(d) and _picked_src(d))
+    wait.until(
+        lambda d: (
+            float(d.find_element(By.CSS_SELECTOR, "#slider-0 input[type=number]").get_attribute("value"))
+            == amount
+        )
+    )
+    assert _picked_src(browser) == picked_src  # the same avatar (its download set in the same event)
+    again_path = _download(browser, wait)
+    assert np.array_equal(np.asarray(Image.open(again_path)), pixels)
+    # the same avatar as a lossless WebP with alpha and the same record
+    browser.find_element(By.XPATH, "//*[@id='format']//label[contains(., 'WebP')]").click()
+    webp = _download(browser, wait, ".webp")
+    back = Image.open(webp)
+    assert back.format == "WEBP" and back.mode == "RGBA" and np.array_equal(np.asarray(back), pixels)
+    assert read_metadata(webp)["latent"] == record["latent"]
 
 
 def test_overlay_frames_arrive(server, browser):

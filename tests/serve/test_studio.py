@@ -24,6 +24,7 @@ from avatarforge.serve.studio import (
     pick,
     refine,
     slider_directions,
+    undo,
 )
 from tests.serve.fixtures_studio import HAIR, make_state, tiny_animator, tiny_pipe
 
@@ -81,8 +82,8 @@ def test_pick_and_refine_stays_near_the_pick(state, picked):
     sess, images = picked
     with pytest.raises(StudioError, match="pick an avatar first"):
         refine(state, StudioSession(latents=sess.latents), 0.3)
-    near_sess, near = refine(state, sess, 0.15)
-    _, far = refine(state, sess, 1.0)
+    near_sess, near = refine(state, sess, 0.15, step="all")
+    _, far = refine(state, sess, 1.0, step="all")
     assert len(near) == GRID_SIZE
     assert np.array_equal(near[0], images[5])  # the first cell is the pick itself
     d_near = np.mean([mean_abs(im, images[5]) for im in near[1:]])
@@ -92,7 +93,7 @@ def test_pick_and_refine_stays_near_the_pick(state, picked):
     # refine again from a variation: a new round, and the new pick is that variation
     again = pick(near_sess, 3)
     assert np.array_equal(edit_picked(state, again), near[3])
-    assert again.round == 1 and again.history[-2:] == ["refine strength=0.15", "pick cell 3"]
+    assert again.round == 1 and again.history[-2:] == ["refine all strength=0.15", "pick cell 3"]
 
 
 def test_latent_sliders_change_the_image(state, picked):
@@ -221,7 +222,7 @@ def test_attribute_dropdown_moves_the_pick_and_the_download_records_it(state, pi
     other = next(h for h in HAIR if h != current)
     demo = build_studio(state, download_dir=tmp_path)
     dropdown = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "attr-hair_color")
-    fn = next(f for f in demo.fns.values() if (dropdown._id, "change") in [tuple(t) for t in f.targets])
+    fn = next(f for f in demo.fns.values() if (dropdown._id, "input") in [tuple(t) for t in f.targets])
     assert dropdown in fn.inputs  # the finish step receives the attribute dropdowns
 
     def value(c):
@@ -300,3 +301,104 @@ def test_a_cgan_gets_latent_sliders_in_the_studio_and_the_api():
         assert r.status_code == 200, r.text
         a, b = (im["png"] for im in r.json()["images"])
         assert a != b
+
+
+def test_refine_steps_vary_one_aspect_and_keep_the_rest(state, picked):
+    """Issue 18, deliverable 3: the palette, details and pose steps keep the character.
+
+    On StyleGAN each step moves only its band of style vectors (fine / middle / coarse); a
+    conditional model's palette step re-draws the colour attributes unless they are pinned.
+    """
+    from avatarforge.generate.variations import attribute_groups, refine_step, style_bands
+
+    pipe = state.pipe
+    src = pipe.map(picked[0].picked)
+    bands = style_bands(pipe.num_ws)
+    assert bands == {"pose": [0, 1, 2], "details": [3, 4], "palette": [5, 6, 7]}
+    assert attribute_groups(pipe) == {"palette": ["hair_color"], "details": [], "pose": []}
+    for step, band in bands.items():
+        out = refine_step(pipe, src, step, n=6, strength=0.4, seed=3, keep=["hair_color"])
+        ws = out.latent.ws
+        other = [i for i in range(pipe.num_ws) if i not in band]
+        assert torch.equal(ws[:, other], src.ws.expand(6, -1, -1)[:, other]), step  # the rest is kept
+        assert (ws[:, band] - src.ws[:, band]).abs().amax(dim=(1, 2)).min() > 0.01, step  # each one moves
+        assert out.latent.labels[:, 0].tolist() == [int(src.labels[0, 0])] * 6  # pinned colour kept
+    # unpinned, the palette step gives every variation another hair colour
+    pal = refine_step(pipe, src, "palette", n=6, strength=0.3, seed=3)
+    assert all(int(c) != int(src.labels[0, 0]) for c in pal.latent.labels[:, 0])
+    assert all(
+        it["changed"] == {"hair_color": HAIR[int(c)]} for it, c in zip(pal.items, pal.latent.labels[:, 0])
+    )
+    # seeded: the same seed gives the same grid
+    again = refine_step(pipe, src, "palette", n=6, strength=0.3, seed=3)
+    assert np.array_equal(again.images, pal.images)
+    with pytest.raises(ValueError, match="step must be one of palette, details, pose"):
+        refine_step(pipe, src, "hats")
+
+
+def test_pick_refine_in_steps_and_undo(state, picked):
+    """Generate, pick, palette, pick, details, pick; undo goes back one step at a time, with
+    each step's choice and the sliders of that moment; controls apply to the current pick."""
+    sess = picked[0]
+    d = slider_directions(state)[0]
+    assert sess.choices == [["pick", "seed 15"]] and sess.step == 0
+    s1, g1 = refine(state, sess, 0.3, sliders={d.id: 1.5}, attrs={"hair_color": "pink"})
+    assert s1.choices[-1] == ["palette", "cell 0"] and s1.step == 1
+    # the grid starts from the finished pick: slider and attribute applied, the colour pinned
+    finished = edit_picked(state, sess, {d.id: 1.5}, {"hair_color": "pink"})
+    assert np.array_equal(g1[0], finished) and s1.latents.labels[:, 0].tolist() == [1] * GRID_SIZE
+    s1 = pick(s1, 4)
+    s2, g2 = refine(state, s1, 0.3)  # the next step: details
+    assert s2.choices[-1] == ["details", "cell 0"] and np.array_equal(g2[0], g1[4])
+    s2 = pick(s2, 2)
+    assert s2.choices == [["pick", "seed 15"], ["palette", "cell 4"], ["details", "cell 2"]]
+    back, controls = undo(state, s2)
+    assert back.step == 1 and back.choices == s1.choices and controls["sliders"] == {}
+    assert np.array_equal(edit_picked(state, back), g1[4]) and np.array_equal(back.images, np.stack(g1))
+    first, controls = undo(state, back)
+    assert first.step == 0 and first.choices == [["pick", "seed 15"]]
+    assert controls == {"sliders": {d.id: 1.5}, "attrs": {"hair_color": "pink"}}
+    assert np.array_equal(edit_picked(state, first), picked[1][5])  # the original pick
+    assert first.history[-2:] == ["undo details", "undo palette"]
+    with pytest.raises(StudioError, match="nothing to undo"):
+        undo(state, first)
+
+
+def test_download_png_and_webp_at_every_size_regenerates(tmp_path):
+    """The download at the pipeline's sizes (a refiner makes the larger ones), PNG or WebP with
+    alpha; its record makes it again (regenerate_download) and 'generate --from-png' renders
+    the avatar before the chain at the same size."""
+    from avatarforge.generate import read_metadata
+    from avatarforge.generate.regenerate import regenerate_from_png
+    from avatarforge.models.refiner import Refiner
+    from avatarforge.serve.studio import export_image, regenerate_download, render_finished
+
+    pipe = tiny_pipe()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        pipe.attach_refiner(Refiner(scale=4, channels=4, width=8, blocks=1).eval())
+    st = make_state(pipe)
+    assert pipe.sizes == [32, 64, 128]
+    sess = pick(generate_grid(st, StudioSession(), 0, n=4)[0], 1)
+    sess, _ = refine(st, sess, 0.3)
+    sess = pick(sess, 3)
+    lat = finished_latent(st, sess, attrs={"hair_color": "blonde"})
+    settings = {"attrs": {"hair_color": "blonde"}, "chain": "saturation=1.4", "style": "none"}
+    for size, fmt in ((128, "webp"), (64, "png"), (32, "png")):
+        img = render_finished(st, lat, settings, size)
+        path = export_image(st, img, tmp_path, sess, {**settings, "size": size}, lat, fmt, size)
+        back = Image.open(path)
+        assert back.format == fmt.upper() and back.mode == "RGBA" and back.size == (size, size)
+        pixels = np.asarray(back)
+        assert np.array_equal(pixels, img) and (pixels[..., 3] == 0).any()
+        rec = read_metadata(path)
+        assert rec["kind"] == "studio" and rec["rgba"] is True and rec.get("size", 32) == size
+        assert rec["attrs"]["hair_color"] == "blonde" and rec["steps"][-1] == {
+            "step": "palette",
+            "choice": "cell 3",
+        }
+        assert np.array_equal(regenerate_download(st, rec), pixels)
+        plain, _ = regenerate_from_png(path, model=pipe)
+        assert np.array_equal(plain, pipe.render(pipe.map(lat), rgba=True, size=size)[0])
+    with pytest.raises(StudioError, match="size must be one of 32, 64, 128"):
+        render_finished(st, lat, settings, 512)

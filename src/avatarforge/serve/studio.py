@@ -1,11 +1,16 @@
 """The web studio: a Gradio app mounted on the server at ``/studio`` (extra ``[ui]``).
 
-Pick and refine: generate a grid of 16 (seed box, "new batch"), click one to pick it,
-"refine" shows 16 variations around the pick (strength slider), repeat. Then attribute
-dropdowns (the model's label values), latent sliders (the server's directions), style
-(colour transfer / histogram matching towards a reference avatar or an uploaded image)
-and a post-processing chain, a live expression preview through the animator, "send to
-overlay", and a download of the exact RGBA PNG (with its generation record).
+Pick and refine in steps (the Waifu Labs flow): generate a grid of 16 (seed box, "new
+batch"), click one to pick it, then refine it step by step -- a grid of variations that
+keep the character and vary its colour palette, then its details, then its pose and
+expression (:func:`avatarforge.generate.variations.refine_step`) -- clicking the best of
+each; every step's choice is kept and "undo" goes back to the previous step. Every control
+applies to the current pick: attribute dropdowns (the model's label values; a chosen class
+is pinned through the steps), latent sliders (the server's directions), style (colour
+transfer / histogram matching towards a reference avatar or an uploaded image) and a
+post-processing chain; a live expression preview through the animator, "send to overlay",
+and a download of the exact RGBA PNG or WebP at the sizes the pipeline makes (with its
+generation record). The last session survives restarts (:mod:`avatarforge.serve.persist`).
 
 Every callback is a plain function of :class:`StudioSession` and plain values (numbers,
 strings, dicts, uint8 arrays), so tests call them without a browser; :func:`build_studio`
@@ -41,14 +46,23 @@ __all__ = [
     "attribute_choices",
     "build_studio",
     "edit_picked",
+    "export_image",
     "export_png",
     "expression_preview",
     "finished_latent",
     "generate_grid",
+    "load_session",
     "mount_studio",
+    "next_step",
     "pick",
     "refine",
+    "regenerate_download",
+    "render_finished",
+    "save_session",
+    "session_from_json",
+    "session_to_json",
     "slider_directions",
+    "undo",
 ]
 
 #: Images per grid (generate and refine).
@@ -57,6 +71,8 @@ GRID_SIZE = 16
 STYLE_METHODS = ("none", "colour_transfer", "histogram_match")
 #: Dropdown value meaning "random per seed".
 RANDOM = "(random)"
+#: Download formats (both keep the alpha channel; WebP lossless).
+DOWNLOAD_FORMATS = ("png", "webp")
 #: Most latent sliders shown (the first ones by the server's order).
 MAX_SLIDERS = 12
 #: The studio's stylesheet (package data: ``avatarforge/serve/static/studio/studio.css``).
@@ -77,7 +93,13 @@ class StudioSession:
         seeds: the grid's seeds (``None`` for variations).
         picked: the picked latent (one image), or ``None``.
         round: refinements so far (seeds each refinement's random directions).
-        history: what happened (``"generate 0-15"``, ``"pick 3"``, ``"refine 0.3"``), for the record.
+        history: what happened (``"generate 0-15"``, ``"pick seed 3"``, ``"refine palette
+            strength=0.3"``, ``"undo palette"``), for the record.
+        step: the grid shown: 0 = generated from seeds, then ``1 + REFINE_STEPS.index(step)``.
+        choices: each step's choice so far, ``[["pick", "seed 3"], ["palette", "cell 5"], ...]``
+            (a refine step starts at ``"cell 0"``: the pick itself).
+        trail: what :func:`undo` goes back to: one snapshot per refine step (the grid, pick,
+            choices and the controls as they were before it).
     """
 
     latents: Any = None
@@ -86,6 +108,9 @@ class StudioSession:
     picked: Any = None
     round: int = 0
     history: list[str] = field(default_factory=list)
+    step: int = 0
+    choices: list[list[str]] = field(default_factory=list)
+    trail: list[dict[str, Any]] = field(default_factory=list)
 
 
 # =============================================================================== helpers
@@ -180,6 +205,7 @@ def generate_grid(
         latents=out.latent,
         images=out.images,
         seeds=seeds,
+        step=0,
         history=[*session.history, f"generate {seeds[0]}-{seeds[-1]} psi={float(truncation):g}"],
     )
     return new, list(out.images)
@@ -193,18 +219,52 @@ def pick(session: StudioSession, index: int | None) -> StudioSession:
         raise StudioError(f"pick an avatar of the grid (index 0..{len(session.latents) - 1}), got {index!r}")
     i = int(index)
     label = f"seed {session.seeds[i]}" if session.seeds else f"cell {i}"
-    return replace(session, picked=session.latents[i], history=[*session.history, f"pick {label}"])
+    choices = [list(c) for c in session.choices]
+    if session.step == 0:  # a pick from seeds starts a new character
+        choices, trail = [["pick", label]], []
+    else:
+        choices[-1][1] = label
+        trail = session.trail
+    return replace(
+        session,
+        picked=session.latents[i],
+        choices=choices,
+        trail=trail,
+        history=[*session.history, f"pick {label}"],
+    )
+
+
+def next_step(session: StudioSession) -> str:
+    """The refine step that follows the grid shown: palette after the seeds, then details,
+    then pose (and pose again)."""
+    from avatarforge.generate.variations import REFINE_STEPS
+
+    return REFINE_STEPS[min(session.step, len(REFINE_STEPS) - 1)]
 
 
 def refine(
-    state: Any, session: StudioSession, strength: float = 0.3, n: int = GRID_SIZE
+    state: Any,
+    session: StudioSession,
+    strength: float = 0.3,
+    n: int = GRID_SIZE,
+    step: str | None = None,
+    sliders: Mapping[str, float] | None = None,
+    attrs: Mapping[str, str] | None = None,
 ) -> tuple[StudioSession, list[np.ndarray]]:
-    """``n`` variations around the pick (:func:`avatarforge.generate.variations`); the grid becomes them.
+    """One refine step: ``n`` variations of the current pick; the grid becomes them.
 
-    The first cell is the pick itself, so picking it again keeps it. ``strength``: 0 = the
-    pick, 1 = unrelated avatars with the same attributes; 0.2-0.4 refines.
+    ``step``: ``"palette"`` (colours), ``"details"``, ``"pose"`` (pose and expression; see
+    :func:`~avatarforge.generate.variations.refine_step`), ``"all"`` (everything: the plain
+    :func:`~avatarforge.generate.variations`), or ``None``: the next one (:func:`next_step`).
+    The variations start from the *finished* pick (:func:`finished_latent`: ``attrs`` and
+    ``sliders`` applied, so the grid keeps them; the sliders are then part of the pick and
+    go back to 0); chosen ``attrs`` stay pinned. The first cell is the pick itself, so
+    picking it again keeps it. ``strength``: 0 = the pick, 1 = that aspect drawn afresh;
+    0.2-0.4 refines. :func:`undo` goes back to the grid and pick before this step.
     """
     from avatarforge.generate import variations
+    from avatarforge.generate.pipeline import Latent
+    from avatarforge.generate.variations import REFINE_STEPS, refine_step
 
     if session.picked is None:
         raise StudioError("pick an avatar first (click one in the grid), then refine it")
@@ -212,24 +272,74 @@ def refine(
         raise StudioError(f"strength must be in (0, 1] (0.3 is a good start), got {strength}")
     if not 2 <= int(n) <= _max_n(state):
         raise StudioError(f"n must be from 2 to {_max_n(state)}, got {n}")
+    step = step or next_step(session)
+    if step not in (*REFINE_STEPS, "all"):
+        raise StudioError(f"step must be one of {', '.join(REFINE_STEPS)} or all, got {step!r}")
+    pinned = _attrs(state, attrs)
+    source = finished_latent(state, session, sliders, pinned)
     rnd = session.round + 1
     with _locked(state):
-        var = variations(
-            state.pipe, session.picked, n=int(n) - 1, strength=float(strength), seed=rnd, rgba=True
-        )
-    from avatarforge.generate.pipeline import Latent
-
-    latents = Latent.cat([session.picked, var.latent])
-    images = np.concatenate([_rgba(state, session.picked), var.images])
+        source = state.pipe.map(source)
+        if step == "all":
+            var = variations(state.pipe, source, n=int(n) - 1, strength=float(strength), seed=rnd, rgba=True)
+        else:
+            var = refine_step(
+                state.pipe, source, step, int(n) - 1, float(strength), seed=rnd, keep=list(pinned), rgba=True
+            )
+    latents = Latent.cat([source, var.latent])
+    images = np.concatenate([_rgba(state, source), var.images])
+    snapshot = {
+        "latents": session.latents,
+        "images": session.images,
+        "seeds": session.seeds,
+        "picked": session.picked,
+        "step": session.step,
+        "choices": [list(c) for c in session.choices],
+        "sliders": {k: float(v) for k, v in (sliders or {}).items()},
+        "attrs": dict(pinned),
+    }
     new = replace(
         session,
         latents=latents,
         images=images,
         seeds=None,
+        picked=source,
         round=rnd,
-        history=[*session.history, f"refine strength={float(strength):g}"],
+        step=1 + REFINE_STEPS.index(step) if step != "all" else max(session.step, 1),
+        choices=[*[list(c) for c in session.choices], [step, "cell 0"]],
+        trail=[*session.trail, snapshot],
+        history=[*session.history, f"refine {step} strength={float(strength):g}"],
     )
     return new, list(images)
+
+
+def undo(state: Any, session: StudioSession) -> tuple[StudioSession, dict[str, Any]]:
+    """Back to the previous step: the grid and the pick (with its choices) as they were before
+    the last refine. Returns the session and the controls of that moment (``{"sliders":
+    {...}, "attrs": {...}}``: the sliders were part of the refined pick, so they come back).
+
+    Raises:
+        StudioError: nothing to undo (no refine step since the last pick from seeds).
+    """
+    if not session.trail:
+        raise StudioError("nothing to undo: refine the pick first (undo goes back one refine step)")
+    snap = session.trail[-1]
+    images = snap.get("images")
+    if images is None and snap.get("latents") is not None:
+        images = _rgba(state, snap["latents"])  # a session restored from disk keeps latents only
+    undone = session.choices[-1][0] if session.choices else "step"
+    new = replace(
+        session,
+        latents=snap["latents"],
+        images=images,
+        seeds=snap["seeds"],
+        picked=snap["picked"],
+        step=int(snap["step"]),
+        choices=[list(c) for c in snap["choices"]],
+        trail=session.trail[:-1],
+        history=[*session.history, f"undo {undone}"],
+    )
+    return new, {"sliders": dict(snap.get("sliders") or {}), "attrs": dict(snap.get("attrs") or {})}
 
 
 def finished_latent(
@@ -398,6 +508,58 @@ def expression_preview(state: Any, image: np.ndarray, controls: Mapping[str, flo
         return anim.render_image(prepared, ctl)
 
 
+def export_image(
+    state: Any,
+    image: np.ndarray,
+    directory: str | os.PathLike,
+    session: StudioSession | None = None,
+    settings: Mapping[str, Any] | None = None,
+    latent: Any = None,
+    fmt: str = "png",
+    size: int | None = None,
+) -> Path:
+    """Write ``image`` as an RGBA PNG or lossless WebP (atomically) with its record; returns the path.
+
+    The record (PNG ``iTXt`` chunk / WebP XMP ``avatarforge``, see docs/generation.md) has
+    ``kind: "studio"``, the model (and refiner), ``rgba: true``, ``size`` (when not the
+    generator's resolution), the ``studio`` settings (attributes, sliders, style, chain,
+    size, format), the pick history, each step's choice (``steps``) and a latent:
+    ``latent`` (the finished one, :func:`finished_latent`: attributes and sliders applied;
+    its ``attrs`` are the classes shown) or else the pick's. ``avatarforge generate
+    --from-png`` renders the avatar before style and post-processing from it;
+    :func:`regenerate_download` makes the whole download again.
+    """
+    from avatarforge import __version__
+    from avatarforge.generate.metadata import save_with_metadata
+
+    fmt = str(fmt).lower()
+    if fmt not in DOWNLOAD_FORMATS:
+        raise StudioError(f"format must be one of {', '.join(DOWNLOAD_FORMATS)}, got {fmt!r}")
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
+        raise StudioError(f"nothing to download yet (image {arr.dtype} {arr.shape})")
+    if arr.shape[2] == 3:
+        arr = np.concatenate([arr, np.full((*arr.shape[:2], 1), 255, np.uint8)], axis=2)
+    record: dict[str, Any] = {
+        "avatarforge_version": __version__,
+        **state.pipe.record_params("studio", rgba=True, noise_mode="const"),
+        "studio": dict(settings or {}),
+    }
+    if size is not None and int(size) != state.pipe.resolution:
+        record["size"] = int(size)
+    if session is not None and session.picked is not None:
+        record["history"] = list(session.history)
+        record["steps"] = [{"step": s, "choice": c} for s, c in session.choices]
+        record["picked_latent"] = session.picked.to_json()
+        if latent is None:
+            latent = session.picked
+    if latent is not None:
+        record.update(state.pipe.describe(latent[0]))  # "attrs": the classes shown, codes
+        record["latent"] = latent[0].to_json()
+    digest = hashlib.sha1(arr.tobytes()).hexdigest()[:10]
+    return save_with_metadata(Path(directory) / f"avatar-{digest}.{fmt}", arr, record)
+
+
 def export_png(
     state: Any,
     image: np.ndarray,
@@ -406,37 +568,191 @@ def export_png(
     settings: Mapping[str, Any] | None = None,
     latent: Any = None,
 ) -> Path:
-    """Write ``image`` as an RGBA PNG (atomically) with its record; returns the path.
+    """:func:`export_image` as PNG at the image's own size."""
+    return export_image(state, image, directory, session, settings, latent)
 
-    The record (``iTXt`` chunk ``avatarforge``, see docs/generation.md) has ``kind:
-    "studio"``, the model, the ``settings`` (attributes, sliders, style, chain), the pick
-    history and a latent: ``latent`` (the finished one, :func:`finished_latent`: attributes
-    and sliders applied; its ``attrs`` are the classes shown) or else the pick's. ``avatarforge
-    generate --from-png`` reproduces the avatar before style and post-processing from it.
+
+def render_finished(
+    state: Any,
+    latent: Any,
+    settings: Mapping[str, Any],
+    size: int | None = None,
+    style_upload: np.ndarray | None = None,
+) -> np.ndarray:
+    """The finished avatar of ``latent`` at ``size`` (one of ``pipe.sizes``): rendered, then
+    the ``settings``' style and chain (:func:`apply_finish`). RGBA uint8."""
+    try:
+        size = state.pipe.check_size(None if size is None else int(size))
+    except ValueError as e:
+        raise StudioError(str(e)) from None
+    with _locked(state):
+        base = state.pipe.render(latent, rgba=True, size=size)[0]
+    method = settings.get("style", "none") or "none"
+    ref: Any = None
+    if method != "none":
+        ref = style_upload if settings.get("style_reference") == "upload" else settings.get("style_reference")
+        if isinstance(ref, (int, float)) and size != state.pipe.resolution:
+            with _locked(state):
+                ref = state.pipe(seeds=[int(ref)], rgba=True, size=size).images[0]
+    return apply_finish(
+        state,
+        base,
+        method,
+        ref,
+        float(settings.get("style_strength", 1.0)),
+        str(settings.get("chain") or ""),
+    )
+
+
+def regenerate_download(state: Any, record: Mapping[str, Any]) -> np.ndarray:
+    """A studio download made again from its record (the latent, size, style and chain).
+
+    Exact for everything but a style towards an uploaded image (the upload is not stored).
+
+    Raises:
+        StudioError: not a studio record, another model, or an uploaded style reference.
     """
-    from avatarforge import __version__
-    from avatarforge.generate.metadata import save_with_metadata
+    from avatarforge.generate.pipeline import Latent
 
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
-        raise StudioError(f"nothing to download yet (image {arr.dtype} {arr.shape})")
-    if arr.shape[2] == 3:
-        arr = np.concatenate([arr, np.full((*arr.shape[:2], 1), 255, np.uint8)], axis=2)
-    record: dict[str, Any] = {
-        "avatarforge_version": __version__,
-        **state.pipe.record_params("studio"),
-        "studio": dict(settings or {}),
+    if record.get("kind") != "studio" or "latent" not in record:
+        raise StudioError("not a studio download (its record has no kind 'studio' and latent)")
+    want = (record.get("model") or {}).get("sha256")
+    if want and want != state.pipe.model_sha256:
+        raise StudioError("the download was made by another model; load that model to make it again")
+    settings = dict(record.get("studio") or {})
+    if settings.get("style_reference") == "upload":
+        raise StudioError("the download was styled towards an uploaded image, which is not stored")
+    latent = state.pipe.map(Latent.from_json(record["latent"]))
+    return render_finished(state, latent, settings, record.get("size"))
+
+
+# =============================================================================== persistence
+def session_to_json(state: Any, session: StudioSession) -> dict[str, Any]:
+    """The session as JSON (latents as tokens, :mod:`avatarforge.serve.latents`; no images)."""
+    from avatarforge.serve.latents import encode_latent
+
+    sha = state.pipe.model_sha256
+
+    def one(lat: Any) -> str | None:
+        return None if lat is None else encode_latent(lat[0], sha)
+
+    def many(lat: Any) -> list[str] | None:
+        return None if lat is None else [encode_latent(lat[i], sha) for i in range(len(lat))]
+
+    return {
+        "picked": one(session.picked),
+        "latents": many(session.latents),
+        "seeds": session.seeds,
+        "round": session.round,
+        "step": session.step,
+        "history": list(session.history)[-200:],
+        "choices": [list(c) for c in session.choices],
+        "trail": [
+            {
+                "latents": many(t["latents"]),
+                "seeds": t["seeds"],
+                "picked": one(t["picked"]),
+                "step": t["step"],
+                "choices": t["choices"],
+                "sliders": t.get("sliders", {}),
+                "attrs": t.get("attrs", {}),
+            }
+            for t in session.trail
+        ],
     }
-    if session is not None and session.picked is not None:
-        record["history"] = list(session.history)
-        record["picked_latent"] = session.picked.to_json()
-        if latent is None:
-            latent = session.picked
-    if latent is not None:
-        record.update(state.pipe.describe(latent[0]))  # "attrs": the classes shown, codes
-        record["latent"] = latent[0].to_json()
-    digest = hashlib.sha1(arr.tobytes()).hexdigest()[:10]
-    return save_with_metadata(Path(directory) / f"avatar-{digest}.png", arr, record)
+
+
+def session_from_json(state: Any, doc: Mapping[str, Any]) -> StudioSession:
+    """A session written by :func:`session_to_json`, checked against this model; the grid is
+    rendered again (trail grids when undo reaches them).
+
+    Raises:
+        StudioError: a malformed record, or latents of another model.
+    """
+    from avatarforge.generate.pipeline import Latent
+    from avatarforge.serve.latents import decode_latent
+
+    def one(tok: Any) -> Any:
+        return None if tok is None else state.pipe.map(decode_latent(tok, state.pipe))
+
+    def many(toks: Any) -> Any:
+        if toks is None:
+            return None
+        if not isinstance(toks, list) or not toks or len(toks) > _max_n(state):
+            raise StudioError("the kept grid is malformed")
+        return Latent.cat([one(t) for t in toks])
+
+    try:
+        latents = many(doc.get("latents"))
+        trail = [
+            {
+                "latents": many(t.get("latents")),
+                "images": None,
+                "seeds": t.get("seeds"),
+                "picked": one(t.get("picked")),
+                "step": int(t.get("step", 0)),
+                "choices": [[str(a), str(b)] for a, b in t.get("choices", [])],
+                "sliders": {str(k): float(v) for k, v in (t.get("sliders") or {}).items()},
+                "attrs": {str(k): str(v) for k, v in (t.get("attrs") or {}).items()},
+            }
+            for t in doc.get("trail", [])
+        ]
+        seeds = doc.get("seeds")
+        return StudioSession(
+            latents=latents,
+            images=_rgba(state, latents) if latents is not None else None,
+            seeds=[int(x) for x in seeds] if seeds is not None else None,
+            picked=one(doc.get("picked")),
+            round=int(doc.get("round", 0)),
+            history=[str(h) for h in doc.get("history", [])],
+            step=int(doc.get("step", 0)),
+            choices=[[str(a), str(b)] for a, b in doc.get("choices", [])],
+            trail=trail,
+        )
+    except StudioError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise StudioError(f"the kept studio session cannot be used: {e}") from None
+
+
+def save_session(
+    state: Any, session: StudioSession, controls: Mapping[str, Any] | None = None
+) -> Path | None:
+    """Keep the session (and the controls: attributes, sliders, style, chain, size, format)
+    under the serve state directory; ``None`` when the server keeps nothing. ``controls``
+    ``None`` keeps the controls saved last."""
+    from avatarforge.serve.persist import store_for
+
+    store = store_for(state)
+    if store is None:
+        return None
+    if controls is None:
+        controls = (store.load_studio() or {}).get("controls", {})
+    try:
+        return store.save_studio({"session": session_to_json(state, session), "controls": dict(controls)})
+    except OSError as e:  # a full disk must not break the studio
+        import logging
+
+        logging.getLogger(__name__).warning("could not keep the studio's state: %s", e)
+        return None
+
+
+def load_session(state: Any) -> tuple[StudioSession, dict[str, Any]] | None:
+    """The kept session and controls (:func:`save_session`), or ``None`` (nothing kept, or
+    unusable: logged)."""
+    from avatarforge.serve.persist import store_for
+
+    store = store_for(state)
+    rec = store.load_studio() if store is not None else None
+    if not rec or not isinstance(rec.get("session"), dict):
+        return None
+    try:
+        return session_from_json(state, rec["session"]), dict(rec.get("controls") or {})
+    except StudioError as e:
+        import logging
+
+        logging.getLogger(__name__).warning("ignoring the studio's kept state: %s", e)
+        return None
 
 
 # =============================================================================== Gradio
@@ -456,6 +772,7 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
     """The studio as a ``gr.Blocks`` (see the module docstring); ``hub`` = the overlay hub."""
     import gradio as gr
 
+    from avatarforge.generate.variations import REFINE_STEPS
     from avatarforge.models.animator import CONTROL_NAMES, CONTROL_RANGES, NEUTRAL_CONTROLS
     from avatarforge.postprocess.registry import get_op, list_ops
     from avatarforge.serve.routes import add_latent_sliders
@@ -463,12 +780,14 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
     add_latent_sliders(state)  # SeFa sliders for every generator family (no-op when present)
     choices = attribute_choices(state)
     sliders = slider_directions(state)
+    sizes = [int(x) for x in getattr(state.pipe, "sizes", [state.pipe.resolution])]
     if download_dir is None:
         # Finished images are served from here; remove the folder when the server exits.
         download_dir = tempfile.mkdtemp(prefix="avatarforge-studio-")
         atexit.register(shutil.rmtree, download_dir, True)
     out_dir = Path(download_dir)
     has_anim = getattr(state, "animator", None) is not None
+    step_label = {"palette": "colour palette", "details": "details", "pose": "pose and expression"}
 
     def err(e: Exception) -> Exception:
         return gr.Error(str(e)) if isinstance(e, StudioError) else e
@@ -489,7 +808,9 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
         session = gr.State(StudioSession())
         final = gr.State(None)  # the finished RGBA image (numpy)
         gr.Markdown(
-            "## AvatarForge studio\nGenerate 16, click one to pick it, refine it, finish it, download it."
+            "## AvatarForge studio\nGenerate 16 and click one to pick it; refine it step by step "
+            "(colour palette, details, pose and expression: click the best of each, *Undo* goes back "
+            "a step); adjust it on the right; download it."
         )
         with gr.Row():
             seed = gr.Number(value=0, precision=0, minimum=0, label="first seed", elem_id="seed")
@@ -501,8 +822,15 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
         with gr.Row():
             gen_btn = gr.Button("Generate 16", variant="primary", elem_id="generate")
             new_btn = gr.Button("New batch", elem_id="new-batch")
+            step_box = gr.Radio(
+                [(step_label[s], s) for s in REFINE_STEPS],
+                value=REFINE_STEPS[0],
+                label="refine step (moves on by itself)",
+                elem_id="step",
+            )
             strength = gr.Slider(0.05, 1.0, value=0.3, step=0.05, label="refine strength", elem_id="strength")
             refine_btn = gr.Button("Refine the pick", elem_id="refine")
+            undo_btn = gr.Button("Undo step", elem_id="undo")
         grid = gr.Gallery(
             label="click an avatar to pick it",
             columns=8,
@@ -517,9 +845,12 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
         with gr.Row():
             with gr.Column(scale=1):
                 picked_img = rgba_view("your avatar", "picked")
-                download = gr.DownloadButton(
-                    "Download PNG (with alpha)", elem_id="download", interactive=False
-                )
+                with gr.Row():
+                    size_box = gr.Dropdown(sizes, value=sizes[-1], label="download size (px)", elem_id="size")
+                    fmt_box = gr.Radio(
+                        [("PNG", "png"), ("WebP", "webp")], value="png", label="format", elem_id="format"
+                    )
+                download = gr.DownloadButton("Download (with alpha)", elem_id="download", interactive=False)
                 send_btn = gr.Button("Send to overlay", elem_id="send-overlay", interactive=hub is not None)
             with gr.Column(scale=2):
                 with gr.Accordion("latent sliders", open=bool(sliders)):
@@ -574,11 +905,18 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
         def attrs_of(values: Sequence[Any]) -> dict[str, str]:
             return {name: v for name, v in zip(choices, values)}
 
+        def amounts_of(values: Sequence[Any]) -> dict[str, float]:
+            return {d.id: float(v or 0.0) for d, v in zip(sliders, values)}
+
+        def steps_text(sess: StudioSession) -> str:
+            return " → ".join(f"{s}: {c}" for s, c in sess.choices)
+
         def do_generate(sess: StudioSession, s: float, psi: float, *attr_vals: Any) -> tuple[Any, ...]:
             try:
                 sess, images = generate_grid(state, sess, int(s or 0), GRID_SIZE, psi, attrs_of(attr_vals))
             except StudioError as e:
                 raise err(e) from None
+            save_session(state, sess)
             return sess, images, f"seeds {sess.seeds[0]}-{sess.seeds[-1]}: click one to pick it"
 
         def do_new_batch(sess: StudioSession, s: float, psi: float, *attr_vals: Any) -> tuple[Any, ...]:
@@ -587,29 +925,36 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
 
         def finish(sess: StudioSession, *vals: Any) -> tuple[Any, ...]:
             k = len(sliders)
-            amounts = {d.id: float(v) for d, v in zip(sliders, vals[:k])}
-            method, ref_seed, ref_img, s_strength, chain_text = vals[k : k + 5]
-            attrs = attrs_of(vals[k + 5 :])
+            amounts = amounts_of(vals[:k])
+            method, ref_seed, ref_img, s_strength, chain_text, size, fmt = vals[k : k + 7]
+            attrs = attrs_of(vals[k + 7 :])
             if sess.picked is None:
                 return None, None, gr.DownloadButton(interactive=False)
+            settings = {
+                "attrs": {a: v for a, v in attrs.items() if v not in (None, "", RANDOM)},
+                "sliders": amounts,
+                "style": method,
+                "style_strength": float(s_strength),
+                "chain": chain_text or "",
+                "size": int(size or state.pipe.resolution),
+                "format": str(fmt or "png"),
+            }
+            if method != "none":
+                settings["style_reference"] = "upload" if ref_img is not None else int(ref_seed or 0)
             try:
                 latent = finished_latent(state, sess, amounts, attrs)
-                base = _rgba(state, latent)[0]
-                ref = ref_img if ref_img is not None else ref_seed
-                img = apply_finish(state, base, method, ref, s_strength, chain_text or "")
-                settings = {
-                    "attrs": {k: v for k, v in attrs.items() if v not in (None, "", RANDOM)},
-                    "sliders": amounts,
-                    "style": method,
-                    "style_strength": s_strength,
-                    "chain": chain_text,
-                }
-                if method != "none":
-                    settings["style_reference"] = "upload" if ref_img is not None else int(ref_seed)
-                path = export_png(state, img, out_dir, sess, settings, latent)
+                upload = None if ref_img is None else np.asarray(ref_img)
+                img = render_finished(state, latent, settings, None, upload)
+                out = img
+                if settings["size"] != state.pipe.resolution:
+                    out = render_finished(state, latent, settings, settings["size"], upload)
+                path = export_image(
+                    state, out, out_dir, sess, settings, latent, settings["format"], settings["size"]
+                )
                 _prune(out_dir, keep=KEEP_DOWNLOADS)
             except StudioError as e:
                 raise err(e) from None
+            save_session(state, sess, {**settings, "style_seed": int(ref_seed or 0)})
             return img, img, gr.DownloadButton(value=str(path), interactive=True)
 
         finish_inputs = [
@@ -620,6 +965,8 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
             style_upload,
             style_strength,
             chain,
+            size_box,
+            fmt_box,
             *attr_boxes,  # a conditional model's pick takes the chosen classes
         ]
         finish_outputs = [final, picked_img, download]
@@ -629,24 +976,76 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
                 sess = pick(sess, evt.index)
             except StudioError as e:
                 raise err(e) from None
-            return (
-                sess,
-                f"picked {sess.history[-1].removeprefix('pick ')}: refine it, or finish it on the right",
+            what = sess.history[-1].removeprefix("pick ")
+            hint = (
+                "refine it, or finish it on the right" if sess.step == 0 else "refine on, undo, or finish it"
             )
+            return sess, f"picked {what}: {hint} ({steps_text(sess)})"
 
         # Gradio finds the event-data parameter by its annotation object; this module's
         # annotations are strings (``from __future__ import annotations``).
         do_pick.__annotations__["evt"] = gr.SelectData
 
-        def do_refine(sess: StudioSession, st: float) -> tuple[Any, ...]:
+        def do_refine(sess: StudioSession, st: float, step: str, *vals: Any) -> tuple[Any, ...]:
+            k = len(sliders)
             try:
-                sess, images = refine(state, sess, st)
+                sess, images = refine(
+                    state, sess, st, step=step, sliders=amounts_of(vals[:k]), attrs=attrs_of(vals[k:])
+                )
             except StudioError as e:
                 raise err(e) from None
+            done = sess.choices[-1][0]
             return (
                 sess,
                 images,
-                f"round {sess.round}: the first cell is your pick; click the one you like best",
+                f"round {sess.round}, {step_label.get(done, done)}: the first cell is your pick; "
+                f"click the one you like best ({steps_text(sess)})",
+                next_step(sess),
+                *[0.0 for _ in sliders],  # the sliders are part of the refined pick now
+            )
+
+        def do_undo(sess: StudioSession, *attr_vals: Any) -> tuple[Any, ...]:
+            try:
+                sess, controls = undo(state, sess)
+            except StudioError as e:
+                raise err(e) from None
+            back = [float(controls["sliders"].get(d.id, 0.0)) for d in sliders]
+            where = f"back to {steps_text(sess)}" if sess.choices else "back to the grid"
+            grid_images = list(sess.images) if sess.images is not None else []
+            return (sess, grid_images, f"undone: {where}", next_step(sess), *back)
+
+        def do_restore(sess: StudioSession) -> tuple[Any, ...]:
+            kept = load_session(state) if sess.picked is None and sess.latents is None else None
+            n_out = 13 + len(sliders) + len(attr_boxes)
+            if kept is None:
+                return tuple(gr.update() for _ in range(n_out))
+            sess, c = kept
+            grid_images = list(sess.images) if sess.images is not None else []
+            vals = [float((c.get("sliders") or {}).get(d.id, 0.0)) for d in sliders]
+            chosen = [(c.get("attrs") or {}).get(name, RANDOM) for name in choices]
+            size = int(c.get("size") or sizes[-1])
+            size = size if size in sizes else sizes[-1]
+            # an uploaded style reference is not kept: its style is not restored
+            method = "none" if c.get("style_reference") == "upload" else c.get("style", "none")
+            ref_seed, s_strength = int(c.get("style_seed", 1)), float(c.get("style_strength", 1.0))
+            chain_text, fmt = str(c.get("chain", "")), str(c.get("format", "png"))
+            # the finished avatar in the same event (a download value set by a load event's
+            # follow-up is not picked up by Gradio's download button)
+            outs = finish(sess, *vals, method, ref_seed, None, s_strength, chain_text, size, fmt, *chosen)
+            return (
+                sess,
+                grid_images,
+                "restored your last session" + (f" ({steps_text(sess)})" if sess.choices else ""),
+                next_step(sess),
+                chain_text,
+                method,
+                ref_seed,
+                s_strength,
+                size,
+                fmt,
+                *vals,
+                *chosen,
+                *outs,
             )
 
         def do_expr(img: Any, *vals: Any) -> Any:
@@ -669,18 +1068,30 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
             hub.set_avatar("studio", np.asarray(img))
             return "sent to the overlay: /overlay?avatar=studio shows it now"
 
+        def finished() -> Any:
+            return {"fn": finish, "inputs": finish_inputs, "outputs": finish_outputs}
+
         gen_inputs = [session, seed, truncation, *attr_boxes]
         gen_btn.click(do_generate, gen_inputs, [session, grid, status])
         new_btn.click(do_new_batch, gen_inputs, [session, grid, status, seed])
-        grid.select(do_pick, [session], [session, status]).then(finish, finish_inputs, finish_outputs).then(
+        grid.select(do_pick, [session], [session, status]).then(**finished()).then(
             do_expr, [final, *ctl_boxes], [expr_img]
         )
-        refine_btn.click(do_refine, [session, strength], [session, grid, status])
+        refine_btn.click(
+            do_refine,
+            [session, strength, step_box, *slider_boxes, *attr_boxes],
+            [session, grid, status, step_box, *slider_boxes],
+        ).then(**finished()).then(do_expr, [final, *ctl_boxes], [expr_img])
+        undo_btn.click(do_undo, [session], [session, grid, status, step_box, *slider_boxes]).then(
+            **finished()
+        ).then(do_expr, [final, *ctl_boxes], [expr_img])
         for box in slider_boxes:
-            box.release(finish, finish_inputs, finish_outputs).then(do_expr, [final, *ctl_boxes], [expr_img])
+            box.release(**finished()).then(do_expr, [final, *ctl_boxes], [expr_img])
         for box in attr_boxes:  # a conditional model's pick takes the chosen class
-            box.change(finish, finish_inputs, finish_outputs).then(do_expr, [final, *ctl_boxes], [expr_img])
-        apply_btn.click(finish, finish_inputs, finish_outputs).then(do_expr, [final, *ctl_boxes], [expr_img])
+            box.input(**finished()).then(do_expr, [final, *ctl_boxes], [expr_img])
+        for box in (size_box, fmt_box):
+            box.input(**finished())
+        apply_btn.click(**finished()).then(do_expr, [final, *ctl_boxes], [expr_img])
         add_btn.click(do_add, [chain, op_name, op_params], [chain])
         op_name.change(lambda op: get_op(op).signature(), [op_name], [op_help])
         for box in ctl_boxes:
@@ -690,6 +1101,26 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
             )
         if hub is not None:
             send_btn.click(do_send, [final], [status])
+        # a new page shows the last session kept under the serve state directory
+        demo.load(
+            do_restore,
+            [session],
+            [
+                session,
+                grid,
+                status,
+                step_box,
+                chain,
+                style_method,
+                style_seed,
+                style_strength,
+                size_box,
+                fmt_box,
+                *slider_boxes,
+                *attr_boxes,
+                *finish_outputs,
+            ],
+        ).then(do_expr, [final, *ctl_boxes], [expr_img])
     return demo
 
 
@@ -699,7 +1130,8 @@ def mount_studio(app: Any, state: Any, path: str = "/studio") -> Any:
     With an API key configured, Gradio's login page asks for it: any user name, the key as
     the password (a browser cannot add an ``X-API-Key`` header to a page it navigates to).
     The overlay hub (``app.state.overlay_hub``, from :func:`~avatarforge.serve.overlay.mount_overlay`)
-    receives "send to overlay".
+    receives "send to overlay"; with a serve state directory (``settings.state_dir``) it shows
+    the avatar kept from the last run and keeps new ones (:func:`avatarforge.serve.persist.attach_overlay`).
     """
     import gradio as gr
 
@@ -712,6 +1144,10 @@ def mount_studio(app: Any, state: Any, path: str = "/studio") -> Any:
         def auth(username: str, password: str) -> bool:
             return hmac.compare_digest(str(password).encode("utf-8"), str(key).encode("utf-8"))
 
+    if hub is not None:
+        from avatarforge.serve.persist import attach_overlay
+
+        attach_overlay(hub, state)  # the overlay shows the kept studio avatar, and keeps new ones
     demo = build_studio(state, hub=hub)
     return gr.mount_gradio_app(
         app,
