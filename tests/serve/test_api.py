@@ -567,3 +567,34 @@ def test_tampered_tokens_are_422_naming_latent(client, serve_state):
         assert r.status_code == 422, (expect, r.text)
         _field_named(r, "latent")
         assert expect in r.json()["message"], (expect, r.json()["message"])
+
+
+def test_generate_at_the_refiners_sizes(tmp_path):
+    """/v1/generate size=: the sizes /v1/info lists; a size without a refiner names the fix."""
+    import base64 as b64
+    import io
+
+    import torch
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from avatarforge.models.refiner import Refiner
+    from avatarforge.serve.app import create_app
+    from tests.serve.fixtures_studio import SIZE, make_state, tiny_pipe
+
+    plain = TestClient(create_app(make_state(tiny_pipe(), None)))
+    r = plain.post("/v1/generate", json={"seeds": [1], "size": 4 * SIZE})
+    assert r.status_code == 422 and "refiner" in r.text and "size" in r.text
+    pipe = tiny_pipe()
+    torch.manual_seed(0)
+    pipe.attach_refiner(Refiner(scale=4, channels=4, width=8, blocks=1, part_classes=0).eval())
+    client = TestClient(create_app(make_state(pipe, None)))
+    assert client.get("/v1/info").json()["model"]["sizes"] == [SIZE, 2 * SIZE, 4 * SIZE]
+    r = client.post("/v1/generate", json={"seeds": [1, 2], "size": 4 * SIZE})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["width"] == body["height"] == 4 * SIZE
+    img = Image.open(io.BytesIO(b64.b64decode(body["images"][0]["png"])))
+    assert img.size == (4 * SIZE, 4 * SIZE) and img.mode == "RGBA"
+    r = client.post("/v1/generate", json={"n": 9, "size": 4 * SIZE})
+    assert r.status_code == 422 and "at most 8" in r.text

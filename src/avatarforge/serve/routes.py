@@ -80,6 +80,10 @@ def _upload_limits(s: Any) -> dict[str, int]:
     return {"max_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels, "max_side": s.max_image_side}
 
 
+#: Most avatars per request at the refined sizes (256, 512): each is a refiner pass and ~1 MB.
+MAX_N_LARGE = 8
+
+
 def _limit(field: str, value: int, maximum: int, setting: str) -> None:
     if value > maximum:
         raise field_error(field, f"at most {maximum} on this server (its {setting}), got {value}")
@@ -327,6 +331,11 @@ def build_router(state: ServeState) -> APIRouter:
         else:
             _limit("n", int(req.n or 0), s.max_n, "max_n")
         _colour_check(req.background)
+        with _as_field("size"):
+            size = pipe.check_size(req.size)
+        if size > pipe.resolution:  # refined avatars: ~1 MB and a refiner pass each
+            _limit("seeds" if req.seeds is not None else "n", len(req.seeds or []) or int(req.n or 0),
+                   min(s.max_n, MAX_N_LARGE), f"limit of {MAX_N_LARGE} above the generator's size")  # fmt: skip
         attrs, codes = _conditioning(state, req)
         with state.model_lock(), _as_field("seeds"):
             result = pipe(
@@ -335,6 +344,7 @@ def build_router(state: ServeState) -> APIRouter:
                 truncation=req.truncation,
                 attrs=attrs,
                 codes=codes,
+                size=size,
                 **_render_options(req),
             )
         return _images_response(state, result)

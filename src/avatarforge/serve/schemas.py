@@ -77,6 +77,12 @@ class GenerateRequest(_Output):
 
     seeds: list[Seed] | None = Field(None, min_length=1, max_length=HARD_MAX_N)
     n: int | None = Field(None, ge=1, le=HARD_MAX_N)
+    size: int | None = Field(
+        None,
+        ge=16,
+        le=4096,
+        description="output size in pixels: one of /v1/info's model.sizes (default the generator's)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> GenerateRequest:

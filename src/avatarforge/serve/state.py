@@ -331,6 +331,7 @@ class ServeState:
             "model": {
                 "family": pipe.family,
                 "resolution": pipe.resolution,
+                "sizes": list(getattr(pipe, "sizes", [pipe.resolution])),
                 "channels": pipe.channels,
                 "rgba": pipe.channels == 4,
                 "stylegan": bool(pipe.is_stylegan),
