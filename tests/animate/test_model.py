@@ -106,3 +106,20 @@ def test_decoder_cost_grows_with_size():
     mflop = g.decoder_flops() / 1e6
     assert 20 < mflop < 120  # the per-frame budget the benchmark is designed around
     assert g.decoder_flops(256) == pytest.approx(4 * g.decoder_flops(128), rel=0.01)
+
+
+def test_frames_have_clean_alpha():
+    """Frames handed to viewers (render_image) have one silhouette and an opaque interior,
+    even when the avatar they animate carries stray semi-transparent specks."""
+    from avatarforge.data.procedural import render_avatar
+    from avatarforge.eval.alpha import opaque_interior_fraction, stray_alpha_pixels
+
+    torch.manual_seed(0)
+    g = ExpressionAnimator(resolution=32).eval()
+    avatar = render_avatar(5, 32).copy()
+    avatar[1, 1] = (200, 200, 200, 60)  # a speck far from the character
+    avatar[2, 30] = (10, 10, 10, 120)
+    assert stray_alpha_pixels(avatar[None])[0] >= 2
+    img = g.render_image(g.prepare(avatar), NEUTRAL_CONTROLS)
+    assert stray_alpha_pixels(img[None])[0] == 0
+    assert opaque_interior_fraction(img[None])[0] >= 0.99

@@ -271,10 +271,12 @@ class OnnxAnimator:
         return self.render_session.run(["frame"], feeds)[0]
 
     def render_image(self, state: OnnxState, controls: ControlsLike) -> np.ndarray:
-        """One frame as ``(S, S, 4)`` uint8 RGBA."""
+        """One frame as ``(S, S, 4)`` uint8 RGBA, its alpha cleaned."""
         f = self.render(state, controls)[0]
         u8 = np.clip(np.rint((f + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-        u8 = np.ascontiguousarray(u8)
+        from avatarforge.imageio import clean_alpha
+
+        u8 = clean_alpha(np.ascontiguousarray(u8)[None])[0]  # as ExpressionAnimator.render_image
         u8[u8[..., 3] == 0, :3] = 0
         return u8
 

@@ -174,14 +174,23 @@ def image_to_tensor(image: Any, size: int | None = None) -> Tensor:
     return x.contiguous()
 
 
-def tensor_to_image(x: Tensor) -> np.ndarray:
-    """``(1, 4, H, W)`` or ``(4, H, W)`` in [-1, 1] -> ``(H, W, 4)`` uint8; RGB = 0 where alpha = 0."""
+def tensor_to_image(x: Tensor, clean: bool = False) -> np.ndarray:
+    """``(1, 4, H, W)`` or ``(4, H, W)`` in [-1, 1] -> ``(H, W, 4)`` uint8; RGB = 0 where alpha = 0.
+
+    ``clean``: clean the alpha (:func:`avatarforge.imageio.clean_alpha`: one silhouette, opaque
+    inside), as every frame handed to a viewer is.
+    """
     if x.ndim == 4:
         x = x[0]
     u8 = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
     out = u8.permute(1, 2, 0).contiguous().cpu().numpy()
     if out.shape[2] == 4:
         out[out[..., 3] == 0, :3] = 0  # the renderer's convention: invisible pixels are black
+        if clean:
+            from avatarforge.imageio import clean_alpha
+
+            out = clean_alpha(out[None])[0]
+            out[out[..., 3] == 0, :3] = 0
     return out
 
 
@@ -385,8 +394,8 @@ class ExpressionAnimator(ConfigModule):
         return self.decode(*state.tensors(), c)[0].clamp_(-1, 1)
 
     def render_image(self, state: AnimatorState, controls: ControlsLike) -> np.ndarray:
-        """One frame as an ``(S, S, 4)`` uint8 RGBA array."""
-        return tensor_to_image(self.render(state, controls))
+        """One frame as an ``(S, S, 4)`` uint8 RGBA array, its alpha cleaned."""
+        return tensor_to_image(self.render(state, controls), clean=True)
 
     def animate(self, avatar: Any, controls: ControlsLike) -> np.ndarray:
         """``render_image(prepare(avatar), controls)`` for a one-off frame."""
@@ -501,8 +510,8 @@ class FrozenAnimator:
         return fn(*tensors, c)
 
     def render_image(self, state: AnimatorState, controls: ControlsLike) -> np.ndarray:
-        """One frame as an ``(S, S, 4)`` uint8 RGBA array."""
-        return tensor_to_image(self.render(state, controls))
+        """One frame as an ``(S, S, 4)`` uint8 RGBA array, its alpha cleaned."""
+        return tensor_to_image(self.render(state, controls), clean=True)
 
     def animate(self, avatar: Any, controls: ControlsLike) -> np.ndarray:
         """``render_image(prepare(avatar), controls)``."""
