@@ -92,3 +92,15 @@ def test_errors_name_the_fix(tmp_path):
     no_parts.attach_refiner(_refiner(parts=0))
     with pytest.raises(ValueError, match="part maps come from a refiner"):
         no_parts.render_layers(no_parts.latents([1]), 4 * SIZE)
+
+
+def test_a_refiner_trained_for_another_resolution_is_refused(tmp_path):
+    """A refiner run records its training size (data.size / data.scale): a 64-px refiner on a
+    32-px generator is an error naming the fix, not a silent wrong-size upscale."""
+    import yaml
+
+    run = tmp_path / "00000-refiner-512"
+    _refiner().save_pretrained(run)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"size": 512, "scale": 8}}))
+    with pytest.raises(ValueError, match="trained on 64-px inputs but this generator makes 32-px"):
+        tiny_pipe().attach_refiner(run)

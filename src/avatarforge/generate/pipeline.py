@@ -291,6 +291,27 @@ def parse_colour(colour: str | Sequence[int] | None) -> tuple[int, int, int]:
     return (vals[0], vals[1], vals[2])
 
 
+def _refiner_input_size(path: str | os.PathLike) -> int | None:
+    """The input size a refiner run was trained for (its config's data.size / data.scale), or
+    None when the path carries no training config (a ``save_pretrained`` directory)."""
+    import yaml
+
+    from avatarforge.runs import resolve_run
+
+    try:
+        run = resolve_run(path, "refiner")
+    except (FileNotFoundError, ValueError):
+        return None
+    for folder in (run, run.parent, run.parent.parent):
+        cfg = folder / "config.yaml"
+        if cfg.is_file():
+            data = (yaml.safe_load(cfg.read_text("utf-8")) or {}).get("data") or {}
+            if data.get("size") and data.get("scale"):
+                return int(data["size"]) // int(data["scale"])
+            return None
+    return None
+
+
 def _downsample(images: np.ndarray, size: int) -> np.ndarray:
     """Area-average ``(N, H, H, C)`` uint8 down to ``size`` (H a multiple of it), in
     premultiplied alpha so transparent pixels' colours do not bleed into the edges."""
@@ -549,8 +570,10 @@ class GeneratorPipeline:
         from avatarforge.runs import load_refiner
 
         source = None
+        in_size = None
         if not isinstance(refiner, nn.Module):
             source = str(Path(refiner).resolve())
+            in_size = _refiner_input_size(refiner)
             refiner = load_refiner(refiner, device=device)
         ch = int(getattr(refiner, "channels", self.channels))
         if ch != self.channels:
@@ -559,7 +582,6 @@ class GeneratorPipeline:
                 "ones: train a refiner on the generator's data set (avatarforge train "
                 "src/avatarforge/configs/refiner-512px.yaml data.source=DATA)"
             )
-        in_size = getattr(refiner, "in_size", None)
         if in_size is not None and int(in_size) != self.resolution:
             raise ValueError(
                 f"the refiner was trained on {in_size}-px inputs but this generator makes {self.resolution}-px "
