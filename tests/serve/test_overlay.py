@@ -565,3 +565,52 @@ def test_generator_avatars_are_rigged_through_the_refiner(pipe):
                 if msg.get("reload"):
                     break
             assert msg == {"reload": True}
+
+
+# ------------------------------------------------------------------ tracking, expressions (#19)
+def test_tracker_page_model_files_and_expression_api(pipe, monkeypatch):
+    from avatarforge.serve.overlay import routes
+
+    client, hub = make_client(make_state(pipe, None, api_key="k"))
+    with client:
+        assert client.get("/tracker").status_code == 401
+        page = client.get("/tracker?avatar=procedural:1&key=k")
+        cfg = json.loads(re.search(r'id="tracker-config"[^>]*>(.*?)</script>', page.text, re.S).group(1))
+        assert cfg["mediapipe"] == "/tracker/mediapipe" and cfg["socket"] == "/ws/overlay/control"
+        assert client.get("/tracker/static/tracker.js").status_code == 200
+        if cfg["installed"]:  # node_modules present: the files come from the server, wasm typed
+            r = client.get("/tracker/mediapipe/face_mesh_solution_simd_wasm_bin.wasm")
+            assert r.status_code == 200 and r.headers["content-type"] == "application/wasm"
+        for name in ("package.json", "..%2Fpackage.json", "index.d.ts"):
+            assert client.get(f"/tracker/mediapipe/{name}").status_code == 404
+        monkeypatch.setattr(routes, "face_mesh_dir", lambda: None)
+        page = client.get("/tracker?key=k").text
+        cfg = json.loads(re.search(r'id="tracker-config"[^>]*>(.*?)</script>', page, re.S).group(1))
+        assert cfg["installed"] is False and "npm ci --ignore-scripts" in cfg["install"]
+        assert client.get("/tracker/mediapipe/face_mesh.js").status_code == 404
+
+        info = client.get("/overlay/expressions", headers={"X-API-Key": "k"}).json()
+        assert info["expressions"]["happy"]["key"] == "6" and "nod" in info["animations"]
+        h = {"X-API-Key": "k"}
+        r = client.post(
+            "/overlay/control?avatar=procedural:1",
+            json={"expression": {"name": "happy", "hold": 2}},
+            headers=h,
+        )
+        assert r.status_code == 200 and hub.controls("procedural:1").expression.current == "happy"
+        for bad, msg in [
+            ({"expression": "giddy"}, "unknown expression 'giddy'"),
+            ({"expression": {"name": "sad", "fade_in": 99}}, "fade_in must be a number from 0 to 10"),
+            ({"animation": "moonwalk"}, "unknown animation"),
+            ({"track": [1, 2]}, '"track" must be an object'),
+        ]:
+            r = client.post("/overlay/control?avatar=procedural:1", json=bad, headers=h)
+            assert r.status_code == 422 and msg in r.json()["detail"], r.json()
+        # a tracker frame: clamped and counted, not refused; no reply on the control socket
+        with client.websocket_connect("/ws/overlay/control?avatar=procedural:1&key=k") as ws:
+            ws.send_text(json.dumps({"track": {"head_yaw": 3, "smile": 0.5, "nope": 1}, "seq": 7}))
+            ws.send_text(json.dumps({"key": "6"}))  # toggles happy off
+            assert json.loads(ws.receive_text()) == {"manual": {}}
+        tracker = hub.controls("procedural:1").tracker
+        assert tracker.seq == 7 and tracker.stats.clamped == 1 and tracker.stats.dropped_values == 1
+        assert hub.controls("procedural:1").expression.current is None

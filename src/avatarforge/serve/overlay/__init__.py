@@ -13,7 +13,11 @@
 * ``WS /ws/overlay`` -- binary messages, one lossless WebP (or PNG) with alpha per frame;
   the client may send JSON control messages on the same socket.
 * ``WS /ws/overlay/control`` and ``POST /overlay/control`` -- control messages only (a
-  Stream Deck, a script), answered with the avatar's manual control state.
+  Stream Deck, a script, a chat bot), answered with the avatar's manual control state;
+  ``GET /overlay/expressions`` lists the expression presets and one-shot animations.
+* ``GET /tracker`` -- webcam face tracking in the page (MediaPipe face_mesh served from
+  ``/tracker/mediapipe``, installed from npm; never a CDN), sending ``{"track": ...}``
+  frames on the control socket (docs/tracking.md).
 
 Avatars (``avatar=``): ``studio`` (default: the avatar last sent from the web studio, or
 generator seed 0 until then), an integer ``N`` (the loaded generator's seed ``N``), or

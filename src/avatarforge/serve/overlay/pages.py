@@ -19,15 +19,74 @@ from typing import Any
 
 from avatarforge.serve.overlay.protocol import (
     CONTROL_SOCKET_PATH,
+    FACE_MESH_PATH,
     FRAME_SOCKET_PATH,
     KEY_BINDINGS,
     KEY_HELP,
     PAGE_PATH,
     RIG_PATH,
     STATIC_PATH,
+    TRACKER_STATIC_PATH,
 )
 
-__all__ = ["control_page_html", "mount_static", "overlay_page_html", "static_dir"]
+__all__ = [
+    "FACE_MESH_ENV",
+    "FACE_MESH_INSTALL",
+    "control_page_html",
+    "face_mesh_dir",
+    "mount_static",
+    "overlay_page_html",
+    "static_dir",
+    "tracker_page_html",
+]
+
+#: A folder holding the files of npm's ``@mediapipe/face_mesh`` (see :func:`face_mesh_dir`).
+FACE_MESH_ENV = "AVATARFORGE_FACE_MESH"
+#: The pinned package (package.json / package-lock.json).
+FACE_MESH_PACKAGE = "@mediapipe/face_mesh@0.4.1633559619"
+#: What to run when the files are missing (the tracker page shows it).
+FACE_MESH_INSTALL = (
+    "make install  (or: npm ci --ignore-scripts)  in the AvatarForge checkout; without the checkout: "
+    f"npm pack {FACE_MESH_PACKAGE} && tar xzf mediapipe-face_mesh-0.4.1633559619.tgz, then set "
+    f"{FACE_MESH_ENV}=$PWD/package; then restart the server"
+)
+#: The files the tracker page may load (the loader, the model and the wasm runtime).
+FACE_MESH_FILES = (
+    "face_mesh.js",
+    "face_mesh.binarypb",
+    "face_mesh_solution_packed_assets_loader.js",
+    "face_mesh_solution_packed_assets.data",
+    "face_mesh_solution_simd_wasm_bin.js",
+    "face_mesh_solution_simd_wasm_bin.wasm",
+    "face_mesh_solution_simd_wasm_bin.data",
+    "face_mesh_solution_wasm_bin.js",
+    "face_mesh_solution_wasm_bin.wasm",
+)
+
+
+def face_mesh_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where MediaPipe face_mesh's files are, or ``None`` when they are not installed.
+
+    Looked for like Swagger UI's (``serve.app.swagger_ui_dir``): ``$AVATARFORGE_FACE_MESH``;
+    ``static/tracker/mediapipe/`` in the package (a build that ships them);
+    ``node_modules/@mediapipe/face_mesh`` of the checkout the package runs from (``make
+    install``: ``npm ci --ignore-scripts``, pinned by package.json and package-lock.json) and
+    of the current directory. The page never loads them from the internet.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    here = Path(__file__).resolve().parent.parent  # avatarforge/serve
+    candidates = [Path(env[FACE_MESH_ENV])] if env.get(FACE_MESH_ENV) else []
+    candidates += [
+        here / "static" / "tracker" / "mediapipe",
+        here.parents[2] / "node_modules" / "@mediapipe" / "face_mesh",
+        Path.cwd() / "node_modules" / "@mediapipe" / "face_mesh",
+    ]
+    for d in candidates:
+        if all((d / f).is_file() for f in FACE_MESH_FILES[:6]):
+            return d
+    return None
 
 
 def static_dir() -> Path:
@@ -40,7 +99,7 @@ def static_dir() -> Path:
 @functools.cache
 def _template(name: str) -> str:
     # Read once per process: the files are part of the installed package and do not change.
-    return (static_dir() / name).read_text(encoding="utf-8")
+    return (static_dir().parent / name).read_text(encoding="utf-8")
 
 
 def _config_json(data: Mapping[str, Any]) -> str:
@@ -79,7 +138,7 @@ def overlay_page_html(
         "keys": list(KEY_BINDINGS),
         "error": error,
     }
-    return _fill("overlay.html", root, cfg)
+    return _fill("overlay/overlay.html", root, cfg)
 
 
 def control_page_html(query: Mapping[str, str], avatar: str, root: str = "") -> str:
@@ -104,7 +163,38 @@ def control_page_html(query: Mapping[str, str], avatar: str, root: str = "") -> 
             for n in CONTROL_NAMES
         ],
     }
-    return _fill("control.html", root, cfg)
+    return _fill("overlay/control.html", root, cfg)
+
+
+def tracker_page_html(
+    query: Mapping[str, str],
+    root: str = "",
+    *,
+    control_socket: str = CONTROL_SOCKET_PATH,
+    overlay: str = PAGE_PATH,
+    installed: bool = True,
+) -> str:
+    """The ``/tracker`` page: webcam -> MediaPipe face_mesh in the page -> live controls sent
+    on the control socket. ``installed=False``: the page says what to run instead."""
+    from avatarforge.animate.tracking import OneEuroBank
+
+    f = OneEuroBank()
+    cfg = {
+        "query": dict(query),
+        "root": root,
+        "socket": control_socket,
+        "overlay": overlay,
+        "mediapipe": FACE_MESH_PATH,
+        "installed": installed,
+        "install": FACE_MESH_INSTALL,
+        "filter": {
+            "min_cutoff": f.min_cutoff,
+            "beta": f.beta,
+            "d_cutoff": f.d_cutoff,
+            "eye_min_cutoff": f.eye_min_cutoff,
+        },
+    }
+    return _fill("tracker/tracker.html", root, cfg)
 
 
 def mount_static(app: Any) -> None:
@@ -116,3 +206,6 @@ def mount_static(app: Any) -> None:
     from starlette.staticfiles import StaticFiles
 
     app.mount(STATIC_PATH, StaticFiles(directory=static_dir()), name="overlay-static")
+    app.mount(
+        TRACKER_STATIC_PATH, StaticFiles(directory=static_dir().parent / "tracker"), name="tracker-static"
+    )

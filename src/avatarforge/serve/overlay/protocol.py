@@ -22,6 +22,8 @@ __all__ = [
     "BAD_REQUEST_CLOSE_CODE",
     "CONTROL_PAGE_PATH",
     "CONTROL_SOCKET_PATH",
+    "EXPRESSIONS_PATH",
+    "FACE_MESH_PATH",
     "FRAME_SOCKET_PATH",
     "KEY_BINDINGS",
     "KEY_HELP",
@@ -32,6 +34,8 @@ __all__ = [
     "RIG_PATH",
     "STATIC_PATH",
     "TOO_MANY_LOOPS_CLOSE_CODE",
+    "TRACKER_PATH",
+    "TRACKER_STATIC_PATH",
     "UNAUTHORIZED_CLOSE_CODE",
     "OverlayBusy",
     "OverlayControls",
@@ -51,6 +55,13 @@ RIG_PATH = "/overlay/rig"
 CONTROL_SOCKET_PATH = "/ws/overlay/control"
 #: The pages' scripts and stylesheets (static files, no API key needed).
 STATIC_PATH = "/overlay/static"
+#: The webcam face tracker page, its scripts, and the MediaPipe files it loads (from the
+#: server: npm's @mediapipe/face_mesh installed at install time, never a CDN).
+TRACKER_PATH = "/tracker"
+TRACKER_STATIC_PATH = "/tracker/static"
+FACE_MESH_PATH = "/tracker/mediapipe"
+#: The expression presets and one-shot animations (JSON, for bots and control panels).
+EXPRESSIONS_PATH = "/overlay/expressions"
 
 #: WebSocket close code (application range 4000-4999) sent when no animator is loaded.
 NO_ANIMATOR_CLOSE_CODE = 4503

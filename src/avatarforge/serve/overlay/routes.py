@@ -15,21 +15,32 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from avatarforge.serve.overlay.hub import OVERLAY_MODES, RIG_SIZE, OverlayHub, OverlayOptions, overlay_options
-from avatarforge.serve.overlay.pages import control_page_html, mount_static, overlay_page_html
+from avatarforge.serve.overlay.pages import (
+    FACE_MESH_FILES,
+    control_page_html,
+    face_mesh_dir,
+    mount_static,
+    overlay_page_html,
+    tracker_page_html,
+)
 from avatarforge.serve.overlay.protocol import (
     BAD_REQUEST_CLOSE_CODE,
     CONTROL_PAGE_PATH,
     CONTROL_SOCKET_PATH,
+    EXPRESSIONS_PATH,
+    FACE_MESH_PATH,
     FRAME_SOCKET_PATH,
+    KEY_BINDINGS,
     NO_ANIMATOR_CLOSE_CODE,
     NO_ANIMATOR_MESSAGE,
     PAGE_PATH,
     RIG_PATH,
     TOO_MANY_LOOPS_CLOSE_CODE,
+    TRACKER_PATH,
     UNAUTHORIZED_CLOSE_CODE,
     OverlayBusy,
     OverlayControls,
@@ -185,6 +196,56 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
             return HTMLResponse(NO_ANIMATOR_MESSAGE, status_code=503)
         return HTMLResponse(control_page_html(_forward_query(q), avatar, _root(request)))
 
+    @app.get(TRACKER_PATH, response_class=HTMLResponse, include_in_schema=False)
+    def tracker_page(request: Request) -> HTMLResponse:
+        """Webcam face tracking in the page (MediaPipe face_mesh from this server's files)."""
+        q = dict(request.query_params)
+        if not _check_key(state, q.get("key")):
+            return HTMLResponse("wrong or missing API key: add ?key=YOUR_KEY to the URL", status_code=401)
+        try:
+            parse_avatar(q.get("avatar"))
+        except OverlayError as e:
+            return HTMLResponse(str(e), status_code=400)
+        forward = {k: q[k] for k in ("avatar", "key", "mincutoff", "beta", "debug") if k in q}
+        html = tracker_page_html(forward, _root(request), installed=face_mesh_dir() is not None)
+        return HTMLResponse(html)
+
+    _types = {".js": "text/javascript", ".wasm": "application/wasm"}
+
+    @app.get(FACE_MESH_PATH + "/{name}", include_in_schema=False)
+    def face_mesh_file(name: str) -> FileResponse:
+        # Open like the pages' scripts: the same public files for every server, no data.
+        folder = face_mesh_dir()
+        if folder is None or name not in FACE_MESH_FILES or not (folder / name).is_file():
+            return JSONResponse(
+                {"detail": f"no face tracking file {name!r} (installed: {folder is not None})"}, 404
+            )
+        media = _types.get("." + name.rsplit(".", 1)[-1], "application/octet-stream")
+        # A week: the files are pinned by version; ?v= is not needed.
+        return FileResponse(folder / name, media_type=media, headers={"Cache-Control": "max-age=604800"})
+
+    @app.get(EXPRESSIONS_PATH, include_in_schema=False)
+    def expressions(request: Request) -> JSONResponse:
+        """The expression presets, one-shot animations and the keys bound to them."""
+        from avatarforge.animate.expressions import ANIMATIONS, EXPRESSIONS
+
+        q = dict(request.query_params)
+        if not _check_key(state, q.get("key") or _header_key(request.headers)):
+            return JSONResponse({"detail": "wrong or missing API key (X-API-Key header or ?key=)"}, 401)
+        keys = {b[1]: k for k, b in KEY_BINDINGS.items() if b[0] in ("expression", "animation")}
+        return JSONResponse(
+            {
+                "expressions": {n: {"controls": c, "key": keys.get(n)} for n, c in EXPRESSIONS.items()},
+                "animations": {n: {"seconds": d, "key": keys.get(n)} for n, (d, _) in ANIMATIONS.items()},
+                "fades": {
+                    "expression_fade_in": hub.options.expression_fade_in,
+                    "expression_fade_out": hub.options.expression_fade_out,
+                    "tracking_fade_in": hub.options.tracking_fade_in,
+                    "tracking_fade_out": hub.options.tracking_fade_out,
+                },
+            }
+        )
+
     @app.post(CONTROL_PAGE_PATH, include_in_schema=False)
     async def control_post(request: Request) -> JSONResponse:
         q = dict(request.query_params)
@@ -234,7 +295,8 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
                 continue
             try:
                 manual = apply_control(controls, text)
-                if reply:
+                # A tracker's frames (30 a second) are not answered; everything else is.
+                if reply and not text.lstrip().startswith('{"track"'):
                     await ws.send_text(json.dumps({"manual": manual}))
             except OverlayError as e:
                 await ws.send_text(json.dumps({"error": str(e)}))

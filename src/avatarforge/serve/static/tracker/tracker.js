@@ -1,0 +1,306 @@
+// The /tracker page: webcam -> MediaPipe face_mesh (478 landmarks with irises, run in this page
+// from files this server serves) -> the 17 live controls -> the control socket, at camera rate.
+// docs/tracking.md explains the parameters. window.trackerStats(), window.trackerLog and
+// window.trackerSentAt are read by tests and benchmarks (tests/serve/test_tracker_browser.py).
+(function () {
+  'use strict';
+  const cfg = JSON.parse(document.getElementById('tracker-config').textContent);
+  const q = new URLSearchParams(cfg.query);
+  const statusEl = document.getElementById('status');
+  const video = document.getElementById('video');
+  const marks = document.getElementById('marks');
+  const debug = q.get('debug') === '1';
+  function say(text, error) { statusEl.textContent = text; statusEl.className = 'status' + (error ? ' error' : ''); }
+  window.trackerError = null;
+  function fail(text) { window.trackerError = text; say(text, true); }
+
+  const obs = new URLSearchParams(); if (q.get('avatar')) { obs.set('avatar', q.get('avatar')); } if (q.get('key')) { obs.set('key', q.get('key')); }
+  document.getElementById('obs-url').textContent = location.origin + cfg.root + cfg.overlay + (obs.toString() ? '?' + obs : '');
+
+  // ------------------------------------------------------------------ One-Euro filter (tracking.OneEuroFilter)
+  function OneEuro(minCutoff, beta, dCutoff) { this.mc = minCutoff; this.beta = beta; this.dc = dCutoff; this.x = null; this.dx = 0; this.t = null; }
+  function alpha(cutoff, dt) { const tau = 1 / (2 * Math.PI * cutoff); return 1 / (1 + tau / dt); }
+  OneEuro.prototype.filter = function (x, t) {
+    if (this.x === null || t <= this.t) { if (this.x === null) { this.x = x; this.t = t; } return this.x; }
+    const dt = t - this.t;
+    this.dx += alpha(this.dc, dt) * ((x - this.x) / dt - this.dx);
+    this.x += alpha(this.mc + this.beta * Math.abs(this.dx), dt) * (x - this.x);
+    this.t = t;
+    return this.x;
+  };
+  const tune = {
+    min_cutoff: parseFloat(q.get('mincutoff') || cfg.filter.min_cutoff),
+    beta: parseFloat(q.get('beta') || cfg.filter.beta),
+  };
+  let filters = {};
+  function smooth(params, t) {
+    const out = {};
+    for (const k in params) {
+      if (!filters[k]) {
+        const mc = k.indexOf('eye_open') === 0 ? Math.max(cfg.filter.eye_min_cutoff, tune.min_cutoff) : tune.min_cutoff;
+        filters[k] = new OneEuro(mc, tune.beta, cfg.filter.d_cutoff);
+      }
+      out[k] = Math.round(filters[k].filter(params[k], t) * 10000) / 10000;
+    }
+    return out;
+  }
+  ['min_cutoff', 'beta'].forEach(function (name) {
+    const el = document.getElementById(name === 'min_cutoff' ? 'mincutoff' : 'beta');
+    el.value = tune[name];
+    el.addEventListener('input', function () { tune[name] = parseFloat(el.value); filters = {}; showFilter(); });
+  });
+  function showFilter() { document.getElementById('filter-values').textContent = 'min cutoff ' + tune.min_cutoff + ' Hz, beta ' + tune.beta; }
+  showFilter();
+
+  // ------------------------------------------------------------------ landmarks -> parameters
+  // MediaPipe face mesh indices (image coordinates of a camera image that is not mirrored:
+  // the subject's right eye is on the image left). _l = the character's (and subject's) left.
+  const EYE = {
+    r: {outer: 33, inner: 133, top: 159, bottom: 145, brow: 105},
+    l: {outer: 263, inner: 362, top: 386, bottom: 374, brow: 334},
+  };
+  const IRIS = [468, 473];
+  const clamp = function (x, lo, hi) { return Math.min(hi, Math.max(lo, x)); };
+  let W = 640, H = 480;
+  function P(lm, i) { const p = lm[i]; return [p.x * W, p.y * H, p.z * W]; }
+  function sub(a, b) { return [a[0] - b[0], a[1] - b[1], a[2] - b[2]]; }
+  function len2(a) { return Math.hypot(a[0], a[1]); }
+  function dist(a, b) { return Math.hypot(a[0] - b[0], a[1] - b[1]); }
+  function mid(a, b) { return [(a[0] + b[0]) / 2, (a[1] + b[1]) / 2, (a[2] + b[2]) / 2]; }
+  const DEG = 180 / Math.PI;
+
+  // Raw measurements of one face (no calibration): pose in degrees, ratios of the eye distance.
+  function measure(lm) {
+    const xr = P(lm, EYE.r.outer), xl = P(lm, EYE.l.outer);
+    const xa = sub(xl, xr);                        // image-left eye -> image-right eye
+    const ya = sub(P(lm, 152), P(lm, 10));         // forehead -> chin
+    const roll = Math.atan2(xa[1], xa[0]) * DEG;   // + = clockwise on screen
+    const yaw = Math.atan2(xa[2], len2(xa)) * DEG; // + = the image-right side is further: turned towards image right
+    const pitch = Math.atan2(-ya[2], len2(ya)) * DEG; // + = the chin is nearer: looking up
+    const c = Math.cos(-roll / DEG), s = Math.sin(-roll / DEG);
+    function up(p, o) { const dx = p[0] - o[0], dy = p[1] - o[1]; return [c * dx - s * dy, s * dx + c * dy]; }  // face-aligned
+    const ec = {r: mid(P(lm, EYE.r.outer), P(lm, EYE.r.inner)), l: mid(P(lm, EYE.l.outer), P(lm, EYE.l.inner))};
+    const iod = dist(ec.r, ec.l) || 1;
+    const m = {roll: roll, yaw: yaw, pitch: pitch, iod: iod};
+    const irises = IRIS.map(function (i) { return P(lm, i); });
+    ['l', 'r'].forEach(function (side) {
+      const e = EYE[side];
+      const width = dist(P(lm, e.outer), P(lm, e.inner)) || 1;
+      m['eye_' + side] = dist(P(lm, e.top), P(lm, e.bottom)) / width;
+      const iris = dist(irises[0], ec[side]) < dist(irises[1], ec[side]) ? irises[0] : irises[1];
+      const d = up(iris, ec[side]);
+      m['gx_' + side] = d[0] / (width / 2);
+      m['gy_' + side] = -d[1] / (width / 2);
+      m['brow_' + side] = -up(P(lm, e.brow), ec[side])[1] / iod;
+    });
+    const upper = P(lm, 13), lower = P(lm, 14), cl = P(lm, 61), cr = P(lm, 291);
+    m.mouth = dist(upper, lower) / iod;
+    m.width = dist(cl, cr) / iod;
+    const centre = mid(upper, lower);
+    m.corners = -(up(cl, centre)[1] + up(cr, centre)[1]) / 2 / iod; // + = corners above the lips' centre
+    return m;
+  }
+
+  const NEUTRAL = {yaw: 0, pitch: 0, roll: 0, eye_l: 0.30, eye_r: 0.30, gx_l: 0, gx_r: 0, gy_l: 0, gy_r: 0,
+                   brow_l: 0.42, brow_r: 0.42, mouth: 0.0, width: 0.95, corners: 0.0};
+  let neutral = Object.assign({}, NEUTRAL);
+  try { Object.assign(neutral, JSON.parse(localStorage.getItem('avatarforge-tracker-neutral') || '{}')); } catch (e) { /* private mode */ }
+
+  function toParams(m) {
+    const n = neutral, out = {};
+    ['l', 'r'].forEach(function (side) {
+      const closed = 0.35 * n['eye_' + side];
+      out['eye_open_' + side] = clamp((m['eye_' + side] - closed) / (0.9 * n['eye_' + side] - closed), 0, 1);
+    });
+    out.gaze_x = clamp(2.5 * ((m.gx_l - n.gx_l) + (m.gx_r - n.gx_r)) / 2, -1, 1);
+    out.gaze_y = clamp(4.0 * ((m.gy_l - n.gy_l) + (m.gy_r - n.gy_r)) / 2, -1, 1);
+    const open = clamp((m.mouth - n.mouth - 0.04) / 0.35, 0, 1);
+    out.mouth_open = open;
+    out.smile = clamp(8 * (m.corners - n.corners) + 1.5 * (m.width - n.width), -1, 1);
+    const wr = m.width / n.width;
+    const round = clamp((0.97 - wr) / 0.15, 0, 1), wide = clamp((wr - 1.03) / 0.15, 0, 1);
+    const v = {
+      vowel_a: open * (1 - round),
+      vowel_o: open * round,
+      vowel_u: round * clamp(1 - 3 * open, 0, 1),
+      vowel_i: wide * clamp(1 - 2.5 * open, 0, 1) * clamp(m.mouth / 0.02, 0, 1),
+      vowel_e: wide * open * clamp(1 - open, 0, 1) * 2,
+    };
+    let sum = 0; for (const k in v) { sum += v[k]; }
+    for (const k in v) { out[k] = clamp(sum > 1 ? v[k] / sum : v[k], 0, 1); }
+    out.brow_y = clamp(((m.brow_l - n.brow_l) + (m.brow_r - n.brow_r)) / 2 / 0.06, -1, 1);
+    out.head_yaw = clamp((m.yaw - n.yaw) / 30, -1, 1);
+    out.head_pitch = clamp((m.pitch - n.pitch) / 20, -1, 1);
+    out.head_tilt = clamp((m.roll - n.roll) / 10, -1, 1);
+    return out;
+  }
+
+  // ------------------------------------------------------------------ socket
+  let ws = null, seq = 0, sent = 0, lostSent = false;
+  window.trackerSentAt = {};  // seq -> epoch ms of the camera frame (latency measurements)
+  function connect() {
+    ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + cfg.root + cfg.socket + '?' + q);
+    ws.onclose = function (ev) {
+      if (ev.code === 1008 || ev.code === 4400) { fail('The server refused the control socket: ' + (ev.reason || ev.code)); return; }
+      setTimeout(connect, 1000);
+    };
+  }
+  function send(msg) { if (ws && ws.readyState === 1) { ws.send(JSON.stringify(msg)); sent += 1; return true; } return false; }
+
+  // ------------------------------------------------------------------ frames
+  let frames = 0, faces = 0, last = null, paused = false;
+  const times = [];
+  window.trackerLog = [];
+  window.trackerStats = function () {
+    const fps = times.length > 1 ? 1000 * (times.length - 1) / (times[times.length - 1] - times[0]) : 0;
+    return {frames: frames, faces: faces, fps: fps, sent: sent, last: last, error: window.trackerError};
+  };
+  let probe = null;
+  function frameCode() {  // debug: the frame number a test video carries in its top-left corner
+    if (!probe) { probe = document.createElement('canvas'); probe.width = 160; probe.height = 12; }
+    const g = probe.getContext('2d', {willReadFrequently: true});
+    g.drawImage(video, 0, 0, 160, 12, 0, 0, 160, 12);
+    const px = g.getImageData(0, 0, 160, 12).data;
+    let code = 0;
+    for (let b = 0; b < 10; b++) { const i = (6 * 160 + b * 16 + 8) * 4; code = code * 2 + (px[i] > 128 ? 1 : 0); }
+    return code;
+  }
+  const table = document.getElementById('params');
+  function show(params) {
+    table.textContent = '';
+    Object.keys(params).forEach(function (k) { const r = table.insertRow(); r.insertCell().textContent = k; r.insertCell().textContent = params[k].toFixed(2); });
+  }
+  function drawMarks(lm) {
+    const g = marks.getContext('2d');
+    marks.width = W; marks.height = H;
+    g.clearRect(0, 0, W, H);
+    if (!lm) { return; }
+    g.fillStyle = '#0f0';
+    for (let i = 0; i < lm.length; i += 3) { g.fillRect(lm[i].x * W - 1, lm[i].y * H - 1, 2, 2); }
+  }
+
+  let current = null;  // measurements of the newest frame (for calibration)
+  function onResults(results, t0, code) {
+    frames += 1;
+    const now = performance.now();
+    times.push(now); if (times.length > 60) { times.shift(); }
+    const lm = results.multiFaceLandmarks && results.multiFaceLandmarks[0];
+    if (!lm) {
+      current = null;
+      if (!lostSent) { send({track: null}); lostSent = true; }
+      if (debug) { window.trackerLog.push({code: code, face: false}); }
+      say('No face found: face the camera, with light on your face (not behind you).');
+      drawMarks(null);
+      return;
+    }
+    faces += 1;
+    lostSent = false;
+    const m = measure(lm);
+    current = m;
+    const params = smooth(toParams(m), t0 / 1000);
+    seq += 1;
+    window.trackerSentAt[seq] = performance.timeOrigin + t0;
+    delete window.trackerSentAt[seq - 300];
+    send({track: params, seq: seq});
+    last = params;
+    if (debug) {
+      window.trackerLog.push({code: code, face: true, roll: m.roll, yaw: m.yaw, pitch: m.pitch, mouth: m.mouth,
+                              eye_l: m.eye_l, eye_r: m.eye_r, params: params});
+      if (window.trackerLog.length > 5000) { window.trackerLog.shift(); }
+    }
+    if (frames % 3 === 0) {
+      show(params); drawMarks(lm);
+      document.getElementById('fps').textContent = window.trackerStats().fps.toFixed(1);
+      document.getElementById('found').textContent = Math.round(100 * faces / frames);
+      document.getElementById('sent').textContent = sent;
+      say('Tracking. Press “Look forward” while looking straight at the camera to calibrate.');
+    }
+  }
+
+  document.getElementById('calibrate').addEventListener('click', function () {
+    if (!current) { say('No face to calibrate on: face the camera first.', true); return; }
+    neutral = Object.assign({}, NEUTRAL, current);
+    filters = {};
+    try { localStorage.setItem('avatarforge-tracker-neutral', JSON.stringify(neutral)); } catch (e) { /* private mode */ }
+    say('Calibrated: this pose and face are neutral now.');
+  });
+  window.trackerCalibrate = function () { document.getElementById('calibrate').click(); };
+  document.getElementById('pause').addEventListener('click', function (ev) {
+    paused = !paused; ev.target.textContent = paused ? 'Resume' : 'Pause';
+    if (paused) { send({track: null}); }
+  });
+
+  async function start() {
+    if (!cfg.installed) {
+      fail('The face-tracking model is not installed on this server, so this page cannot track.\nRun: ' + cfg.install);
+      return;
+    }
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      fail('This browser gives no camera here: open the page as http://127.0.0.1 or http://localhost (a secure context), or over https.');
+      return;
+    }
+    say('Loading the face model (MediaPipe face_mesh, from this server)…');
+    try {
+      await new Promise(function (resolve, reject) {
+        const s = document.createElement('script');
+        s.src = cfg.root + cfg.mediapipe + '/face_mesh.js';
+        s.onload = resolve;
+        s.onerror = function () { reject(new Error('face_mesh.js did not load')); };
+        document.head.appendChild(s);
+      });
+    } catch (e) {
+      fail('The face-tracking files did not load from this server (' + e.message + ').\nRun: ' + cfg.install);
+      return;
+    }
+    const mesh = new window.FaceMesh({locateFile: function (f) { return cfg.root + cfg.mediapipe + '/' + f; }});
+    mesh.setOptions({maxNumFaces: 1, refineLandmarks: true, minDetectionConfidence: 0.5, minTrackingConfidence: 0.5, selfieMode: false});
+    // A cut or a fast move loses the tracked face for a frame: the model then looks for it again
+    // on the next frame. Retry that same frame once at once (detection runs), so one camera
+    // frame is not reported as "no face" for a face that is plainly there.
+    let pending = null, hadFace = false, retry = false;
+    mesh.onResults(function (r) {
+      if (!pending) { return; }
+      const face = !!(r.multiFaceLandmarks && r.multiFaceLandmarks[0]);
+      if (!face && hadFace && !pending.retried) { retry = true; return; }
+      hadFace = face;
+      onResults(r, pending.t0, pending.code);
+    });
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({video: {width: {ideal: 640}, height: {ideal: 480}, frameRate: {ideal: 30}}, audio: false});
+    } catch (e) {
+      if (e.name === 'NotAllowedError' || e.name === 'SecurityError') {
+        fail('Camera permission is missing: allow the camera for this page (the camera icon in the address bar, or the browser\'s site settings), then reload.');
+      } else if (e.name === 'NotFoundError' || e.name === 'OverconstrainedError') {
+        fail('No camera found: connect a webcam (or close the app that holds it), then reload.');
+      } else if (e.name === 'NotReadableError') {
+        fail('The camera is busy: another app (OBS, a video call) is using it. Close it, then reload.');
+      } else {
+        fail('The camera could not start: ' + e.name + ': ' + e.message);
+      }
+      return;
+    }
+    video.srcObject = stream;
+    await video.play();
+    W = video.videoWidth || 640; H = video.videoHeight || 480;
+    try { await mesh.initialize(); } catch (e) { fail('The face model failed to start: ' + e.message + '\nRun: ' + cfg.install); return; }
+    connect();
+    document.getElementById('calibrate').disabled = false;
+    document.getElementById('pause').disabled = false;
+    say('Tracking…');
+    const rvfc = 'requestVideoFrameCallback' in HTMLVideoElement.prototype;
+    async function step() {
+      if (!paused && video.readyState >= 2) {
+        W = video.videoWidth; H = video.videoHeight;
+        pending = {t0: performance.now(), code: debug ? frameCode() : null, retried: false};
+        try {
+          await mesh.send({image: video});
+          if (retry) { retry = false; pending.retried = true; hadFace = false; await mesh.send({image: video}); }
+        } catch (e) { fail('Face tracking stopped: ' + e.message); return; }
+      }
+      if (rvfc) { video.requestVideoFrameCallback(step); } else { requestAnimationFrame(step); }
+    }
+    step();
+  }
+  start();
+})();
