@@ -258,4 +258,35 @@ def create_app(state: ServeState) -> FastAPI:
         if _mount_optional(app, state, module, func, needs)
     ]
     app.state.mounted = mounted
+    _mount_view3d(app, state)
     return app
+
+
+def _mount_view3d(app: FastAPI, state: ServeState) -> None:
+    """The 3D view (``/view3d?avatar=...``): VRM of a built-in avatar, a generator seed or the
+    studio's pick (through the refiner's part map when the server has one)."""
+    from avatarforge.serve.auth import check_api_key, presented_key, unauthorized
+    from avatarforge.serve.view3d import mount_view3d
+
+    def page_key(request: Request) -> None:
+        # Browsers open the page by URL: ?key= like the overlay, or the API's headers.
+        given = request.query_params.get("key") or presented_key(request.headers)
+        if not check_api_key(state.settings.api_key, given):
+            raise unauthorized()
+
+    def avatar_source(avatar: str) -> Any:
+        from avatarforge.avatar3d.source import AvatarSource
+
+        layers = state.avatar_layers
+        if layers is None or not (avatar == "studio" or avatar.isdigit()):
+            raise ValueError(
+                "avatar must be procedural:N, a generator seed or studio; seeds need a refiner with a part "
+                "head on this server (avatarforge serve RUN --refiner REFINER_RUN)"
+            )
+        hub = getattr(app.state, "overlay_hub", None)
+        image = getattr(hub, "_avatars", {}).get(avatar) if hub is not None else None
+        with state.model_lock():
+            big, parts = layers(avatar, max(state.pipe.sizes), image)
+        return AvatarSource(image=big, parts=parts, name=f"avatar {avatar}", origin=avatar)
+
+    mount_view3d(app, state, dependencies=[Depends(page_key)], avatar_source=avatar_source)

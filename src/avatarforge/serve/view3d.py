@@ -83,7 +83,10 @@ def mount_view3d(
     from fastapi import APIRouter, HTTPException, Query
     from fastapi.responses import HTMLResponse, Response
 
+    # The page and the model carry the avatar (keyed); scripts carry no data (open, like the
+    # overlay's static files), so a browser can load them without the key in every URL.
     router = APIRouter(prefix=prefix, dependencies=list(dependencies))
+    assets = APIRouter(prefix=prefix)
     lock = threading.Lock()
 
     @functools.lru_cache(maxsize=8)
@@ -119,14 +122,14 @@ def mount_view3d(
             raise HTTPException(422, str(e)) from None
         return Response(data, media_type="model/gltf-binary", headers={"Cache-Control": "no-store"})
 
-    @router.get("/static/{name}", include_in_schema=False)
+    @assets.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> Response:
         f = STATIC / name
         if "/" in name or f.suffix not in _TYPES or not f.is_file():
             raise HTTPException(404, "not found")
         return Response(f.read_bytes(), media_type=_TYPES[f.suffix])
 
-    @router.get("/vendor/{package}/{path:path}", include_in_schema=False)
+    @assets.get("/vendor/{package}/{path:path}", include_in_schema=False)
     def vendor(package: str, path: str) -> Response:
         root = view3d_vendor_dir()
         if root is None or package not in VENDOR:
@@ -146,3 +149,4 @@ def mount_view3d(
         )
 
     app.include_router(router)
+    app.include_router(assets)

@@ -79,7 +79,9 @@ function frame(framing) {
 async function load() {
   const loader = new GLTFLoader();
   loader.register((parser) => new VRMLoaderPlugin(parser));
-  const url = `./view3d/model.vrm?avatar=${encodeURIComponent(avatar)}&format=${encodeURIComponent(format)}`;
+  const key = params.get('key');  // a keyed server: the model needs the key the page was opened with
+  const url = `./view3d/model.vrm?avatar=${encodeURIComponent(avatar)}&format=${encodeURIComponent(format)}` +
+    (key ? `&key=${encodeURIComponent(key)}` : '');
   const gltf = await loader.loadAsync(url);
   const vrm = gltf.userData.vrm;
   if (!vrm) throw new Error("the file has no VRM extension three-vrm can read");
