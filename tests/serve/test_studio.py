@@ -151,7 +151,9 @@ def test_expression_preview_moves_with_the_sliders(state, picked):
     assert neutral.shape == (32, 32, 4)
     talking = expression_preview(state, img, {"mouth_open": 1.0, "eye_open": 0.0})
     turned = expression_preview(state, img, {"head_yaw": 1.0})
-    assert mean_abs(talking, neutral) > 0.5 and mean_abs(turned, neutral) > 0.5
+    # (thresholds for the tiny untrained animator; its frames' alpha is cleaned since 5bdb1e9,
+    # which removed the stray specks that used to add to the difference: head_yaw 0.36)
+    assert mean_abs(talking, neutral) > 0.3 and mean_abs(turned, neutral) > 0.2
     assert np.array_equal(expression_preview(state, img, {}), neutral)
     with pytest.raises(StudioError, match="unknown control"):
         expression_preview(state, img, {"ears": 1})
