@@ -181,3 +181,20 @@ def test_missing_serve_extra_is_a_clear_error(monkeypatch, capsys):
     assert serve_main(_args("runs/x")) == 2
     err = capsys.readouterr().err
     assert "uvicorn is missing" in err and "avatarforge[serve]" in err
+
+
+def test_tracking_and_state_flags_reach_the_settings_and_the_overlay(monkeypatch, tmp_path):
+    from avatarforge.serve.overlay.hub import overlay_options
+
+    monkeypatch.setenv("AVATARFORGE_CACHE", str(tmp_path))
+    s = settings_from_args(_args("r"), environ={})
+    assert s.state_dir == str(tmp_path / "serve")  # kept across restarts by default
+    assert settings_from_args(_args("r", "--state-dir", ""), environ={}).state_dir is None
+    s = settings_from_args(
+        _args("r", "--listen", "0.0.0.0", "--ifacialmocap", "--vmc-send", "--ifacialmocap-phone", "10.0.0.5"),
+        environ={},
+    )
+    assert (s.listen, s.ifacialmocap, s.vmc_send, s.ifacialmocap_phone) == ("0.0.0.0", "1", "1", "10.0.0.5")
+    opts = overlay_options(type("State", (), {"settings": s})())
+    assert opts.ifacialmocap == "0.0.0.0:49983" and opts.vmc_send == "127.0.0.1:39540"
+    assert opts.ifacialmocap_phone == "10.0.0.5"

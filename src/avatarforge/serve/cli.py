@@ -92,6 +92,41 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="live overlay: listen for VMC face tracking (OSC/UDP; default 127.0.0.1:39539 when given bare)",
     )
     parser.add_argument(
+        "--ifacialmocap",
+        nargs="?",
+        const="1",
+        default=None,
+        metavar="[HOST:]PORT",
+        help="live overlay: listen for iPhone face tracking from the iFacialMocap app (UDP 49983 when given bare)",
+    )
+    parser.add_argument(
+        "--ifacialmocap-phone",
+        default=None,
+        metavar="IP",
+        help="the phone's address (asks it to start sending)",
+    )
+    parser.add_argument(
+        "--listen",
+        default=None,
+        metavar="ADDR",
+        help="address the tracking listeners bind to (default 127.0.0.1; e.g. 0.0.0.0 for a phone on the LAN)",
+    )
+    parser.add_argument(
+        "--vmc-send",
+        nargs="?",
+        const="1",
+        default=None,
+        metavar="HOST:PORT",
+        help="send the live controls out as VMC (default 127.0.0.1:39540 when given bare)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="where the studio's last pick and the overlay's avatar are kept across restarts "
+        "(default $AVATARFORGE_CACHE/serve; '' keeps nothing)",
+    )
+    parser.add_argument(
         "--overlay-audio", default=None, metavar="WAV", help="live overlay: a WAV to lip-sync to (key P)"
     )
     parser.add_argument(
@@ -149,9 +184,23 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
             vmc=getattr(args, "vmc", None),
             overlay_audio=getattr(args, "overlay_audio", None),
             overlay_fps=getattr(args, "overlay_fps", None),
+            state_dir=_state_dir(getattr(args, "state_dir", None)),
+            listen=getattr(args, "listen", None),
+            ifacialmocap=getattr(args, "ifacialmocap", None),
+            ifacialmocap_phone=getattr(args, "ifacialmocap_phone", None),
+            vmc_send=getattr(args, "vmc_send", None),
         )
     except ValueError as e:
         raise ValueError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None
+
+
+def _state_dir(flag: str | None) -> str | None:
+    """``--state-dir``: the default state directory when not given, none for ``''``."""
+    if flag is None:
+        from avatarforge.serve.persist import default_state_dir
+
+        return str(default_state_dir())
+    return flag or None
 
 
 def _browser_host(host: str) -> str:
@@ -215,6 +264,12 @@ def serve_main(args: argparse.Namespace) -> int:
     from avatarforge.serve.state import ServeState
 
     settings = settings_from_args(args)
+    if settings.listen and not is_loopback(settings.listen):
+        print(
+            f"WARNING: tracking listeners bind to {settings.listen}: any device on that network can drive "
+            "the avatar (no key protects UDP input); use it on a network you trust",
+            file=sys.stderr,
+        )
     if not is_loopback(settings.host) and settings.api_key is None:
         print(
             f"WARNING: binding to {settings.host} WITHOUT an API key: anyone who can reach this port can use "

@@ -80,6 +80,11 @@ class ServeSettings:
             generator, :mod:`avatarforge.serve.persist`); ``None``: nothing is kept
             (``avatarforge serve`` uses ``$AVATARFORGE_CACHE/serve``, see
             :func:`avatarforge.serve.persist.default_state_dir`).
+        listen: the address the tracking listeners (VMC, iFacialMocap) bind to (``None``:
+            127.0.0.1; a LAN address lets a phone send, with a warning at start-up).
+        ifacialmocap: iFacialMocap (iPhone ARKit) listener, ``HOST:PORT`` or ``1`` for port 49983.
+        ifacialmocap_phone: the phone's address, to ask it to start sending.
+        vmc_send: send our live controls as VMC to ``HOST:PORT`` (``1``: 127.0.0.1:39540).
     """
 
     host: str = "127.0.0.1"
@@ -104,6 +109,10 @@ class ServeSettings:
     overlay_audio: str | None = None
     overlay_fps: float | None = None
     state_dir: str | None = None
+    listen: str | None = None
+    ifacialmocap: str | None = None
+    ifacialmocap_phone: str | None = None
+    vmc_send: str | None = None
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():

@@ -124,6 +124,10 @@ def mount_overlay(app: Any, state: Any, options: OverlayOptions | None = None) -
     """
     hub = OverlayHub(state, overlay_options(state, options))
     app.state.overlay_hub = hub
+    from avatarforge.serve.persist import attach_overlay
+
+    # The studio avatar survives restarts with or without the studio (idempotent).
+    attach_overlay(hub, state)
 
     # Stop the loops and free the VMC port when the server shuts down: wrap the app's
     # lifespan (whatever it is) rather than require the caller to remember hub.close().
