@@ -22,34 +22,30 @@
     return c;
   }
 
-  const VERT = 'attribute vec2 p; varying vec2 uv; void main() { uv = p * 0.5 + 0.5; gl_Position = vec4(p, 0.0, 1.0); }';
-  // Inverse warp, the fixed-point iteration of AvatarRig.warp_maps (three steps).
-  const FRAG = [
-    'precision highp float;',
-    'varying vec2 uv;',
-    'uniform sampler2D face;',
+  // The warp as a mesh: grid vertices at source pixels moved by the forward transform of
+  // AvatarRig.warp_maps (rotation about the neck pivot weighted from the chin to the shoulders,
+  // head shift, sway, breath); the fragment shader is one texture lookup, so software WebGL
+  // (a streamer's OBS without GPU compositing, or CI) stays cheap. Python inverts the same
+  // transform per pixel; between grid lines the two differ by well under a pixel.
+  const GRID = 48;
+  const VERT = [
+    'attribute vec2 src;',  // source pixel coordinates (pixel i spans [i - 0.5, i + 0.5])
     'uniform float S, pivx, pivy, chin, shoulder, roll, yawS, pitchS, swayS, breathS;',
+    'varying vec2 uv;',
     'float weight(float y) { float t = clamp((shoulder - y) / max(shoulder - chin, 1.0), 0.0, 1.0); return t * t * (3.0 - 2.0 * t); }',
     'void main() {',
-    '  float x = uv.x * S - 0.5; float y = (1.0 - uv.y) * S - 0.5;',
-    '  float sx = x; float sy = y;',
-    '  for (int i = 0; i < 3; i++) {',
-    '    float w = weight(sy);',
-    '    float up = clamp((S - sy) / S, 0.0, 1.0);',
-    '    float chest = clamp((S - sy) / max(S - shoulder, 1.0), 0.0, 1.0);',
-    '    float ang = roll * w;',
-    '    float tx = yawS * w + swayS * up;',
-    '    float ty = -pitchS * w - breathS * chest;',
-    '    float qx = x - tx - pivx; float qy = y - ty - pivy;',
-    '    float ca = cos(-ang); float sa = sin(-ang);',
-    '    sx = ca * qx - sa * qy + pivx;',
-    '    sy = sa * qx + ca * qy + pivy;',
-    '  }',
-    '  vec2 t = vec2((sx + 0.5) / S, (sy + 0.5) / S);',
-    '  if (t.x < 0.0 || t.y < 0.0 || t.x > 1.0 || t.y > 1.0) { gl_FragColor = vec4(0.0); return; }',
-    '  gl_FragColor = texture2D(face, t);',
+    '  float w = weight(src.y);',
+    '  float up = clamp((S - src.y) / S, 0.0, 1.0);',
+    '  float chest = clamp((S - src.y) / max(S - shoulder, 1.0), 0.0, 1.0);',
+    '  float ang = roll * w;',
+    '  vec2 q = src - vec2(pivx, pivy);',
+    '  vec2 d = vec2(cos(ang) * q.x - sin(ang) * q.y, sin(ang) * q.x + cos(ang) * q.y) + vec2(pivx, pivy);',
+    '  d += vec2(yawS * w + swayS * up, -pitchS * w - breathS * chest);',
+    '  uv = (src + 0.5) / S;',
+    '  gl_Position = vec4((d.x + 0.5) / S * 2.0 - 1.0, 1.0 - (d.y + 0.5) / S * 2.0, 0.0, 1.0);',
     '}',
   ].join('\n');
+  const FRAG = 'precision mediump float; varying vec2 uv; uniform sampler2D face; void main() { gl_FragColor = texture2D(face, uv); }';
 
   function RigView(target, rig) {
     this.rig = rig;
@@ -94,10 +90,27 @@
     gl.attachShader(prog, shader(gl.FRAGMENT_SHADER, FRAG));
     gl.linkProgram(prog);
     gl.useProgram(prog);
-    const buf = gl.createBuffer();
-    gl.bindBuffer(gl.ARRAY_BUFFER, buf);
-    gl.bufferData(gl.ARRAY_BUFFER, new Float32Array([-1, -1, 1, -1, -1, 1, 1, 1]), gl.STATIC_DRAW);
-    const loc = gl.getAttribLocation(prog, 'p');
+    // The grid: (GRID + 1)^2 vertices over the source, two triangles per cell.
+    const S = this.S, n = GRID + 1, verts = new Float32Array(n * n * 2), idx = new Uint16Array(GRID * GRID * 6);
+    for (let j = 0; j < n; j++) {
+      for (let i = 0; i < n; i++) {
+        verts[2 * (j * n + i)] = -0.5 + S * i / GRID;
+        verts[2 * (j * n + i) + 1] = -0.5 + S * j / GRID;
+      }
+    }
+    let k = 0;
+    for (let j = 0; j < GRID; j++) {
+      for (let i = 0; i < GRID; i++) {
+        const a = j * n + i, b = a + 1, c = a + n, d = c + 1;
+        idx[k++] = a; idx[k++] = b; idx[k++] = c; idx[k++] = b; idx[k++] = d; idx[k++] = c;
+      }
+    }
+    gl.bindBuffer(gl.ARRAY_BUFFER, gl.createBuffer());
+    gl.bufferData(gl.ARRAY_BUFFER, verts, gl.STATIC_DRAW);
+    gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, gl.createBuffer());
+    gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, idx, gl.STATIC_DRAW);
+    this.indexCount = idx.length;
+    const loc = gl.getAttribLocation(prog, 'src');
     gl.enableVertexAttribArray(loc);
     gl.vertexAttribPointer(loc, 2, gl.FLOAT, false, 0, 0);
     const tex = gl.createTexture();
@@ -270,7 +283,7 @@
     gl.uniform1f(u.pitchS, c.head_pitch * k.pitch_shift * S);
     gl.uniform1f(u.swayS, c.body_sway * k.sway_shift * S);
     gl.uniform1f(u.breathS, c.breath * k.breath_lift * S);
-    gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
+    gl.drawElements(gl.TRIANGLES, this.indexCount, gl.UNSIGNED_SHORT, 0);
   };
 
   window.AvatarForgeRig = {
