@@ -196,3 +196,12 @@ def test_trains_on_a_packed_data_set(tmp_path, cache):
     assert tr.G.channels == 3 and tr.G.parts is None and tr.heldout_images.shape == (2, 32, 32, 3)
     cfg = json.loads((run / "config.json").read_text())
     assert Path(cfg["data"]["source"]).is_absolute()
+
+
+def test_part_class_weights_cover_every_part():
+    from avatarforge.data.procedural.schema import PART_NAMES
+    from avatarforge.train.refiner import PART_CLASS_WEIGHTS
+
+    assert len(PART_CLASS_WEIGHTS) == len(PART_NAMES)
+    small = [PART_NAMES.index(p) for p in ("eye_white", "iris", "eye_line", "eyebrow", "mouth")]
+    assert min(PART_CLASS_WEIGHTS[i] for i in small) > max(PART_CLASS_WEIGHTS[:3])

@@ -53,7 +53,13 @@ from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.engine import Optimizer, Trainer
 from avatarforge.train.schedule import derive_seed
 
-__all__ = ["RefinerTrainer", "downsample_u8", "refiner_metrics", "sharpness"]
+__all__ = ["PART_CLASS_WEIGHTS", "RefinerTrainer", "downsample_u8", "refiner_metrics", "sharpness"]
+
+#: Cross-entropy weight of each part (PART_NAMES order). The parts a rig animates (eyes, brows,
+#: mouth) cover well under 1 % of an avatar each: unweighted, a short run learns to predict
+#: background, skin, hair and outfit only and finds no face to rig (measured: 3.3 kimg, no
+#: eye pixel predicted). Weights about the square root of the inverse frequency.
+PART_CLASS_WEIGHTS: tuple[float, ...] = (1.0, 1.0, 1.0, 6.0, 4.0, 6.0, 8.0, 10.0, 1.0, 2.0, 3.0)
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -246,6 +252,9 @@ class RefinerTrainer(Trainer):
             return 0.0
         return lo.adv_weight * (1.0 if lo.adv_ramp_kimg <= 0 else min(1.0, kimg / lo.adv_ramp_kimg))
 
+    def _part_weights(self, device: torch.device) -> Tensor:
+        return torch.tensor(PART_CLASS_WEIGHTS, dtype=torch.float32, device=device)
+
     def train_step(self, batch: RefineBatch) -> dict[str, Tensor]:
         cfg, lo = self.cfg, self.cfg.loss
         adv = self.adv_weight()
@@ -266,7 +275,7 @@ class RefinerTrainer(Trainer):
             loss = lo.l1_weight * l1 + lo.straight_weight * straight + lo.edge_weight * edge
             stats = {"l1": l1.detach(), "straight": straight.detach(), "edge": edge.detach()}
             if logits is not None and batch.parts is not None and lo.part_weight > 0:
-                ce = F.cross_entropy(logits.float(), batch.parts)
+                ce = F.cross_entropy(logits.float(), batch.parts, weight=self._part_weights(logits.device))
                 loss = loss + lo.part_weight * ce
                 stats["part_ce"] = ce.detach()
             if adv > 0:
