@@ -857,7 +857,7 @@ class _Quickstart:
         o = self.o
         pipe = self._pipeline()
         size = pipe.sizes[-1]
-        seed, rig = _pick_rigged_avatar(pipe, o.seed, size)
+        seed, rig, image, parts = _pick_rigged_avatar(pipe, o.seed, size)
         if rig.warnings:
             self.p.note("; ".join(rig.warnings))
         n = max(2, round(min(o.anim_seconds, SHOWCASE_SECONDS) * o.anim_fps))
@@ -875,9 +875,24 @@ class _Quickstart:
         half = [_downsample_u8(f, 2) for f in frames]  # GIF: 1-bit alpha and 256 colours; 256 px is plenty
         gif = save_animation(self.out / "avatar.gif", half, fps=fps)
         still = save_image(self.out / "avatar.png", rig.render({}))
-        self._record(
-            "animation", [webp, gif, still], time.monotonic() - t, frames=len(frames), seed=seed, size=size
-        )
+        outputs = [webp, gif, still, *self._vrm(image, parts)]
+        self._record("animation", outputs, time.monotonic() - t, frames=len(frames), seed=seed, size=size)
+
+    def _vrm(self, image: np.ndarray, parts: np.ndarray) -> list[Path]:
+        """``avatar.vrm`` (docs/3d.md) and its turntable preview, from the rigged avatar and its
+        part map; skipped with a note when the part map has no face to build one from."""
+        from avatarforge.avatar3d import export_vrm
+        from avatarforge.avatar3d.source import Avatar3DError
+        from avatarforge.imageio import save_image
+
+        src = save_image(self.out / "avatar-512.png", image)
+        part_png = save_image(self.out / "avatar.parts.png", parts[..., None])  # one channel: part ids
+        try:
+            export_vrm(src, self.out / "avatar.vrm", parts=part_png, preview=self.out / "turntable.webp")
+        except Avatar3DError as e:
+            self.p.note(f"no avatar.vrm: {e}")
+            return [src, part_png]
+        return [src, part_png, self.out / "avatar.vrm", self.out / "turntable.webp"]
 
     def stage_report(self) -> None:
         from avatarforge.quickstart.report import build_metrics, write_report
@@ -921,9 +936,10 @@ def _refiner_eval(run: Path) -> dict[str, Any]:
     return {k: round(float(last[f"eval_{k}"]), 4) for k in keys if f"eval_{k}" in last}
 
 
-def _pick_rigged_avatar(pipe: Any, seed: int, size: int, tries: int = 16) -> tuple[int, Any]:
+def _pick_rigged_avatar(pipe: Any, seed: int, size: int, tries: int = 16) -> tuple[int, Any, Any, Any]:
     """The first seed from ``seed`` whose avatar rigs with both eyes open (a generated avatar
-    may blink or squint: a rig cannot open eyes it never saw); else the first that rigs."""
+    may blink or squint: a rig cannot open eyes it never saw); else the first that rigs.
+    Returns ``(seed, rig, image, part map)``."""
     from avatarforge.animate.rig import AvatarRig, RigError
 
     first = None
@@ -934,11 +950,11 @@ def _pick_rigged_avatar(pipe: Any, seed: int, size: int, tries: int = 16) -> tup
         except RigError:
             continue
         if len(rig.eyes) == 2 and not rig.warnings:
-            return s, rig
-        first = first or (s, rig)
-    if first is None:  # an undertrained refiner: the avatar still moves, and the note says why
+            return s, rig, images[0], parts[0]
+        first = first or (s, rig, images[0], parts[0])
+    if first is None:  # an undertrained part map: the avatar still moves, and the note says why
         images, parts = pipe.render_layers(pipe.map(pipe.latents([seed], truncation=TRUNCATION)), size)
-        return seed, AvatarRig.from_parts(images[0], parts[0], require_face=False)
+        return seed, AvatarRig.from_parts(images[0], parts[0], require_face=False), images[0], parts[0]
     return first
 
 

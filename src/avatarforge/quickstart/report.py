@@ -257,6 +257,18 @@ background-position:0 0,0 8px,8px -8px,-8px 0}
 """
 
 
+def _turntable(out: Path) -> str:
+    """The VRM section when the quickstart wrote one (its part map had a face)."""
+    if not (out / "avatar.vrm").is_file() or not (out / "turntable.webp").is_file():
+        return ""
+    return f"""<h2>3D (VRM)</h2>
+<p><code>avatar.vrm</code>: the live avatar as a textured VRM model (layered head and bust, blink,
+vowels and emotions from the rig) for VSeeFace, Warudo or a browser (docs/3d.md); a turntable
+rendered on the CPU:</p>
+<figure>{_img(out / "turntable.webp", "VRM turntable", 1, checker=True)}<figcaption>turntable.webp</figcaption></figure>
+"""
+
+
 def write_report(out: Path, metrics: Mapping[str, Any], state: Mapping[str, Any]) -> Path:
     """Write ``OUT/report.html`` (atomically) and return its path."""
     from avatarforge.fileio import atomic_write_text
@@ -348,6 +360,7 @@ breathing. <code>avatarforge serve {out_arg}</code> streams it: the overlay draw
 <figure>{_img(out / "avatar.webp", "animated avatar", 1, checker=True)}<figcaption>avatar.webp: transparent, {_fmt(av.get("size"))} px
 (the live rig); also avatar.gif (256 px) and avatar.png (the still)</figcaption></figure>
 
+{_turntable(out)}
 <h2>Interpolation</h2>
 <figure>{_img(out / "interpolation.gif", "interpolation", 3)}<figcaption>interpolation.gif: a loop through six seeds</figcaption></figure>
 
