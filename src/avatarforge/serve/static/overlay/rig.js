@@ -28,6 +28,9 @@
   // (a streamer's OBS without GPU compositing, or CI) stays cheap. Python inverts the same
   // transform per pixel; between grid lines the two differ by well under a pixel.
   const GRID = 48;
+  // Columns per strip of the moving upper lash (Python moves each column; 2 px apart the
+  // lid's slope moves the strips' edges by well under a pixel).
+  const LASH_STRIP = 2;
   const VERT = [
     'attribute vec2 src;',  // source pixel coordinates (pixel i spans [i - 0.5, i + 0.5])
     'uniform float S, pivx, pivy, chin, shoulder, roll, yawS, pitchS, swayS, breathS;',
@@ -54,7 +57,8 @@
     this.target = target;
     target.width = this.S; target.height = this.S;
     this.face = canvas2d(this.S, this.S);
-    this.fctx = this.face.getContext('2d');
+    // CPU-backed: step 1 is a few small blits, and its changed rectangle is read back for upload.
+    this.fctx = this.face.getContext('2d', {willReadFrequently: true});
     this.eyeCanvas = {};
     this.images = {};
     this.gl = null;
@@ -139,7 +143,7 @@
   };
 
   RigView.prototype.drawEye = function (side, e, open, gx, gy, smile) {
-    const cv = this.eyeCanvas[side], g = cv.getContext('2d'), im = this.images, k = this.k;
+    const cv = this.eyeCanvas[side], g = cv.getContext('2d', {willReadFrequently: true}), im = this.images, k = this.k;
     g.globalCompositeOperation = 'source-over'; g.globalAlpha = 1;
     g.clearRect(0, 0, e.w, e.h);
     g.drawImage(im[side + ':opening'], 0, 0);
@@ -164,8 +168,9 @@
     g.drawImage(im[side + ':lower'], 0, 0);
     g.globalAlpha = 1;
     const up = im[side + ':upper'];
-    for (let j = 0; j < e.w; j++) {  // the upper lash follows the lid, column by column
-      g.drawImage(up, j, 0, 1, e.h, j, upper[j] - e.top[j], 1, e.h);
+    for (let j = 0; j < e.w; j += LASH_STRIP) {  // the upper lash follows the lid, strip by strip
+      const w = Math.min(LASH_STRIP, e.w - j), m = Math.min(j + (w >> 1), e.w - 1);
+      g.drawImage(up, j, 0, w, e.h, j, upper[m] - e.top[m], w, e.h);
     }
     return cv;
   };
@@ -235,11 +240,40 @@
   };
 
   // Step 1 (AvatarRig.face).
+  // The rectangle step 1 can change: every face part's box, moved as far as parallax,
+  // brows and mouth can move it. Outside it the face canvas is the plate, drawn once; inside
+  // it each face frame redraws and uploads only these pixels (a few % of the avatar).
+  RigView.prototype.faceRect = function () {
+    const r = this.rig, k = this.k, S = this.S;
+    const m = Math.ceil(k.parallax * S + k.brow_travel * r.brow_gap + 0.006 * S) + 2;
+    let x0 = S, y0 = S, x1 = 0, y1 = 0;
+    function add(x, y, w, h) { x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h); }
+    for (const side in r.eyes) { const e = r.eyes[side]; add(e.x, e.y, e.w, e.h); }
+    if (r.brows) { add(r.brows.x, r.brows.y, r.brows.w, r.brows.h); }
+    if (r.mouth) {
+      const pad = 2 * r.mouth.half_width + r.mouth.height + 2 * r.mouth.line_width + 4;
+      add(r.mouth.cx - pad, r.mouth.cy - pad, 2 * pad, 2 * pad);
+    }
+    if (x1 <= x0) { return null; }  // a pose-only rig: nothing in step 1 ever changes
+    x0 = Math.max(0, Math.floor(x0 - m)); y0 = Math.max(0, Math.floor(y0 - m));
+    x1 = Math.min(S, Math.ceil(x1 + m)); y1 = Math.min(S, Math.ceil(y1 + m));
+    return {x: x0, y: y0, w: x1 - x0, h: y1 - y0};
+  };
+
   RigView.prototype.drawFace = function (c) {
     const g = this.fctx, r = this.rig, k = this.k, S = this.S, im = this.images;
     g.globalCompositeOperation = 'source-over'; g.globalAlpha = 1;
-    g.clearRect(0, 0, S, S);
-    g.drawImage(im.plate, 0, 0);
+    if (this.rect === undefined) {  // first frame: the whole plate
+      this.rect = this.faceRect();
+      g.clearRect(0, 0, S, S);
+      g.drawImage(im.plate, 0, 0);
+    }
+    const R = this.rect;
+    if (!R) { return; }
+    g.save();
+    g.beginPath(); g.rect(R.x, R.y, R.w, R.h); g.clip();
+    g.clearRect(R.x, R.y, R.w, R.h);
+    g.drawImage(im.plate, R.x, R.y, R.w, R.h, R.x, R.y, R.w, R.h);
     const px = c.head_yaw * k.parallax * S, py = -c.head_pitch * k.parallax * S;
     for (const side in r.eyes) {
       const e = r.eyes[side];
@@ -251,6 +285,7 @@
       g.drawImage(im.brows, r.brows.x + px, r.brows.y - lift + py);
     }
     this.drawMouth(g, c, px, py);
+    g.restore();
   };
 
   // Step 2 (AvatarRig.warp_maps), then show.
@@ -262,6 +297,7 @@
   RigView.prototype.draw = function (controls) {
     const c = this.controls(controls), k = this.k, S = this.S, h = this.rig.head;
     const key = FACE_CONTROLS.map(function (n) { return Math.round(c[n] * 1000); }).join(',');
+    const first = this.faceKey === undefined;
     const faceChanged = key !== this.faceKey;
     if (faceChanged) { this.drawFace(c); this.faceKey = key; }
     const gl = this.gl;
@@ -273,7 +309,12 @@
     gl.viewport(0, 0, S, S);
     gl.clearColor(0, 0, 0, 0);
     gl.clear(gl.COLOR_BUFFER_BIT);
-    if (faceChanged) { gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, gl.RGBA, gl.UNSIGNED_BYTE, this.face); }
+    if (first || !this.rect) {
+      if (faceChanged) { gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, gl.RGBA, gl.UNSIGNED_BYTE, this.face); }
+    } else if (faceChanged) {  // only the face rectangle changed
+      const R = this.rect;
+      gl.texSubImage2D(gl.TEXTURE_2D, 0, R.x, R.y, gl.RGBA, gl.UNSIGNED_BYTE, this.fctx.getImageData(R.x, R.y, R.w, R.h));
+    }
     const u = this.u;
     gl.uniform1f(u.S, S);
     gl.uniform1f(u.pivx, h.pivot_x); gl.uniform1f(u.pivy, h.pivot_y);
