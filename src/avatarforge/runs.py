@@ -90,6 +90,7 @@ __all__ = [
     "load_model",
     "load_network",
     "load_refiner",
+    "load_segmenter",
     "load_vae",
     "quickstart_runs",
     "read_training_state",
@@ -397,8 +398,8 @@ def split_run_seed(spec: str) -> tuple[str, int] | None:
 
 
 def quickstart_runs(folder: str | os.PathLike) -> dict[str, Path] | None:
-    """``{"generator": run, "animator": run, "refiner": run}`` of a quickstart output folder (the
-    runs it has), None if it is not one.
+    """``{"generator": run, "animator": run, "refiner": run, "parts": run}`` of a quickstart output
+    folder (the runs it has; ``parts`` from ``parts_run``), None if it is not one.
 
     A finished quickstart names its runs in ``quickstart.json``; an unfinished one in the
     ``runs`` of its resume state (only the stages trained so far).
@@ -416,7 +417,7 @@ def quickstart_runs(folder: str | os.PathLike) -> dict[str, Path] | None:
         if not isinstance(meta, dict) or not isinstance(meta.get("generator_run"), str):
             raise ValueError(f"{qs} must hold a string 'generator_run' (path relative to {root})")
         found = {"generator": root / meta["generator_run"]}
-        for role in ("animator", "refiner"):
+        for role in ("animator", "refiner", "parts"):
             if isinstance(meta.get(f"{role}_run"), str):
                 found[role] = root / meta[f"{role}_run"]
         return found
@@ -653,3 +654,25 @@ def load_refiner(
         raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
     run = resolve_run(path, "refiner")
     return load_model(run, which, device, expect=Refiner, what="a refiner")
+
+
+def load_segmenter(
+    path: str | os.PathLike, which: str = "ema", device: str | torch.device = "cpu"
+) -> ConfigModule:
+    """The part segmenter of a run directory, a checkpoint, a ``save_pretrained`` directory or
+    a quickstart folder (its ``parts`` run): a :class:`~avatarforge.models.parts.PartSegmenter`
+    in eval mode without gradients.
+
+    ``which``: ``"ema"`` (the averaged weights; default) or ``"g"`` (the raw ones).
+
+    Example::
+
+        seg = load_segmenter("runs/00006-parts-64")
+        parts = predict_part_map(seg, small, 512)   # (N, 64, 64, 4) uint8 -> (N, 512, 512) part ids
+    """
+    from avatarforge.models.parts import PartSegmenter
+
+    if which not in ("ema", "g"):
+        raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
+    run = resolve_run(path, "parts")
+    return load_model(run, which, device, expect=PartSegmenter, what="a part segmenter")

@@ -95,6 +95,7 @@ CASES: dict[tuple[str, str], tuple[dict[str, Any], Callable[[Any], tuple[tuple, 
         lambda m: ((torch.rand(B, 4, 32, 32),), {"labels": _labels()}),
         (B,),
     ),
+    ("parts", "segmenter"): ({"widths": [8, 8], "out_scale": 2}, _image(4, 16), (B, 11, 32, 32)),
     ("refiner", "refiner"): ({"scale": 2, "width": 8, "blocks": 1}, _image(4, 8), (B, 4, 16, 16)),
     ("refiner", "discriminator"): ({"width": 8, "layers": 2}, _image(4, 16), (B, 1, 4, 4)),
     ("stylegan", "generator"): (

@@ -25,6 +25,7 @@ from avatarforge.models import (  # noqa: F401
     cyclegan,
     dcgan,
     infogan,
+    parts,
     refiner,
     stylegan,
     upscaler,

@@ -99,6 +99,8 @@ def config_from_args(args: argparse.Namespace, notes: list[str] | None = None) -
     _config_file_from_overrides(args)
     if _is_refiner(args):
         return _refiner_config(args, notes)
+    if _is_parts(args):
+        return _parts_config(args, notes)
     cli: dict[str, Any] = {}
     if args.data:
         cli.setdefault("data", {})["path"] = args.data
@@ -172,6 +174,41 @@ def _refiner_config(args: argparse.Namespace, notes: list[str] | None) -> Any:
             notes.append(f"config: {config_file.name}")
     return build_refiner_config(
         config_file=config_file, cli=cli, overrides=parse_overrides(args.overrides or [])
+    )
+
+
+def _is_parts(args: argparse.Namespace) -> bool:
+    """Whether the command trains the part segmenter (``--model parts`` or a config naming it)."""
+    from avatarforge.train.parts_config import is_parts_config_file
+
+    if args.model:
+        return args.model == "parts"
+    config_file = args.config
+    if args.resume:
+        _, config_file = resumed_config(args.resume, config_file)
+    return bool(config_file) and is_parts_config_file(config_file)
+
+
+def _parts_config(args: argparse.Namespace, notes: list[str] | None) -> Any:
+    """The :class:`~avatarforge.train.parts_config.PartsConfig` the flags describe (built-in
+    renderer only); without ``--config`` the shipped ``parts-64px.yaml``."""
+    from avatarforge.train.parts_config import build_parts_config, parts_preset
+
+    if args.data:
+        raise ConfigError("--data: the part segmenter trains on the built-in renderer; drop --data")
+    if args.tensorboard:
+        raise ConfigError("--tensorboard is not supported by the part-segmenter trainer (see metrics.jsonl)")
+    config_file = args.config
+    if args.resume:
+        run_dir, config_file = resumed_config(args.resume, config_file)
+        if notes is not None:
+            notes.append(f"resuming {run_dir} (config: {config_file})")
+    elif config_file is None:
+        config_file = parts_preset("parts-64px.yaml")
+        if notes is not None:
+            notes.append(f"config: {config_file.name}")
+    return build_parts_config(
+        config_file=config_file, cli=dict(run_settings(args)), overrides=parse_overrides(args.overrides or [])
     )
 
 
