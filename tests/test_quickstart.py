@@ -54,6 +54,14 @@ TINY_R = [
     "batch_size=4",
     "log.sample_every_kimg=0",
 ]
+#: A part segmenter of a few thousand weights on a pool of 48 renders.
+TINY_P = [
+    "data.pool=48",
+    "data.heldout=8",
+    "data.workers=0",
+    "model.widths=[8,16]",
+    "batch_size=8",
+]
 TINY_A = [
     "data.identities=6",
     "data.expressions=3",
@@ -101,6 +109,7 @@ def tiny_kwargs(tmp: Path, extractor) -> dict:
         generator_overrides=TINY_G,
         animator_overrides=[*TINY_A, f"data.cache_dir={tmp / 'pairs'}"],
         refiner_overrides=[*TINY_R, f"data.cache_dir={tmp / 'refiner-pool'}"],
+        parts_overrides=[*TINY_P, f"data.cache_dir={tmp / 'parts-pool'}"],
         eval_images=24,
         extractor=extractor,
         grid_seeds=8,
@@ -191,7 +200,7 @@ def test_metrics_json_holds_the_numbers(resumed):
     assert m["refiner"]["kimg"] > 0 and math.isfinite(m["refiner"]["psnr"])
     assert m["avatar"]["size"] == 256  # the 32-px generator x8
     assert set(m["stage_seconds"]) >= {
-        "data", "generator", "refiner", "evaluate", "animator", "samples", "animation",
+        "data", "generator", "refiner", "parts", "evaluate", "animator", "samples", "animation",
     }  # fmt: skip
     assert resumed["result"].metrics == m
 
@@ -207,7 +216,9 @@ def test_report_is_self_contained_and_shows_the_metrics(resumed):
     assert "<link" not in text and "<script" not in text and "@import" not in text
     for url in re.findall(r"""href\s*=\s*["']([^"']+)""", text):
         assert url.startswith("http://127.0.0.1:8000/"), url
-    assert text.count('src="data:image/') == 6  # samples, data, attributes, 512-px avatars, animation, GIF
+    # samples, data, attributes, 512-px avatars, animation, interpolation; the VRM turntable
+    # when the part map had a face to build the model from
+    assert text.count('src="data:image/') == 6 + (out / "avatar.vrm").is_file()
     m = json.loads((out / "metrics.json").read_text())
     assert f"{m['evaluation']['swd']:.4g}" in text
     assert "<svg" in text and "<polyline" in text  # loss curves
@@ -227,6 +238,9 @@ def test_manifest_names_loadable_runs(resumed):
     from avatarforge.runs import load_refiner
 
     assert load_refiner(man["refiner_run"]).scale == 8
+    from avatarforge.runs import load_segmenter
+
+    assert load_segmenter(man["parts_run"]).channels == 4
     raw = json.loads((resumed["out"] / MANIFEST_NAME).read_text())
     assert not Path(raw["generator_run"]).is_absolute()  # relative: the folder can move
     # `avatarforge serve OUT` finds both models through quickstart.json.
@@ -239,7 +253,7 @@ def test_rerun_skips_every_stage_and_keeps_the_outputs(resumed):
     out = resumed["out"]
     before = {n: (out / n).read_bytes() for n in OUTPUTS}
     again = run_quickstart(out, **resumed["kw"])
-    assert again.ran == [] and len(again.skipped) == 8
+    assert again.ran == [] and len(again.skipped) == 9
     assert {n: (out / n).read_bytes() for n in OUTPUTS} == before
 
 

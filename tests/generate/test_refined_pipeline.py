@@ -79,7 +79,7 @@ def test_errors_name_the_fix(tmp_path):
     p = tiny_pipe()
     with pytest.raises(ValueError, match=r"has no refiner.*avatarforge train .*refiner-512px.yaml"):
         p(seeds=[1], size=512)
-    with pytest.raises(ValueError, match="part maps come from a refiner"):
+    with pytest.raises(ValueError, match="part maps come with the large avatar: train a refiner"):
         p.render_layers(p.latents([1]), SIZE)
     p.attach_refiner(_refiner())
     with pytest.raises(ValueError, match=r"size must be one of 32, 64, 128, got 100"):
@@ -90,7 +90,7 @@ def test_errors_name_the_fix(tmp_path):
         tiny_pipe().attach_refiner(tmp_path / "rgb")
     no_parts = tiny_pipe()
     no_parts.attach_refiner(_refiner(parts=0))
-    with pytest.raises(ValueError, match="part maps come from a refiner"):
+    with pytest.raises(ValueError, match="part maps come from a part segmenter"):
         no_parts.render_layers(no_parts.latents([1]), 4 * SIZE)
 
 
@@ -104,3 +104,24 @@ def test_a_refiner_trained_for_another_resolution_is_refused(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"size": 512, "scale": 8}}))
     with pytest.raises(ValueError, match="trained on 64-px inputs but this generator makes 32-px"):
         tiny_pipe().attach_refiner(run)
+
+
+def test_a_part_segmenter_gives_the_part_maps(tmp_path):
+    """With a segmenter attached, layers come from it (at the generator's size, upsampled),
+    even when the refiner has no part head; its hash is recorded."""
+    from avatarforge.models.parts import PartSegmenter, predict_part_map
+
+    p = tiny_pipe()
+    p.attach_refiner(_refiner(parts=0))
+    torch.manual_seed(1)
+    seg = PartSegmenter(channels=4, widths=[8, 16], out_scale=2).eval()
+    seg.save_pretrained(tmp_path / "seg")
+    p.attach_segmenter(tmp_path / "seg")
+    assert p.has_layers and p.model_info()["segmenter"]["sha256"]
+    latent = p.latents([3])
+    images, parts = p.render_layers(latent, 4 * SIZE)
+    from avatarforge.imageio import to_uint8
+
+    small = to_uint8(p.render_float(latent))  # the generator's own output, as the segmenter sees it
+    want = predict_part_map(p.segmenter, small, 4 * SIZE)
+    np.testing.assert_array_equal(parts, np.where(images[..., 3] == 0, 0, want))

@@ -488,6 +488,11 @@ class GeneratorPipeline:
         #: :meth:`attach_refiner`.
         self.refiner: nn.Module | None = None
         self.refiner_info: dict[str, Any] | None = None
+        #: The part segmenter (:class:`~avatarforge.models.parts.PartSegmenter`): the part maps
+        #: rigs need, predicted from the generator-size avatar; without one, the refiner's part
+        #: head (if it has one) is used. See :meth:`attach_segmenter`.
+        self.segmenter: nn.Module | None = None
+        self.segmenter_info: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -498,6 +503,7 @@ class GeneratorPipeline:
         device: str | torch.device = "cpu",
         batch_size: int = DEFAULT_BATCH,
         refiner: str | os.PathLike | None = "auto",
+        segmenter: str | os.PathLike | None = "auto",
     ) -> GeneratorPipeline:
         """Load from a run directory, its ``checkpoints`` directory, one checkpoint, or a
         quickstart output folder (its generator run); see :func:`avatarforge.runs.resolve_run`.
@@ -505,6 +511,7 @@ class GeneratorPipeline:
         ``which``: ``"ema"`` (the EMA generator, or a VAE's EMA weights when kept) or ``"g"``.
         ``refiner``: a refiner run (:meth:`attach_refiner`); ``"auto"`` (default) takes the
         quickstart folder's refiner when ``path`` is one that has it; ``None``: none.
+        ``segmenter``: a part segmenter run (:meth:`attach_segmenter`), ``"auto"`` likewise.
         """
         from avatarforge.runs import (
             ROLE_PREFIXES,
@@ -550,13 +557,41 @@ class GeneratorPipeline:
             vae=vae,
             batch_size=batch_size,
         )
-        if refiner == "auto":
+        if "auto" in (refiner, segmenter):
             from avatarforge.runs import quickstart_runs
 
-            refiner = (quickstart_runs(path) or {}).get("refiner") if Path(path).is_dir() else None
+            found = (quickstart_runs(path) or {}) if Path(path).is_dir() else {}
+            refiner = found.get("refiner") if refiner == "auto" else refiner
+            segmenter = found.get("parts") if segmenter == "auto" else segmenter
         if refiner is not None:
             pipe.attach_refiner(refiner, device=device)
+        if segmenter is not None:
+            pipe.attach_segmenter(segmenter, device=device)
         return pipe
+
+    def attach_segmenter(
+        self, segmenter: str | os.PathLike | nn.Module, device: str | torch.device = "cpu"
+    ) -> None:
+        """Use ``segmenter`` (a parts run/checkpoint, or a loaded module) for the part maps of
+        :meth:`render_layers` / :meth:`layers_of` (instead of the refiner's part head).
+
+        Raises:
+            ValueError: it was trained for another colour mode.
+        """
+        from avatarforge.runs import load_segmenter
+
+        source = None
+        if not isinstance(segmenter, nn.Module):
+            source = str(Path(segmenter).resolve())
+            segmenter = load_segmenter(segmenter, device=device)
+        ch = int(getattr(segmenter, "channels", self.channels))
+        if ch != self.channels:
+            raise ValueError(
+                f"the part segmenter reads {ch}-channel images but this generator makes {self.channels}-channel "
+                "ones: train one for RGBA avatars (avatarforge train src/avatarforge/configs/parts-64px.yaml)"
+            )
+        self.segmenter = segmenter.eval().requires_grad_(False)
+        self.segmenter_info = {"sha256": state_sha256(segmenter), "path": source}
 
     def attach_refiner(
         self, refiner: str | os.PathLike | nn.Module, device: str | torch.device = "cpu"
@@ -683,6 +718,7 @@ class GeneratorPipeline:
             "resolution": self.resolution,
             "channels": self.channels,
             **({"refiner": self.refiner_info} if self.refiner_info is not None else {}),
+            **({"segmenter": self.segmenter_info} if self.segmenter_info is not None else {}),
         }
 
     # ------------------------------------------------------------------ latents
@@ -862,13 +898,18 @@ class GeneratorPipeline:
             raise ValueError(
                 f"layers_of takes (N, {self.resolution}, {self.resolution}, 4) uint8 images, got {images.shape}"
             )
-        from avatarforge.models.refiner import predict_parts
-
         big = self._refine(images, size) if size != self.resolution else images.copy()
         if self.clean_alpha:
             big = clean_alpha(big)
         with _deterministic_kernels():
-            parts = predict_parts(self.refiner, images)
+            if self.segmenter is not None:
+                from avatarforge.models.parts import predict_part_map
+
+                parts = predict_part_map(self.segmenter, images, size)
+            else:
+                from avatarforge.models.refiner import predict_parts
+
+                parts = predict_parts(self.refiner, images)
         if parts.shape[1] != size:
             from PIL import Image
 
@@ -880,18 +921,21 @@ class GeneratorPipeline:
 
     @property
     def has_layers(self) -> bool:
-        """Whether :meth:`render_layers` works: an RGBA generator and a refiner with a part head."""
-        return (
-            self.refiner is not None
-            and int(getattr(self.refiner, "part_classes", 0) or 0) > 0
-            and self.channels == 4
-        )
+        """Whether :meth:`render_layers` works: an RGBA generator, a refiner, and a part
+        segmenter or a refiner with a part head."""
+        parts = self.segmenter is not None or int(getattr(self.refiner, "part_classes", 0) or 0) > 0
+        return self.refiner is not None and parts and self.channels == 4
 
     def _check_layers(self) -> None:
-        if self.refiner is None or not int(getattr(self.refiner, "part_classes", 0) or 0):
+        if self.refiner is None:
             raise ValueError(
-                "part maps come from a refiner trained on the built-in renderer (it predicts the parts): "
-                "train one with avatarforge train src/avatarforge/configs/refiner-512px.yaml and pass --refiner"
+                "part maps come with the large avatar: train a refiner (avatarforge train "
+                "src/avatarforge/configs/refiner-512px.yaml) and pass --refiner"
+            )
+        if self.segmenter is None and not int(getattr(self.refiner, "part_classes", 0) or 0):
+            raise ValueError(
+                "part maps come from a part segmenter (avatarforge train src/avatarforge/configs/parts-64px.yaml) "
+                "or a refiner trained on the built-in renderer (it predicts the parts); pass one"
             )
         if self.channels != 4:
             raise ValueError("a rig needs RGBA avatars; this generator makes RGB images")

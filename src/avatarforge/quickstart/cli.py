@@ -36,8 +36,8 @@ def add_quickstart_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--minutes",
         type=_minutes,
         default=10.0,
-        help="total time budget in minutes (default 10): 60%% generator training, 25%% refiner, 5%% "
-        "animator, the rest data/evaluation/outputs; rerun with more to train further",
+        help="total time budget in minutes (default 10): 55%% generator training, 20%% refiner, 8%% part "
+        "segmenter, 5%% animator, the rest data/evaluation/outputs; rerun with more to train further",
     )
     p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
     p.add_argument(

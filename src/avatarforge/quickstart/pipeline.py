@@ -4,7 +4,8 @@ Stages, in order (each one a method of :class:`_Quickstart`)::
 
     data        render the built-in procedural data set (reused when its options match)
     generator   train a conditional generator for ~60 % of the budget (resumes its run)
-    refiner     train the x8 refiner (64 -> 512 px, with part maps) for ~25 % (resumes)
+    refiner     train the x8 refiner (64 -> 512 px) for ~20 % of the budget (resumes)
+    parts       train the part segmenter (the live rig's part maps) for ~8 % (resumes)
     evaluate    SWD, FID with the avatar extractor, attribute accuracy -> eval.json
     animator    train the 64-px expression animator for ~5 % of the budget (resumes its run)
     samples     samples.png, attributes.png, interpolation.gif, avatars-512.webp
@@ -64,8 +65,9 @@ DEFAULT_CONDITION_ON: tuple[str, ...] = ("hair_color",)
 #: outputs (about a minute on 2 cores at the defaults). The refiner makes the 512-px avatar
 #: and its part maps (the live rig animates that one); the 64-px animator only serves the
 #: overlay's frames mode, so it gets little.
-GENERATOR_SHARE = 0.6
-REFINER_SHARE = 0.25
+GENERATOR_SHARE = 0.55
+REFINER_SHARE = 0.2
+PARTS_SHARE = 0.08
 ANIMATOR_SHARE = 0.05
 
 #: Generator families the quickstart can train, and its overrides on top of their 64 px
@@ -93,6 +95,8 @@ ANIMATOR_OVERRIDES: tuple[str, ...] = ("data.identities=600",)
 #: The refiner's recipe in the quickstart: the shipped x8 config (refiner-512px.yaml) with a
 #: pool of renders that builds in ~30 s on 2 cores.
 REFINER_OVERRIDES: tuple[str, ...] = ("data.pool=160",)
+#: The part segmenter's: the shipped config (parts-64px.yaml) on a 2000-avatar pool (~15 s).
+PARTS_OVERRIDES: tuple[str, ...] = ("data.pool=2000",)
 
 #: Torch intra-op threads on a CPU. Measured on the 2-core development machine while other
 #: jobs ran: the cgan quickstart generator trained at 55-63 images/s on 1 thread and 2.3 on
@@ -139,10 +143,11 @@ class QuickstartResult:
 
 
 def budget_split(minutes: float) -> dict[str, float]:
-    """Training minutes per stage for a total budget: ``{"generator": .., "refiner": .., "animator": ..}``."""
+    """Training minutes per stage for a total budget: ``{"generator", "refiner", "parts", "animator"}``."""
     return {
         "generator": minutes * GENERATOR_SHARE,
         "refiner": minutes * REFINER_SHARE,
+        "parts": minutes * PARTS_SHARE,
         "animator": minutes * ANIMATOR_SHARE,
     }
 
@@ -158,7 +163,7 @@ def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
             f"{path} not found: {out} is not a finished quickstart; run: avatarforge quickstart --out {out}"
         )
     data = json.loads(path.read_text("utf-8"))
-    for key in ("generator_run", "refiner_run", "animator_run", "data"):
+    for key in ("generator_run", "refiner_run", "parts_run", "animator_run", "data"):
         if data.get(key):
             data[key] = str((Path(out) / data[key]).resolve())
     return data
@@ -287,6 +292,7 @@ class _Options:
     generator_overrides: tuple[str, ...]
     animator_overrides: tuple[str, ...]
     refiner_overrides: tuple[str, ...]
+    parts_overrides: tuple[str, ...]
     eval_images: int
     eval_metrics: tuple[str, ...]
     grid_seeds: int
@@ -296,11 +302,12 @@ class _Options:
     upscale: int
 
 
-_STAGES = ("data", "generator", "refiner", "evaluate", "animator", "samples", "animation", "report")
+_STAGES = ("data", "generator", "refiner", "parts", "evaluate", "animator", "samples", "animation", "report")
 _TITLES = {
     "data": "built-in procedural data set",
     "generator": "train the conditional generator",
-    "refiner": "train the 512-px refiner (crisp avatars, part maps for the live rig)",
+    "refiner": "train the 512-px refiner",
+    "parts": "train the part segmenter (eyes, brows, mouth for the live rig)",
     "evaluate": "evaluate the generator",
     "animator": "train the expression animator",
     "samples": "sample grid, attribute grid, interpolation, 512-px avatars",
@@ -413,11 +420,11 @@ class _Quickstart:
         o = self.o
         if name == "data":
             return 5 + o.n_images / 250
-        if name in ("generator", "refiner", "animator"):
+        if name in ("generator", "refiner", "parts", "animator"):
             run = self._find_run(name)
             info = _checkpoint_info(run) if run is not None else None
             done = info["elapsed_s"] if info else 0.0
-            setup = {"generator": 5, "refiner": 30, "animator": 25}[name]
+            setup = {"generator": 5, "refiner": 30, "parts": 20, "animator": 25}[name]
             return setup + max(0.0, self.budget[name] * 60 - done)
         if name == "evaluate":
             net = 0 if self.extractor is not None or self._avatar_net_cached() else 90
@@ -447,6 +454,7 @@ class _Quickstart:
             ("data", self.stage_data),
             ("generator", self.stage_generator),
             ("refiner", self.stage_refiner),
+            ("parts", self.stage_parts),
             ("evaluate", self.stage_evaluate),
             ("animator", self.stage_animator),
             ("samples", self.stage_samples),
@@ -488,6 +496,7 @@ class _Quickstart:
                 f"report:    {files['report']}\n"
                 f"generator: {self.out / self.info('generator')['run']}\n"
                 f"refiner:   {self.out / self.info('refiner')['run']}\n"
+                f"parts:     {self.out / self.info('parts')['run']}\n"
                 f"animator:  {self.out / self.info('animator')['run']}\n"
                 f"next:      avatarforge serve {self.out}   (studio: http://127.0.0.1:8000/studio)",
                 flush=True,
@@ -523,6 +532,8 @@ class _Quickstart:
             inputs = [self._animator_model_inputs(), self.budget["animator"]]
         elif name == "refiner":
             inputs = [self._refiner_model_inputs(), self.budget["refiner"]]
+        elif name == "parts":
+            inputs = [self._parts_model_inputs(), self.budget["parts"]]
         elif name == "samples":
             inputs = [
                 up("generator"), up("refiner"), o.grid_seeds, o.interp_frames, o.upscale, TRUNCATION, o.seed,
@@ -530,7 +541,9 @@ class _Quickstart:
         elif name == "animation":
             from avatarforge.animate.showcase import SHOWCASE_VERSION
 
-            inputs = [up("generator"), up("refiner"), o.anim_seconds, o.anim_fps, o.seed, SHOWCASE_VERSION]
+            inputs = [
+                up("generator"), up("refiner"), up("parts"), o.anim_seconds, o.anim_fps, o.seed, SHOWCASE_VERSION,
+            ]  # fmt: skip
         else:
             inputs = [up(s) for s in _STAGES[:-1]] + [o.minutes]
         self.fps[name] = _fingerprint(inputs)
@@ -577,10 +590,15 @@ class _Quickstart:
         o = self.o
         return {"size": o.size * 8, "overrides": [*REFINER_OVERRIDES, *o.refiner_overrides], "seed": o.seed}
 
+    def _parts_model_inputs(self) -> Any:
+        o = self.o
+        return {"size": o.size, "overrides": [*PARTS_OVERRIDES, *o.parts_overrides], "seed": o.seed}
+
     def _model_inputs(self, name: str) -> Any:
         return {
             "generator": self._generator_model_inputs,
             "refiner": self._refiner_model_inputs,
+            "parts": self._parts_model_inputs,
             "animator": self._animator_model_inputs,
         }[name]()
 
@@ -726,6 +744,33 @@ class _Quickstart:
         run, info = self._train("refiner", make)
         self._record_training("refiner", run, info, time.monotonic() - t, **_refiner_eval(run))
 
+    def stage_parts(self) -> None:
+        from avatarforge.train import make_trainer
+        from avatarforge.train.parts_config import build_parts_config, parts_preset
+
+        t = time.monotonic()
+        o = self.o
+
+        def make(minutes: float, resume: Path | None) -> Any:
+            cfg = build_parts_config(
+                config_file=parts_preset(),
+                overrides=[
+                    f"data.size={o.size}",
+                    "data.workers=2",
+                    *PARTS_OVERRIDES,
+                    *o.parts_overrides,
+                    *self._run_overrides(minutes, "parts"),
+                    "log.progress=false",
+                ],
+            )
+            return make_trainer(cfg, resume=resume)
+
+        self.p.note(
+            "the part segmenter learns from procedural avatars and their part maps (rendered once, then cached)"
+        )
+        run, info = self._train("parts", make)
+        self._record_training("parts", run, info, time.monotonic() - t, **_parts_eval(run))
+
     def stage_animator(self) -> None:
         from avatarforge.animate.config import build_animator_config
         from avatarforge.train import make_trainer
@@ -788,7 +833,8 @@ class _Quickstart:
             else ("cpu" if self.o.device == "auto" else self.o.device)
         )
         refiner = self.out / self.info("refiner")["run"] if self.info("refiner").get("run") else None
-        return GeneratorPipeline.from_pretrained(run, device=dev, refiner=refiner)
+        parts = self.out / self.info("parts")["run"] if self.info("parts").get("run") else None
+        return GeneratorPipeline.from_pretrained(run, device=dev, refiner=refiner, segmenter=parts)
 
     def stage_samples(self) -> None:
         from avatarforge.generate import interpolate, save_video
@@ -905,6 +951,7 @@ class _Quickstart:
             "version": 1,
             "generator_run": self.info("generator")["run"],
             "refiner_run": self.info("refiner")["run"],
+            "parts_run": self.info("parts")["run"],
             "animator_run": self.info("animator")["run"],
             "avatar_seed": self.info("animation").get("seed"),
             "data": "data",
@@ -933,6 +980,22 @@ def _refiner_eval(run: Path) -> dict[str, Any]:
             if isinstance(rec, dict) and rec.get("kind") == "metric" and "eval_psnr" in rec:
                 last = rec
     keys = ("psnr", "psnr_bicubic", "sharpness", "sharpness_bicubic", "part_acc", "part_acc_fg")
+    return {k: round(float(last[f"eval_{k}"]), 4) for k in keys if f"eval_{k}" in last}
+
+
+def _parts_eval(run: Path) -> dict[str, Any]:
+    """The part segmenter's last held-out evaluation: mean IoU of the face parts, face found."""
+    last: dict[str, Any] = {}
+    path = run / "metrics.jsonl"
+    if path.is_file():
+        for text in path.read_text("utf-8").splitlines():
+            try:
+                rec = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("kind") == "metric":
+                last = rec
+    keys = ("miou", "miou_face", "face_found")
     return {k: round(float(last[f"eval_{k}"]), 4) for k in keys if f"eval_{k}" in last}
 
 
@@ -1015,6 +1078,7 @@ def run_quickstart(
     generator_overrides: Sequence[str] = (),
     animator_overrides: Sequence[str] = (),
     refiner_overrides: Sequence[str] = (),
+    parts_overrides: Sequence[str] = (),
     eval_images: int = 500,
     eval_metrics: Sequence[str] = ("swd", "fid", "attr"),
     extractor: Any = None,
@@ -1030,8 +1094,8 @@ def run_quickstart(
 
     Args:
         out: output directory (new, empty, or an earlier quickstart's to resume it).
-        minutes: total budget in minutes (> 0); training gets 60 % (generator) + 25 %
-            (refiner) + 5 % (animator), data/evaluation/outputs use the rest.
+        minutes: total budget in minutes (> 0); training gets 55 % (generator) + 20 %
+            (refiner) + 8 % (part segmenter) + 5 % (animator), data/evaluation/outputs use the rest.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: seeds the data set, training and the report's samples.
         progress: stage lines, progress bars and the final summary on the terminal.
@@ -1046,7 +1110,8 @@ def run_quickstart(
         n_images, size: the built-in data set (procedural avatars, 32 or 64 px).
         condition_on: categorical labels the generator is conditioned on; the first one
             is the attribute grid's rows.
-        generator_overrides, animator_overrides, refiner_overrides: ``key=value`` config overrides.
+        generator_overrides, animator_overrides, refiner_overrides, parts_overrides: ``key=value``
+            config overrides.
         eval_images, eval_metrics: generated images and metrics of the evaluation.
         extractor: an avatar feature extractor instance (default: the cached one).
         grid_seeds, interp_frames, anim_seconds, anim_fps, upscale: output sizes.
@@ -1101,6 +1166,7 @@ def run_quickstart(
         generator_overrides=tuple(generator_overrides),
         animator_overrides=tuple(animator_overrides),
         refiner_overrides=tuple(refiner_overrides),
+        parts_overrides=tuple(parts_overrides),
         eval_images=int(eval_images),
         eval_metrics=tuple(eval_metrics),
         grid_seeds=int(grid_seeds),
