@@ -212,16 +212,23 @@ class ServeState:
 
         settings = settings or ServeSettings()
         gen_run, anim_run = resolve_run(run, animator)
-        if refiner is None and Path(run).is_dir():
+        segmenter = None
+        if Path(run).is_dir():
             from avatarforge.runs import quickstart_runs
 
-            refiner = (quickstart_runs(run) or {}).get("refiner")
+            found = quickstart_runs(run) or {}
+            refiner = refiner if refiner is not None else found.get("refiner")
+            segmenter = found.get("parts")
         if settings.threads is not None:
             import torch
 
             torch.set_num_threads(int(settings.threads))
         pipe = GeneratorPipeline.from_pretrained(
-            gen_run, device=settings.device, batch_size=settings.batch_size, refiner=refiner
+            gen_run,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            refiner=refiner,
+            segmenter=segmenter,
         )
         anim = None
         if anim_run is not None:
