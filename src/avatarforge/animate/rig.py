@@ -193,6 +193,7 @@ class EyeRig:
     x: int
     y: int
     opening: np.ndarray  # (h, w, 4) uint8: white of the eye, iris painted out
+    ring: np.ndarray  # (h, w, 4) uint8: the avatar's pixels the plate repainted around the eye
     iris: np.ndarray  # (h, w, 4) uint8: the iris alone
     upper: np.ndarray  # (h, w, 4) uint8: the upper lash line (moves with the lid)
     lower: np.ndarray  # (h, w, 4) uint8: the lower lash line (fades as the eye closes)
@@ -200,6 +201,9 @@ class EyeRig:
     bottom: np.ndarray  # (w,) bottom of the opening
     closed: np.ndarray  # (w,) where the lid rests when closed
     travel: tuple[float, float]  # iris travel in px for gaze 1 (x, y)
+    lid_colour: tuple[int, int, int] = (40, 30, 40)  # the drawn lid line (the lashes' darkest)
+    lid_span: tuple[int, int] = (0, 0)  # columns [from, to) of the drawn lid line
+    lid_width: float = 2.0
 
     def lids(self, eye_open: float, smile: float) -> tuple[np.ndarray, np.ndarray]:
         """(upper lid, lower lid) per column for an openness and a smile."""
@@ -244,7 +248,30 @@ class EyeRig:
         lash = cv2.remap(
             _premul(self.upper), map_x, map_y, interpolation=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0)
         )
-        return lash + eye * (1.0 - lash[..., 3:4])
+        # The moving lash sprite fades out as the eye closes, and a lid line drawn along the
+        # lid fades in: a soft (generated) avatar's "lash" pixels are a blur of eye colours,
+        # which pushed down would read as a squashed eye rather than a closed one.
+        eye = lash * eye_open + eye * (1.0 - lash[..., 3:4] * eye_open)
+        fade = min(1.0, 2.0 * (1.0 - eye_open))
+        if fade > 0.0:
+            line = self._lid_line(upper)
+            eye = line * fade + eye * (1.0 - line[..., 3:4] * fade)
+        return eye
+
+    def _lid_line(self, upper: np.ndarray) -> np.ndarray:
+        """The lid line along ``upper`` (premultiplied float patch), 4x supersampled."""
+        from PIL import Image, ImageDraw
+
+        h, w = self.opening.shape[:2]
+        ss = 4
+        img = Image.new("RGBA", (w * ss, h * ss), (0, 0, 0, 0))
+        a, b = self.lid_span
+        pts = [((j + 0.5) * ss, float(upper[j]) * ss) for j in range(a, b)]
+        if len(pts) >= 2:
+            ImageDraw.Draw(img).line(
+                pts, fill=(*self.lid_colour, 255), width=max(1, round(self.lid_width * ss)), joint="curve"
+            )
+        return _premul(np.asarray(img.resize((w, h), Image.Resampling.BOX)))
 
     def to_json(self) -> dict[str, Any]:
         h, w = self.opening.shape[:2]
@@ -255,6 +282,7 @@ class EyeRig:
             "w": w,
             "h": h,
             "opening": _png_b64(self.opening),
+            "ring": _png_b64(self.ring),
             "iris": _png_b64(self.iris),
             "upper": _png_b64(self.upper),
             "lower": _png_b64(self.lower),
@@ -262,6 +290,9 @@ class EyeRig:
             "bottom": [round(float(v), 3) for v in self.bottom],
             "closed": [round(float(v), 3) for v in self.closed],
             "travel": [round(float(v), 3) for v in self.travel],
+            "lid_colour": list(self.lid_colour),
+            "lid_span": list(self.lid_span),
+            "lid_width": self.lid_width,
         }
 
 
@@ -432,10 +463,12 @@ class AvatarRig:
         skin_colour = np.median(skin_rgb, axis=0) if len(skin_rgb) else np.array([240.0, 210.0, 190.0])
         grow = max(2, S // 100)  # past the anti-aliased edge of each part
         plate = image.copy()
-        for remove, skin_only in (
-            (_dilate(feature | P["mouth"], grow), True),
-            (_dilate(P["eyebrow"], grow), False),
-        ):
+        # What the plate repaints; the sprites below cover exactly these pixels with the
+        # avatar's own at rest, so a rig at rest is the avatar (no halo where the repaint
+        # differs from a soft original).
+        removed_face = _dilate(feature | P["mouth"], grow)
+        removed_brows = _dilate(P["eyebrow"], grow)
+        for remove, skin_only in ((removed_face, True), (removed_brows, False)):
             if not remove.any():
                 continue
             src = plate[..., :3].copy()
@@ -460,7 +493,7 @@ class AvatarRig:
                     "it cannot open (rig an avatar with open eyes)"
                 )
                 continue
-            x0, y0, x1, y1 = _bbox(_dilate(region, 1), 2, S)
+            x0, y0, x1, y1 = _bbox(_dilate(region, 1), grow + 2, S)
             box = (slice(y0, y1), slice(x0, x1))
             h_, w_ = y1 - y0, x1 - x0
             hb = hole[box]
@@ -483,6 +516,12 @@ class AvatarRig:
             opening[..., :3] = crop[..., :3]
             opening[P["iris"][box], :3] = white_c.astype(np.uint8)
             opening[..., 3] = np.where(_dilate(hb, 1), 255, 0).astype(np.uint8)
+            # The repainted ring around this eye, the avatar's own pixels: shown while the eye
+            # is open (a rig at rest is the avatar, no halo where the repaint differs from a
+            # soft original), faded out as it closes (no ghost of the open eye's outline).
+            ring_m = removed_face[box] & on_side[:, x0:x1] & ~P["mouth"][box] & ~_dilate(hb, 1) & ~lash
+            ring = crop.copy()
+            ring[..., 3] = np.where(ring_m, crop[..., 3], 0)
             iris = crop.copy()
             iris[..., 3] = np.where(P["iris"][box], crop[..., 3], 0)
             upper = crop.copy()
@@ -491,12 +530,21 @@ class AvatarRig:
             lower = crop.copy()
             lower[..., 3] = np.where(lower_m, crop[..., 3], 0)
             half_w = max(float(any_col.sum()) / 2.0, 1.0)
+            cols_with = np.nonzero(any_col)[0]
+            dark = crop[(lash | hb) & (crop[..., 3] > 0)][:, :3].astype(np.float64)
+            lum = dark @ np.array([0.3, 0.59, 0.11]) if len(dark) else np.zeros(0)
+            lid_colour = (
+                tuple(int(v) for v in np.median(dark[lum <= np.percentile(lum, 15)], axis=0) * 0.8)
+                if len(dark)
+                else (40, 30, 40)
+            )
             half_h = max(float(np.median((bottom - top)[any_col])) / 2.0, 1.0)
             eyes[side] = EyeRig(
                 side=side,
                 x=x0,
                 y=y0,
                 opening=opening,
+                ring=ring,
                 iris=iris,
                 upper=upper,
                 lower=lower,
@@ -504,6 +552,9 @@ class AvatarRig:
                 bottom=bottom.astype(np.float32),
                 closed=closed.astype(np.float32),
                 travel=(RIG_CONSTANTS["gaze_x"] * half_w, RIG_CONSTANTS["gaze_y"] * half_h),
+                lid_colour=lid_colour,
+                lid_span=(int(cols_with[0]), int(cols_with[-1]) + 1),
+                lid_width=max(1.0, S / 170),
             )
 
         # Eye centres (for the mouth and head geometry), from the eye regions.
@@ -519,9 +570,9 @@ class AvatarRig:
         brows = None
         brow_gap = 0.04 * S
         if P["eyebrow"].any():
-            bx0, by0, bx1, by1 = _bbox(_dilate(P["eyebrow"], 1), 1, S)
+            bx0, by0, bx1, by1 = _bbox(removed_brows, 1, S)
             crop = image[by0:by1, bx0:bx1].copy()
-            crop[..., 3] = np.where(_dilate(P["eyebrow"], 1)[by0:by1, bx0:bx1], crop[..., 3], 0)
+            crop[..., 3] = np.where(removed_brows[by0:by1, bx0:bx1], crop[..., 3], 0)
             brows = Sprite(bx0, by0, crop)
             eye_top = min((e.y + float(e.top.min()) for e in eyes.values()), default=eye_y - 0.03 * S)
             brow_gap = max(eye_top - by1, 0.02 * S)
@@ -533,9 +584,10 @@ class AvatarRig:
             pix = image[P["mouth"]][:, :3].astype(np.float64)
             lum = pix @ np.array([0.3, 0.59, 0.11])
             line = np.median(pix[lum <= np.percentile(lum, 40)], axis=0)
-            mx0, my0, mx1, my1 = _bbox(_dilate(P["mouth"], 1), 1, S)
+            mouth_ring = _dilate(P["mouth"], grow) & removed_face
+            mx0, my0, mx1, my1 = _bbox(mouth_ring, 1, S)
             crop = image[my0:my1, mx0:mx1].copy()
-            crop[..., 3] = np.where(_dilate(P["mouth"], 1)[my0:my1, mx0:mx1], crop[..., 3], 0)
+            crop[..., 3] = np.where(mouth_ring[my0:my1, mx0:mx1], crop[..., 3], 0)
             original: Sprite | None = Sprite(mx0, my0, crop)
         else:
             mcx, mcy = cx, eye_y + 0.62 * eye_dist
@@ -598,6 +650,7 @@ class AvatarRig:
         px = c["head_yaw"] * k["parallax"] * S
         py = -c["head_pitch"] * k["parallax"] * S
         for side, eye in self.eyes.items():
+            _over(out, _premul(eye.ring) * c[f"eye_open_{side}"], eye.x + px, eye.y + py)
             patch = eye.draw(c[f"eye_open_{side}"], (c["gaze_x"], c["gaze_y"]), c["smile"])
             _over(out, patch, eye.x + px, eye.y + py)
         if self.brows is not None:

@@ -70,7 +70,7 @@
     add('plate', r.plate);
     for (const side in r.eyes) {
       const e = r.eyes[side];
-      add(side + ':opening', e.opening); add(side + ':iris', e.iris);
+      add(side + ':opening', e.opening); add(side + ':iris', e.iris); add(side + ':ring', e.ring);
       add(side + ':upper', e.upper); add(side + ':lower', e.lower);
       this.eyeCanvas[side] = canvas2d(e.w, e.h);
     }
@@ -168,10 +168,23 @@
     g.drawImage(im[side + ':lower'], 0, 0);
     g.globalAlpha = 1;
     const up = im[side + ':upper'];
+    g.globalAlpha = open;  // the moving lash fades out as the eye closes (EyeRig.draw)
     for (let j = 0; j < e.w; j += LASH_STRIP) {  // the upper lash follows the lid, strip by strip
       const w = Math.min(LASH_STRIP, e.w - j), m = Math.min(j + (w >> 1), e.w - 1);
       g.drawImage(up, j, 0, w, e.h, j, upper[m] - e.top[m], w, e.h);
     }
+    const fade = Math.min(1, 2 * (1 - open));  // ... and a lid line along the lid fades in
+    if (fade > 0 && e.lid_span[1] - e.lid_span[0] >= 2) {
+      g.globalAlpha = fade;
+      g.strokeStyle = 'rgb(' + e.lid_colour.join(',') + ')';
+      g.lineWidth = e.lid_width; g.lineJoin = 'round'; g.lineCap = 'butt';
+      g.beginPath();
+      for (let j = e.lid_span[0]; j < e.lid_span[1]; j++) {
+        if (j === e.lid_span[0]) { g.moveTo(j + 0.5, upper[j]); } else { g.lineTo(j + 0.5, upper[j]); }
+      }
+      g.stroke();
+    }
+    g.globalAlpha = 1;
     return cv;
   };
 
@@ -276,8 +289,11 @@
     g.drawImage(im.plate, R.x, R.y, R.w, R.h, R.x, R.y, R.w, R.h);
     const px = c.head_yaw * k.parallax * S, py = -c.head_pitch * k.parallax * S;
     for (const side in r.eyes) {
-      const e = r.eyes[side];
-      const cv = this.drawEye(side, e, c['eye_open_' + side], c.gaze_x, c.gaze_y, c.smile);
+      const e = r.eyes[side], open = c['eye_open_' + side];
+      g.globalAlpha = open;  // the avatar's own pixels around the eye, faded as it closes
+      g.drawImage(im[side + ':ring'], e.x + px, e.y + py);
+      g.globalAlpha = 1;
+      const cv = this.drawEye(side, e, open, c.gaze_x, c.gaze_y, c.smile);
       g.drawImage(cv, e.x + px, e.y + py);
     }
     if (r.brows) {
