@@ -79,3 +79,27 @@ def test_faceless_avatar(tmp_path):
     parts[20:80, 20:80] = 1
     with pytest.raises(Avatar3DError, match="no eyes"):
         build_model(AvatarSource(img, parts, "blob", "blob.png"))
+
+
+def test_run_seed_and_quickstart_folders_go_through_the_rig_sources(tmp_path, monkeypatch):
+    """RUN:SEED and a quickstart folder (its live avatar's seed) take their picture and part map
+    from the run's refiner and part segmenter, the same source the live rig uses."""
+    import json
+
+    import avatarforge.animate.rig_sources as rs
+    from avatarforge.avatar3d.source import load_avatar
+
+    calls = []
+
+    def fake_layers(spec, size, generator=None):
+        calls.append((spec, size))
+        return rs.procedural_layers(3, size)
+
+    monkeypatch.setattr(rs, "layers_for", fake_layers)
+    src = load_avatar("runs/some-run:7", size=128)
+    assert calls[-1] == ("runs/some-run:7", 128) and src.image.shape == (128, 128, 4)
+    folder = tmp_path / "qs"
+    folder.mkdir()
+    (folder / "quickstart.json").write_text(json.dumps({"generator_run": "runs/g", "avatar_seed": 5}))
+    load_avatar(str(folder), size=128)
+    assert calls[-1] == (f"{folder}:5", 128)

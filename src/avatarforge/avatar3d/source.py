@@ -124,19 +124,28 @@ def load_avatar(
         image, masks = render(attrs, size, return_parts=True)
         return AvatarSource(image, _labels(masks), f"procedural-{m.group(1)}", text)
     path = Path(text)
-    if not path.exists():
-        from avatarforge.runs import split_run_seed
+    if not path.exists() or path.is_dir():
+        from avatarforge.runs import quickstart_runs, split_run_seed
 
-        if split_run_seed(text) is not None:
-            raise Avatar3DError(
-                f"{text}: RUN:SEED avatars need the refiner's part maps, which this run cannot make yet; "
-                "write the avatar as a PNG and pass its part map with --parts, or use procedural:N"
-            )
-        raise FileNotFoundError(f"{path} does not exist; AVATAR is procedural:N or an RGBA PNG (+ --parts)")
-    if path.is_dir():
-        raise Avatar3DError(
-            f"{path} is a folder: quickstart folders and runs need the refiner's part maps (not available "
-            "yet); pass an RGBA PNG with --parts, or procedural:N"
+        run_seed = split_run_seed(text)
+        if run_seed is None and path.is_dir():
+            # A quickstart folder: its live avatar (the seed it rigged), else seed 0.
+            if quickstart_runs(path) is None:
+                raise Avatar3DError(
+                    f"{path} is a folder: give RUN:SEED (a generator run or quickstart folder and a seed), "
+                    "an RGBA PNG with --parts, or procedural:N"
+                )
+            manifest = path / "quickstart.json"
+            seed = 0
+            if manifest.is_file():
+                import json
+
+                seed = int(json.loads(manifest.read_text("utf-8")).get("avatar_seed") or 0)
+            run_seed = (str(path), seed)
+        if run_seed is not None:
+            return _generated(run_seed[0], run_seed[1], size, text)
+        raise FileNotFoundError(
+            f"{path} does not exist; AVATAR is procedural:N, RUN:SEED or an RGBA PNG (+ --parts)"
         )
     from PIL import Image
 
@@ -155,3 +164,17 @@ def load_avatar(
     labels = load_part_map(part_path)
     check_avatar(image, labels, str(path))
     return AvatarSource(image, labels, path.stem, text)
+
+
+def _generated(run: str, seed: int, size: int, origin: str) -> AvatarSource:
+    """Sample ``seed`` of a generator run (or quickstart folder) at ``size`` with its part map,
+    through the run's refiner and part segmenter (:mod:`avatarforge.animate.rig_sources`)."""
+    from avatarforge.animate.rig import RigError
+    from avatarforge.animate.rig_sources import layers_for
+
+    try:
+        image, labels = layers_for(f"{run}:{seed}", size)
+    except RigError as e:
+        raise Avatar3DError(f"{origin} (RUN:SEED): {e}") from None
+    check_avatar(image, labels, origin)
+    return AvatarSource(image, labels, f"{Path(run).name}-{seed}", origin)
