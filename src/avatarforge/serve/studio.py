@@ -852,6 +852,10 @@ def build_studio(state: Any, hub: Any = None, download_dir: str | os.PathLike | 
                     )
                 download = gr.DownloadButton("Download (with alpha)", elem_id="download", interactive=False)
                 send_btn = gr.Button("Send to overlay", elem_id="send-overlay", interactive=hub is not None)
+                gr.HTML(
+                    '<a id="open-3d" href="../view3d?avatar=studio" target="_blank">3D view (VRM) of the avatar '
+                    "sent to the overlay</a> (with an API key, add <code>&amp;key=KEY</code>)"
+                )
             with gr.Column(scale=2):
                 with gr.Accordion("latent sliders", open=bool(sliders)):
                     slider_boxes = [
