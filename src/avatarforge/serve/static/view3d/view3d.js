@@ -120,7 +120,65 @@ async function load() {
   status.textContent = `${avatar} (${format}): ${api.expressions.length} expressions - ${vrm.meta.name || vrm.meta.title || ""}`;
 }
 
-load().catch((e) => {
+// Live mode (?live=1, the overlay's 3D mode): the same control stream as the 2D overlay
+// (/ws/overlay in rig mode: idle life, keys, audio, VMC, iFacialMocap, the tracker page, emotes)
+// drives the model's expressions and head. ?bg=0 hides the page's backdrop and controls
+// (an OBS browser source on transparency).
+function controlsToVrm(c) {
+  const v = (k) => (c[k] === undefined ? 0 : +c[k]);
+  const open = (k) => (c[k] === undefined ? (c.eye_open === undefined ? 1 : +c.eye_open) : +c[k]);
+  const vowels = { aa: v("vowel_a"), ih: v("vowel_i"), ou: v("vowel_u"), ee: v("vowel_e"), oh: v("vowel_o") };
+  // a mouth opened without a vowel opens as "aa"
+  vowels.aa = Math.max(vowels.aa, v("mouth_open") - Math.max(vowels.ih, vowels.ou, vowels.ee, vowels.oh));
+  return {
+    // VRM's blinkLeft is the character's left eye, like our eye_open_l
+    blinkLeft: 1 - open("eye_open_l"),
+    blinkRight: 1 - open("eye_open_r"),
+    ...vowels,
+    happy: Math.max(0, v("smile")),
+    sad: Math.max(0, -v("smile")),
+    headYaw: 30 * v("head_yaw"),
+    headPitch: 20 * v("head_pitch"),
+    headRoll: -12 * v("head_tilt"),
+    sway: 6 * v("body_sway"),
+  };
+}
+api.controlsToVrm = controlsToVrm;
+api.liveFrames = 0;
+
+function live() {
+  const q = new URLSearchParams({ avatar, mode: "rig" });
+  for (const k of ["key", "fps", "idle"]) if (params.get(k) !== null) q.set(k, params.get(k));
+  const root = location.pathname.replace(/\/view3d\/?$/, "");
+  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + root + "/ws/overlay?" + q);
+  ws.onmessage = (ev) => {
+    if (typeof ev.data !== "string" || !api.vrm) return;
+    const msg = JSON.parse(ev.data);
+    if (!msg.c) return;
+    const m = controlsToVrm(msg.c);
+    const em = api.vrm.expressionManager;
+    for (const name of ["blinkLeft", "blinkRight", "aa", "ih", "ou", "ee", "oh", "happy", "sad"]) {
+      if (em.getExpression(name)) em.setValue(name, Math.min(1, Math.max(0, m[name])));
+    }
+    const head = api.vrm.humanoid.getNormalizedBoneNode("head");
+    head.rotation.set(THREE.MathUtils.degToRad(m.headPitch), THREE.MathUtils.degToRad(m.headYaw), THREE.MathUtils.degToRad(m.headRoll));
+    pivot.rotation.z = THREE.MathUtils.degToRad(m.sway);
+    api.render();
+    api.liveFrames += 1;
+  };
+  ws.onclose = () => setTimeout(live, 1000);  // server restart: reconnect
+  api.send = (obj) => ws.readyState === 1 && ws.send(JSON.stringify(obj));
+}
+
+load().then(() => {
+  if (params.get("live") === "1") {
+    if (params.get("bg") === "0") {
+      document.body.style.background = "transparent";
+      document.getElementById("controls").style.display = "none";
+    }
+    live();
+  }
+}).catch((e) => {
   window.view3dErrors.push(String(e && e.stack ? e.stack : e));
   status.textContent = "could not load the model: " + e;
 });
