@@ -103,3 +103,33 @@ def test_run_seed_and_quickstart_folders_go_through_the_rig_sources(tmp_path, mo
     (folder / "quickstart.json").write_text(json.dumps({"generator_run": "runs/g", "avatar_seed": 5}))
     load_avatar(str(folder), size=128)
     assert calls[-1] == (f"{folder}:5", 128)
+
+
+def test_an_image_without_a_part_map_gets_one_from_a_segmenter(tmp_path, monkeypatch):
+    """--segmenter (or the segmenter a generated PNG's metadata names) predicts the part map of
+    an image that has none: at the segmenter's 64-px input, mapped back to the image's size."""
+    import torch
+    from PIL import Image
+
+    import avatarforge.models.parts as parts_mod
+    from avatarforge.animate.rig_sources import procedural_layers
+    from avatarforge.avatar3d.source import Avatar3DError, load_avatar
+    from avatarforge.models.parts import PartSegmenter
+
+    img, labels = procedural_layers(3, 256)
+    path = tmp_path / "me.png"
+    Image.fromarray(img).save(path)
+    torch.manual_seed(0)
+    PartSegmenter(widths=[8, 16]).save_pretrained(tmp_path / "seg")
+    seen = {}
+
+    def fake_predict(model, images, size=None, **kw):  # the renderer's own map stands in for a trained one
+        seen["input"], seen["size"] = images.shape, size
+        return labels[None].copy()
+
+    monkeypatch.setattr(parts_mod, "predict_part_map", fake_predict)
+    src = load_avatar(path, segmenter=tmp_path / "seg")
+    assert seen == {"input": (1, 64, 64, 4), "size": 256}
+    assert np.array_equal(src.parts, labels) and src.image.shape == (256, 256, 4)
+    with pytest.raises(Avatar3DError, match="--segmenter"):
+        load_avatar(path, segmenter=tmp_path / "nothing-here")

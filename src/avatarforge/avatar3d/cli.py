@@ -32,9 +32,21 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "emotion expressions drawn by the live rig. Loads in VSeeFace (--format vrm0), Warudo, "
         "three-vrm and any glTF viewer (.glb).",
     )
-    v.add_argument("avatar", metavar="AVATAR", help="procedural:N, or an RGBA PNG (with --parts)")
+    v.add_argument(
+        "avatar",
+        metavar="AVATAR",
+        help="procedural:N, RUN:SEED, a quickstart folder, or an RGBA PNG (its part map: --parts, "
+        "NAME.parts.png beside it, or --segmenter)",
+    )
     v.add_argument("out", metavar="OUT", help="the file to write (.vrm, or .glb for plain glTF)")
     v.add_argument("--parts", default=None, help="the PNG's part map (one-channel PNG of part ids)")
+    v.add_argument(
+        "--segmenter",
+        default=None,
+        metavar="RUN",
+        help="predict the PNG's part map with this part segmenter run or quickstart folder "
+        "(default: the one a generated PNG's metadata names)",
+    )
     v.add_argument(
         "--format",
         choices=["vrm1", "vrm0", "glb"],
@@ -73,6 +85,7 @@ def _cmd_vrm(a: argparse.Namespace) -> int:
         a.avatar,
         a.out,
         parts=a.parts,
+        segmenter=a.segmenter,
         fmt=a.format,
         size=a.size,
         texture_size=a.texture_size,

@@ -101,13 +101,19 @@ def _labels(parts: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def load_avatar(
-    spec: str | os.PathLike, parts: str | os.PathLike | None = None, size: int = 512
+    spec: str | os.PathLike,
+    parts: str | os.PathLike | None = None,
+    size: int = 512,
+    segmenter: str | os.PathLike | None = None,
 ) -> AvatarSource:
     """Resolve what a user passed as AVATAR.
 
     * ``procedural:N``: the renderer's avatar N at ``size`` px (neutral expression) and its parts;
-    * an image file: RGBA, square; its part map from ``parts`` or from ``NAME.parts.png``
-      beside it.
+    * an image file: RGBA, square; its part map from ``parts``, from ``NAME.parts.png``
+      beside it, or predicted by a part segmenter: ``segmenter`` (a parts run or a quickstart
+      folder), else the one a generated PNG's metadata names;
+    * ``RUN:SEED`` or a quickstart folder: a generated avatar through the run's refiner and
+      part segmenter.
 
     Raises:
         Avatar3DError: a bad image, a missing part map, or a kind of AVATAR not supported yet.
@@ -156,10 +162,16 @@ def load_avatar(
         image = image.copy()  # an RGB file: check_avatar reports the missing alpha
     part_path = Path(parts) if parts is not None else path.with_name(path.stem + ".parts.png")
     if parts is None and not part_path.is_file():
+        seg = segmenter if segmenter is not None else _segmenter_in_metadata(path)
+        if seg is not None and image.shape[0] == image.shape[1]:
+            labels = _predict_parts(image, seg)
+            check_avatar(image, labels, str(path))
+            return AvatarSource(image, labels, path.stem, text)
         check_avatar(image, None, str(path))
         raise Avatar3DError(
             f"{path} has no part map: pass --parts PARTS.png (a one-channel PNG of part ids, "
-            f"or put it beside the image as {part_path.name}), or use procedural:N"
+            f"or put it beside the image as {part_path.name}), --segmenter RUN (a part segmenter run "
+            "or a quickstart folder predicts it), or use procedural:N"
         )
     labels = load_part_map(part_path)
     check_avatar(image, labels, str(path))
@@ -178,3 +190,35 @@ def _generated(run: str, seed: int, size: int, origin: str) -> AvatarSource:
         raise Avatar3DError(f"{origin} (RUN:SEED): {e}") from None
     check_avatar(image, labels, origin)
     return AvatarSource(image, labels, f"{Path(run).name}-{seed}", origin)
+
+
+def _segmenter_in_metadata(path: Path) -> str | None:
+    """The part segmenter a generated PNG's metadata names (``generate --size 512`` through a
+    pipeline that had one), if it still exists."""
+    try:
+        from avatarforge.generate.metadata import read_metadata
+
+        seg = ((read_metadata(path).get("model") or {}).get("segmenter") or {}).get("path")
+    except (ValueError, OSError, KeyError):
+        return None
+    return seg if seg and Path(seg).exists() else None
+
+
+def _predict_parts(image: np.ndarray, segmenter: str | os.PathLike) -> np.ndarray:
+    """The part map of a square RGBA image, from a part segmenter run (or a quickstart folder's):
+    the image brought to the segmenter's input size, the map predicted at the image's size."""
+    from PIL import Image
+
+    from avatarforge.models.parts import predict_part_map
+    from avatarforge.runs import load_segmenter
+
+    try:
+        seg = load_segmenter(segmenter)
+    except (FileNotFoundError, ValueError) as e:
+        raise Avatar3DError(f"--segmenter {segmenter}: {e}") from None
+    S = image.shape[0]
+    size = int(getattr(seg, "in_size", 0) or 64)
+    small = np.asarray(Image.fromarray(image, "RGBA").resize((size, size), Image.Resampling.BOX))
+    labels = predict_part_map(seg, small[None], S)[0]
+    labels[image[..., 3] == 0] = 0
+    return labels.astype(np.uint8)

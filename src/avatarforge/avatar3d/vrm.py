@@ -478,6 +478,7 @@ def export_vrm(
     out: str | os.PathLike,
     *,
     parts: str | os.PathLike | None = None,
+    segmenter: str | os.PathLike | None = None,
     fmt: str | None = None,
     size: int = 512,
     texture_size: int | None = None,
@@ -493,6 +494,8 @@ def export_vrm(
         avatar: ``procedural:N`` or an RGBA image (see :func:`~avatarforge.avatar3d.source.load_avatar`).
         out: the file to write; ``fmt`` defaults to ``glb`` for ``.glb`` and ``vrm1`` otherwise.
         parts: the image's part map (a one-channel PNG of part ids).
+        segmenter: a part segmenter run (or a quickstart folder) that predicts the part map
+            of an image that has none.
         size: the render size of ``procedural:N`` avatars.
         texture_size: the atlas side in pixels (a power of two); default: what the layers
             need at the avatar's resolution (1024 for a 512-px avatar).
@@ -510,7 +513,7 @@ def export_vrm(
     check_writable(out)
     if preview is not None:
         check_writable(Path(preview))
-    source = load_avatar(avatar, parts, size)
+    source = load_avatar(avatar, parts, size, segmenter=segmenter)
     model = build_model(source)
     data, info = model_to_glb(
         model, fmt, name=name, authors=authors, license_url=license_url, texture_size=texture_size
