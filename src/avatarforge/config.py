@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import os
 import sys
 import types
 import typing
@@ -555,6 +556,24 @@ def checkpoint_minutes_check(minutes: float) -> tuple[bool, str]:
     """The ``(ok, message)`` check of ``log.checkpoint_every_minutes`` every trainer's config
     shares (finite: a YAML ``.inf`` would never checkpoint; 0 = off)."""
     return math.isfinite(minutes) and minutes >= 0, "log.checkpoint_every_minutes must be >= 0 (0 = off)"
+
+
+def shipped_config(name: str, shipped: Sequence[str], what: str) -> Path:
+    """The path of a config file shipped in ``avatarforge/configs`` (one of ``shipped``).
+
+    Raises:
+        ConfigError: ``name`` is not one of them (the message lists them).
+    """
+    if name not in shipped:
+        raise ConfigError(f"no {what} config {name!r}; shipped: {', '.join(shipped)}")
+    return Path(str(resources.files("avatarforge") / "configs" / name))
+
+
+def config_names_model(path: str | os.PathLike, model: str) -> bool:
+    """True if the YAML file names ``model`` (``model: {name: MODEL}``): which family a
+    config file belongs to."""
+    entry = load_yaml(path).get("model")
+    return isinstance(entry, dict) and entry.get("name") == model
 
 
 def layered_config(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,12 @@ from avatarforge.config import (
     budget_checks,
     check_all,
     checkpoint_minutes_check,
+    config_names_model,
     layered_config,
-    load_yaml,
+    shipped_config,
 )
 from avatarforge.train.families import register_family
+from avatarforge.train.refiner_config import RefinerDegradeConfig
 
 __all__ = [
     "PARTS_PRESETS",
@@ -57,20 +58,11 @@ class PartsModelConfig:
 
 
 @dataclass
-class PartsDegradeConfig:
-    """GAN-like damage to the inputs (:class:`~avatarforge.data.refine_pairs.Degradation`)."""
+class PartsDegradeConfig(RefinerDegradeConfig):
+    """GAN-like damage to the inputs, as the refiner's (:class:`~avatarforge.data.refine_pairs.Degradation`),
+    with stronger colour shifts: the segmenter must not key on exact colours."""
 
-    enabled: bool = True
-    blur_prob: float = 0.5
-    blur: float = 0.7
-    noise_prob: float = 0.5
-    noise: float = 0.03
-    blocky_prob: float = 0.3
-    blocky: float = 0.03
     color: float = 0.05
-    specks_prob: float = 0.5
-    specks: float = 0.02
-    alpha_dip: float = 0.05
 
 
 @dataclass
@@ -182,32 +174,18 @@ class PartsConfig:
                 "perf.amp=fp16 is not supported by the part-segmenter trainer; use bf16 or off",
             ),
         ]
-        g = d.degrade
-        checks += [
-            (
-                all(0 <= p <= 1 for p in (g.blur_prob, g.noise_prob, g.blocky_prob, g.specks_prob)),
-                "data.degrade.*_prob must be in [0, 1]",
-            ),
-            (
-                min(g.blur, g.noise, g.blocky, g.color, g.specks, g.alpha_dip) >= 0 and g.alpha_dip < 1,
-                "data.degrade amounts must be >= 0 (alpha_dip < 1)",
-            ),
-        ]
-        check_all(checks)
+        check_all(checks + d.degrade.checks())
         return self
 
 
 def parts_preset(name: str = "parts-64px.yaml") -> Path:
     """The path of a shipped part-segmenter config (:data:`PARTS_PRESETS`)."""
-    if name not in PARTS_PRESETS:
-        raise ConfigError(f"no part-segmenter config {name!r}; shipped: {', '.join(PARTS_PRESETS)}")
-    return Path(str(resources.files("avatarforge") / "configs" / name))
+    return shipped_config(name, PARTS_PRESETS, "part-segmenter")
 
 
 def is_parts_config_file(path: str | os.PathLike) -> bool:
     """True if the YAML file names the part segmenter (``model: {name: parts}``)."""
-    model = load_yaml(path).get("model")
-    return isinstance(model, dict) and model.get("name") == "parts"
+    return config_names_model(path, "parts")
 
 
 def build_parts_config(

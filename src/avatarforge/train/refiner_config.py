@@ -12,7 +12,6 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,9 @@ from avatarforge.config import (
     budget_checks,
     check_all,
     checkpoint_minutes_check,
+    config_names_model,
     layered_config,
-    load_yaml,
+    shipped_config,
 )
 from avatarforge.train.families import register_family
 
@@ -76,6 +76,15 @@ class RefinerDegradeConfig:
     specks_prob: float = 0.5
     specks: float = 0.02
     alpha_dip: float = 0.05
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """Validation checks (``check_all`` items) of these fields."""
+        probs = (self.blur_prob, self.noise_prob, self.blocky_prob, self.specks_prob)
+        amounts = (self.blur, self.noise, self.blocky, self.color, self.specks, self.alpha_dip)
+        return [
+            (all(0 <= p <= 1 for p in probs), "data.degrade.*_prob must be in [0, 1]"),
+            (min(amounts) >= 0 and self.alpha_dip < 1, "data.degrade amounts must be >= 0 (alpha_dip < 1)"),
+        ]
 
 
 @dataclass
@@ -211,32 +220,18 @@ class RefinerConfig:
                 "perf.amp=fp16 is not supported by the refiner trainer; use bf16 or off",
             ),
         ]
-        g = d.degrade
-        checks += [
-            (
-                all(0 <= p <= 1 for p in (g.blur_prob, g.noise_prob, g.blocky_prob, g.specks_prob)),
-                "data.degrade.*_prob must be in [0, 1]",
-            ),
-            (
-                min(g.blur, g.noise, g.blocky, g.color, g.specks, g.alpha_dip) >= 0 and g.alpha_dip < 1,
-                "data.degrade amounts must be >= 0 (alpha_dip < 1)",
-            ),
-        ]
-        check_all(checks)
+        check_all(checks + d.degrade.checks())
         return self
 
 
 def refiner_preset(name: str = "refiner-512px.yaml") -> Path:
     """The path of a shipped refiner config (:data:`REFINER_PRESETS`)."""
-    if name not in REFINER_PRESETS:
-        raise ConfigError(f"no refiner config {name!r}; shipped: {', '.join(REFINER_PRESETS)}")
-    return Path(str(resources.files("avatarforge") / "configs" / name))
+    return shipped_config(name, REFINER_PRESETS, "refiner")
 
 
 def is_refiner_config_file(path: str | os.PathLike) -> bool:
     """True if the YAML file names the refiner (``model: {name: refiner}``)."""
-    model = load_yaml(path).get("model")
-    return isinstance(model, dict) and model.get("name") == "refiner"
+    return config_names_model(path, "refiner")
 
 
 def build_refiner_config(
