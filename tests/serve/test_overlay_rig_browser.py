@@ -98,7 +98,7 @@ def _wait(driver, script: str, timeout: float = 30.0):
 
 
 def _canvas(driver) -> np.ndarray:
-    url = driver.execute_script("return document.getElementById('avatar-rig').toDataURL('image/png')")
+    url = driver.execute_script("return window.overlaySnapshot()")
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
 
 

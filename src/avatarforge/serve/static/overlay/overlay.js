@@ -29,6 +29,8 @@
             max_ms: v.length ? v[v.length - 1] : 0, samples: v.length};
   };
   window.overlayResetStats = function () { intervals.length = 0; lastShown = null; };
+  // Rig mode: the frame the page shows now, as a PNG data URL (tests, screenshots).
+  window.overlaySnapshot = function () { return view ? view.snapshot(current || {}) : null; };
   function query() { return new URLSearchParams(cfg.query); }
   function wsUrl(path) {
     return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + cfg.root + path + '?' + query();

@@ -82,7 +82,9 @@
   };
 
   RigView.prototype.initGL = function () {
-    const gl = this.target.getContext('webgl', {premultipliedAlpha: true, alpha: true, preserveDrawingBuffer: true});
+    // No MSAA (software GL multiplies its raster work; the texture lookup already smooths) and
+    // no preserved buffer (a copy per frame): snapshot() reads a frame it has just drawn.
+    const gl = this.target.getContext('webgl', {premultipliedAlpha: true, alpha: true, antialias: false, preserveDrawingBuffer: false});
     if (!gl) { this.ctx2d = this.target.getContext('2d'); return; }
     function shader(type, src) {
       const s = gl.createShader(type); gl.shaderSource(s, src); gl.compileShader(s);
@@ -341,6 +343,14 @@
     gl.uniform1f(u.swayS, c.body_sway * k.sway_shift * S);
     gl.uniform1f(u.breathS, c.breath * k.breath_lift * S);
     gl.drawElements(gl.TRIANGLES, this.indexCount, gl.UNSIGNED_SHORT, 0);
+  };
+
+  // A PNG data URL of a frame drawn now (the drawing buffer is not preserved between frames).
+  RigView.prototype.snapshot = function (controls) {
+    this.faceKey = undefined;  // draw (and upload) step 1 again: a complete frame
+    this.rect = undefined;
+    this.draw(controls);
+    return this.target.toDataURL('image/png');
   };
 
   window.AvatarForgeRig = {
