@@ -90,16 +90,6 @@ def load_part_map(path: str | os.PathLike, size: int | None = None) -> np.ndarra
     return out
 
 
-def _labels(parts: dict[str, np.ndarray]) -> np.ndarray:
-    from avatarforge.data.procedural.schema import PART_NAMES
-
-    first = next(iter(parts.values()))
-    lab = np.zeros(first.shape, np.uint8)
-    for i, name in enumerate(PART_NAMES):
-        lab[parts[name]] = i
-    return lab
-
-
 def load_avatar(
     spec: str | os.PathLike,
     parts: str | os.PathLike | None = None,
@@ -122,13 +112,12 @@ def load_avatar(
     text = str(spec)
     m = _PROCEDURAL.match(text)
     if m:
-        from avatarforge.data.procedural import NEUTRAL_EXPRESSION, render, sample_attributes
+        from avatarforge.animate.rig_sources import procedural_layers
 
         if not MIN_SIZE <= size <= 512:
             raise Avatar3DError(f"--size must be from {MIN_SIZE} to 512 for procedural avatars, got {size}")
-        attrs = {**sample_attributes(int(m.group(1))), **NEUTRAL_EXPRESSION}
-        image, masks = render(attrs, size, return_parts=True)
-        return AvatarSource(image, _labels(masks), f"procedural-{m.group(1)}", text)
+        image, labels = procedural_layers(int(m.group(1)), size)
+        return AvatarSource(image, labels, f"procedural-{m.group(1)}", text)
     path = Path(text)
     if not path.exists() or path.is_dir():
         from avatarforge.runs import quickstart_runs, split_run_seed

@@ -967,36 +967,24 @@ class _Quickstart:
         self._record("report", [mpath, man, report], time.monotonic() - t)
 
 
+def _held_out(run: Path, keys: Sequence[str]) -> dict[str, Any]:
+    """``keys`` of a run's newest held-out evaluation (``eval_KEY`` in its metrics.jsonl)."""
+    from avatarforge.quickstart.report import last_metric_line
+
+    line = last_metric_line(run)
+    return {k: round(float(line[f"eval_{k}"]), 4) for k in keys if f"eval_{k}" in line}
+
+
 def _refiner_eval(run: Path) -> dict[str, Any]:
-    """The refiner run's last held-out evaluation: PSNR, sharpness, part accuracy (and bicubic's)."""
-    last: dict[str, Any] = {}
-    path = run / "metrics.jsonl"
-    if path.is_file():
-        for text in path.read_text("utf-8").splitlines():
-            try:
-                rec = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("kind") == "metric" and "eval_psnr" in rec:
-                last = rec
-    keys = ("psnr", "psnr_bicubic", "sharpness", "sharpness_bicubic", "part_acc", "part_acc_fg")
-    return {k: round(float(last[f"eval_{k}"]), 4) for k in keys if f"eval_{k}" in last}
+    """The refiner's held-out PSNR, sharpness and part accuracy (and bicubic's)."""
+    return _held_out(
+        run, ("psnr", "psnr_bicubic", "sharpness", "sharpness_bicubic", "part_acc", "part_acc_fg")
+    )
 
 
 def _parts_eval(run: Path) -> dict[str, Any]:
-    """The part segmenter's last held-out evaluation: mean IoU of the face parts, face found."""
-    last: dict[str, Any] = {}
-    path = run / "metrics.jsonl"
-    if path.is_file():
-        for text in path.read_text("utf-8").splitlines():
-            try:
-                rec = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("kind") == "metric":
-                last = rec
-    keys = ("miou", "miou_face", "face_found")
-    return {k: round(float(last[f"eval_{k}"]), 4) for k in keys if f"eval_{k}" in last}
+    """The part segmenter's held-out mean IoU (all parts, face parts) and face-found rate."""
+    return _held_out(run, ("miou", "miou_face", "face_found"))
 
 
 def _pick_rigged_avatar(pipe: Any, seed: int, size: int, tries: int = 16) -> tuple[int, Any, Any, Any]:

@@ -43,7 +43,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _last_metric_line(run: Path) -> dict[str, Any]:
+def last_metric_line(run: Path) -> dict[str, Any]:
+    """The last ``kind: metric`` line of a run's ``metrics.jsonl`` (its newest held-out evaluation)."""
     lines = [r for r in _read_jsonl(run / "metrics.jsonl") if r.get("kind") == "metric"]
     return lines[-1] if lines else {}
 
@@ -87,7 +88,7 @@ def build_metrics(out: Path, state: Mapping[str, Any], minutes: float) -> dict[s
         if name in SCHEMA.names:
             chance[f"attr_acc_{name}"] = round(1.0 / len(SCHEMA[name].values), 4)
     anim_metrics = {
-        k: v for k, v in _last_metric_line(out / anim.get("run", "")).items() if k.startswith("eval_")
+        k: v for k, v in last_metric_line(out / anim.get("run", "")).items() if k.startswith("eval_")
     }
     return {
         "format": "avatarforge-quickstart-metrics",

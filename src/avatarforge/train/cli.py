@@ -141,16 +141,21 @@ def _config_file_from_overrides(args: argparse.Namespace) -> None:
     args.overrides = [o for o in args.overrides if o != files[0]]
 
 
-def _is_refiner(args: argparse.Namespace) -> bool:
-    """Whether the command trains the refiner (``--model refiner`` or a config naming it)."""
-    from avatarforge.train.refiner_config import is_refiner_config_file
+def _names_family(args: argparse.Namespace, family: str) -> bool:
+    """Whether ``--model``, or the config file (``--config``, or the resumed run's), names ``family``."""
+    from avatarforge.config import config_names_model
 
     if args.model:
-        return args.model == "refiner"
+        return args.model == family
     config_file = args.config
     if args.resume:
         _, config_file = resumed_config(args.resume, config_file)
-    return bool(config_file) and is_refiner_config_file(config_file)
+    return bool(config_file) and config_names_model(config_file, family)
+
+
+def _is_refiner(args: argparse.Namespace) -> bool:
+    """Whether the command trains the refiner (``--model refiner`` or a config naming it)."""
+    return _names_family(args, "refiner")
 
 
 def _refiner_config(args: argparse.Namespace, notes: list[str] | None) -> Any:
@@ -179,14 +184,7 @@ def _refiner_config(args: argparse.Namespace, notes: list[str] | None) -> Any:
 
 def _is_parts(args: argparse.Namespace) -> bool:
     """Whether the command trains the part segmenter (``--model parts`` or a config naming it)."""
-    from avatarforge.train.parts_config import is_parts_config_file
-
-    if args.model:
-        return args.model == "parts"
-    config_file = args.config
-    if args.resume:
-        _, config_file = resumed_config(args.resume, config_file)
-    return bool(config_file) and is_parts_config_file(config_file)
+    return _names_family(args, "parts")
 
 
 def _parts_config(args: argparse.Namespace, notes: list[str] | None) -> Any:

@@ -433,14 +433,9 @@ class OverlayHub:
             if key in self._rigs:
                 return self._rigs[key]
         if avatar.startswith("procedural:"):
-            from avatarforge.data.procedural import NEUTRAL_EXPRESSION, render, sample_attributes
-            from avatarforge.data.procedural.schema import PART_NAMES
+            from avatarforge.animate.rig_sources import procedural_layers
 
-            attrs = {**sample_attributes(int(avatar.split(":", 1)[1])), **NEUTRAL_EXPRESSION}
-            image, parts = render(attrs, int(size), return_parts=True)
-            labels = np.zeros((int(size), int(size)), np.uint8)
-            for i, name in enumerate(PART_NAMES):
-                labels[parts[name]] = i
+            image, labels = procedural_layers(int(avatar.split(":", 1)[1]), int(size))
         else:
             layers = getattr(self.state, "avatar_layers", None)
             if layers is None:
