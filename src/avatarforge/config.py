@@ -48,6 +48,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "PerfConfig",
+    "RunSettings",
     "TrainConfig",
     "accept_overrides_anywhere",
     "apply_overrides",
@@ -175,15 +176,17 @@ class PerfConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs; saved as ``config.yaml``/``config.json`` in the run dir."""
+class RunSettings:
+    """The run-level settings every training family's config ends with (speed, seed, budget,
+    where the run goes, the NaN limit); each family overrides the defaults that differ.
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    ema: EMAConfig = field(default_factory=EMAConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    A family's root config lists it *first* among its bases, after its own sections:
+    ``class XConfig(RunSettings, _XSections)``. A dataclass takes its bases' fields in reverse
+    order of the bases, so the sections (``model``, ``data``, ...) lead and these follow, the
+    key order of every saved ``config.yaml``; a field re-declared in the subclass to change
+    its default keeps its place.
+    """
+
     perf: PerfConfig = field(default_factory=PerfConfig)
     seed: int = 0
     batch_size: int = 32  # global batch (split over processes when distributed)
@@ -191,8 +194,26 @@ class TrainConfig:
     minutes: float | None = None  # stop after this many minutes (at a step boundary)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     runs_dir: str = "runs"
-    desc: str = ""  # run directory suffix; default <model>-<resolution>
+    desc: str = ""  # run directory suffix; default <family>-<resolution>
     max_nan_events: int = 3  # the N-th NaN/Inf event stops training (TrainingDiverged)
+
+
+@dataclass
+class _TrainSections:
+    """The GAN/VAE config's own sections (they lead :class:`TrainConfig`)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass
+class TrainConfig(RunSettings, _TrainSections):
+    """Everything a training run needs; saved as ``config.yaml``/``config.json`` in the run dir."""
+
     preset: str = ""  # informational: the preset file this config started from
 
     def validate(self) -> TrainConfig:

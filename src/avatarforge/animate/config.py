@@ -9,13 +9,19 @@ for an :class:`AnimatorConfig`).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from avatarforge.config import PerfConfig, budget_checks, check_all, checkpoint_minutes_check, layered_config
+from avatarforge.config import RunSettings, check_all
 from avatarforge.train.families import register_family
+from avatarforge.train.family_config import (
+    CheckpointLog,
+    EMAConfig,
+    GanAdamConfig,
+    MetricLog,
+    config_builder,
+    family_checks,
+)
 
 __all__ = [
     "AnimatorConfig",
@@ -76,64 +82,55 @@ class AnimatorLossConfig:
 
 
 @dataclass
-class AnimatorOptimConfig:
+class AnimatorOptimConfig(GanAdamConfig):
     """Adam for G and D."""
 
     lr: float = 2e-3
     d_lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.99)
 
 
 @dataclass
-class AnimatorEMAConfig:
+class AnimatorEMAConfig(EMAConfig):
     """EMA of the generator weights (what samples, evaluation and export use)."""
 
     kimg: float = 2.0  # half-life in thousands of pairs
-    rampup: float | None = 0.1  # half-life <= rampup x pairs seen
 
 
 @dataclass
-class AnimatorLogConfig:
+class _AnimatorLogHead(MetricLog):
+    eval_identities: int = 12  # held-out identities scored by each evaluation (<= data.heldout_identities)
+
+
+@dataclass
+class AnimatorLogConfig(CheckpointLog, _AnimatorLogHead):
     """Logging, samples, evaluation and checkpoints."""
 
-    every_steps: int = 50  # metrics.jsonl line, NaN/Inf check
-    sample_every_kimg: float = 10.0  # (source, target, prediction) grid; 0 = only at the end
-    num_samples: int = 8  # pairs in a grid
-    metric_every_kimg: float = 0.0  # held-out evaluation; 0 = only at the end
-    eval_identities: int = 12  # held-out identities scored by each evaluation (<= data.heldout_identities)
     checkpoint_every_kimg: float = 20.0  # 0 = only at the end (and on signals)
-    # Also checkpoint when this many minutes of wall time passed since the last checkpoint
-    # (or the start), so a crash early in a long kimg interval does not lose the run; 0 = off.
-    checkpoint_every_minutes: float = 10.0
-    keep_last: int = 3
-    progress: bool = True
 
 
 @dataclass
-class AnimatorConfig:
-    """Everything ``avatarforge animate train`` needs (``key=value`` overrides address these)."""
-
+class _AnimatorSections:
     model: AnimatorModelConfig = field(default_factory=AnimatorModelConfig)
     data: AnimatorDataConfig = field(default_factory=AnimatorDataConfig)
     loss: AnimatorLossConfig = field(default_factory=AnimatorLossConfig)
     optim: AnimatorOptimConfig = field(default_factory=AnimatorOptimConfig)
     ema: AnimatorEMAConfig = field(default_factory=AnimatorEMAConfig)
     log: AnimatorLogConfig = field(default_factory=AnimatorLogConfig)
-    perf: PerfConfig = field(default_factory=PerfConfig)
-    seed: int = 0
+
+
+@dataclass
+class AnimatorConfig(RunSettings, _AnimatorSections):
+    """Everything ``avatarforge animate train`` needs (``key=value`` overrides address these)."""
+
     batch_size: int = 16
     kimg: float | None = 200.0  # stop after this many thousand pairs; null = no limit
-    minutes: float | None = None  # stop after this many minutes (this session)
-    device: str = "auto"
-    runs_dir: str = "runs"
     desc: str = ""  # run directory suffix; default animator-<size>
-    max_nan_events: int = 3
 
     def validate(self) -> AnimatorConfig:
         """Check ranges the types cannot express; returns self. Raises ConfigError."""
         d, lo, lg = self.data, self.loss, self.log
         checks = [
-            *budget_checks(self),
+            *family_checks(self, "animator"),
             (
                 d.size >= 32 and d.size % 8 == 0 and d.size <= 512,
                 "data.size must be a multiple of 8 from 32 to 512",
@@ -163,32 +160,16 @@ class AnimatorConfig:
                 lo.adv_start_kimg >= 0 and lo.adv_ramp_kimg >= 0,
                 "loss.adv_start_kimg/adv_ramp_kimg must be >= 0",
             ),
-            (self.optim.lr > 0 and self.optim.d_lr > 0, "optim.lr and optim.d_lr must be > 0"),
-            (all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be in [0, 1)"),
-            (self.ema.kimg >= 0, "ema.kimg must be >= 0"),
             (min(self.model.widths) >= 1 and self.model.ctrl_hidden >= 1, "model widths must be >= 1"),
             (self.model.max_flow > 0, "model.max_flow must be > 0"),
-            (lg.every_steps >= 1 and lg.keep_last >= 1 and lg.num_samples >= 1, "log values must be >= 1"),
             (lg.eval_identities >= 1, "log.eval_identities must be >= 1"),
-            checkpoint_minutes_check(lg.checkpoint_every_minutes),
-            (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
-            (
-                self.perf.amp != "fp16",
-                "perf.amp=fp16 is not supported by the animator trainer; use bf16 or off",
-            ),
         ]
         check_all(checks)
         return self
 
 
-def build_animator_config(
-    *,
-    config_file: str | os.PathLike | None = None,
-    cli: Mapping[str, Any] | None = None,
-    overrides: Sequence[str] = (),
-) -> AnimatorConfig:
-    """Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``."""
-    return layered_config(AnimatorConfig, config_file=config_file, cli=cli, overrides=overrides)
+#: Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``.
+build_animator_config = config_builder(AnimatorConfig, "build_animator_config")
 
 
 def _trainer() -> type:

@@ -32,7 +32,7 @@ RGBA data sets are composited onto white for training (the networks are RGB);
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,20 +42,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avatarforge.config import (
-    ConfigError,
-    PerfConfig,
-    budget_checks,
-    check_all,
-    checkpoint_minutes_check,
-    layered_config,
-)
+from avatarforge.config import ConfigError, RunSettings, check_all
 from avatarforge.device import autocast
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.cyclegan import CycleGANGenerator, PatchDiscriminator
 from avatarforge.train.checkpoint import Snapshot
 from avatarforge.train.engine import Optimizer, Trainer
 from avatarforge.train.families import register_family
+from avatarforge.train.family_config import (
+    AdamConfig,
+    CheckpointLog,
+    SampleLog,
+    config_builder,
+    family_checks,
+)
 from avatarforge.train.guard import TrainingDiverged
 from avatarforge.train.schedule import derive_seed, make_generator
 
@@ -103,7 +103,7 @@ class CycleDataConfig:
 
 
 @dataclass
-class CycleOptimConfig:
+class CycleOptimConfig(AdamConfig):
     """Adam for both generators (one optimizer) and both discriminators (another)."""
 
     lr: float = 2e-4
@@ -122,46 +122,35 @@ class CycleLossConfig:
 
 
 @dataclass
-class CycleLogConfig:
+class CycleLogConfig(CheckpointLog, SampleLog):
     """Logging, samples and checkpoints."""
 
-    every_steps: int = 50  # metrics.jsonl line, NaN/Inf check
     sample_every_kimg: float = 2.0  # sample grid; 0 = only at the end
     num_samples: int = 8  # images per direction in a grid
-    checkpoint_every_kimg: float = 10.0  # 0 = only at the end (and on signals)
-    # Also checkpoint when this many minutes of wall time passed since the last checkpoint
-    # (or the start), so a crash early in a long kimg interval does not lose the run; 0 = off.
-    checkpoint_every_minutes: float = 10.0
-    keep_last: int = 3
-    progress: bool = True
 
 
 @dataclass
-class CycleGANConfig:
-    """Everything ``avatarforge style train`` needs (``key=value`` overrides address these)."""
-
+class _CycleSections:
     model: CycleModelConfig = field(default_factory=CycleModelConfig)
     data: CycleDataConfig = field(default_factory=CycleDataConfig)
     optim: CycleOptimConfig = field(default_factory=CycleOptimConfig)
     loss: CycleLossConfig = field(default_factory=CycleLossConfig)
     log: CycleLogConfig = field(default_factory=CycleLogConfig)
-    perf: PerfConfig = field(default_factory=PerfConfig)
-    seed: int = 0
+
+
+@dataclass
+class CycleGANConfig(RunSettings, _CycleSections):
+    """Everything ``avatarforge style train`` needs (``key=value`` overrides address these)."""
+
     batch_size: int = 4  # images of each domain per step (paper: 1)
     kimg: float | None = 20.0  # stop after this many thousand images per domain; null = no limit
-    minutes: float | None = None  # stop after this many minutes (this session)
-    device: str = "auto"
-    runs_dir: str = "runs"
     desc: str = ""  # run directory suffix; default cyclegan-<resolution>
-    max_nan_events: int = 3
 
     def validate(self) -> CycleGANConfig:
         """Check ranges the types cannot express; returns self. Raises ConfigError."""
-        o, lo, lg = self.optim, self.loss, self.log
+        o, lo = self.optim, self.loss
         checks = [
-            *budget_checks(self),
-            (o.lr > 0, "optim.lr must be > 0"),
-            (all(0 <= b < 1 for b in o.betas), "optim.betas must be in [0, 1)"),
+            *family_checks(self, "CycleGAN"),
             (
                 o.decay_start_kimg is None or (self.kimg is not None and 0 <= o.decay_start_kimg < self.kimg),
                 "optim.decay_start_kimg needs kimg set and must be in [0, kimg)",
@@ -172,26 +161,13 @@ class CycleGANConfig:
             (self.model.n_blocks >= 0 and self.model.n_downsampling >= 0, "model sizes must be >= 0"),
             (self.model.d_layers >= 1, "model.d_layers must be >= 1"),
             (self.data.resolution is None or self.data.resolution >= 8, "data.resolution must be >= 8"),
-            (lg.every_steps >= 1 and lg.keep_last >= 1 and lg.num_samples >= 1, "log values must be >= 1"),
-            checkpoint_minutes_check(lg.checkpoint_every_minutes),
-            (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
-            (
-                self.perf.amp != "fp16",
-                "perf.amp=fp16 is not supported by the CycleGAN trainer; use bf16 or off",
-            ),
         ]
         check_all(checks)
         return self
 
 
-def build_cyclegan_config(
-    *,
-    config_file: str | os.PathLike | None = None,
-    cli: Mapping[str, Any] | None = None,
-    overrides: Sequence[str] = (),
-) -> CycleGANConfig:
-    """Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``."""
-    return layered_config(CycleGANConfig, config_file=config_file, cli=cli, overrides=overrides)
+#: Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``.
+build_cyclegan_config = config_builder(CycleGANConfig, "build_cyclegan_config")
 
 
 # =============================================================================== image pool

@@ -9,22 +9,24 @@ Importing it does not import torch; it registers the ``parts`` training family
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from avatarforge.config import (
     ConfigError,
-    PerfConfig,
-    budget_checks,
+    RunSettings,
     check_all,
-    checkpoint_minutes_check,
     config_names_model,
-    layered_config,
     shipped_config,
 )
 from avatarforge.train.families import register_family
+from avatarforge.train.family_config import (
+    AdamConfig,
+    EMAConfig,
+    MetricLogConfig,
+    config_builder,
+    family_checks,
+)
 from avatarforge.train.refiner_config import RefinerDegradeConfig
 
 __all__ = [
@@ -87,48 +89,41 @@ class PartsLossConfig:
 
 
 @dataclass
-class PartsOptimConfig:
+class PartsOptimConfig(AdamConfig):
     lr: float = 3e-3
-    betas: tuple[float, float] = (0.9, 0.99)
 
 
 @dataclass
-class PartsEMAConfig:
+class PartsEMAConfig(EMAConfig):
     kimg: float = 1.0  # half-life in thousands of avatars; 0 = no averaging (g_ema = g)
     rampup: float | None = 0.05
 
 
 @dataclass
-class PartsLogConfig:
+class PartsLogConfig(MetricLogConfig):
     every_steps: int = 25
     sample_every_kimg: float = 0.0  # (input, predicted, true) grid; 0 = only at the end
-    num_samples: int = 8
-    metric_every_kimg: float = 0.0  # held-out evaluation; 0 = only at the end
     checkpoint_every_kimg: float = 10.0
-    checkpoint_every_minutes: float = 10.0
-    keep_last: int = 3
-    progress: bool = True
 
 
 @dataclass
-class PartsConfig:
-    """Everything a part-segmenter run needs (``key=value`` overrides address these)."""
-
+class _PartsSections:
     model: PartsModelConfig = field(default_factory=PartsModelConfig)
     data: PartsDataConfig = field(default_factory=PartsDataConfig)
     loss: PartsLossConfig = field(default_factory=PartsLossConfig)
     optim: PartsOptimConfig = field(default_factory=PartsOptimConfig)
     ema: PartsEMAConfig = field(default_factory=PartsEMAConfig)
     log: PartsLogConfig = field(default_factory=PartsLogConfig)
-    perf: PerfConfig = field(default_factory=PerfConfig)
-    seed: int = 0
+
+
+@dataclass
+class PartsConfig(RunSettings, _PartsSections):
+    """Everything a part-segmenter run needs (``key=value`` overrides address these)."""
+
     batch_size: int = 16
     kimg: float | None = None
     minutes: float | None = 1.0
-    device: str = "auto"
-    runs_dir: str = "runs"
     desc: str = ""  # run directory suffix; default parts-<size>
-    max_nan_events: int = 3
 
     def validate(self) -> PartsConfig:
         """Check ranges the types cannot express; returns self. Raises ConfigError naming the field."""
@@ -157,22 +152,12 @@ class PartsConfig:
                 f"got {len(lo.class_weights)}; or [] for the default"
             )
         checks = [
-            *budget_checks(self),
+            *family_checks(self, "part-segmenter"),
             (d.pool >= 1, f"data.pool: {d.pool} must be >= 1 (identities rendered for training, e.g. 4000)"),
             (d.heldout >= 1, f"data.heldout: {d.heldout} must be >= 1 (held-out identities, e.g. 256)"),
             (d.workers >= 0, "data.workers must be >= 0 (0 = render in this process)"),
             (0 <= d.shift <= d.size // 8, f"data.shift must be from 0 to {d.size // 8} (data.size / 8)"),
-            (self.optim.lr > 0, "optim.lr must be > 0"),
-            (all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be in [0, 1)"),
-            (self.ema.kimg >= 0, "ema.kimg must be >= 0 (0 = no averaging)"),
-            (lg.every_steps >= 1 and lg.keep_last >= 1 and lg.num_samples >= 1, "log values must be >= 1"),
             (lg.sample_every_kimg >= 0 and lg.metric_every_kimg >= 0, "log.*_every_kimg must be >= 0"),
-            checkpoint_minutes_check(lg.checkpoint_every_minutes),
-            (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
-            (
-                self.perf.amp != "fp16",
-                "perf.amp=fp16 is not supported by the part-segmenter trainer; use bf16 or off",
-            ),
         ]
         check_all(checks + d.degrade.checks())
         return self
@@ -188,14 +173,8 @@ def is_parts_config_file(path: str | os.PathLike) -> bool:
     return config_names_model(path, "parts")
 
 
-def build_parts_config(
-    *,
-    config_file: str | os.PathLike | None = None,
-    cli: Mapping[str, Any] | None = None,
-    overrides: Sequence[str] = (),
-) -> PartsConfig:
-    """Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``."""
-    return layered_config(PartsConfig, config_file=config_file, cli=cli, overrides=overrides)
+#: Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``.
+build_parts_config = config_builder(PartsConfig, "build_parts_config")
 
 
 def _trainer() -> type:

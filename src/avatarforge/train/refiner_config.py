@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from avatarforge.config import (
     ConfigError,
-    PerfConfig,
-    budget_checks,
+    RunSettings,
     check_all,
-    checkpoint_minutes_check,
     config_names_model,
-    layered_config,
     shipped_config,
 )
 from avatarforge.train.families import register_family
+from avatarforge.train.family_config import (
+    EMAConfig,
+    GanAdamConfig,
+    MetricLogConfig,
+    config_builder,
+    family_checks,
+)
 
 __all__ = [
     "REFINER_PRESETS",
@@ -119,53 +121,46 @@ class RefinerLossConfig:
 
 
 @dataclass
-class RefinerOptimConfig:
+class RefinerOptimConfig(GanAdamConfig):
     lr: float = 1e-3
     d_lr: float = 4e-4
-    betas: tuple[float, float] = (0.9, 0.99)
 
 
 @dataclass
-class RefinerEMAConfig:
+class RefinerEMAConfig(EMAConfig):
     kimg: float = 0.5  # half-life in thousands of crops
-    rampup: float | None = 0.1
 
 
 @dataclass
-class RefinerLogConfig:
+class RefinerLogConfig(MetricLogConfig):
     every_steps: int = 25
     sample_every_kimg: float = 2.0  # (input upscaled, refined, target) grid; 0 = only at the end
     num_samples: int = 3
-    metric_every_kimg: float = 0.0  # held-out evaluation; 0 = only at the end
     checkpoint_every_kimg: float = 5.0
-    checkpoint_every_minutes: float = 10.0
-    keep_last: int = 3
-    progress: bool = True
 
 
 @dataclass
-class RefinerConfig:
-    """Everything a refiner run needs (``key=value`` overrides address these)."""
-
+class _RefinerSections:
     model: RefinerModelConfig = field(default_factory=RefinerModelConfig)
     data: RefinerDataConfig = field(default_factory=RefinerDataConfig)
     loss: RefinerLossConfig = field(default_factory=RefinerLossConfig)
     optim: RefinerOptimConfig = field(default_factory=RefinerOptimConfig)
     ema: RefinerEMAConfig = field(default_factory=RefinerEMAConfig)
     log: RefinerLogConfig = field(default_factory=RefinerLogConfig)
-    perf: PerfConfig = field(default_factory=PerfConfig)
-    seed: int = 0
+
+
+@dataclass
+class RefinerConfig(RunSettings, _RefinerSections):
+    """Everything a refiner run needs (``key=value`` overrides address these)."""
+
     batch_size: int = 8
     kimg: float | None = None
     minutes: float | None = 3.0
-    device: str = "auto"
-    runs_dir: str = "runs"
     desc: str = ""  # run directory suffix; default refiner-<size>
-    max_nan_events: int = 3
 
     def validate(self) -> RefinerConfig:
         """Check ranges the types cannot express; returns self. Raises ConfigError naming the field."""
-        d, m, lo, lg = self.data, self.model, self.loss, self.log
+        d, m, lo = self.data, self.model, self.loss
         if m.name != "refiner":
             raise ConfigError(
                 f"model.name: {m.name!r} is not a refiner; a refiner config has model.name=refiner"
@@ -186,7 +181,7 @@ class RefinerConfig:
             )
         stages = int(math.log2(d.scale))
         checks = [
-            *budget_checks(self),
+            *family_checks(self, "refiner"),
             (
                 32 <= d.size <= 512,
                 f"data.size: {d.size} is out of range; the target size must be 32 to 512",
@@ -209,16 +204,6 @@ class RefinerConfig:
                 lo.adv_start_kimg >= 0 and lo.adv_ramp_kimg >= 0,
                 "loss.adv_start_kimg/adv_ramp_kimg must be >= 0",
             ),
-            (self.optim.lr > 0 and self.optim.d_lr > 0, "optim.lr and optim.d_lr must be > 0"),
-            (all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be in [0, 1)"),
-            (self.ema.kimg >= 0, "ema.kimg must be >= 0"),
-            (lg.every_steps >= 1 and lg.keep_last >= 1 and lg.num_samples >= 1, "log values must be >= 1"),
-            checkpoint_minutes_check(lg.checkpoint_every_minutes),
-            (self.max_nan_events >= 1, "max_nan_events must be >= 1"),
-            (
-                self.perf.amp != "fp16",
-                "perf.amp=fp16 is not supported by the refiner trainer; use bf16 or off",
-            ),
         ]
         check_all(checks + d.degrade.checks())
         return self
@@ -234,14 +219,8 @@ def is_refiner_config_file(path: str | os.PathLike) -> bool:
     return config_names_model(path, "refiner")
 
 
-def build_refiner_config(
-    *,
-    config_file: str | os.PathLike | None = None,
-    cli: Mapping[str, Any] | None = None,
-    overrides: Sequence[str] = (),
-) -> RefinerConfig:
-    """Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``."""
-    return layered_config(RefinerConfig, config_file=config_file, cli=cli, overrides=overrides)
+#: Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``.
+build_refiner_config = config_builder(RefinerConfig, "build_refiner_config")
 
 
 def _trainer() -> type:
