@@ -153,6 +153,21 @@ def _names_family(args: argparse.Namespace, family: str) -> bool:
     return bool(config_file) and config_names_model(config_file, family)
 
 
+def _family_config_file(args: argparse.Namespace, preset: Path, notes: list[str] | None) -> str | Path | None:
+    """The config file of a family with a shipped preset: ``--config``, else the resumed run's
+    ``config.yaml``, else ``preset``; ``notes`` gets a line saying which."""
+    config_file = args.config
+    if args.resume:
+        run_dir, config_file = resumed_config(args.resume, config_file)
+        if notes is not None:
+            notes.append(f"resuming {run_dir} (config: {config_file})")
+    elif config_file is None:
+        config_file = preset
+        if notes is not None:
+            notes.append(f"config: {preset.name}")
+    return config_file
+
+
 def _is_refiner(args: argparse.Namespace) -> bool:
     """Whether the command trains the refiner (``--model refiner`` or a config naming it)."""
     return _names_family(args, "refiner")
@@ -168,15 +183,7 @@ def _refiner_config(args: argparse.Namespace, notes: list[str] | None) -> Any:
         cli["data"] = {"source": args.data}
     if args.tensorboard:
         raise ConfigError("--tensorboard is not supported by the refiner trainer (see metrics.jsonl)")
-    config_file = args.config
-    if args.resume:
-        run_dir, config_file = resumed_config(args.resume, config_file)
-        if notes is not None:
-            notes.append(f"resuming {run_dir} (config: {config_file})")
-    elif config_file is None:
-        config_file = refiner_preset("refiner-512px.yaml")
-        if notes is not None:
-            notes.append(f"config: {config_file.name}")
+    config_file = _family_config_file(args, refiner_preset("refiner-512px.yaml"), notes)
     return build_refiner_config(
         config_file=config_file, cli=cli, overrides=parse_overrides(args.overrides or [])
     )
@@ -196,15 +203,7 @@ def _parts_config(args: argparse.Namespace, notes: list[str] | None) -> Any:
         raise ConfigError("--data: the part segmenter trains on the built-in renderer; drop --data")
     if args.tensorboard:
         raise ConfigError("--tensorboard is not supported by the part-segmenter trainer (see metrics.jsonl)")
-    config_file = args.config
-    if args.resume:
-        run_dir, config_file = resumed_config(args.resume, config_file)
-        if notes is not None:
-            notes.append(f"resuming {run_dir} (config: {config_file})")
-    elif config_file is None:
-        config_file = parts_preset("parts-64px.yaml")
-        if notes is not None:
-            notes.append(f"config: {config_file.name}")
+    config_file = _family_config_file(args, parts_preset("parts-64px.yaml"), notes)
     return build_parts_config(
         config_file=config_file, cli=dict(run_settings(args)), overrides=parse_overrides(args.overrides or [])
     )
