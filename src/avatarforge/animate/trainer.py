@@ -42,7 +42,6 @@ live in :mod:`avatarforge.animate.losses`.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,9 +67,9 @@ from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.animator import AnimatorDiscriminator, ExpressionAnimator
 from avatarforge.train.checkpoint import Snapshot
 from avatarforge.train.ema import ema_beta, update_ema
-from avatarforge.train.engine import Optimizer, Trainer
+from avatarforge.train.engine import Trainer
 from avatarforge.train.guard import TrainingDiverged
-from avatarforge.train.schedule import derive_seed
+from avatarforge.train.schedule import derive_seed, seeded_init
 
 __all__ = ["AnimatorTrainer", "TrainingDiverged"]
 
@@ -144,28 +143,16 @@ class AnimatorTrainer(Trainer):
 
         # -- models: seeded on a forked global RNG (nothing in the step draws from it)
         m = cfg.model
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(cfg.seed, 0xA417))
-            self.G = ExpressionAnimator(
+        with seeded_init(cfg.seed, 0xA417):
+            G = ExpressionAnimator(
                 resolution=d.size,
                 widths=list(m.widths),
                 ctrl_hidden=m.ctrl_hidden,
                 enc_blocks=m.enc_blocks,
                 max_flow=m.max_flow,
             )
-            self.D = AnimatorDiscriminator(width=m.d_width, layers=m.d_layers)
-        self.G.to(self.device, memory_format=self.memory_format).train()
-        self.D.to(self.device, memory_format=self.memory_format).train()
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.networks = {"g": self.G, "g_ema": self.G_ema, "d": self.D}
-        self.trainable = {"G": self.G, "D": self.D}
-        betas = tuple(cfg.optim.betas)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.d_lr, betas=betas)
-        self.optimizers = {
-            "g": Optimizer(self.opt_g, cfg.optim.lr),
-            "d": Optimizer(self.opt_d, cfg.optim.d_lr),
-        }
+            D = AnimatorDiscriminator(width=m.d_width, layers=m.d_layers)
+        self._register_ema_networks(G, D, self.memory_format)
         self.gens = {}  # the step draws no random numbers of its own: pairs come from (seed, step)
         self._fixed = self._fixed_pairs()
 

@@ -57,7 +57,7 @@ from avatarforge.train.family_config import (
     family_checks,
 )
 from avatarforge.train.guard import TrainingDiverged
-from avatarforge.train.schedule import derive_seed, make_generator
+from avatarforge.train.schedule import derive_seed, make_generator, seeded_init
 
 __all__ = [
     "CycleDataConfig",
@@ -300,8 +300,7 @@ class CycleGANTrainer(Trainer):
         # Models seeded on a forked global RNG: nothing in the step draws from the global
         # RNG, but user hooks might.
         m = cfg.model
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(cfg.seed, 0xC7C1E))
+        with seeded_init(cfg.seed, 0xC7C1E):
             g_kw = {
                 "channels": 3,
                 "ngf": m.ngf,

@@ -44,6 +44,7 @@ read top to bottom.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -223,6 +224,30 @@ class Trainer:
         and ``gens``. Runs on every rank with the global RNG freshly seeded (identical
         initialisation everywhere); raise ConfigError for settings the family cannot use."""
         raise NotImplementedError
+
+    def _register_ema_networks(
+        self,
+        G: nn.Module,
+        D: nn.Module | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
+        """For :meth:`_build` of a family with an EMA generator and Adam (``optim.lr`` for G,
+        ``optim.d_lr`` for D, ``optim.betas``; the animator, refiner and part segmenter):
+        move ``G`` (and ``D``) to the device in training mode, make ``G_ema``, ``opt_g``
+        (``opt_d``) and register them as ``networks``, ``trainable`` and ``optimizers``."""
+        o = self.cfg.optim
+        self.G = G.to(self.device, memory_format=memory_format).train()
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.networks = {"g": self.G, "g_ema": self.G_ema}
+        self.trainable = {"G": self.G}
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=o.lr, betas=tuple(o.betas))
+        self.optimizers = {"g": Optimizer(self.opt_g, o.lr)}
+        if D is not None:
+            self.D = D.to(self.device, memory_format=memory_format).train()
+            self.networks["d"] = self.D
+            self.trainable["D"] = self.D
+            self.opt_d = torch.optim.Adam(self.D.parameters(), lr=o.d_lr, betas=tuple(o.betas))
+            self.optimizers["d"] = Optimizer(self.opt_d, o.d_lr)
 
     def _batches(self) -> Iterator[tuple[Any, ...]]:
         """Batches from ``self.step`` on, each the arguments of one :meth:`train_step`.

@@ -19,7 +19,6 @@ guard and ``metrics.jsonl``. Held-out evaluation (:func:`part_metrics`) runs eve
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,8 @@ from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.parts import PartSegmenter, color_parts, face_found, predict_part_map
 from avatarforge.train.checkpoint import Snapshot
 from avatarforge.train.ema import ema_beta, update_ema
-from avatarforge.train.engine import Optimizer, Trainer
-from avatarforge.train.schedule import derive_seed
+from avatarforge.train.engine import Trainer
+from avatarforge.train.schedule import seeded_init
 
 __all__ = ["PART_CLASS_WEIGHTS", "SMALL_PARTS", "PartsTrainer", "part_metrics"]
 
@@ -115,24 +114,15 @@ class PartsTrainer(Trainer):
         )  # fmt: skip
         self.heldout_images = np.asarray(held.images)
         self.heldout_parts = np.asarray(held.parts)
-        g = d.degrade
-        degradation = (
-            Degradation(**{k: getattr(g, k) for k in Degradation.__dataclass_fields__}) if g.enabled else None
-        )
+        degradation = Degradation.from_settings(d.degrade)
         self.batches = PartBatches(
             pool.images, pool.parts, seed=cfg.seed, degradation=degradation, flip=d.flip, shift=d.shift
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(cfg.seed, 0x9A27))
-            self.G = PartSegmenter(channels=4, widths=list(m.widths), out_scale=m.out_scale)
-        self.G.to(self.device).train()
-        if self.channels_last:
-            self.G.to(memory_format=torch.channels_last)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.networks = {"g": self.G, "g_ema": self.G_ema}
-        self.trainable = {"G": self.G}
-        self.opt = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
-        self.optimizers = {"g": Optimizer(self.opt, cfg.optim.lr)}
+        with seeded_init(cfg.seed, 0x9A27):
+            G = PartSegmenter(channels=4, widths=list(m.widths), out_scale=m.out_scale)
+        self._register_ema_networks(
+            G, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
         self.gens = {}  # batches and degradations come from (seed, step)
         weights = list(cfg.loss.class_weights) or list(PART_CLASS_WEIGHTS)
         self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
@@ -150,14 +140,14 @@ class PartsTrainer(Trainer):
             logits = self.G(x).float()
         ce = F.cross_entropy(logits, batch.parts, weight=self.class_weights)
         acc = (logits.detach().argmax(1) == batch.parts).float().mean()
-        self._optimize(self.opt, ce)
+        self._optimize(self.opt_g, ce)
         e = cfg.ema
         beta = ema_beta(cfg.batch_size, self.nimg + cfg.batch_size, e.kimg, e.rampup) if e.kimg > 0 else 0.0
         update_ema(self.G_ema, self.G, beta)
         return {"ce": ce.detach(), "acc": acc}
 
     def _log_fields(self) -> dict[str, Any]:
-        return {"lr": self.opt.param_groups[0]["lr"]}
+        return {"lr": self.opt_g.param_groups[0]["lr"]}
 
     # ------------------------------------------------------------------ samples and evaluation
     def save_samples(self) -> Path:

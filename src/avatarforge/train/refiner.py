@@ -25,7 +25,6 @@ part-map accuracy.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,8 +49,8 @@ from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.refiner import Refiner, RefinerDiscriminator, predict_parts, refine_images
 from avatarforge.train.checkpoint import Snapshot
 from avatarforge.train.ema import ema_beta, update_ema
-from avatarforge.train.engine import Optimizer, Trainer
-from avatarforge.train.schedule import derive_seed
+from avatarforge.train.engine import Trainer
+from avatarforge.train.schedule import seeded_init
 
 __all__ = ["PART_CLASS_WEIGHTS", "RefinerTrainer", "downsample_u8", "refiner_metrics", "sharpness"]
 
@@ -207,35 +206,20 @@ class RefinerTrainer(Trainer):
             self.heldout_images = np.asarray(held.images)
             self.heldout_parts = np.asarray(held.parts)
         channels = int(images.shape[-1])
-        g = d.degrade
-        degradation = (
-            Degradation(**{k: getattr(g, k) for k in Degradation.__dataclass_fields__}) if g.enabled else None
-        )
+        degradation = Degradation.from_settings(d.degrade)
         self.pairs = RefinePairs(
             images, parts, scale=d.scale, crop=d.crop, seed=cfg.seed, degradation=degradation,
             indices=train_idx, flip=d.flip,
         )  # fmt: skip
         part_classes = 11 if (m.part_head and parts is not None) else 0
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(cfg.seed, 0x5EF1))
-            self.G = Refiner(
+        with seeded_init(cfg.seed, 0x5EF1):
+            G = Refiner(
                 scale=d.scale, channels=channels, width=m.width, blocks=m.blocks,
                 up_widths=list(m.up_widths), part_classes=part_classes, head=m.head,
             )  # fmt: skip
-            self.D = RefinerDiscriminator(channels=channels, width=m.d_width, layers=m.d_layers)
-        self.G.to(self.device).train()
-        self.D.to(self.device).train()
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.networks = {"g": self.G, "g_ema": self.G_ema, "d": self.D}
-        self.trainable = {"G": self.G, "D": self.D}
-        betas = tuple(cfg.optim.betas)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.d_lr, betas=betas)
-        self.optimizers = {
-            "g": Optimizer(self.opt_g, cfg.optim.lr),
-            "d": Optimizer(self.opt_d, cfg.optim.d_lr),
-        }
+            D = RefinerDiscriminator(channels=channels, width=m.d_width, layers=m.d_layers)
+        self._register_ema_networks(G, D)
         self.gens = {}  # pairs and degradations come from (seed, step)
 
     # ------------------------------------------------------------------ data

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["crossed", "derive_seed", "make_generator"]
+__all__ = ["crossed", "derive_seed", "make_generator", "seeded_init"]
 
 
 def derive_seed(*parts: int) -> int:
@@ -24,6 +26,16 @@ def make_generator(device: torch.device, *seed_parts: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(derive_seed(*seed_parts))
     return g
+
+
+@contextmanager
+def seeded_init(*seed_parts: int) -> Iterator[None]:
+    """Inside: the global CPU RNG seeded with :func:`derive_seed` of ``seed_parts``, for network
+    initialisation; after: the RNG as it was, so user hooks that draw from it are not moved
+    by building the models."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(*seed_parts))
+        yield
 
 
 def crossed(prev_nimg: int, nimg: int, every_kimg: float) -> bool:
