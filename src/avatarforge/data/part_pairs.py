@@ -19,8 +19,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avatarforge.data.refine_pairs import Degradation, degrade, stream_seed
-from avatarforge.fileio import atomic_directory, atomic_write_json, default_cache_dir, file_lock
+from avatarforge.data.refine_pairs import (
+    Degradation,
+    cached_render_pool,
+    degrade,
+    part_label_map,
+    stream_seed,
+)
+from avatarforge.fileio import default_cache_dir
 
 __all__ = [
     "HELDOUT",
@@ -66,15 +70,6 @@ class PartPool:
         return int(self.images.shape[0])
 
 
-def _label_map(masks: dict[str, np.ndarray], size: int) -> np.ndarray:
-    from avatarforge.data.procedural import PART_NAMES
-
-    lab = np.zeros((size, size), np.uint8)
-    for i, name in enumerate(PART_NAMES):
-        lab[masks[name]] = i
-    return lab
-
-
 def _render_one(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     from avatarforge.data.procedural import render, sample_attributes
 
@@ -83,7 +78,7 @@ def _render_one(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     img, masks = render(attrs, size, return_parts=True)
     if t > 1:
         _, masks = render(attrs, size * t, return_parts=True)
-    return img, _label_map(masks, size * t)
+    return img, part_label_map(masks, size * t)
 
 
 def build_part_pool(
@@ -107,35 +102,20 @@ def build_part_pool(
     if target_scale not in (1, 2):
         raise ValueError(f"target_scale must be 1 or 2, got {target_scale}")
     key = f"v{POOL_VERSION}-{split}-{size}px-x{target_scale}-n{n}-seed{seed}"
-    entry = Path(cache_dir or default_cache_dir()) / "parts-pool" / key
-    if cache and (entry / "manifest.json").is_file():
-        return PartPool(
-            np.load(entry / "images.npy", mmap_mode="r"), np.load(entry / "parts.npy", mmap_mode="r")
-        )
-    jobs = [(part_seed(seed, split, i), size, target_scale) for i in range(n)]
+    announce = ""
     if progress and n >= 256:
-        print(
-            f"rendering {n} {split} avatars at {size}px for the part segmenter (cached afterwards)",
-            flush=True,
+        announce = f"rendering {n} {split} avatars at {size}px for the part segmenter (cached afterwards)"
+    return PartPool(
+        *cached_render_pool(
+            Path(cache_dir or default_cache_dir()) / "parts-pool" / key,
+            {"n": n, "size": size, "target_scale": target_scale, "seed": seed, "split": split},
+            _render_one,
+            [(part_seed(seed, split, i), size, target_scale) for i in range(n)],
+            workers=workers,
+            cache=cache,
+            announce=announce,
         )
-    if workers > 0 and n > 1:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-            results = list(ex.map(_render_one, jobs, chunksize=max(1, n // (8 * workers))))
-    else:
-        results = [_render_one(job) for job in jobs]
-    pool = PartPool(np.stack([r[0] for r in results]), np.stack([r[1] for r in results]))
-    if cache:
-        with file_lock(entry.parent / f".{key}.lock"):
-            if not (entry / "manifest.json").is_file():
-                with atomic_directory(entry, overwrite=True) as tmp:
-                    np.save(tmp / "images.npy", pool.images)
-                    np.save(tmp / "parts.npy", pool.parts)
-                    atomic_write_json(
-                        tmp / "manifest.json",
-                        {"n": n, "size": size, "target_scale": target_scale, "seed": seed, "split": split},
-                    )
-    return pool
+    )
 
 
 @dataclass

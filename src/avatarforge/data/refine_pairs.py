@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +41,9 @@ __all__ = [
     "RenderPool",
     "area_downsample",
     "build_render_pool",
+    "cached_render_pool",
     "degrade",
+    "part_label_map",
     "pool_seed",
     "stream_seed",
 ]
@@ -72,17 +76,71 @@ class RenderPool:
         return int(self.images.shape[0])
 
 
+def part_label_map(masks: dict[str, np.ndarray], size: int) -> np.ndarray:
+    """``(size, size)`` uint8 part ids (:data:`~avatarforge.data.procedural.PART_NAMES` order)
+    from the renderer's per-part masks (a later part wins where masks overlap)."""
+    from avatarforge.data.procedural import PART_NAMES
+
+    lab = np.zeros((size, size), np.uint8)
+    for i, name in enumerate(PART_NAMES):
+        lab[masks[name]] = i
+    return lab
+
+
 def _render_one(args: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    from avatarforge.data.procedural import PART_NAMES, random_expression, render, sample_attributes
+    from avatarforge.data.procedural import random_expression, render, sample_attributes
 
     ident, size = args
     attrs = sample_attributes(ident)
     expr = random_expression(np.random.default_rng(ident))
     img, parts = render({**attrs, **expr}, size, return_parts=True)
-    lab = np.zeros((size, size), np.uint8)
-    for i, name in enumerate(PART_NAMES):
-        lab[parts[name]] = i
-    return img, lab
+    return img, part_label_map(parts, size)
+
+
+def cached_render_pool(
+    entry: Path,
+    manifest: dict[str, Any],
+    render_one: Callable[[Any], tuple[np.ndarray, np.ndarray]],
+    jobs: list[Any],
+    *,
+    workers: int = 0,
+    cache: bool = True,
+    announce: str = "",
+    on_rendered: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, parts)`` of a pool of renders: memory-mapped from the cache ``entry`` when
+    it is complete, else ``render_one(job)`` for every job (in ``workers`` processes when > 0)
+    and, with ``cache``, written to ``entry`` with ``manifest`` (the refiner's and the part
+    segmenter's pools).
+
+    ``announce`` is printed before rendering (when not empty); ``on_rendered(count)`` is
+    called after each render in this process (progress lines).
+    """
+    if cache and (entry / "manifest.json").is_file():
+        return np.load(entry / "images.npy", mmap_mode="r"), np.load(entry / "parts.npy", mmap_mode="r")
+    n = len(jobs)
+    if announce:
+        print(announce, flush=True)
+    if workers > 0 and n > 1:
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+            results = list(ex.map(render_one, jobs, chunksize=max(1, n // (8 * workers))))
+    else:
+        results = []
+        for job in jobs:
+            results.append(render_one(job))
+            if on_rendered is not None:
+                on_rendered(len(results))
+    images, parts = np.stack([r[0] for r in results]), np.stack([r[1] for r in results])
+    if cache:
+        # Another process may be rendering the same pool: the first to finish writes it.
+        with file_lock(entry.parent / f".{entry.name}.lock"):
+            if not (entry / "manifest.json").is_file():
+                with atomic_directory(entry, overwrite=True) as tmp:
+                    np.save(tmp / "images.npy", images)
+                    np.save(tmp / "parts.npy", parts)
+                    atomic_write_json(tmp / "manifest.json", manifest)
+    return images, parts
 
 
 def build_render_pool(
@@ -102,33 +160,22 @@ def build_render_pool(
     ``cache=False`` renders in memory only. ``workers`` > 0 renders in that many processes.
     """
     key = f"v{POOL_VERSION}-{split}-{size}px-n{n}-seed{seed}"
-    entry = Path(cache_dir or default_cache_dir()) / "refiner-pool" / key
-    if cache and (entry / "manifest.json").is_file():
-        return RenderPool(
-            np.load(entry / "images.npy", mmap_mode="r"), np.load(entry / "parts.npy", mmap_mode="r")
+
+    def tick(done: int) -> None:
+        if progress and done % 64 == 0:
+            print(f"rendered {done}/{n} refiner pool avatars at {size}px", flush=True)
+
+    return RenderPool(
+        *cached_render_pool(
+            Path(cache_dir or default_cache_dir()) / "refiner-pool" / key,
+            {"n": n, "size": size, "seed": seed, "split": split},
+            _render_one,
+            [(pool_seed(seed, split, i), size) for i in range(n)],
+            workers=workers,
+            cache=cache,
+            on_rendered=tick,
         )
-    jobs = [(pool_seed(seed, split, i), size) for i in range(n)]
-    if workers > 0 and n > 1:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-            results = list(ex.map(_render_one, jobs, chunksize=max(1, n // (8 * workers))))
-    else:
-        results = []
-        for i, job in enumerate(jobs):
-            results.append(_render_one(job))
-            if progress and (i + 1) % 64 == 0:
-                print(f"rendered {i + 1}/{n} refiner pool avatars at {size}px", flush=True)
-    pool = RenderPool(np.stack([r[0] for r in results]), np.stack([r[1] for r in results]))
-    if cache:
-        with file_lock(entry.parent / f".{key}.lock"):
-            if not (entry / "manifest.json").is_file():
-                with atomic_directory(entry, overwrite=True) as tmp:
-                    np.save(tmp / "images.npy", pool.images)
-                    np.save(tmp / "parts.npy", pool.parts)
-                    atomic_write_json(
-                        tmp / "manifest.json", {"n": n, "size": size, "seed": seed, "split": split}
-                    )
-    return pool
+    )
 
 
 # =============================================================================== degradations
@@ -152,6 +199,14 @@ class Degradation:
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(getattr(self, k)) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Degradation | None:
+        """The degradation a config's ``data.degrade`` section describes (the fields of the same
+        names), or None when its ``enabled`` is off."""
+        if not settings.enabled:
+            return None
+        return cls(**{k: getattr(settings, k) for k in cls.__dataclass_fields__})
 
 
 def _gauss_blur(x: Tensor, sigma: Tensor) -> Tensor:
