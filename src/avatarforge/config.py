@@ -122,6 +122,11 @@ class LossConfig:
     # it sees and that image at 32 px. Needs a D built with a decoder
     # (model.d_kwargs.recon_channels > 0 on the dcgan D); 0 = off.
     d_recon: float = 0.0
+    # Conditional D with a projection head (cgan): weight of the cross-entropy of the
+    # projection's class scores, on reals for D and on the requested labels for G (AC-GAN
+    # with shared weights). Small labels (eye colour: a few pixels at 64 px) that the
+    # adversarial term alone learns late are learned within minutes; 0 = off.
+    class_weight: float = 0.0
     # VAE family (docs/vae.md): loss = recon + beta * ramp(kimg) * KL (with free bits).
     recon: Literal["mse", "l1"] = "mse"  # per-image sum of squared / absolute errors in [-1, 1] units
     beta: float = 1.0  # KL weight after warm-up (beta-VAE when > 1)
@@ -223,6 +228,7 @@ class TrainConfig(RunSettings, _TrainSections):
             (self.model.z_dim >= 1, "model.z_dim must be >= 1"),
             (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),
             (self.loss.d_recon >= 0, "loss.d_recon must be >= 0 (0 = off)"),
+            (self.loss.class_weight >= 0, "loss.class_weight must be >= 0 (0 = off)"),
             (self.loss.r1_interval >= 1, "loss.r1_interval must be >= 1"),
             (self.loss.beta >= 0, "loss.beta must be >= 0"),
             (self.loss.kl_warmup_kimg >= 0, "loss.kl_warmup_kimg must be >= 0"),

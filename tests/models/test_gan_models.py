@@ -360,7 +360,31 @@ def test_label_embedding_and_projection_head():
     assert emb(LABELS).shape == (4, 8) and emb.out_features == 8
     assert LabelEmbedding([3, 5], 4, reduce="sum")(LABELS).shape == (4, 4)
     head = ProjectionHead(6, [3, 5])
-    assert head(torch.randn(4, 6), LABELS).shape == (4,)
+    h = torch.randn(4, 6)
+    assert head(h, LABELS).shape == (4,)
+    # The class scores are the projection terms of every class (the "unknown" row left out):
+    # a label's score for its own class is the projection term that label adds.
+    scores = head.class_logits(h)
+    assert [s.shape for s in scores] == [(4, 3), (4, 5)]
+    one = ProjectionHead(6, [3])
+    one.embed.tables[0].weight.data = head.embed.tables[0].weight.data.clone()
+    y = torch.tensor([[0], [1], [2], [1]])
+    assert torch.allclose(one.class_logits(h)[0].gather(1, y).squeeze(1), one(h, y), atol=1e-6)
+
+
+def test_conditional_dcgan_d_returns_class_scores_with_its_extras():
+    from avatarforge.models.cgan import CGANDiscriminator
+    from avatarforge.models.dcgan import DCGANDiscriminator
+
+    D = CGANDiscriminator(resolution=32, label_dims=[3, 5], base_channels=8, spectral_norm=True).eval()
+    x = torch.randn(4, 3, 32, 32)
+    logits, classes = D(x, LABELS, return_classes=True)
+    assert torch.equal(logits, D(x, LABELS)) and [c.shape for c in classes] == [(4, 3), (4, 5)]
+    Dr = DCGANDiscriminator(resolution=32, label_dims=[3, 5], base_channels=8, recon_channels=4)
+    _, recon, classes = Dr(x, LABELS, return_recon=True, return_classes=True)
+    assert recon.shape == (4, 3, 32, 32) and len(classes) == 2
+    with pytest.raises(ValueError, match="return_classes=True needs a conditional discriminator"):
+        DCGANDiscriminator(resolution=32, base_channels=8)(x, return_classes=True)
 
 
 def test_minibatch_stddev_any_batch_size():

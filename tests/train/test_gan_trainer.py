@@ -400,3 +400,24 @@ def test_tensorboard_request_without_package_is_a_clear_error(blobs, tmp_path, c
     assert train_main(args) == 2
     assert "pip install tensorboard" in capsys.readouterr().err
     assert not any(runs.glob("0*"))  # failed before creating a run directory
+
+
+def test_class_loss_trains_the_projection_as_a_classifier(blobs, tmp_path):
+    # loss.class_weight > 0 on a cgan: D's projection scores are trained as a classifier on the
+    # reals (class_d) and G is pushed toward the requested class (class_g); both are logged and
+    # finite, and D's classifier learns: class_d falls below its starting value (ln 3 for 3
+    # equally likely classes at init).
+    from avatarforge.config import ConfigError
+
+    over = [*TINY_DCGAN, "loss.class_weight=1", "log.every_steps=4"]
+    run = GANTrainer(_config("cgan", blobs, tmp_path, *over, "kimg=0.32")).fit()
+    recs = read_metrics(run, kind="train")
+    assert all(np.isfinite(r["class_d"]) and np.isfinite(r["class_g"]) for r in recs)
+    assert recs[0]["class_d"] == pytest.approx(np.log(3), abs=0.3)
+    assert recs[-1]["class_d"] < 0.5 * recs[0]["class_d"]
+    with pytest.raises(ConfigError, match=r"loss\.class_weight=1\.0 needs a conditional discriminator"):
+        GANTrainer(
+            _config("infogan", blobs, tmp_path, *TINY_DCGAN, "loss.class_weight=1", "kimg=0.032")
+        ).fit()
+    with pytest.raises(ConfigError, match=r"loss\.class_weight must be >= 0"):
+        _config("cgan", blobs, tmp_path, "loss.class_weight=-1", "kimg=0.032")

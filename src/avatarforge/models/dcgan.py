@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -360,16 +361,30 @@ class DCGANDiscriminator(ConfigModule):
         return out
 
     def forward(
-        self, images: Tensor, labels: Tensor | None = None, return_recon: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """``(B, C, H, W)`` images -> ``(B,)`` logits; with ``return_recon`` (needs
-        ``recon_channels``) also the ``(B, C, 32, 32)`` reconstruction from the same features."""
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        return_recon: bool = False,
+        return_classes: bool = False,
+    ) -> Tensor | tuple[Any, ...]:
+        """``(B, C, H, W)`` images -> ``(B,)`` logits.
+
+        With ``return_recon`` (needs ``recon_channels``) also the ``(B, C, 32, 32)``
+        reconstruction from the same features; with ``return_classes`` (conditional D) also
+        the projection's per-label class scores ``[(B, K_i), ...]``. Extras follow the logits
+        in that order: ``(logits, recon?, classes?)``.
+        """
         h = self.features(images)
         out = self.logits_from_features(h, labels)
         if self.stats_head is not None:
             out = out + self.stats_head(images)
+        extras: list[Any] = []
         if return_recon:
             if self.recon is None:
                 raise ValueError("return_recon=True needs a discriminator built with recon_channels > 0")
-            return out, self.recon(h)
-        return out
+            extras.append(self.recon(h))
+        if return_classes:
+            if self.proj is None:
+                raise ValueError("return_classes=True needs a conditional discriminator (label_dims)")
+            extras.append(self.proj.class_logits(h.sum(dim=(2, 3))))
+        return (out, *extras) if extras else out

@@ -109,6 +109,16 @@ class ProjectionHead(nn.Module):
         """``(B, F)`` features, ``(B, L)`` labels -> ``(B,)``."""
         return (self.embed(labels) * h).sum(1)
 
+    def class_logits(self, h: Tensor) -> list[Tensor]:
+        """``(B, F)`` features -> per label ``(B, K_i)``: the projection score of every class.
+
+        The projection term is a log-likelihood ratio of class posteriors (Miyato & Koyama
+        2018), so a softmax over these scores is a classifier that shares D's weights; the
+        trainer's ``loss.class_weight`` trains it (AC-GAN style, no extra parameters).
+        The "unknown" row is left out.
+        """
+        return [h @ t.weight[:k].t() for t, k in zip(self.embed.tables, self.embed.label_dims)]
+
 
 class MinibatchStdDev(nn.Module):
     """Append the std of features across a group of samples as extra channels (StyleGAN).

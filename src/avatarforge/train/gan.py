@@ -43,7 +43,7 @@ from avatarforge.train import distributed as D_
 from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.engine import Optimizer, Trainer
 from avatarforge.train.guard import TrainingDiverged
-from avatarforge.train.losses import d_loss, g_loss, info_loss, r1_penalty, r1_weight
+from avatarforge.train.losses import class_loss, d_loss, g_loss, info_loss, r1_penalty, r1_weight
 from avatarforge.train.schedule import derive_seed, make_generator
 
 __all__ = ["GANTrainer", "MetricFn", "StepHook", "TrainingDiverged", "build_gan"]
@@ -139,7 +139,7 @@ class GANTrainer(Trainer):
     the sample grids.
     """
 
-    ACC_KEYS = ("loss_g", "loss_d", "r1", "info", "d_recon")
+    ACC_KEYS = ("loss_g", "loss_d", "r1", "info", "d_recon", "class_d", "class_g")
     BAR_KEYS = ("loss_g", "loss_d")
 
     # ================================================================== set-up
@@ -169,6 +169,14 @@ class GANTrainer(Trainer):
         self.has_codes = bool(
             sum(self.code_dims.get("categorical", [])) + self.code_dims.get("continuous", 0)
         )
+        self.class_loss = cfg.loss.class_weight > 0
+        if self.class_loss and (
+            getattr(self.D, "proj", None) is None or self.has_codes or not self.label_dims
+        ):
+            raise ConfigError(
+                f"loss.class_weight={cfg.loss.class_weight} needs a conditional discriminator with a "
+                f"projection head and no InfoGAN codes (the cgan model with labels); set loss.class_weight=0"
+            )
         fwd = inspect.signature(self.G.forward).parameters
         self._g_rng_kwargs = [k for k in ("mixing_generator", "noise_generator") if k in fwd]
 
@@ -223,12 +231,16 @@ class GANTrainer(Trainer):
         reals_in = reals.detach().requires_grad_(do_r1)  # R1 needs d D(x) / d x
         with self._autocast():
             fake_logits, q = self._discriminate(fakes.detach(), y, with_q=self.has_codes)
-            real_logits, recon_err = self._discriminate_reals(reals_in, y)
+            real_logits, recon_err, real_classes = self._discriminate_reals(reals_in, y)
             loss_d = d_loss(real_logits, fake_logits, cfg.loss.kind)
             stats["loss_d"] = loss_d.detach()
             if recon_err is not None:
                 loss_d = loss_d + cfg.loss.d_recon * recon_err
                 stats["d_recon"] = recon_err.detach()
+            if real_classes is not None:
+                class_d = class_loss(real_classes, y)
+                loss_d = loss_d + cfg.loss.class_weight * class_d
+                stats["class_d"] = class_d.detach()
             if self.has_codes:
                 mi_d = info_loss(q, codes, self.code_dims)
                 loss_d = loss_d + cfg.loss.info_lambda * mi_d
@@ -242,9 +254,17 @@ class GANTrainer(Trainer):
         # be thrown away)
         Dn.requires_grad_(False)
         with self._autocast():
-            fake_logits, q = self._discriminate(fakes, y, with_q=self.has_codes)
+            if self.class_loss:
+                fake_logits, fake_classes = self.D(self._augment(fakes), y, return_classes=True)
+                q = None
+            else:
+                fake_logits, q = self._discriminate(fakes, y, with_q=self.has_codes)
             loss_g = g_loss(fake_logits, cfg.loss.kind)
             stats["loss_g"] = loss_g.detach()
+            if self.class_loss:
+                class_g = class_loss(fake_classes, y)
+                loss_g = loss_g + cfg.loss.class_weight * class_g
+                stats["class_g"] = class_g.detach()
             if self.has_codes:
                 mi_g = info_loss(q, codes, self.code_dims)
                 loss_g = loss_g + cfg.loss.info_lambda * mi_g
@@ -291,14 +311,23 @@ class GANTrainer(Trainer):
             return images
         return self.augment(images, generator=self.gens["augment"])
 
-    def _discriminate_reals(self, images: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """``D(aug(reals))``, and with ``loss.d_recon`` the mean squared error of D's 32 px
-        reconstruction of what it saw (else None)."""
+    def _discriminate_reals(
+        self, images: Tensor, y: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+        """``D(aug(reals))``; with ``loss.d_recon`` the mean squared error of D's 32 px
+        reconstruction of what it saw, with ``loss.class_weight`` the projection's class
+        scores (each else None)."""
         images = self._augment(images)
-        if self.cfg.loss.d_recon <= 0:
-            return self.D(images, y), None
-        logits, recon = self.D(images, y, return_recon=True)
-        return logits, (recon.float() - reconstruction_target(images.detach())).square().mean()
+        want_recon = self.cfg.loss.d_recon > 0
+        if not want_recon and not self.class_loss:
+            return self.D(images, y), None, None
+        out = list(self.D(images, y, return_recon=want_recon, return_classes=self.class_loss))
+        logits = out.pop(0)
+        recon_err = None
+        if want_recon:
+            recon = out.pop(0)
+            recon_err = (recon.float() - reconstruction_target(images.detach())).square().mean()
+        return logits, recon_err, (out.pop(0) if self.class_loss else None)
 
     def _discriminate(self, images: Tensor, y: Tensor | None, with_q: bool = False) -> tuple[Tensor, Any]:
         """``D(aug(images))`` -> ``(logits, q_outputs or None)``."""

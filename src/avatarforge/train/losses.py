@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LOSS_KINDS", "d_loss", "g_loss", "info_loss", "r1_penalty", "r1_weight"]
+__all__ = ["LOSS_KINDS", "class_loss", "d_loss", "g_loss", "info_loss", "r1_penalty", "r1_weight"]
 
 LOSS_KINDS = ("logistic", "hinge")
 
@@ -57,6 +57,18 @@ def r1_penalty(real_images: Tensor, real_logits: Tensor) -> Tensor:
 def r1_weight(gamma: float, interval: int) -> float:
     """Multiplier of :func:`r1_penalty` on a lazy-regularisation step: ``gamma / 2 * interval``."""
     return gamma * 0.5 * interval
+
+
+def class_loss(class_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+    """Mean over labels of the cross-entropy of per-label class scores ``[(B, K_i), ...]``
+    against ``(B, L)`` class indices; the "unknown" index ``K_i`` is ignored."""
+    terms = []
+    for i, logits in enumerate(class_logits):
+        target = labels[:, i]
+        known = target < logits.shape[1]
+        if known.any():
+            terms.append(F.cross_entropy(logits[known].float(), target[known]))
+    return torch.stack(terms).mean() if terms else labels.new_zeros((), dtype=torch.float32)
 
 
 def info_loss(q_outputs: Sequence[Any], codes: Tensor, code_dims: Mapping[str, Any]) -> Tensor:
