@@ -274,12 +274,11 @@ class AnimatorTrainer(Trainer):
     def _evaluate(self) -> dict[str, Any]:
         """:meth:`evaluate`, kept in ``last_eval``, logged as ``eval_<name>``."""
         res = self.evaluate()
-        self.last_eval = res
-        self._print(
+        summary = (
             f"held-out: L1 in the changed region {res['ratio']:.3f} x copying the source; "
             f"identity round trip L1 {res['identity_l1']:.4f} ({res['identity_psnr']:.1f} dB)"
         )
-        return {f"eval_{k}": (round(v, 6) if isinstance(v, float) else v) for k, v in res.items()}
+        return self._held_out_results(res, summary)
 
     # ------------------------------------------------------------------ checkpoints
     def _extra_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:

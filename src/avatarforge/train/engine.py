@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import os
 import time
 import warnings
@@ -279,6 +280,20 @@ class Trainer:
     def _evaluate(self) -> dict[str, Any]:
         """Built-in metrics at evaluation points (rank 0), as logged; default none."""
         return {}
+
+    def _held_out_results(
+        self, res: Mapping[str, Any], summary: str, unlogged: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """For :meth:`_evaluate` of a family with held-out metrics ``res``: keep them as
+        ``last_eval``, print ``summary`` and return what is logged: ``eval_<name>``, numbers
+        to 6 decimals, without the names in ``unlogged``."""
+        self.last_eval = res
+        self._print(summary)
+
+        def rounded(v: Any) -> Any:
+            return round(v, 6) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
+
+        return {f"eval_{k}": rounded(v) for k, v in res.items() if k not in unlogged}
 
     def _log_fields(self) -> dict[str, Any]:
         """Extra fields of each ``metrics.jsonl`` training record (learning rates, schedules)."""

@@ -169,12 +169,11 @@ class PartsTrainer(Trainer):
 
     def _evaluate(self) -> dict[str, Any]:
         res = self.evaluate()
-        self.last_eval = res
-        self._print(
+        summary = (
             f"held-out: mIoU {res['miou']:.3f} (eyes/brows/mouth {res['miou_face']:.3f}), face found "
             f"{res['face_found']:.3f} of {res['face_truth']:.2f} with open eyes"
         )
-        return {f"eval_{k}": round(v, 6) for k, v in res.items() if k != "face_truth"}
+        return self._held_out_results(res, summary, unlogged=("face_truth",))
 
     # ------------------------------------------------------------------ checkpoints
     def _extra_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -288,17 +288,20 @@ class RefinerTrainer(Trainer):
         """The held-out targets area-downsampled by ``data.scale`` (clean inputs)."""
         return downsample_u8(self.heldout_images, self.cfg.data.scale)
 
+    def bicubic(self, lr: np.ndarray) -> np.ndarray:
+        """``(n, s, s, C)`` uint8 inputs upscaled by ``data.scale`` with bicubic interpolation
+        (the baseline of samples and evaluation), as uint8."""
+        x = torch.from_numpy(lr).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        up = F.interpolate(x, scale_factor=self.cfg.data.scale, mode="bicubic", align_corners=False)
+        return up.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
     def save_samples(self) -> Path:
         """``samples/refine_KKKKKK.png``: rows bicubic upscale of the input, refined (EMA), target."""
         assert self.run_dir is not None
         n = min(self.cfg.log.num_samples, len(self.heldout_images))
         target = self.heldout_images[:n]
         lr = self.heldout_inputs()[:n]
-        x = torch.from_numpy(lr).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        up = F.interpolate(x, scale_factor=self.cfg.data.scale, mode="bicubic", align_corners=False).clamp(
-            -1, 1
-        )
-        up_u8 = up.add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        up_u8 = self.bicubic(lr)
         refined = refine_images(self.G_ema, lr)
         grid = make_grid(np.concatenate([up_u8, refined, target]), nrow=n, alpha_backdrop="checker")
         return save_image(self.run_dir / "samples" / f"refine_{self.nimg // 1000:06d}.png", grid)
@@ -309,24 +312,19 @@ class RefinerTrainer(Trainer):
         pred = refine_images(self.G_ema, lr)
         parts_pred = predict_parts(self.G_ema, lr) if self.G_ema.parts is not None else None
         res = refiner_metrics(pred, self.heldout_images, parts_pred, self.heldout_parts)
-        x = torch.from_numpy(lr).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        up = F.interpolate(x, scale_factor=self.cfg.data.scale, mode="bicubic", align_corners=False).clamp(
-            -1, 1
-        )
-        up_u8 = up.add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        up_u8 = self.bicubic(lr)
         base = refiner_metrics(up_u8, self.heldout_images)
         res["psnr_bicubic"], res["sharpness_bicubic"] = base["psnr"], base["sharpness"]
         return res
 
     def _evaluate(self) -> dict[str, Any]:
         res = self.evaluate()
-        self.last_eval = res
-        self._print(
+        summary = (
             f"held-out: PSNR {res['psnr']:.2f} dB (bicubic {res['psnr_bicubic']:.2f}), sharpness "
             f"{res['sharpness']:.2f} x the target's (bicubic {res['sharpness_bicubic']:.2f})"
             + (f", part accuracy {res['part_acc']:.3f}" if "part_acc" in res else "")
         )
-        return {f"eval_{k}": round(v, 6) for k, v in res.items()}
+        return self._held_out_results(res, summary)
 
     # ------------------------------------------------------------------ checkpoints
     def _extra_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
