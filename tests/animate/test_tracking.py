@@ -264,6 +264,22 @@ def test_tracking_fades_in_and_back_to_idle_without_a_pop():
     assert tracker.stats.clamped == 1 and tracker.stats.dropped_values == 2
 
 
+def test_tracker_sampled_seq_is_the_frame_a_loop_drew_from():
+    """The overlay tags each frame with ``sampled_seq`` (latency): the seq of the controls the
+    mixer read, not a newer one that arrived after (nor one only peeked at by ``active``)."""
+    clock = Clock()
+    tracker = TrackerInput(stale_after=0.5, clock=clock)
+    assert tracker.sampled_seq is None and not tracker.active
+    tracker.put({"mouth_open": 0.5}, seq=1)
+    assert tracker.update(0.0) == {"mouth_open": 0.5} and tracker.sampled_seq == 1
+    tracker.put({"mouth_open": 0.6}, seq=2)
+    assert tracker.active and tracker.sampled_seq == 1 and tracker.seq == 2
+    tracker.update(0.0)
+    assert tracker.sampled_seq == 2
+    clock.now += 1.0  # stale: nothing read, the tag stays
+    assert tracker.update(0.0) == {} and tracker.sampled_seq == 2 and not tracker.active
+
+
 def test_priorities_and_expression_fades():
     clock = Clock()
     tracker = TrackerInput(clock=clock)

@@ -511,7 +511,8 @@ class TrackerInput:
     is lost. :meth:`update` returns the controls while they are fresh (younger than
     ``stale_after`` seconds of wall time), else nothing: a closed page or a lost face fades
     the avatar back to idle. ``seq`` (an integer the page numbers its frames with) is kept
-    for latency measurements.
+    for latency measurements; ``sampled_seq`` is the seq of the controls :meth:`update` last
+    returned (the frame a frame loop actually drew from).
     """
 
     def __init__(self, stale_after: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
@@ -519,6 +520,7 @@ class TrackerInput:
         self.clock = clock
         self.stats = InputStats()
         self.seq: int | None = None
+        self.sampled_seq: int | None = None
         self._values: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -543,17 +545,22 @@ class TrackerInput:
                 self.seq = seq
         return clean
 
+    def _fresh(self) -> bool:
+        last = self.stats.last_time
+        return last is not None and self.clock() - last <= self.stale_after
+
     def update(self, t: float) -> dict[str, float]:
         with self._lock:
-            last = self.stats.last_time
-            if last is None or self.clock() - last > self.stale_after:
+            if not self._fresh():
                 return {}
+            self.sampled_seq = self.seq
             return dict(self._values)
 
     @property
     def active(self) -> bool:
         """Whether a tracker sent a face within ``stale_after`` seconds."""
-        return bool(self.update(0.0))
+        with self._lock:
+            return self._fresh() and bool(self._values)
 
     def close(self) -> None:
         """Shared between loops: nothing to release."""

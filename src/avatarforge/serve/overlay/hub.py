@@ -331,9 +331,9 @@ class _Session:
                 if self.mode == "rig":
                     controls = {k: round(float(v), 4) for k, v in frame.controls.items()}
                     msg: dict[str, Any] = {"t": round(frame.t, 4), "c": controls}
-                    seq = self.controls.tracker.seq if self.controls is not None else None
+                    seq = self.controls.tracker.sampled_seq if self.controls is not None else None
                     if seq is not None:
-                        msg["s"] = seq  # the newest tracker frame behind these controls (latency)
+                        msg["s"] = seq  # the tracker frame these controls were mixed from (latency)
                     data: bytes | str = json.dumps(msg)
                 else:
                     data = encode_frame(frame.image, self.hub.options.image_format, self.size)

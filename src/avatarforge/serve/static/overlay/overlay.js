@@ -3,7 +3,9 @@
 //           (rig.js) from the controls the socket streams as JSON text;
 //   frames: show each binary frame of the socket (rendered by the server's animator) in #avatar.
 // window.overlayFrames, window.overlayClosed and window.overlayStats() are read by tests
-// (tests/serve/test_browser.py, tests/serve/test_overlay_rig_browser.py).
+// (tests/serve/test_browser.py, tests/serve/test_overlay_rig_browser.py); window.overlayShownAt
+// (rig mode: tracker seq -> epoch ms when the first frame drawn from its controls was shown) by
+// benchmarks/bench_tracking.py (camera frame -> overlay frame latency).
 (function () {
   const cfg = JSON.parse(document.getElementById('overlay-config').textContent);
   const img = document.getElementById('avatar');
@@ -38,6 +40,8 @@
 
   // ---------------------------------------------------------------- rig mode
   let view = null, target = null, current = null, lastTick = null;
+  let targetSeq = null, shownSeq = null;  // the tracker frame behind the controls (message "s")
+  window.overlayShownAt = {};
   function tick(now) {
     if (view && target) {
       // Ease towards the newest controls between socket messages (display rate > send rate).
@@ -49,6 +53,11 @@
       }
       view.draw(current);
       shown();
+      if (targetSeq !== null && targetSeq !== shownSeq) {
+        shownSeq = targetSeq;
+        window.overlayShownAt[shownSeq] = performance.timeOrigin + performance.now();
+        delete window.overlayShownAt[shownSeq - 5000];
+      }
     }
     lastTick = now;
     requestAnimationFrame(tick);
@@ -77,7 +86,7 @@
       if (typeof ev.data === 'string') {
         if (cfg.mode === 'rig') {
           const msg = JSON.parse(ev.data);
-          if (msg.c) { target = msg.c; status.textContent = ''; }
+          if (msg.c) { target = msg.c; status.textContent = ''; if (msg.s !== undefined) { targetSeq = msg.s; } }
           if (msg.reload) { loadRig().catch(function (e) { status.textContent = 'AvatarForge overlay: ' + e.message; }); }
         }
         return;
