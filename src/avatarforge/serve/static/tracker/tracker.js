@@ -6,6 +6,7 @@
   'use strict';
   const cfg = JSON.parse(document.getElementById('tracker-config').textContent);
   const q = new URLSearchParams(cfg.query);
+  const page = new URLSearchParams(location.search);  // page-only options (?inference=, ?input=, ?refine=)
   const statusEl = document.getElementById('status');
   const video = document.getElementById('video');
   const marks = document.getElementById('marks');
@@ -149,11 +150,13 @@
 
   // ------------------------------------------------------------------ frames
   let frames = 0, faces = 0, last = null, paused = false;
-  const times = [];
+  const times = [], sendMs = [];
   window.trackerLog = [];
   window.trackerStats = function () {
     const fps = times.length > 1 ? 1000 * (times.length - 1) / (times[times.length - 1] - times[0]) : 0;
-    return {frames: frames, faces: faces, fps: fps, sent: sent, last: last, error: window.trackerError};
+    const ms = sendMs.slice().sort(function (a, b) { return a - b; });
+    return {frames: frames, faces: faces, fps: fps, sent: sent, last: last, error: window.trackerError,
+            send_ms: ms.length ? ms[ms.length >> 1] : null};
   };
   let probe = null;
   function frameCode() {  // debug: the frame number a test video carries in its top-left corner
@@ -200,7 +203,7 @@
     const params = smooth(toParams(m), t0 / 1000);
     seq += 1;
     window.trackerSentAt[seq] = performance.timeOrigin + t0;
-    delete window.trackerSentAt[seq - 300];
+    delete window.trackerSentAt[seq - 5000];
     send({track: params, seq: seq});
     last = params;
     if (debug) {
@@ -230,6 +233,26 @@
     if (paused) { send({track: null}); }
   });
 
+  // ------------------------------------------------------------------ inference: CPU or WebGL
+  let inference = {mode: 'auto', cpu: null, renderer: ''};
+  function webglRenderer() {
+    try {
+      const gl = document.createElement('canvas').getContext('webgl2') || document.createElement('canvas').getContext('webgl');
+      if (!gl) { return 'none'; }
+      const ext = gl.getExtension('WEBGL_debug_renderer_info');
+      const name = String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+      const lose = gl.getExtension('WEBGL_lose_context'); if (lose) { lose.loseContext(); }
+      return name;
+    } catch (e) { return 'none'; }
+  }
+  function chooseInference(asked) {
+    const renderer = webglRenderer();
+    if (asked === 'cpu' || asked === 'gpu') { return {mode: asked, cpu: asked === 'cpu', renderer: renderer}; }
+    const software = renderer === 'none' || /swiftshader|llvmpipe|softpipe|software|basic render/i.test(renderer);
+    return {mode: 'auto', cpu: software ? true : null, renderer: renderer};
+  }
+  window.trackerInference = function () { return Object.assign({}, inference); };
+
   async function start() {
     if (!cfg.installed) {
       fail('The face-tracking model is not installed on this server, so this page cannot track.\nRun: ' + cfg.install);
@@ -253,7 +276,15 @@
       return;
     }
     const mesh = new window.FaceMesh({locateFile: function (f) { return cfg.root + cfg.mediapipe + '/' + f; }});
-    mesh.setOptions({maxNumFaces: 1, refineLandmarks: true, minDetectionConfidence: 0.5, minTrackingConfidence: 0.5, selfieMode: false});
+    // Where the two neural nets run: MediaPipe's default is WebGL (ML Drift), which on a
+    // software WebGL (SwiftShader, llvmpipe: no GPU, a VM, a headless browser) emulates the
+    // GPU on the CPU, far slower than running them on the CPU directly (wasm SIMD + XNNPACK,
+    // MediaPipe's own "useCpuInference" option, its default on iPhones and Macs). ?inference=
+    // cpu|gpu overrides; auto: CPU on a software renderer, else MediaPipe's default.
+    inference = chooseInference(page.get('inference'));
+    const opts = {maxNumFaces: 1, refineLandmarks: page.get('refine') !== '0', minDetectionConfidence: 0.5, minTrackingConfidence: 0.5, selfieMode: false};
+    if (inference.cpu !== null) { opts.useCpuInference = inference.cpu; }
+    mesh.setOptions(opts);
     // A cut or a fast move loses the tracked face for a frame: the model then looks for it again
     // on the next frame. Retry that same frame once at once (detection runs), so one camera
     // frame is not reported as "no face" for a face that is plainly there.
@@ -289,13 +320,32 @@
     document.getElementById('pause').disabled = false;
     say('Tracking…');
     const rvfc = 'requestVideoFrameCallback' in HTMLVideoElement.prototype;
-    async function step() {
+    // ?input=WIDTH (page-only): hand the model the frame scaled down to WIDTH px (a 2D canvas)
+    const inputW = parseInt(page.get('input') || '0', 10);
+    let small = null;
+    function frameImage() {
+      if (!(inputW > 0 && inputW < video.videoWidth)) { return video; }
+      if (!small) { small = document.createElement('canvas'); }
+      const h = Math.round(inputW * video.videoHeight / video.videoWidth);
+      if (small.width !== inputW || small.height !== h) { small.width = inputW; small.height = h; }
+      small.getContext('2d').drawImage(video, 0, 0, inputW, h);
+      return small;
+    }
+    async function step(now, meta) {
       if (!paused && video.readyState >= 2) {
         W = video.videoWidth; H = video.videoHeight;
-        pending = {t0: performance.now(), code: debug ? frameCode() : null, retried: false};
+        // t0: when the camera took the frame (requestVideoFrameCallback's captureTime), else now
+        const t0 = meta && meta.captureTime ? meta.captureTime : performance.now();
+        pending = {t0: t0, code: debug ? frameCode() : null, retried: false};
         try {
-          await mesh.send({image: video});
-          if (retry) { retry = false; pending.retried = true; hadFace = false; await mesh.send({image: video}); }
+          const s0 = performance.now();
+          await mesh.send({image: frameImage()});
+          if (retry) {  // the video may have moved on meanwhile: the retry is of the frame shown now
+            retry = false; hadFace = false;
+            pending = {t0: pending.t0, code: debug ? frameCode() : null, retried: true};  // t0 kept: latency counted from the first try
+            await mesh.send({image: frameImage()});
+          }
+          sendMs.push(performance.now() - s0); if (sendMs.length > 60) { sendMs.shift(); }
         } catch (e) { fail('Face tracking stopped: ' + e.message); return; }
       }
       if (rvfc) { video.requestVideoFrameCallback(step); } else { requestAnimationFrame(step); }
