@@ -8,7 +8,6 @@ Importing it does not import torch; it registers the ``parts`` training family
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from avatarforge.config import (
     ConfigError,
     RunSettings,
     check_all,
-    config_names_model,
     shipped_config,
 )
 from avatarforge.train.families import register_family
@@ -40,7 +38,6 @@ __all__ = [
     "PartsModelConfig",
     "PartsOptimConfig",
     "build_parts_config",
-    "is_parts_config_file",
     "parts_preset",
 ]
 
@@ -166,11 +163,6 @@ class PartsConfig(RunSettings, _PartsSections):
 def parts_preset(name: str = "parts-64px.yaml") -> Path:
     """The path of a shipped part-segmenter config (:data:`PARTS_PRESETS`)."""
     return shipped_config(name, PARTS_PRESETS, "part-segmenter")
-
-
-def is_parts_config_file(path: str | os.PathLike) -> bool:
-    """True if the YAML file names the part segmenter (``model: {name: parts}``)."""
-    return config_names_model(path, "parts")
 
 
 #: Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``.

@@ -9,7 +9,6 @@ Importing it does not import torch; it registers the ``refiner`` training family
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from avatarforge.config import (
     ConfigError,
     RunSettings,
     check_all,
-    config_names_model,
     shipped_config,
 )
 from avatarforge.train.families import register_family
@@ -40,7 +38,6 @@ __all__ = [
     "RefinerModelConfig",
     "RefinerOptimConfig",
     "build_refiner_config",
-    "is_refiner_config_file",
     "refiner_preset",
 ]
 
@@ -212,11 +209,6 @@ class RefinerConfig(RunSettings, _RefinerSections):
 def refiner_preset(name: str = "refiner-512px.yaml") -> Path:
     """The path of a shipped refiner config (:data:`REFINER_PRESETS`)."""
     return shipped_config(name, REFINER_PRESETS, "refiner")
-
-
-def is_refiner_config_file(path: str | os.PathLike) -> bool:
-    """True if the YAML file names the refiner (``model: {name: refiner}``)."""
-    return config_names_model(path, "refiner")
 
 
 #: Defaults < ``config_file`` (YAML, e.g. a run's ``config.yaml``) < ``cli`` dict < ``key=value``.
