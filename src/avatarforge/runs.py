@@ -616,6 +616,16 @@ def load_model(
     return model
 
 
+def _load_ema_family(
+    path: str | os.PathLike, which: str, device: str | torch.device, family: str, expect: type, what: str
+) -> ConfigModule:
+    """:func:`load_model` for a family whose runs hold G and its EMA copy (``which``: ``"ema"``
+    or ``"g"``); a quickstart folder stands for its ``family`` run."""
+    if which not in ("ema", "g"):
+        raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
+    return load_model(resolve_run(path, family), which, device, expect=expect, what=what)
+
+
 def load_animator(
     path: str | os.PathLike, which: str = "ema", device: str | torch.device = "cpu"
 ) -> ConfigModule:
@@ -628,10 +638,7 @@ def load_animator(
     """
     from avatarforge.models.animator import ExpressionAnimator
 
-    if which not in ("ema", "g"):
-        raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
-    run = resolve_run(path, "animator")
-    return load_model(run, which, device, expect=ExpressionAnimator, what="an expression animator")
+    return _load_ema_family(path, which, device, "animator", ExpressionAnimator, "an expression animator")
 
 
 def load_refiner(
@@ -650,10 +657,7 @@ def load_refiner(
     """
     from avatarforge.models.refiner import Refiner
 
-    if which not in ("ema", "g"):
-        raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
-    run = resolve_run(path, "refiner")
-    return load_model(run, which, device, expect=Refiner, what="a refiner")
+    return _load_ema_family(path, which, device, "refiner", Refiner, "a refiner")
 
 
 def load_segmenter(
@@ -672,7 +676,4 @@ def load_segmenter(
     """
     from avatarforge.models.parts import PartSegmenter
 
-    if which not in ("ema", "g"):
-        raise ValueError(f"which must be 'ema' or 'g', got {which!r}")
-    run = resolve_run(path, "parts")
-    return load_model(run, which, device, expect=PartSegmenter, what="a part segmenter")
+    return _load_ema_family(path, which, device, "parts", PartSegmenter, "a part segmenter")
