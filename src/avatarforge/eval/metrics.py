@@ -575,6 +575,10 @@ def attribute_accuracy_from_predictions(
     return out
 
 
+#: Predicted ``eye_open`` below which :func:`attribute_accuracy` does not judge eye colour.
+EYES_OPEN = 0.5
+
+
 def attribute_accuracy(
     source: ImageSource,
     *,
@@ -587,7 +591,8 @@ def attribute_accuracy(
     """Metric ``attr``: how often a conditional generator draws the labels it is asked for.
 
     The avatar attribute net judges every sample's categorical attributes; a label counts
-    where the net knows the attribute and its class names. Returns ``attr_acc`` (the mean)
+    where the net knows the attribute and its class names; eye colour only where the net sees
+    the eyes open (predicted ``eye_open`` >= :data:`EYES_OPEN`). Returns ``attr_acc`` (the mean)
     and ``attr_acc_<label>`` per judged label.
 
     Args:
@@ -647,15 +652,25 @@ def attribute_accuracy(
         raise SourceError(f"metric 'attr': none of the labels {names} can be judged by the avatar net")
     correct = dict.fromkeys(maps, 0)
     total = dict.fromkeys(maps, 0)
+    # A closed eye hides the iris: eye colour is judged only where the net sees open eyes
+    # (its own held-out accuracy is ~0.8 over all renders but ~1.0 with the eyes open).
+    gate_eyes = "eye_open" in getattr(avatar.net, "continuous_names", [])
+    hidden = 0
     for images, labels in source.float_batches(batch_size):
-        preds = avatar.attribute_predictions(images, include_continuous=False)
+        preds = avatar.attribute_predictions(images, include_continuous=gate_eyes)
         lab = labels.cpu().numpy()
         for i, cmap in maps.items():
             want = cmap[lab[:, i]]
             ok = want >= 0
+            if names[i] == "eye_color" and gate_eyes:
+                shut = preds["eye_open"] < EYES_OPEN
+                hidden += int((ok & shut).sum())
+                ok &= ~shut
             got = preds[names[i]].argmax(1)
             correct[i] += int((got[ok] == want[ok]).sum())
             total[i] += int(ok.sum())
+    if hidden:
+        notes.append(f"attr: eye_color not judged on {hidden} image(s) whose eyes the net sees closed")
     out = {f"attr_acc_{names[i]}": correct[i] / max(1, total[i]) for i in maps}
     out = {"attr_acc": float(np.mean(list(out.values()))), **out}
     return out
