@@ -31,6 +31,7 @@ __all__ = [
     "from_uint8",
     "load_animation",
     "make_grid",
+    "network_input",
     "save_animation",
     "save_image",
     "save_webm",
@@ -51,6 +52,31 @@ def from_uint8(images: np.ndarray) -> torch.Tensor:
         a = a[None]
     t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float()
     return t.div(127.5).sub(1)
+
+
+def network_input(images: np.ndarray, channels: int) -> torch.Tensor:
+    """``(N, h, w, 3 or 4)`` uint8 -> ``(N, channels, h, w)`` float32 in [-1, 1], the input of an
+    image-to-image network with ``channels`` inputs: RGB given to an RGBA network gets an
+    opaque alpha, RGBA given to an RGB one drops its alpha.
+
+    Raises:
+        ValueError: ``images`` is not an ``(N, h, w, 3 or 4)`` uint8 array.
+    """
+    if (
+        not isinstance(images, np.ndarray)
+        or images.ndim != 4
+        or images.shape[-1] not in (3, 4)
+        or images.dtype != np.uint8
+    ):
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ValueError(f"images must be (N, h, w, 3 or 4) uint8, got {got}")
+    # A copy: the images may be a read-only memory map (a cached pool), which torch cannot wrap.
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    if x.shape[1] == channels:
+        return x
+    if channels == 4:
+        return torch.cat([x, torch.ones_like(x[:, :1])], 1)
+    return x[:, :3]
 
 
 def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:

@@ -53,6 +53,7 @@ from avatarforge.data.procedural import (
     render_background,
     sample_attributes,
 )
+from avatarforge.imageio import from_uint8
 from avatarforge.models.animator import CONTROL_NAMES
 from avatarforge.train.schedule import derive_seed
 
@@ -166,11 +167,6 @@ class PairBatch:
         return PairBatch(*(mv(getattr(self, f)) for f in self.__dataclass_fields__))
 
 
-def _to_float(u8: np.ndarray) -> Tensor:
-    """(B, S, S, 4) uint8 -> (B, 4, S, S) float32 in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-
-
 def assemble_batch(
     src: np.ndarray,
     tgt: np.ndarray,
@@ -213,8 +209,8 @@ def assemble_batch(
             c[f, tilt] *= -1
     sp, tp = torch.from_numpy(src_parts), torch.from_numpy(tgt_parts)
     return PairBatch(
-        source=_to_float(src),
-        target=_to_float(tgt),
+        source=from_uint8(src),
+        target=from_uint8(tgt),
         controls=torch.from_numpy(tgt_ctrl),
         source_controls=torch.from_numpy(src_ctrl),
         source_parts=sp,

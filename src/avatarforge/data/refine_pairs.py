@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avatarforge.fileio import atomic_directory, atomic_write_json, default_cache_dir, file_lock
+from avatarforge.imageio import from_uint8
 
 __all__ = [
     "POOL_VERSION",
@@ -311,10 +312,6 @@ class RefineBatch:
         )
 
 
-def _u8_to_float(u8: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-
-
 class RefinePairs:
     """Pairs from a :class:`RenderPool` or a packed data set's images.
 
@@ -386,7 +383,7 @@ class RefinePairs:
             hr.append(img)
             if lab is not None:
                 parts.append(lab)
-        hr_t = _u8_to_float(np.stack(hr))
+        hr_t = from_uint8(np.stack(hr))
         lr = area_downsample(hr_t, s)
         if self.degradation is not None:
             gen = torch.Generator().manual_seed(stream_seed(self.seed, 0xDE6, step))

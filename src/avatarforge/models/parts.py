@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avatarforge.data.procedural.schema import PART_IDS, PART_NAMES
+from avatarforge.imageio import network_input
 from avatarforge.models.base import ConfigModule
 from avatarforge.models.registry import register_model
 
@@ -133,27 +134,12 @@ class PartSegmenter(ConfigModule):
 
 
 # ------------------------------------------------------------------------------------ uint8 helpers
-def _to_input(images: np.ndarray, channels: int) -> Tensor:
-    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] not in (3, 4):
-        raise ValueError(
-            f"images must be (N, h, w, 3 or 4) uint8, got {getattr(images, 'shape', type(images))}"
-        )
-    if images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {images.dtype}")
-    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    if x.shape[1] == channels:
-        return x
-    if channels == 4:  # RGB given to an RGBA segmenter: opaque
-        return torch.cat([x, torch.ones_like(x[:, :1])], 1)
-    return x[:, :3]
-
-
 def predict_part_logits(model: PartSegmenter, images: np.ndarray, *, chunk: int = 64) -> Tensor:
     """``(N, h, w, C)`` uint8 -> ``(N, P, h s, w s)`` float32 logits on the CPU (no gradients)."""
     device = next(model.parameters()).device
     outs = []
     with torch.no_grad():
-        x = _to_input(images, model.channels)
+        x = network_input(images, model.channels)
         for s in range(0, x.shape[0], chunk):
             outs.append(model(x[s : s + chunk].to(device)).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0, model.part_classes, 0, 0)
@@ -175,7 +161,7 @@ def predict_part_map(
     device = next(model.parameters()).device
     outs = []
     with torch.no_grad():
-        x = _to_input(images, model.channels)
+        x = network_input(images, model.channels)
         for s in range(0, x.shape[0], chunk):
             logits = model(x[s : s + chunk].to(device)).float()
             if size is not None and tuple(logits.shape[-2:]) != (size, size):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avatarforge.data.procedural.schema import PART_NAMES
+from avatarforge.imageio import network_input
 from avatarforge.models.base import ConfigModule
 from avatarforge.models.registry import register_model
 
@@ -192,17 +193,6 @@ class RefinerDiscriminator(ConfigModule):
 
 
 # ------------------------------------------------------------------------------------ uint8 helpers
-def _to_input(images: np.ndarray, channels: int) -> Tensor:
-    if images.ndim != 4 or images.shape[-1] not in (3, 4) or images.dtype != np.uint8:
-        raise ValueError(f"images must be (N, h, w, 3 or 4) uint8, got {images.dtype} {images.shape}")
-    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    if x.shape[1] == channels:
-        return x
-    if channels == 4:  # RGB given to an RGBA refiner: opaque
-        return torch.cat([x, torch.ones_like(x[:, :1])], 1)
-    return x[:, :3]
-
-
 def _to_uint8(y: Tensor) -> np.ndarray:
     out = y.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     if out.shape[-1] == 4:
@@ -215,7 +205,7 @@ def refine_images(model: Refiner, images: np.ndarray, *, chunk: int = 8) -> np.n
     outs = []
     device = next(model.parameters()).device
     with torch.no_grad():
-        x = _to_input(images, model.channels)
+        x = network_input(images, model.channels)
         for s in range(0, x.shape[0], chunk):
             outs.append(_to_uint8(model(x[s : s + chunk].to(device)).float().cpu()))
     return np.concatenate(outs) if outs else np.zeros((0,), np.uint8)
@@ -228,7 +218,7 @@ def predict_parts(model: Refiner, images: np.ndarray, *, chunk: int = 8) -> np.n
     outs = []
     device = next(model.parameters()).device
     with torch.no_grad():
-        x = _to_input(images, model.channels)
+        x = network_input(images, model.channels)
         for s in range(0, x.shape[0], chunk):
             _, logits = model.forward_with_parts(x[s : s + chunk].to(device))
             assert logits is not None
