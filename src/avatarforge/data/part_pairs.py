@@ -27,10 +27,13 @@ import torch
 from torch import Tensor
 
 from avatarforge.data.refine_pairs import (
+    HELDOUT,
+    TRAIN,
     Degradation,
     cached_render_pool,
     degrade,
     part_label_map,
+    split_seed,
     stream_seed,
 )
 from avatarforge.fileio import default_cache_dir
@@ -47,15 +50,12 @@ __all__ = [
 ]
 
 POOL_VERSION = 1
-TRAIN, HELDOUT = "train", "heldout"
 _SPLIT_STREAM = {TRAIN: 0x9A27, HELDOUT: 0x9A28}
 
 
 def part_seed(seed: int, split: str, index: int) -> int:
     """The procedural identity seed of pool item ``index`` (train and held-out never meet)."""
-    if split not in _SPLIT_STREAM:
-        raise ValueError(f"split must be {TRAIN!r} or {HELDOUT!r}, got {split!r}")
-    return stream_seed(seed, _SPLIT_STREAM[split], index) >> 2
+    return split_seed(seed, split, index, _SPLIT_STREAM)
 
 
 @dataclass

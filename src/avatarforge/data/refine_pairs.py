@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ __all__ = [
     "degrade",
     "part_label_map",
     "pool_seed",
+    "split_seed",
     "stream_seed",
 ]
 
@@ -60,9 +61,17 @@ def stream_seed(*parts: int) -> int:
     return int(state[0]) & 0x7FFFFFFFFFFFFFFF
 
 
+def split_seed(seed: int, split: str, index: int, streams: Mapping[str, int]) -> int:
+    """The procedural identity seed of item ``index`` of a pool's ``split``, drawn from the
+    stream ``streams[split]`` (one stream per split: train and held-out never meet)."""
+    if split not in streams:
+        raise ValueError(f"split must be {TRAIN!r} or {HELDOUT!r}, got {split!r}")
+    return stream_seed(seed, streams[split], index) >> 2
+
+
 def pool_seed(seed: int, split: str, index: int) -> int:
     """The procedural identity seed of pool item ``index`` (train and held-out never meet)."""
-    return stream_seed(seed, _SPLIT_STREAM[split], index) >> 2
+    return split_seed(seed, split, index, _SPLIT_STREAM)
 
 
 # =============================================================================== the render pool
