@@ -66,10 +66,9 @@ from avatarforge.device import autocast
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.animator import AnimatorDiscriminator, ExpressionAnimator
 from avatarforge.train.checkpoint import Snapshot
-from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.engine import Trainer
 from avatarforge.train.guard import TrainingDiverged
-from avatarforge.train.schedule import derive_seed, seeded_init
+from avatarforge.train.schedule import delayed_ramp, derive_seed, seeded_init
 
 __all__ = ["AnimatorTrainer", "TrainingDiverged"]
 
@@ -194,12 +193,7 @@ class AnimatorTrainer(Trainer):
     def adv_weight(self) -> float:
         """The adversarial weight of the next step: 0 until ``adv_start_kimg``, then a linear ramp."""
         lo = self.cfg.loss
-        if lo.adv_weight <= 0:
-            return 0.0
-        kimg = self.nimg / 1000 - lo.adv_start_kimg
-        if kimg < 0:
-            return 0.0
-        return lo.adv_weight * (1.0 if lo.adv_ramp_kimg <= 0 else min(1.0, kimg / lo.adv_ramp_kimg))
+        return delayed_ramp(self.nimg / 1000, lo.adv_weight, lo.adv_start_kimg, lo.adv_ramp_kimg)
 
     def train_step(self, batch: PairBatch) -> dict[str, Tensor]:
         """One generator step and (once the adversarial term is on) one discriminator step."""
@@ -239,8 +233,7 @@ class AnimatorTrainer(Trainer):
             stats["loss_d"] = loss_d.detach()
             self._optimize(self.opt_d, loss_d)
 
-        e = cfg.ema
-        update_ema(self.G_ema, self.G, ema_beta(cfg.batch_size, self.nimg + cfg.batch_size, e.kimg, e.rampup))
+        self._update_g_ema()
         return stats
 
     def _autocast(self) -> Any:

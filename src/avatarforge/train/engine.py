@@ -74,6 +74,7 @@ from avatarforge.train.checkpoint import (
     save_best,
     save_checkpoint,
 )
+from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.guard import NaNEvents, StopSignal, all_finite, nonfinite_names
 from avatarforge.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
 from avatarforge.train.rundir import allocate_run_dir
@@ -249,6 +250,12 @@ class Trainer:
             self.trainable["D"] = self.D
             self.opt_d = torch.optim.Adam(self.D.parameters(), lr=o.d_lr, betas=tuple(o.betas))
             self.optimizers["d"] = Optimizer(self.opt_d, o.d_lr)
+
+    def _update_g_ema(self) -> None:
+        """End of a step of a :meth:`_register_ema_networks` family: ``G_ema`` moves toward ``G``
+        with the half-life ``ema.kimg`` (0: a copy), capped early on by ``ema.rampup``."""
+        cfg, e = self.cfg, self.cfg.ema
+        update_ema(self.G_ema, self.G, ema_beta(cfg.batch_size, self.nimg + cfg.batch_size, e.kimg, e.rampup))
 
     def _batches(self) -> Iterator[tuple[Any, ...]]:
         """Batches from ``self.step`` on, each the arguments of one :meth:`train_step`.

@@ -36,7 +36,6 @@ from avatarforge.device import autocast
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.parts import PartSegmenter, color_parts, face_found, predict_part_map
 from avatarforge.train.checkpoint import Snapshot
-from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.engine import Trainer
 from avatarforge.train.schedule import seeded_init
 
@@ -134,16 +133,13 @@ class PartsTrainer(Trainer):
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: PartBatch) -> dict[str, Tensor]:
-        cfg = self.cfg
         x = batch.x.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.x
         with autocast(self.device, self.amp):
             logits = self.G(x).float()
         ce = F.cross_entropy(logits, batch.parts, weight=self.class_weights)
         acc = (logits.detach().argmax(1) == batch.parts).float().mean()
         self._optimize(self.opt_g, ce)
-        e = cfg.ema
-        beta = ema_beta(cfg.batch_size, self.nimg + cfg.batch_size, e.kimg, e.rampup) if e.kimg > 0 else 0.0
-        update_ema(self.G_ema, self.G, beta)
+        self._update_g_ema()
         return {"ce": ce.detach(), "acc": acc}
 
     def _log_fields(self) -> dict[str, Any]:

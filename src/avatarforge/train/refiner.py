@@ -48,9 +48,8 @@ from avatarforge.device import autocast
 from avatarforge.imageio import make_grid, save_image
 from avatarforge.models.refiner import Refiner, RefinerDiscriminator, predict_parts, refine_images
 from avatarforge.train.checkpoint import Snapshot
-from avatarforge.train.ema import ema_beta, update_ema
 from avatarforge.train.engine import Trainer
-from avatarforge.train.schedule import seeded_init
+from avatarforge.train.schedule import delayed_ramp, seeded_init
 
 __all__ = ["PART_CLASS_WEIGHTS", "RefinerTrainer", "downsample_u8", "refiner_metrics", "sharpness"]
 
@@ -231,16 +230,13 @@ class RefinerTrainer(Trainer):
     def adv_weight(self) -> float:
         """0 until ``loss.adv_start_kimg``, then a linear ramp to ``loss.adv_weight``."""
         lo = self.cfg.loss
-        kimg = self.nimg / 1000 - lo.adv_start_kimg
-        if lo.adv_weight <= 0 or kimg < 0:
-            return 0.0
-        return lo.adv_weight * (1.0 if lo.adv_ramp_kimg <= 0 else min(1.0, kimg / lo.adv_ramp_kimg))
+        return delayed_ramp(self.nimg / 1000, lo.adv_weight, lo.adv_start_kimg, lo.adv_ramp_kimg)
 
     def _part_weights(self, device: torch.device) -> Tensor:
         return torch.tensor(PART_CLASS_WEIGHTS, dtype=torch.float32, device=device)
 
     def train_step(self, batch: RefineBatch) -> dict[str, Tensor]:
-        cfg, lo = self.cfg, self.cfg.loss
+        lo = self.cfg.loss
         adv = self.adv_weight()
         self.D.requires_grad_(False)
         with autocast(self.device, self.amp):
@@ -276,8 +272,7 @@ class RefinerTrainer(Trainer):
                 loss_d = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
             stats["loss_d"] = loss_d.detach()
             self._optimize(self.opt_d, loss_d)
-        e = cfg.ema
-        update_ema(self.G_ema, self.G, ema_beta(cfg.batch_size, self.nimg + cfg.batch_size, e.kimg, e.rampup))
+        self._update_g_ema()
         return stats
 
     def _log_fields(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["crossed", "derive_seed", "make_generator", "seeded_init"]
+__all__ = ["crossed", "delayed_ramp", "derive_seed", "make_generator", "seeded_init"]
 
 
 def derive_seed(*parts: int) -> int:
@@ -36,6 +36,15 @@ def seeded_init(*seed_parts: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(*seed_parts))
         yield
+
+
+def delayed_ramp(kimg: float, weight: float, start_kimg: float, ramp_kimg: float) -> float:
+    """A loss weight at ``kimg``: 0 until ``start_kimg``, then a linear ramp to ``weight`` over
+    ``ramp_kimg`` (at once when ``ramp_kimg <= 0``); 0 throughout when ``weight <= 0``."""
+    kimg = kimg - start_kimg
+    if weight <= 0 or kimg < 0:
+        return 0.0
+    return weight * (1.0 if ramp_kimg <= 0 else min(1.0, kimg / ramp_kimg))
 
 
 def crossed(prev_nimg: int, nimg: int, every_kimg: float) -> bool:
