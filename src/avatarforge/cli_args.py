@@ -15,15 +15,22 @@ from typing import Any
 
 __all__ = [
     "OVERRIDE_RE",
+    "add_device_argument",
     "add_resume_arguments",
     "add_run_dir_arguments",
     "add_stop_arguments",
+    "config_file",
     "resumed_config",
     "run_settings",
 ]
 
 #: A ``KEY=VALUE`` config override among positional arguments.
 OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*=")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` of a command that runs networks outside a training run (default ``auto``)."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
 
 
 def add_stop_arguments(parser: argparse.ArgumentParser, counted: str) -> None:
@@ -60,6 +67,12 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key, None):
             cli[key] = getattr(args, key)
     return cli
+
+
+def config_file(args: argparse.Namespace) -> str | Path | None:
+    """The config file a training command starts from: ``--config``, else with ``--resume`` the
+    resumed run's saved ``config.yaml`` (None when neither)."""
+    return resumed_config(args.resume, args.config)[1] if args.resume else args.config
 
 
 def resumed_config(resume: str, config_file: str | Path | None) -> tuple[Path, str | Path | None]:

@@ -415,7 +415,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         cli.setdefault("data", {})["size"] = a.size
     if a.workers is not None:
         cli.setdefault("data", {})["workers"] = a.workers
-    config_file = cli_args.resumed_config(a.resume, a.config)[1] if a.resume else a.config
+    config_file = cli_args.config_file(a)
     cfg = build_animator_config(
         config_file=config_file, cli=cli, overrides=[f"{k}={v}" for k, v in overrides]
     )

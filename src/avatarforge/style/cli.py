@@ -82,7 +82,7 @@ def add_style_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     t.add_argument("--decoder", metavar="DIR", help="adain: a decoder from 'style train-decoder'")
     t.add_argument("--seed", type=int, default=0, help="seed of the random-weights CNN (default 0)")
-    t.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    cli_args.add_device_argument(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(style_func=_cmd_transfer)
 
@@ -118,7 +118,7 @@ def add_style_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a.add_argument(
         "--size", type=int, default=None, help="working size, longer side (default: the training resolution)"
     )
-    a.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    cli_args.add_device_argument(a)
     a.set_defaults(style_func=_cmd_apply)
 
     d = sub.add_parser(
@@ -144,7 +144,7 @@ def add_style_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--max-images", type=int, default=1000, help="images kept in memory per set (default 1000)"
     )
     d.add_argument("--seed", type=int, default=0, help="seed (random CNN, init, batches)")
-    d.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    cli_args.add_device_argument(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(style_func=_cmd_train_decoder)
     return parser
@@ -261,7 +261,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     elif not a.resume:
         raise ConfigError("give two packed data sets: avatarforge style train A B (or --resume RUN)")
     cli.update(cli_args.run_settings(a))
-    config_file = cli_args.resumed_config(a.resume, a.config)[1] if a.resume else a.config
+    config_file = cli_args.config_file(a)
     cfg = build_cyclegan_config(config_file=config_file, cli=cli, overrides=overrides)
     return dry_run_or_train(cfg, a)
 
