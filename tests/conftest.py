@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,3 +117,37 @@ def save_tiny_stylegan(
                         p.fill_(noise_strength)
     G.save_pretrained(path, prefix="g_ema_")
     return path
+
+
+def fit_through_nan_event(
+    trainer_cls: type, cfg: Any, poisoned: Callable[[Any], torch.Tensor]
+) -> tuple[Any, Path]:
+    """Train ``cfg`` with ``poisoned(trainer)`` filled with NaN after step 2 and a stop request
+    at step 4, and check what every trainer must do about it: warn, roll back once (one event,
+    at step 2) and stop at step 4 with a checkpoint. ``(trainer, run_dir)`` for the family's
+    own checks (its learning rate, its weights)."""
+    from avatarforge.train.checkpoint import find_checkpoint
+    from avatarforge.train.guard import NonFiniteWarning
+    from avatarforge.train.metrics_log import read_metrics
+
+    fired = False
+
+    def hook(trainer: Any) -> None:
+        nonlocal fired
+        if trainer.step == 2 and not fired:
+            fired = True
+            with torch.no_grad():
+                poisoned(trainer).fill_(float("nan"))
+        if trainer.step == 4:
+            trainer.stop.request("test")
+
+    trainer = trainer_cls(cfg, step_hook=hook)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = trainer.fit()
+    assert any(issubclass(w.category, NonFiniteWarning) for w in caught)
+    assert trainer.stopped_by == "signal:test" and trainer.step == 4
+    assert find_checkpoint(run).name == "ckpt-00000004"
+    events = read_metrics(run, kind="event")
+    assert len(events) == 1 and events[0]["step"] == 2
+    return trainer, run

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -16,8 +15,8 @@ from avatarforge.animate.trainer import AnimatorTrainer
 from avatarforge.config import ConfigError
 from avatarforge.models.animator import ExpressionAnimator
 from avatarforge.train.checkpoint import find_checkpoint
-from avatarforge.train.guard import NonFiniteWarning
 from avatarforge.train.metrics_log import read_metrics
+from tests.conftest import fit_through_nan_event
 
 # Outcome depends on trained weights / float rounding: rerun by `make test-numerics-fp32`.
 pytestmark = pytest.mark.numerics
@@ -87,24 +86,7 @@ def test_resume_is_bit_identical(tmp_path):
 def test_nan_roll_back_and_signal_stop(tmp_path):
     cfg = _config(tmp_path, "kimg=1", "log.every_steps=1", "log.sample_every_kimg=0")
 
-    def hook(trainer: AnimatorTrainer) -> None:
-        if trainer.step == 2 and not hook.fired:  # type: ignore[attr-defined]
-            hook.fired = True  # type: ignore[attr-defined]
-            with torch.no_grad():
-                trainer.G.head.weight.fill_(float("nan"))
-        if trainer.step == 4:
-            trainer.stop.request("test")
-
-    hook.fired = False  # type: ignore[attr-defined]
-    trainer = AnimatorTrainer(cfg, step_hook=hook)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run = trainer.fit()
-    assert any(issubclass(w.category, NonFiniteWarning) for w in caught)
-    assert trainer.stopped_by == "signal:test" and trainer.step == 4
-    assert find_checkpoint(run).name == "ckpt-00000004"
-    events = read_metrics(run, kind="event")
-    assert len(events) == 1 and events[0]["step"] == 2
+    trainer, run = fit_through_nan_event(AnimatorTrainer, cfg, lambda t: t.G.head.weight)
     assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr / 2)  # halved after the event
     assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
     assert read_metrics(run, kind="metric") == []  # no evaluation after a signal: time may be short

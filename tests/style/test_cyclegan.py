@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,8 @@ from avatarforge.style.train_cyclegan import (
     translate_image,
 )
 from avatarforge.train.checkpoint import find_checkpoint
-from avatarforge.train.guard import NonFiniteWarning
 from avatarforge.train.metrics_log import read_metrics
+from tests.conftest import fit_through_nan_event
 
 # Outcome depends on trained weights / float rounding: rerun by `make test-numerics-fp32`.
 pytestmark = pytest.mark.numerics
@@ -155,24 +154,7 @@ def test_nan_roll_back_and_signal_stop(domain_sets, tmp_path):
     a, b = domain_sets
     cfg = _config(a, b, tmp_path / "runs", "kimg=1", "log.every_steps=1", "log.sample_every_kimg=0")
 
-    def hook(trainer: CycleGANTrainer) -> None:
-        if trainer.step == 2 and not hook.fired:  # type: ignore[attr-defined]
-            hook.fired = True  # type: ignore[attr-defined]
-            with torch.no_grad():
-                next(trainer.G_ab.parameters()).fill_(float("nan"))
-        if trainer.step == 4:
-            trainer.stop.request("test")
-
-    hook.fired = False  # type: ignore[attr-defined]
-    trainer = CycleGANTrainer(cfg, step_hook=hook)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run = trainer.fit()
-    assert any(issubclass(w.category, NonFiniteWarning) for w in caught)
-    assert trainer.stopped_by == "signal:test" and trainer.step == 4
-    assert find_checkpoint(run).name == "ckpt-00000004"
-    events = read_metrics(run, kind="event")
-    assert len(events) == 1 and events[0]["step"] == 2
+    trainer, _ = fit_through_nan_event(CycleGANTrainer, cfg, lambda t: next(t.G_ab.parameters()))
     assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(1e-4)  # halved after the event
     assert all(torch.isfinite(p).all() for p in trainer.G_ab.parameters())
 
