@@ -94,9 +94,7 @@ class AnimatorTrainer(Trainer):
         f"eval_{k}" for k in ("ratio", "face_ratio", "identity_l1", "identity_psnr", "eye_err", "mouth_err")
     )
     COMMAND = "avatarforge animate train"
-    DISTRIBUTED = False
     RUN_NAME = "animator"
-    DATA_PATHS = ()
     NEXT_STEP = "animate with: avatarforge animate {run} --avatar 42 --script idle,talk --out avatar.webp"
 
     # ------------------------------------------------------------------ set-up

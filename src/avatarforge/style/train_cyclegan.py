@@ -264,7 +264,6 @@ class CycleGANTrainer(Trainer):
     ACC_KEYS = ("loss_g", "loss_d", "adv_g", "cycle", "identity")
     BAR_KEYS = ("loss_g", "loss_d", "cycle")
     COMMAND = "avatarforge style train"
-    DISTRIBUTED = False
     RUN_NAME = "cyclegan"
     DATA_PATHS = ("a", "b")
     NEXT_STEP = "apply with: avatarforge style apply {run} IMAGES... --out DIR"

@@ -156,13 +156,14 @@ class Trainer:
     BUILTIN_METRICS: ClassVar[tuple[str, ...]] = ()
     #: The command that trains the family (named in "resume with: ..." lines).
     COMMAND: ClassVar[str] = "avatarforge train"
-    #: False: the family trains in a single process (torchrun is refused before any work).
-    DISTRIBUTED: ClassVar[bool] = True
+    #: True: the family trains on several processes under torchrun (the GAN and VAE trainers);
+    #: False: in a single process (torchrun is refused before any work).
+    DISTRIBUTED: ClassVar[bool] = False
     #: Run directories are ``NNNNN-<RUN_NAME>-<resolution>`` unless ``desc`` is set ("" = ``model.name``).
     RUN_NAME: ClassVar[str] = ""
     #: ``data.*`` keys holding paths: written absolute into the run's config, so a resume
-    #: from another working directory finds the data.
-    DATA_PATHS: ClassVar[tuple[str, ...]] = ("path",)
+    #: from another working directory finds the data (none: the built-in renderer's families).
+    DATA_PATHS: ClassVar[tuple[str, ...]] = ()
     #: A line printed when training ends, ``{run}`` = the run directory ("" = none).
     NEXT_STEP: ClassVar[str] = ""
 

@@ -141,6 +141,8 @@ class GANTrainer(Trainer):
 
     ACC_KEYS = ("loss_g", "loss_d", "r1", "info", "d_recon", "class_d", "class_g")
     BAR_KEYS = ("loss_g", "loss_d")
+    DISTRIBUTED = True
+    DATA_PATHS = ("path",)
 
     # ================================================================== set-up
     def _build(self) -> None:

@@ -93,9 +93,7 @@ class PartsTrainer(Trainer):
         for k in ("acc", "miou", "miou_face", "face_found", "face_false", *(f"iou_{n}" for n in PART_NAMES))
     )
     COMMAND = "avatarforge train"
-    DISTRIBUTED = False
     RUN_NAME = "parts"
-    DATA_PATHS = ()
     NEXT_STEP = "load it with: avatarforge.runs.load_segmenter('{run}')"
 
     # ------------------------------------------------------------------ set-up

@@ -163,7 +163,6 @@ class RefinerTrainer(Trainer):
         for k in ("psnr", "psnr_bicubic", "sharpness", "sharpness_bicubic", "part_acc", "part_acc_fg")
     )
     COMMAND = "avatarforge train"
-    DISTRIBUTED = False
     RUN_NAME = "refiner"
     DATA_PATHS = ("source",)
     NEXT_STEP = "load it with: avatarforge.runs.load_refiner('{run}')"

@@ -191,6 +191,8 @@ class VAETrainer(Trainer):
     ACC_KEYS = ("loss", "recon", "kl", "mse")
     BAR_KEYS = ("recon", "kl")
     BUILTIN_METRICS = EVAL_METRICS
+    DISTRIBUTED = True
+    DATA_PATHS = ("path",)
 
     @property
     def model(self) -> nn.Module:
