@@ -28,7 +28,7 @@ from avatarforge.quickstart import (
     run_quickstart,
 )
 from avatarforge.quickstart import pipeline as qs_pipeline
-from avatarforge.quickstart.pipeline import GENERATOR_SHARE, STATE_NAME
+from avatarforge.quickstart.pipeline import DEFAULT_CONDITION_ON, GENERATOR_SHARE, STATE_NAME
 
 TINY_G = [
     "model.kwargs.channel_base=256",
@@ -160,10 +160,18 @@ def test_every_output_exists_and_decodes(resumed):
     grid = Image.open(out / "samples.png")
     assert grid.size[0] > 4 * 32
     attrs = np.asarray(Image.open(out / "attributes.png").convert("RGB"))
-    from avatarforge.data.procedural import HAIR_COLORS
+    from avatarforge.data.procedural import HAIR_COLORS, IDENTITY_ATTRIBUTES
 
-    # One row per hair colour: grid height = rows * (32 + 2) + 2.
-    assert attrs.shape[0] == len(HAIR_COLORS) * 34 + 2
+    # The default conditioning: every attribute a transparent avatar draws (not the backdrop).
+    assert DEFAULT_CONDITION_ON == tuple(n for n in IDENTITY_ATTRIBUTES if not n.startswith("background"))
+    # One row per attribute: height = rows * (32 px cell + 14 px caption + 2) + 2; the widest
+    # row holds the 11 hair colours: a 2 px gap each, after the names column.
+    assert attrs.shape[0] == len(DEFAULT_CONDITION_ON) * 48 + 2
+    assert attrs.shape[1] > len(HAIR_COLORS) * 34
+    # Within a row only the attribute changes: the hair row's cells differ from each other.
+    first = attrs[2:34]
+    cells = [first[:, -(k + 1) * 34 : -(k + 1) * 34 + 32] for k in range(2)]
+    assert not np.array_equal(cells[0], cells[1])
     gif = Image.open(out / "interpolation.gif")
     assert gif.n_frames >= 2
 
@@ -195,6 +203,15 @@ def test_metrics_json_holds_the_numbers(resumed):
     from avatarforge.data.procedural import HAIR_COLORS
 
     assert m["chance"]["attr_acc_hair_color"] == pytest.approx(1 / len(HAIR_COLORS), abs=1e-3)
+    # Every conditioned attribute has its accuracy, chance, target and the judge's own accuracy.
+    attrs = m["attributes"]
+    assert set(attrs) == set(DEFAULT_CONDITION_ON)
+    assert attrs["hair_color"]["target"] == 0.8 and attrs["eye_color"]["target"] == 0.8
+    assert attrs["accessory"]["target"] == pytest.approx(3 / 7, abs=1e-3)
+    for a in attrs.values():
+        assert 0.0 <= a["measured"] <= 1.0 and 0.0 <= a["classifier_on_renders"] <= 1.0
+    html = (resumed["out"] / "report.html").read_text()
+    assert "<code>eyebrows</code>" in html and "classifier on renders" in html
     assert m["generator"]["kimg"] > 0 and m["generator"]["train_seconds"] > 0
     assert m["animator"]["kimg"] > 0 and math.isfinite(m["animator"]["eval_ratio"])
     assert m["refiner"]["kimg"] > 0 and math.isfinite(m["refiner"]["psnr"])
@@ -228,12 +245,13 @@ def test_report_is_self_contained_and_shows_the_metrics(resumed):
 
 def test_manifest_names_loadable_runs(resumed):
     from avatarforge.animate import load_animator
-    from avatarforge.data.procedural import HAIR_COLORS
+    from avatarforge.data.procedural import SCHEMA
     from avatarforge.train import load_generator
 
     man = read_manifest(resumed["out"])
     G = load_generator(man["generator_run"])
-    assert G.label_dims == [len(HAIR_COLORS)]  # conditioned on hair colour
+    # conditioned on every attribute of DEFAULT_CONDITION_ON, in that order
+    assert G.label_dims == [len(SCHEMA[n].values) for n in DEFAULT_CONDITION_ON]
     assert load_animator(man["animator_run"]).resolution == 32
     from avatarforge.runs import load_refiner
 

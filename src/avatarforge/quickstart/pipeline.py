@@ -59,7 +59,23 @@ _STATE_VERSION = 1
 
 #: What the generator is conditioned on: hair colour is the attribute that reads best at
 #: 64 px and the one the attribute grid shows (one row per colour).
-DEFAULT_CONDITION_ON: tuple[str, ...] = ("hair_color",)
+#: Every attribute of the renderer a creator picks for a transparent avatar: all of the
+#: schema's categorical labels but the background's, which a transparent avatar does not draw
+#: (the studio and ``post`` add a background as an op).
+DEFAULT_CONDITION_ON: tuple[str, ...] = (
+    "hair_color",
+    "hair_style",
+    "bangs",
+    "eye_color",
+    "eye_shape",
+    "skin_tone",
+    "eyebrows",
+    "mouth",
+    "blush",
+    "accessory",
+    "outfit_color",
+    "outfit_style",
+)
 
 #: Shares of ``minutes`` for the training stages; the rest covers data, evaluation and the
 #: outputs (about a minute on 2 cores at the defaults). The refiner makes the 512-px avatar
@@ -221,20 +237,35 @@ def _upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     )
 
 
-def _labelled_rows(grid: np.ndarray, labels: Sequence[str], cell: int, padding: int = 2) -> np.ndarray:
-    """Prepend a white column with one text label per grid row (Pillow's built-in font)."""
+def _attribute_sheet(rows: Sequence[tuple[str, Sequence[str], np.ndarray]], padding: int = 2) -> np.ndarray:
+    """One row per attribute: its name, then the same avatar drawn with each of its values,
+    each cell captioned with the value (RGB, transparency on a checkerboard).
+
+    ``rows``: ``(attribute, values, images (len(values), S, S, 4 or 3) uint8)``.
+    """
     from PIL import Image, ImageDraw, ImageFont
+
+    from avatarforge.imageio import make_grid
 
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    width = max(int(measure.textlength(t, font=font)) for t in labels) + 8
-    h = grid.shape[0]
-    canvas = Image.new("RGB", (width + grid.shape[1], h), (255, 255, 255))
-    canvas.paste(Image.fromarray(grid[..., :3]), (width, 0))
+    cell = rows[0][2].shape[1]
+    caption = 14
+    name_w = max(int(measure.textlength(name, font=font)) for name, _, _ in rows) + 10
+    cols = max(len(values) for _, values, _ in rows)
+    row_h = cell + caption + padding
+    canvas = Image.new(
+        "RGB", (name_w + cols * (cell + padding) + padding, len(rows) * row_h + padding), "white"
+    )
     draw = ImageDraw.Draw(canvas)
-    for r, text in enumerate(labels):
-        y = padding + r * (cell + padding) + cell // 2
-        draw.text((4, y), text, fill=(20, 20, 20), font=font, anchor="lm")
+    for r, (name, values, images) in enumerate(rows):
+        y = padding + r * row_h
+        draw.text((4, y + cell // 2), name, fill=(20, 20, 20), font=font, anchor="lm")
+        strip = make_grid(images, nrow=len(values), padding=padding, alpha_backdrop="checker")
+        canvas.paste(Image.fromarray(strip[padding:-padding, :, :3]), (name_w, y))
+        for c, value in enumerate(values):
+            x = name_w + padding + c * (cell + padding) + cell // 2
+            draw.text((x, y + cell + 1), value, fill=(60, 60, 60), font=font, anchor="mt")
     return np.asarray(canvas)
 
 
@@ -853,17 +884,16 @@ class _Quickstart:
             make_grid(_upscale(res.images, o.upscale), nrow=cols, alpha_backdrop="checker"),
         )
         bar.update()
-        # -- attribute grid: one row per value of the first conditioning label, same seeds per column
-        label = o.condition_on[0]
-        idx = pipe.labels.index(label)
-        values = list(pipe.labels.values[idx])
-        rows = []
-        seeds = list(range(o.seed + 100, o.seed + 100 + cols))
-        for v in values:
-            rows.append(pipe(seeds=seeds, truncation=TRUNCATION, attrs={label: v}).images)
-        cell = o.size * o.upscale
-        grid = make_grid(_upscale(np.concatenate(rows), o.upscale), nrow=cols, alpha_backdrop="checker")
-        attributes = save_image(self.out / "attributes.png", _labelled_rows(grid, values, cell))
+        # -- attribute sheet: one row per conditioning label, one avatar (seed) throughout, each
+        # row drawing it with every value of that label (the others stay the seed's own)
+        sheet = []
+        for label in o.condition_on:
+            values = list(pipe.labels.values[pipe.labels.index(label)])
+            images = [
+                pipe(seeds=[o.seed + 100], truncation=TRUNCATION, attrs={label: v}).images[0] for v in values
+            ]
+            sheet.append((label, values, _upscale(np.stack(images), o.upscale)))
+        attributes = save_image(self.out / "attributes.png", _attribute_sheet(sheet))
         bar.update()
         # -- interpolation: a loop through 6 seeds, on white (GIF alpha is 1-bit)
         frames = interpolate(
@@ -890,8 +920,7 @@ class _Quickstart:
             "samples",
             [samples, attributes, interp, avatars],
             time.monotonic() - t,
-            attribute_label=label,
-            attribute_values=values,
+            attribute_labels=list(o.condition_on),
         )
 
     def stage_animation(self) -> None:
@@ -1067,7 +1096,7 @@ def run_quickstart(
     animator_overrides: Sequence[str] = (),
     refiner_overrides: Sequence[str] = (),
     parts_overrides: Sequence[str] = (),
-    eval_images: int = 500,
+    eval_images: int = 1000,
     eval_metrics: Sequence[str] = ("swd", "fid", "attr"),
     extractor: Any = None,
     grid_seeds: int = 64,
