@@ -6,8 +6,9 @@ The animator (:mod:`avatarforge.animate.config`), the refiner
 (:mod:`avatarforge.train.parts_config`) and CycleGAN (:mod:`avatarforge.style.train_cyclegan`)
 each have a config tree of their own (their ``model``, ``data`` and ``loss`` sections differ),
 but the rest is one idea with per-family defaults: a family subclasses the section here and
-re-declares the defaults it differs in. Keys, defaults and error messages are those the
-families had; a family's ``validate`` lists its own checks and then :func:`family_checks`.
+re-declares the defaults it differs in. Keys and defaults are those the families had, and
+so are the messages (``ema.kimg`` now says what 0 means everywhere); a family's ``validate``
+checks :func:`family_checks` and then its own ranges.
 
 Key order: a section whose family adds a key in the middle is built from two parts,
 ``class XLogConfig(CheckpointLog, _XHead)``; a dataclass takes its bases' fields in reverse
