@@ -6,7 +6,7 @@
   'use strict';
   const cfg = JSON.parse(document.getElementById('tracker-config').textContent);
   const q = new URLSearchParams(cfg.query);
-  const page = new URLSearchParams(location.search);  // page-only options (?inference=, ?input=, ?refine=)
+  const page = new URLSearchParams(location.search);  // page-only options (?inference=, ?input=)
   const statusEl = document.getElementById('status');
   const video = document.getElementById('video');
   const marks = document.getElementById('marks');
@@ -158,14 +158,14 @@
     return {frames: frames, faces: faces, fps: fps, sent: sent, last: last, error: window.trackerError,
             send_ms: ms.length ? ms[ms.length >> 1] : null};
   };
-  let probe = null;
-  function frameCode() {  // debug: the frame number a test video carries in its top-left corner
-    if (!probe) { probe = document.createElement('canvas'); probe.width = 160; probe.height = 12; }
-    const g = probe.getContext('2d', {willReadFrequently: true});
-    g.drawImage(video, 0, 0, 160, 12, 0, 0, 160, 12);
-    const px = g.getImageData(0, 0, 160, 12).data;
+  function frameCode(image) {  // debug: the frame number a test video carries in its top-left corner
+    const sx = image.width / 640, sy = image.height / 480;  // 10 blocks of 16 x 12 px at 640 x 480
+    const px = image.getContext('2d').getImageData(0, 0, Math.ceil(160 * sx), Math.ceil(12 * sy));
     let code = 0;
-    for (let b = 0; b < 10; b++) { const i = (6 * 160 + b * 16 + 8) * 4; code = code * 2 + (px[i] > 128 ? 1 : 0); }
+    for (let b = 0; b < 10; b++) {
+      const i = (Math.floor(6 * sy) * px.width + Math.floor((b * 16 + 8) * sx)) * 4;
+      code = code * 2 + (px.data[i] > 128 ? 1 : 0);
+    }
     return code;
   }
   const table = document.getElementById('params');
@@ -247,11 +247,35 @@
   }
   function chooseInference(asked) {
     const renderer = webglRenderer();
-    if (asked === 'cpu' || asked === 'gpu') { return {mode: asked, cpu: asked === 'cpu', renderer: renderer}; }
     const software = renderer === 'none' || /swiftshader|llvmpipe|softpipe|software|basic render/i.test(renderer);
-    return {mode: 'auto', cpu: software ? true : null, renderer: renderer};
+    if (asked === 'cpu' || asked === 'gpu') { return {mode: asked, cpu: asked === 'cpu', renderer: renderer, software: software}; }
+    return {mode: 'auto', cpu: software ? true : null, renderer: renderer, software: software};
   }
-  window.trackerInference = function () { return Object.assign({}, inference); };
+  window.trackerInference = function () { return Object.assign({}, inference, {input: lastInput}); };
+  let lastInput = null;
+  // The frame size the model gets: ?input=WIDTH, else on a software renderer 320 px wide (the
+  // GL work of scaling the frame is the CPU's; the landmark net sees a 192-px crop of the face
+  // either way), else the camera's own size.
+  function inputWidth(camera) {
+    const asked = parseInt(page.get('input') || '0', 10);
+    if (asked > 0) { return asked; }
+    return inference.software ? Math.min(camera, 320) : camera;
+  }
+
+  // The solution draws every input frame back out as results.image (a GL draw into its canvas),
+  // which this page never shows: drop that output (the pinned face_mesh 0.4.1633559619 keeps its
+  // config at mesh.g.g; anything else is left as it is). ?image=1 (page-only) keeps it.
+  function dropOutputImage(mesh) {
+    const c = mesh && mesh.g && mesh.g.g;
+    const l = c && Array.isArray(c.listeners) && c.listeners[0];
+    if (page.get('image') === '1' || !l || !Array.isArray(l.wants) || !l.outs || l.outs.image !== 'image_transformed') { return false; }
+    c.listeners = [Object.assign({}, l, {
+      wants: l.wants.filter(function (w) { return w !== 'image_transformed'; }),
+      outs: Object.assign({}, l.outs, {image: undefined}),
+    })];
+    delete c.listeners[0].outs.image;
+    return true;
+  }
 
   async function start() {
     if (!cfg.installed) {
@@ -276,13 +300,14 @@
       return;
     }
     const mesh = new window.FaceMesh({locateFile: function (f) { return cfg.root + cfg.mediapipe + '/' + f; }});
+    dropOutputImage(mesh);
     // Where the two neural nets run: MediaPipe's default is WebGL (ML Drift), which on a
     // software WebGL (SwiftShader, llvmpipe: no GPU, a VM, a headless browser) emulates the
     // GPU on the CPU, far slower than running them on the CPU directly (wasm SIMD + XNNPACK,
     // MediaPipe's own "useCpuInference" option, its default on iPhones and Macs). ?inference=
     // cpu|gpu overrides; auto: CPU on a software renderer, else MediaPipe's default.
     inference = chooseInference(page.get('inference'));
-    const opts = {maxNumFaces: 1, refineLandmarks: page.get('refine') !== '0', minDetectionConfidence: 0.5, minTrackingConfidence: 0.5, selfieMode: false};
+    const opts = {maxNumFaces: 1, refineLandmarks: true, minDetectionConfidence: 0.5, minTrackingConfidence: 0.5, selfieMode: false};
     if (inference.cpu !== null) { opts.useCpuInference = inference.cpu; }
     mesh.setOptions(opts);
     // A cut or a fast move loses the tracked face for a frame: the model then looks for it again
@@ -319,38 +344,58 @@
     document.getElementById('calibrate').disabled = false;
     document.getElementById('pause').disabled = false;
     say('Tracking…');
+    // The model gets each frame as a canvas copy (scaled to ?input=WIDTH px, page-only; default
+    // the camera's size; see inputWidth): the frame number a test reads (frameCode) and the
+    // frame the model sees are then the same picture, whatever the camera does meanwhile.
+    const grab = document.createElement('canvas');
+    const grabCtx = grab.getContext('2d', {willReadFrequently: debug});
+    function grabFrame() {
+      const w = Math.min(video.videoWidth, inputWidth(video.videoWidth));
+      const h = Math.round(w * video.videoHeight / video.videoWidth);
+      if (grab.width !== w || grab.height !== h) { grab.width = w; grab.height = h; }
+      grabCtx.drawImage(video, 0, 0, w, h);
+      lastInput = [w, h];
+      return grab;
+    }
+    // A requestVideoFrameCallback loop of its own notes the newest camera frame; the tracking
+    // loop takes it as soon as the model is free (no wait for the frame after).
     const rvfc = 'requestVideoFrameCallback' in HTMLVideoElement.prototype;
-    // ?input=WIDTH (page-only): hand the model the frame scaled down to WIDTH px (a 2D canvas)
-    const inputW = parseInt(page.get('input') || '0', 10);
-    let small = null;
-    function frameImage() {
-      if (!(inputW > 0 && inputW < video.videoWidth)) { return video; }
-      if (!small) { small = document.createElement('canvas'); }
-      const h = Math.round(inputW * video.videoHeight / video.videoWidth);
-      if (small.width !== inputW || small.height !== h) { small.width = inputW; small.height = h; }
-      small.getContext('2d').drawImage(video, 0, 0, inputW, h);
-      return small;
+    let newest = 0, taken = 0, newestMeta = null, wake = null;
+    function onFrame(now, meta) {
+      newest += 1; newestMeta = meta;
+      if (wake) { const w = wake; wake = null; w(); }
+      video.requestVideoFrameCallback(onFrame);
     }
-    async function step(now, meta) {
-      if (!paused && video.readyState >= 2) {
-        W = video.videoWidth; H = video.videoHeight;
-        // t0: when the camera took the frame (requestVideoFrameCallback's captureTime), else now
-        const t0 = meta && meta.captureTime ? meta.captureTime : performance.now();
-        pending = {t0: t0, code: debug ? frameCode() : null, retried: false};
-        try {
-          const s0 = performance.now();
-          await mesh.send({image: frameImage()});
-          if (retry) {  // the video may have moved on meanwhile: the retry is of the frame shown now
-            retry = false; hadFace = false;
-            pending = {t0: pending.t0, code: debug ? frameCode() : null, retried: true};  // t0 kept: latency counted from the first try
-            await mesh.send({image: frameImage()});
-          }
-          sendMs.push(performance.now() - s0); if (sendMs.length > 60) { sendMs.shift(); }
-        } catch (e) { fail('Face tracking stopped: ' + e.message); return; }
+    function nextFrame() {
+      if (!rvfc) { return new Promise(function (resolve) { requestAnimationFrame(resolve); }); }
+      return new Promise(function (resolve) { if (newest > taken) { resolve(); } else { wake = resolve; } });
+    }
+    if (rvfc) { video.requestVideoFrameCallback(onFrame); }
+    async function track(meta) {
+      W = video.videoWidth; H = video.videoHeight;
+      // t0: when the camera took the frame (requestVideoFrameCallback's captureTime), else now
+      const t0 = meta && meta.captureTime ? meta.captureTime : performance.now();
+      let image = grabFrame();
+      pending = {t0: t0, code: debug ? frameCode(image) : null, retried: false};
+      const s0 = performance.now();
+      await mesh.send({image: image});
+      if (retry) {  // the video may have moved on meanwhile: the retry is of the frame shown now
+        retry = false; hadFace = false;
+        image = grabFrame();
+        pending = {t0: pending.t0, code: debug ? frameCode(image) : null, retried: true};  // t0 kept: latency counted from the first try
+        await mesh.send({image: image});
       }
-      if (rvfc) { video.requestVideoFrameCallback(step); } else { requestAnimationFrame(step); }
+      sendMs.push(performance.now() - s0); if (sendMs.length > 60) { sendMs.shift(); }
     }
-    step();
+    async function loop() {
+      for (;;) {
+        await nextFrame();
+        taken = newest;
+        if (paused || video.readyState < 2) { continue; }
+        try { await track(newestMeta); } catch (e) { fail('Face tracking stopped: ' + e.message); return; }
+      }
+    }
+    loop();
   }
   start();
 })();
