@@ -163,7 +163,7 @@ def test_every_output_exists_and_decodes(resumed):
     from avatarforge.data.procedural import HAIR_COLORS, IDENTITY_ATTRIBUTES
 
     # The default conditioning: every attribute a transparent avatar draws (not the backdrop).
-    assert DEFAULT_CONDITION_ON == tuple(n for n in IDENTITY_ATTRIBUTES if not n.startswith("background"))
+    assert tuple(n for n in IDENTITY_ATTRIBUTES if not n.startswith("background")) == DEFAULT_CONDITION_ON
     # One row per attribute: height = rows * (32 px cell + 14 px caption + 2) + 2; the widest
     # row holds the 11 hair colours: a 2 px gap each, after the names column.
     assert attrs.shape[0] == len(DEFAULT_CONDITION_ON) * 48 + 2
