@@ -6,7 +6,7 @@
   'use strict';
   const cfg = JSON.parse(document.getElementById('tracker-config').textContent);
   const q = new URLSearchParams(cfg.query);
-  const page = new URLSearchParams(location.search);  // page-only options (?inference=, ?input=)
+  const page = new URLSearchParams(location.search);  // page-only options (?inference=, ?input=, ?preview=, ?image=)
   const statusEl = document.getElementById('status');
   const video = document.getElementById('video');
   const marks = document.getElementById('marks');
@@ -173,10 +173,16 @@
     table.textContent = '';
     Object.keys(params).forEach(function (k) { const r = table.insertRow(); r.insertCell().textContent = k; r.insertCell().textContent = params[k].toFixed(2); });
   }
+  // The preview: the live <video>, or on a software renderer (see start) the frames the model got,
+  // drawn here under the landmarks every third tracked frame: a <video> showing the camera at
+  // 30 frames/s keeps a software GPU process busy (measured: half a core of 2) and the model's
+  // GL steps wait behind it.
+  let previewFrom = null;
   function drawMarks(lm) {
     const g = marks.getContext('2d');
-    marks.width = W; marks.height = H;
+    if (marks.width !== W || marks.height !== H) { marks.width = W; marks.height = H; }
     g.clearRect(0, 0, W, H);
+    if (previewFrom) { g.drawImage(previewFrom, 0, 0, W, H); }
     if (!lm) { return; }
     g.fillStyle = '#0f0';
     for (let i = 0; i < lm.length; i += 3) { g.fillRect(lm[i].x * W - 1, lm[i].y * H - 1, 2, 2); }
@@ -251,7 +257,7 @@
     if (asked === 'cpu' || asked === 'gpu') { return {mode: asked, cpu: asked === 'cpu', renderer: renderer, software: software}; }
     return {mode: 'auto', cpu: software ? true : null, renderer: renderer, software: software};
   }
-  window.trackerInference = function () { return Object.assign({}, inference, {input: lastInput}); };
+  window.trackerInference = function () { return Object.assign({}, inference, {input: lastInput, preview: previewFrom ? 'frames' : 'video'}); };
   let lastInput = null;
   // The frame size the model gets: ?input=WIDTH, else on a software renderer 320 px wide (the
   // GL work of scaling the frame is the CPU's; the landmark net sees a 192-px crop of the face
@@ -348,7 +354,13 @@
     // the camera's size; see inputWidth): the frame number a test reads (frameCode) and the
     // frame the model sees are then the same picture, whatever the camera does meanwhile.
     const grab = document.createElement('canvas');
-    const grabCtx = grab.getContext('2d', {willReadFrequently: debug});
+    // a CPU canvas on a software renderer (no GPU-process work for the copy), or when a test reads it
+    const grabCtx = grab.getContext('2d', {willReadFrequently: debug || inference.software});
+    const preview = page.get('preview');  // ?preview=video|frames (page-only)
+    if (preview === 'frames' || (preview !== 'video' && inference.software)) {
+      video.style.display = 'none';
+      previewFrom = grab;
+    }
     function grabFrame() {
       const w = Math.min(video.videoWidth, inputWidth(video.videoWidth));
       const h = Math.round(w * video.videoHeight / video.videoWidth);
