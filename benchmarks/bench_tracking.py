@@ -441,11 +441,12 @@ def run(quick: bool) -> list[Result]:
 
 
 #: Other settings of the tracker page measured next to the shipped one: (label, query).
-#: The shipped page, on a software WebGL renderer (here), runs the nets on the CPU and hands the
-#: model a 320-px copy of the frame without drawing it back out. The "before" row is MediaPipe's
-#: defaults (nets on WebGL, the full 640-px frame, the output image drawn): the page before.
+#: The shipped page, on a software WebGL renderer (here), runs the nets on the CPU, hands the model
+#: a 320-px copy of each frame, does not draw the output image back and previews the tracked
+#: frames instead of a live <video>. "before" is the page before these changes (MediaPipe's
+#: defaults: nets on WebGL, the 640-px frame, the output image drawn, the live video shown).
 VARIANTS: list[tuple[str, str]] = [
-    ("before: nets on WebGL, 640-px frame, output image", "inference=gpu&input=640&image=1"),
-    ("nets on the CPU, 640-px frame", "inference=cpu&input=640"),
+    ("before: nets on WebGL, 640-px frame, live video", "inference=gpu&input=640&image=1&preview=video"),
+    ("nets on the CPU, 640-px frame, live video", "inference=cpu&input=640&preview=video"),
 ]
-QUICK_VARIANTS: set[str] = {"inference=gpu&input=640&image=1"}
+QUICK_VARIANTS: set[str] = {"inference=gpu&input=640&image=1&preview=video"}
