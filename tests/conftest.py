@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable
@@ -46,6 +47,33 @@ def shared_faces() -> Path:
     if not SHARED_FACES.is_dir():
         pytest.skip(f"shared data set not found at {SHARED_FACES} (only present beside the project checkout)")
     return SHARED_FACES
+
+
+@pytest.fixture(scope="session")
+def eval_cache(tmp_path_factory) -> Path:
+    """The session's cache directory (also set as $AVATARFORGE_CACHE for every eval test)."""
+    return tmp_path_factory.mktemp("avatarforge-cache")
+
+
+@pytest.fixture(scope="session")
+def avatar_extractor(eval_cache):
+    """The default-recipe avatar extractor, trained once into the session cache.
+
+    Set ``AVATARFORGE_TEST_AVATAR_CACHE=DIR`` to keep the trained net in DIR between test
+    sessions (it is keyed by the recipe hash; bump ``AvatarNetRecipe.version`` when changing
+    the training code, or the old net is reused).
+    """
+    from avatarforge.eval.avatar_net import DEFAULT_RECIPE, AvatarExtractor
+
+    root = os.environ.get("AVATARFORGE_TEST_AVATAR_CACHE") or eval_cache
+    recipe = dataclasses.replace(DEFAULT_RECIPE, seed=TRAIN_SEED) if TRAIN_SEED else None
+    ext = AvatarExtractor(cache_dir=root, recipe=recipe)
+    print(
+        f"\navatar net report: {ext.report.get('accuracy')} "
+        f"eye_color_eyes_open={ext.report.get('eye_color_eyes_open')} "
+        f"train_s={ext.report.get('train_seconds')} render_s={ext.report.get('render_seconds')}"
+    )
+    return ext
 
 
 def make_packed(
