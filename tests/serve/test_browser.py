@@ -1,6 +1,9 @@
 """A real browser (Debian's Chromium via Selenium 4) against a live server: the studio's
 pick-and-refine and download, the overlay's frames and keys, and microphone lip sync from
-the control panel (Chromium's fake capture device plays a WAV as the microphone).
+the control panel (Chromium's fake capture device plays a WAV as the microphone). The studio
+flow runs twice: on a tiny untrained StyleGAN (metadata, exact pixels, restore, WebP) and on
+a procedural "generator" that draws the hair and outfit colours asked for, where the avatar
+attribute classifier (``avatar_extractor``, trained once per session) checks the download.
 
 Never downloads a browser or driver: ``/usr/bin/chromium`` and ``/usr/bin/chromedriver`` are
 given explicitly (Selenium Manager is not consulted) and ``SE_OFFLINE`` is set. Skips with a
@@ -24,7 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.serve.fixtures_studio import HAIR, make_state, tiny_animator
+from tests.serve.fixtures_studio import HAIR, ProceduralAnimator, make_state, procedural_pipe, tiny_animator
 
 EYES = ("blue", "green")
 
@@ -43,10 +46,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A uvicorn server on a free loopback port, in a background thread, with tiny models
-    (and a serve state directory of its own)."""
+def _live_server(pipe, animator, tmp_path_factory, before_stop=None):
+    """A uvicorn server of ``create_app`` around ``pipe`` and ``animator`` on a free loopback
+    port, in a background thread (and a serve state directory of its own): yields ``(url,
+    app)``, then calls ``before_stop()`` (if given) and stops the server."""
     uvicorn = pytest.importorskip("uvicorn")
     pytest.importorskip("gradio")
     from avatarforge.serve.app import create_app
@@ -54,7 +57,7 @@ def server(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     state_dir = tmp_path_factory.mktemp("serve-state")
-    app = create_app(make_state(_two_attribute_pipe(), tiny_animator(), state_dir=str(state_dir)))
+    app = create_app(make_state(pipe, animator, state_dir=str(state_dir)))
     port = _free_port()
     srv = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets")
@@ -66,10 +69,31 @@ def server(tmp_path_factory):
         time.sleep(0.05)
     assert srv.started, "uvicorn did not start"
     yield f"http://127.0.0.1:{port}", app
+    if before_stop is not None:
+        before_stop()
     srv.should_exit = True
     thread.join(10)
     app.state.overlay_hub.close()
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A live server with tiny untrained models (a StyleGAN and an animator)."""
+    yield from _live_server(_two_attribute_pipe(), tiny_animator(), tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def procedural_server(tmp_path_factory, browser):
+    """A live server whose generator draws procedural avatars of the requested hair and
+    outfit colours (:class:`~tests.serve.fixtures_studio.ProceduralGenerator`, 64 px).
+
+    It stops while the module's browser is still open (the browser started first): leaving
+    its page first closes the studio's event stream, which uvicorn would otherwise wait for
+    (10 s) before stopping."""
+    yield from _live_server(
+        procedural_pipe(), ProceduralAnimator(), tmp_path_factory, lambda: browser.get("about:blank")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +219,27 @@ def _status(driver) -> str:
     return driver.find_element(By.CSS_SELECTOR, "#status").text
 
 
+def _slide(browser, wait, fraction: float = 0.8) -> float:
+    """Click the first latent slider's track at ``fraction`` of its width (sets the value and
+    releases it), wait for the pick to follow, and return the slider's amount."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    before = _picked_src(browser)
+    track = browser.find_element(By.CSS_SELECTOR, "#slider-0 input[type=range]")
+    ActionChains(browser).move_to_element_with_offset(  # the offset is from the centre
+        track, int(track.size["width"] * (fraction - 0.5)), 0
+    ).click().perform()
+    wait.until(lambda d: _picked_src(d) != before)
+    return _slider_amount(browser)
+
+
+def _slider_amount(driver) -> float:
+    from selenium.webdriver.common.by import By
+
+    return float(driver.find_element(By.CSS_SELECTOR, "#slider-0 input[type=number]").get_attribute("value"))
+
+
 def _download(browser, wait, suffix: str = ".png") -> Path:
     """Click the download button until a ``suffix`` file arrives (the folder is emptied first:
     Chrome overwrites a file of the same name, and the name is the pixels' hash). Clicking
@@ -221,7 +266,6 @@ def test_studio_generate_pick_refine_download(server, browser):
     """Issue 18: generate, pick, change two attributes and a slider, refine, undo, download;
     the PNG's record and pixels reflect every change; a new page shows the same avatar (the
     session is kept under the serve state directory)."""
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -249,14 +293,8 @@ def test_studio_generate_pick_refine_download(server, browser):
     _choose(browser, wait, "hair_color", hair)
     _choose(browser, wait, "eye_color", eyes)
     # a latent slider: click on its track at 80 % (sets the value and releases it)
-    before = _picked_src(browser)
-    track = browser.find_element(By.CSS_SELECTOR, "#slider-0 input[type=range]")
-    ActionChains(browser).move_to_element_with_offset(
-        track, int(track.size["width"] * 0.3), 0
-    ).click().perform()
-    wait.until(lambda d: _picked_src(d) != before)
+    amount = _slide(browser, wait)
     number = browser.find_element(By.CSS_SELECTOR, "#slider-0 input[type=number]")
-    amount = float(number.get_attribute("value"))
     assert amount > 0.5, amount
     picked_src = _picked_src(browser)
 
@@ -332,6 +370,92 @@ def test_studio_generate_pick_refine_download(server, browser):
     back = Image.open(webp)
     assert back.format == "WEBP" and back.mode == "RGBA" and np.array_equal(np.asarray(back), pixels)
     assert read_metadata(webp)["latent"] == record["latent"]
+
+
+def test_studio_download_shows_the_chosen_attributes(procedural_server, browser, avatar_extractor):
+    """Issue 18: the same flow with a generator that draws what it is asked for (procedural
+    avatars of the requested hair and outfit colours, a z-space SeFa slider that tilts the
+    head): generate, pick, change two attributes and a slider, refine, undo, download. The
+    avatar attribute classifier, on the downloaded PNG composited on white, agrees with the
+    chosen hair and outfit colours (and with the generated ones on the pick before the
+    change), and sees the slider's head tilt."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from avatarforge.generate import read_metadata
+    from avatarforge.generate.pipeline import Latent, composite
+    from avatarforge.serve.studio import StudioSession, finished_latent, slider_directions
+
+    url, app = procedural_server
+    state = app.state.serve
+    pipe = state.pipe
+    slider = slider_directions(state)[0]
+    assert (slider.kind, slider.id, slider.vector[0]) == ("z", "sefa0", 1.0)  # z0: the head's tilt
+    # the avatar tilted furthest left: the slider (to the right) has the most room to show
+    seed = int(pipe.latents(range(16)).z[:, 0].argmin())
+    wait = WebDriverWait(browser, 30, poll_frequency=0.1)
+    browser.get(url + "/studio/")
+    wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#generate"))).click()
+    wait.until(lambda d: len(_grid_srcs(d)) >= 16)
+    first = _grid_srcs(browser)
+    browser.find_elements(By.CSS_SELECTOR, "#grid img")[seed].click()
+    wait.until(lambda d: _picked_src(d) and f"picked seed {seed}" in _status(d))
+
+    # two attributes to colours unlike the pick's own, then the slider
+    generated = pipe.describe(pipe.latents([seed]))["attrs"]
+    hair = next(h for h in ("pink", "green", "blonde") if h != generated["hair_color"])
+    outfit = next(o for o in ("yellow", "navy", "red") if o != generated["outfit_color"])
+    chosen = {"hair_color": hair, "outfit_color": outfit}
+    _choose(browser, wait, "hair_color", hair)
+    _choose(browser, wait, "outfit_color", outfit)
+    amount = _slide(browser, wait)
+    assert amount > 0.5, amount
+    picked_src = _picked_src(browser)
+
+    # refine, pick another cell, undo: back to the pick with both attributes and the slider
+    browser.find_element(By.CSS_SELECTOR, "#refine").click()
+    wait.until(lambda d: _grid_srcs(d) != first and "round 1" in _status(d))
+    browser.find_elements(By.CSS_SELECTOR, "#grid img")[5].click()
+    wait.until(lambda d: "cell 5" in _status(d) and _picked_src(d) != picked_src)
+    browser.find_element(By.CSS_SELECTOR, "#undo").click()
+    wait.until(lambda d: "undone" in _status(d))
+    wait.until(lambda d: _slider_amount(d) == amount)
+    wait.until(lambda d: _picked_src(d) == picked_src)
+    path = _download(browser, wait)
+
+    img = Image.open(io.BytesIO(path.read_bytes()))
+    assert img.format == "PNG" and img.mode == "RGBA" and img.size == (64, 64)
+    pixels = np.asarray(img)
+    assert (pixels[..., 3] == 0).any() and (pixels[..., 3] == 255).any()
+    record = read_metadata(path)
+    assert record["history"][-4:] == [
+        f"pick seed {seed}",
+        "refine palette strength=0.3",
+        "pick cell 5",
+        "undo palette",
+    ]
+    assert record["attrs"] == chosen and record["studio"]["attrs"] == chosen
+    assert record["studio"]["sliders"][slider.id] == amount
+    # the recorded latent is the pick's with both classes and the slider; it renders the pixels
+    sess = StudioSession(picked=pipe.latents([seed], truncation=0.8))  # the page's truncation
+    want = finished_latent(state, sess, {slider.id: amount}, chosen)
+    got = Latent.from_json(record["latent"])
+    assert torch.equal(got.z, want.z) and torch.equal(got.labels, want.labels)
+    with torch.inference_mode():
+        assert np.array_equal(pipe.render(got, rgba=True)[0], pixels)
+        no_slider = pipe.render(finished_latent(state, sess, {}, chosen), rgba=True)[0]
+        as_generated = pipe.render(sess.picked, rgba=True)[0]
+
+    # the classifier reads the chosen colours off the download (on white, as it was trained)
+    on_white = composite(np.stack([pixels, no_slider, as_generated]), "white")
+    pred = avatar_extractor.attribute_predictions(on_white)
+    for attr, value in chosen.items():
+        names = avatar_extractor.class_names(attr)
+        seen = [names[int(k)] for k in pred[attr].argmax(1)]
+        assert seen == [value, value, generated[attr]], (attr, seen, pred[attr].max(1))
+    # and the slider's head tilt (z0 -> head_tilt, clockwise)
+    assert pred["head_tilt"][0] > pred["head_tilt"][1] + 0.1, pred["head_tilt"]
 
 
 def test_overlay_frames_arrive(server, browser):
