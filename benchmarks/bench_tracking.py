@@ -21,7 +21,16 @@ the other core busy (a streamer's game), over a window of seconds:
   frames) against the synthetic roll: max and mean absolute error in degrees;
 * **face found**: share of the tracked frames with a face;
 * **outside requests**: requests of both pages (Chrome's network log) to any host but the
-  server.
+  server;
+* **browser CPU per tracked frame**: CPU seconds of all the browser's processes (SwiftShader's
+  GPU process and the overlay window included) over the window / tracked frames: the figure
+  the machine's load shifts least (the box is shared: compare rows of one run).
+
+The shipped page (here: a software renderer, so nets on the CPU, a 320-px model input, the
+tracked frames as preview) carries the targets; the full run adds (``VARIANTS``) the shipped
+page alone (no overlay window: in OBS the overlay has its own renderer), the page with
+MediaPipe's defaults as it was before, and the CPU nets with a live ``<video>`` preview (quick:
+the "before" row only).
 
 Every row notes the 1-minute load average; ``run.py`` records the machine. Skips (saying why)
 without Chromium/chromedriver, selenium/uvicorn, the selfies folder or the npm face_mesh files.
@@ -148,6 +157,13 @@ def latencies(sent_at: dict[str, float], shown_at: dict[str, float], seqs: set[i
     ]
 
 
+def quantiles(values: list[float], digits: int) -> dict[str, float]:
+    """The 0, 5, ..., 100th percentiles of ``values`` (the JSON keeps these, not every frame)."""
+    if not values:
+        return {}
+    return {str(q): round(float(np.percentile(values, q)), digits) for q in range(0, 101, 5)}
+
+
 def _requested(driver: Any) -> list[str]:
     urls = []
     for entry in driver.get_log("performance"):
@@ -212,15 +228,22 @@ def _browser(video: Path) -> tuple[Any, Any]:
 
 
 def measure(
-    driver: Any, service: Any, base: str, truth: list[dict[str, Any]], seconds: float, query: str = ""
+    driver: Any,
+    service: Any,
+    base: str,
+    truth: list[dict[str, Any]],
+    seconds: float,
+    query: str = "",
+    with_overlay: bool = True,
 ) -> dict[str, Any]:
-    """One measurement: open the overlay and the tracker (two windows), warm up, then track
-    for ``seconds`` with the other core busy. Returns the figures and the raw material."""
+    """One measurement: open the overlay and the tracker (two windows; ``with_overlay=False``:
+    the tracker only), warm up, then track for ``seconds`` with the other core busy. Returns
+    the figures and the raw material (the URLs both pages requested included)."""
     for handle in driver.window_handles[1:]:  # a previous measurement's windows
         driver.switch_to.window(handle)
         driver.close()
     driver.switch_to.window(driver.window_handles[0])
-    driver.get(f"{base}/overlay?avatar={AVATAR}&mode=rig")
+    driver.get(f"{base}/overlay?avatar={AVATAR}&mode=rig" if with_overlay else "about:blank")
     overlay = driver.current_window_handle
     driver.switch_to.new_window("window")
     tracker = driver.current_window_handle
@@ -251,11 +274,15 @@ def measure(
         sent_at = driver.execute_script("return window.trackerSentAt")
         visible_tracker = driver.execute_script("return document.visibilityState")
         inference = driver.execute_script("return window.trackerInference && window.trackerInference()")
+        urls = _requested(driver)
         time.sleep(0.5)  # the overlay draws the last frames
         driver.switch_to.window(overlay)
-        shown_at = driver.execute_script("return window.overlayShownAt")
-        visible_overlay = driver.execute_script("return document.visibilityState")
-        overlay_stats = driver.execute_script("return window.overlayStats()")
+        urls += _requested(driver)
+        shown_at, overlay_stats, visible_overlay = {}, {"fps": 0.0}, None
+        if with_overlay:
+            shown_at = driver.execute_script("return window.overlayShownAt")
+            visible_overlay = driver.execute_script("return document.visibilityState")
+            overlay_stats = driver.execute_script("return window.overlayStats()")
     finally:
         burner.kill()
         burner.wait()
@@ -283,6 +310,8 @@ def measure(
         "overlay_fps": overlay_stats["fps"],
         "visibility": [visible_tracker, visible_overlay],
         "inference": inference,
+        "urls": urls,
+        "with_overlay": with_overlay,
         "load": load,
     }
 
@@ -302,7 +331,7 @@ def _rows(m: dict[str, Any], label: str, targets: bool) -> list[Result]:
         return TARGETS[key] if targets else None
 
     sfx = "" if targets else f", {label}"
-    return [
+    rows = [
         Result(f"tracking rate{sfx}", m["fps"], "frames/s", t("fps"), True, cond),
         Result(
             f"camera -> overlay latency p50{sfx}",
@@ -349,6 +378,9 @@ def _rows(m: dict[str, Any], label: str, targets: bool) -> list[Result]:
             f"{m['mouth_open_median'] or 0:.2f}/{m['mouth_shut_median'] or 0:.2f}",
         ),
     ]
+    if not m["with_overlay"]:
+        rows = [r for r in rows if "latency" not in r.name]
+    return rows
 
 
 def run(quick: bool) -> list[Result]:
@@ -374,7 +406,7 @@ def run(quick: bool) -> list[Result]:
     import torch
 
     seconds = 30.0 if quick else 90.0
-    variants = [("as shipped", "")] + [(k, v) for k, v in VARIANTS if not quick or v in QUICK_VARIANTS]
+    variants = [("as shipped", "", True)] + [v for v in VARIANTS if not quick or v[1] in QUICK_VARIANTS]
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     results: list[Result] = []
@@ -391,8 +423,10 @@ def run(quick: bool) -> list[Result]:
             driver, service = _browser(video)
             base = f"http://127.0.0.1:{port}"
             _requested(driver)
-            for i, (label, query) in enumerate(variants):
-                m = measure(driver, service, base, truth, seconds, query)
+            urls = []
+            for i, (label, query, with_overlay) in enumerate(variants):
+                m = measure(driver, service, base, truth, seconds, query, with_overlay)
+                urls += m["urls"]
                 print(
                     f"   [{label}: {m['fps']:.2f} frames/s, found {m['found_pct']:.0f} %, {m['load']}]",
                     flush=True,
@@ -400,18 +434,14 @@ def run(quick: bool) -> list[Result]:
                 rows = _rows(m, label, targets=i == 0)
                 rows[0].extra = {
                     "query": query,
-                    "latency_ms": [round(x, 1) for x in m["latency_ms"]],
-                    "roll_errors": [round(x, 2) for x in m["roll_errors"]],
+                    "latency_ms_quantiles": quantiles(m["latency_ms"], 1),
+                    "roll_error_quantiles": quantiles(m["roll_errors"], 2),
                     "level_roll": {str(k): round(v, 2) for k, v in m["level_roll"].items()},
                     "visibility": m["visibility"],
                     "inference": m["inference"],
                     "browser_cpu_cores": round(m["browser_cpu_cores"], 2),
                 }
                 results += rows
-            urls = []
-            for handle in driver.window_handles:
-                driver.switch_to.window(handle)
-                urls += _requested(driver)
             web = [u for u in urls if u.startswith(("http:", "https:", "ws:", "wss:"))]
             host = urlsplit(base).netloc
             outside = sorted({u for u in web if urlsplit(u).netloc != host})
@@ -441,12 +471,19 @@ def run(quick: bool) -> list[Result]:
 
 
 #: Other settings of the tracker page measured next to the shipped one: (label, query).
-#: The shipped page, on a software WebGL renderer (here), runs the nets on the CPU, hands the model
-#: a 320-px copy of each frame, does not draw the output image back and previews the tracked
-#: frames instead of a live <video>. "before" is the page before these changes (MediaPipe's
-#: defaults: nets on WebGL, the 640-px frame, the output image drawn, the live video shown).
-VARIANTS: list[tuple[str, str]] = [
-    ("before: nets on WebGL, 640-px frame, live video", "inference=gpu&input=640&image=1&preview=video"),
-    ("nets on the CPU, 640-px frame, live video", "inference=cpu&input=640&preview=video"),
+#: (label, page query, overlay window open?). The shipped page, on a software WebGL renderer
+#: (here), runs the nets on the CPU, hands the model a 320-px copy of each frame, does not draw
+#: the output image back and previews the tracked frames instead of a live <video>. "before" is
+#: the page before these changes (MediaPipe's defaults: nets on WebGL, the 640-px frame, the
+#: output image drawn, the live video shown). "alone": no overlay window in this browser (its
+#: 512-px rig drawing shares SwiftShader's GPU process with the tracker), no latency then.
+VARIANTS: list[tuple[str, str, bool]] = [
+    ("as shipped, tracker alone (the overlay in OBS, not this browser)", "", False),
+    (
+        "before: nets on WebGL, 640-px frame, live video",
+        "inference=gpu&input=640&image=1&preview=video",
+        True,
+    ),
+    ("nets on the CPU, 640-px frame, live video", "inference=cpu&input=640&preview=video", True),
 ]
 QUICK_VARIANTS: set[str] = {"inference=gpu&input=640&image=1&preview=video"}
