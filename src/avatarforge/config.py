@@ -127,6 +127,9 @@ class LossConfig:
     # with shared weights). Small labels (eye colour: a few pixels at 64 px) that the
     # adversarial term alone learns late are learned within minutes; 0 = off.
     class_weight: float = 0.0
+    # Per-label multipliers of that cross-entropy, e.g. {eye_color: 4}: a label drawn in a few
+    # pixels (the iris at 64 px) gets a larger share than the big colour patches; default 1.
+    class_label_weights: dict[str, float] = field(default_factory=dict)
     # VAE family (docs/vae.md): loss = recon + beta * ramp(kimg) * KL (with free bits).
     recon: Literal["mse", "l1"] = "mse"  # per-image sum of squared / absolute errors in [-1, 1] units
     beta: float = 1.0  # KL weight after warm-up (beta-VAE when > 1)
@@ -229,6 +232,10 @@ class TrainConfig(RunSettings, _TrainSections):
             (self.loss.r1_gamma >= 0, "loss.r1_gamma must be >= 0"),
             (self.loss.d_recon >= 0, "loss.d_recon must be >= 0 (0 = off)"),
             (self.loss.class_weight >= 0, "loss.class_weight must be >= 0 (0 = off)"),
+            (
+                all(v >= 0 for v in self.loss.class_label_weights.values()),
+                "loss.class_label_weights values must be >= 0 (e.g. loss.class_label_weights.eye_color=4)",
+            ),
             (self.loss.r1_interval >= 1, "loss.r1_interval must be >= 1"),
             (self.loss.beta >= 0, "loss.beta must be >= 0"),
             (self.loss.kl_warmup_kimg >= 0, "loss.kl_warmup_kimg must be >= 0"),

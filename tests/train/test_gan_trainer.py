@@ -421,3 +421,21 @@ def test_class_loss_trains_the_projection_as_a_classifier(blobs, tmp_path):
         ).fit()
     with pytest.raises(ConfigError, match=r"loss\.class_weight must be >= 0"):
         _config("cgan", blobs, tmp_path, "loss.class_weight=-1", "kimg=0.032")
+    # Per-label multipliers: a label that is not conditioned on is named with the ones that are.
+    with pytest.raises(ConfigError, match=r"class_label_weights: eye_color is not a conditioning label"):
+        GANTrainer(
+            _config("cgan", blobs, tmp_path, *over, "loss.class_label_weights.eye_color=4", "kimg=0.032")
+        ).fit()
+    with pytest.raises(ConfigError, match=r"class_label_weights values must be >= 0"):
+        _config("cgan", blobs, tmp_path, "loss.class_label_weights.cls=-1", "kimg=0.032")
+
+
+def test_class_loss_weights_each_label_and_ignores_unknown():
+    from avatarforge.train.losses import class_loss
+
+    logits = [torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])]
+    labels = torch.tensor([[0, 0], [0, 3]])  # 3 = the second label's "unknown" class
+    ce0 = torch.nn.functional.cross_entropy(logits[0], labels[:, 0])
+    ce1 = torch.nn.functional.cross_entropy(logits[1][:1], labels[:1, 1])
+    assert torch.allclose(class_loss(logits, labels), (ce0 + ce1) / 2)
+    assert torch.allclose(class_loss(logits, labels, [1.0, 4.0]), (ce0 + 4 * ce1) / 2)

@@ -179,6 +179,13 @@ class GANTrainer(Trainer):
                 f"loss.class_weight={cfg.loss.class_weight} needs a conditional discriminator with a "
                 f"projection head and no InfoGAN codes (the cgan model with labels); set loss.class_weight=0"
             )
+        unknown = sorted(set(cfg.loss.class_label_weights) - set(self.label_names))
+        if unknown:
+            raise ConfigError(
+                f"loss.class_label_weights: {', '.join(unknown)} is not a conditioning label "
+                f"(data.condition_on gives {', '.join(self.label_names) or 'none'})"
+            )
+        self.class_label_weights = [float(cfg.loss.class_label_weights.get(n, 1.0)) for n in self.label_names]
         fwd = inspect.signature(self.G.forward).parameters
         self._g_rng_kwargs = [k for k in ("mixing_generator", "noise_generator") if k in fwd]
 
@@ -240,7 +247,7 @@ class GANTrainer(Trainer):
                 loss_d = loss_d + cfg.loss.d_recon * recon_err
                 stats["d_recon"] = recon_err.detach()
             if real_classes is not None:
-                class_d = class_loss(real_classes, y)
+                class_d = class_loss(real_classes, y, self.class_label_weights)
                 loss_d = loss_d + cfg.loss.class_weight * class_d
                 stats["class_d"] = class_d.detach()
             if self.has_codes:
@@ -264,7 +271,7 @@ class GANTrainer(Trainer):
             loss_g = g_loss(fake_logits, cfg.loss.kind)
             stats["loss_g"] = loss_g.detach()
             if self.class_loss:
-                class_g = class_loss(fake_classes, y)
+                class_g = class_loss(fake_classes, y, self.class_label_weights)
                 loss_g = loss_g + cfg.loss.class_weight * class_g
                 stats["class_g"] = class_g.detach()
             if self.has_codes:

@@ -59,15 +59,19 @@ def r1_weight(gamma: float, interval: int) -> float:
     return gamma * 0.5 * interval
 
 
-def class_loss(class_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+def class_loss(
+    class_logits: Sequence[Tensor], labels: Tensor, weights: Sequence[float] | None = None
+) -> Tensor:
     """Mean over labels of the cross-entropy of per-label class scores ``[(B, K_i), ...]``
-    against ``(B, L)`` class indices; the "unknown" index ``K_i`` is ignored."""
+    against ``(B, L)`` class indices, each times its ``weights[i]`` (default 1); the
+    "unknown" index ``K_i`` is ignored."""
     terms = []
     for i, logits in enumerate(class_logits):
         target = labels[:, i]
         known = target < logits.shape[1]
         if known.any():
-            terms.append(F.cross_entropy(logits[known].float(), target[known]))
+            w = 1.0 if weights is None else float(weights[i])
+            terms.append(w * F.cross_entropy(logits[known].float(), target[known]))
     return torch.stack(terms).mean() if terms else labels.new_zeros((), dtype=torch.float32)
 
 
