@@ -160,10 +160,13 @@ def test_every_output_exists_and_decodes(resumed):
     grid = Image.open(out / "samples.png")
     assert grid.size[0] > 4 * 32
     attrs = np.asarray(Image.open(out / "attributes.png").convert("RGB"))
-    from avatarforge.data.procedural import HAIR_COLORS, IDENTITY_ATTRIBUTES
+    from avatarforge.data.procedural import HAIR_COLORS
 
-    # The default conditioning: every attribute a transparent avatar draws (not the backdrop).
-    assert tuple(n for n in IDENTITY_ATTRIBUTES if not n.startswith("background")) == DEFAULT_CONDITION_ON
+    # The default conditioning: every attribute a transparent avatar draws, not the backdrop's.
+    assert len(DEFAULT_CONDITION_ON) == 12 and {"hair_color", "eye_color", "eyebrows"} <= set(
+        DEFAULT_CONDITION_ON
+    )
+    assert not {"background_kind", "background_color"} & set(DEFAULT_CONDITION_ON)
     # One row per attribute: height = rows * (32 px cell + 14 px caption + 2) + 2; the widest
     # row holds the 11 hair colours: a 2 px gap each, after the names column.
     assert attrs.shape[0] == len(DEFAULT_CONDITION_ON) * 48 + 2

@@ -415,19 +415,17 @@ def test_class_loss_trains_the_projection_as_a_classifier(blobs, tmp_path):
     assert all(np.isfinite(r["class_d"]) and np.isfinite(r["class_g"]) for r in recs)
     assert recs[0]["class_d"] == pytest.approx(np.log(3), abs=0.3)
     assert recs[-1]["class_d"] < 0.5 * recs[0]["class_d"]
-    with pytest.raises(ConfigError, match=r"loss\.class_weight=1\.0 needs a conditional discriminator"):
-        GANTrainer(
-            _config("infogan", blobs, tmp_path, *TINY_DCGAN, "loss.class_weight=1", "kimg=0.032")
-        ).fit()
-    with pytest.raises(ConfigError, match=r"loss\.class_weight must be >= 0"):
-        _config("cgan", blobs, tmp_path, "loss.class_weight=-1", "kimg=0.032")
-    # Per-label multipliers: a label that is not conditioned on is named with the ones that are.
-    with pytest.raises(ConfigError, match=r"class_label_weights: eye_color is not a conditioning label"):
-        GANTrainer(
-            _config("cgan", blobs, tmp_path, *over, "loss.class_label_weights.eye_color=4", "kimg=0.032")
-        ).fit()
-    with pytest.raises(ConfigError, match=r"class_label_weights values must be >= 0"):
-        _config("cgan", blobs, tmp_path, "loss.class_label_weights.cls=-1", "kimg=0.032")
+    # Bad settings name the field: a model without a projection head, a negative weight, a
+    # per-label multiplier for a label that is not conditioned on, a negative multiplier.
+    bad = [
+        ("infogan", "loss.class_weight=1", r"loss\.class_weight=1\.0 needs a conditional discriminator"),
+        ("cgan", "loss.class_weight=-1", r"loss\.class_weight must be >= 0"),
+        ("cgan", "loss.class_label_weights.eye_color=4", r"eye_color is not a conditioning label"),
+        ("cgan", "loss.class_label_weights.cls=-1", r"class_label_weights values must be >= 0"),
+    ]
+    for model, setting, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            GANTrainer(_config(model, blobs, tmp_path, *over, setting, "kimg=0.032")).fit()
 
 
 def test_class_loss_weights_each_label_and_ignores_unknown():

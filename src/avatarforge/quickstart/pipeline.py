@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from avatarforge.data.procedural.schema import IDENTITY_ATTRIBUTES
 from avatarforge.fileio import atomic_write_json
 
 __all__ = [
@@ -57,24 +58,11 @@ MANIFEST_NAME = "quickstart.json"
 MANIFEST_FORMAT = "avatarforge-quickstart"
 _STATE_VERSION = 1
 
-#: What the generator is conditioned on: hair colour is the attribute that reads best at
-#: 64 px and the one the attribute grid shows (one row per colour).
 #: Every attribute of the renderer a creator picks for a transparent avatar: all of the
 #: schema's categorical labels but the background's, which a transparent avatar does not draw
-#: (the studio and ``post`` add a background as an op).
-DEFAULT_CONDITION_ON: tuple[str, ...] = (
-    "hair_color",
-    "hair_style",
-    "bangs",
-    "eye_color",
-    "eye_shape",
-    "skin_tone",
-    "eyebrows",
-    "mouth",
-    "blush",
-    "accessory",
-    "outfit_color",
-    "outfit_style",
+#: (the studio and ``post`` add a background as an op). 12 labels, in schema order.
+DEFAULT_CONDITION_ON: tuple[str, ...] = tuple(
+    n for n in IDENTITY_ATTRIBUTES if not n.startswith("background")
 )
 
 #: Shares of ``minutes`` for the training stages; the rest covers data, evaluation and the
