@@ -419,3 +419,22 @@ def test_cgan_generator_in_a_new_run(resumed, tmp_path):
 def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(QuickstartError, match="--model must be one of auto, stylegan, cgan"):
         run_quickstart(tmp_path / "out", model="biggan", progress=False)
+
+
+def test_named_sliders_are_written_for_the_studio(resumed):
+    # The quickstart names eight SeFa directions with the avatar classifier and saves them in
+    # the generator run, where `serve` and `edit slide` find them (loaded for this model only).
+    from avatarforge.generate import GeneratorPipeline
+    from avatarforge.generate.directions import load_directions
+
+    out = resumed["out"]
+    man = read_manifest(out)
+    pipe = GeneratorPipeline.from_pretrained(man["generator_run"], refiner=None, segmenter=None)
+    dirs = load_directions(Path(man["generator_run"]) / "directions.json", pipe)
+    assert [d.id for d in dirs] == [f"sefa{i}" for i in range(8)]
+    for d in dirs:
+        # Named after the attribute it changes most when that change is large enough, else its id.
+        assert d.effect is not None and set(d.effect) == {"attribute", "class", "delta"}
+        assert d.name == d.id or d.name.rstrip("~0123456789").endswith(("+", "-"))
+    state = json.loads((out / STATE_NAME).read_text())
+    assert "runs/00000-generator/directions.json" in state["stages"]["samples"]["outputs"]

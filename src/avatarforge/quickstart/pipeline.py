@@ -871,7 +871,7 @@ class _Quickstart:
         o = self.o
         pipe = self._pipeline()
         cols = 8
-        bar = self.p.bar(4, "grids, interpolation, 512-px avatars")
+        bar = self.p.bar(5, "grids, interpolation, 512-px avatars, named sliders")
         # -- sample grid: seeds 0..N-1, labels random per seed
         res = pipe(seeds=list(range(o.seed, o.seed + o.grid_seeds)), truncation=TRUNCATION)
         samples = save_image(
@@ -910,13 +910,33 @@ class _Quickstart:
             lossless=False,
         )
         bar.update()
+        # -- the studio's latent sliders, named after what they change: SeFa directions of the
+        # generator's first layer, each named by the avatar classifier ("hair_style:long+",
+        # "smile+"); `serve` and `edit slide` read them from the run's directions.json.
+        directions = self._named_directions(pipe)
+        bar.update()
         bar.close()
         self._record(
             "samples",
-            [samples, attributes, interp, avatars],
+            [samples, attributes, interp, avatars, directions],
             time.monotonic() - t,
             attribute_labels=list(o.condition_on),
         )
+
+    def _named_directions(self, pipe: Any) -> Path:
+        """Eight SeFa slider directions named by the avatar classifier, into the generator
+        run's ``directions.json`` (what ``avatarforge edit directions --method sefa`` writes)."""
+        from avatarforge.generate.directions import (
+            avatar_classifier,
+            name_directions,
+            save_directions,
+            sefa_directions,
+        )
+
+        found = sefa_directions(pipe, k=8, n_samples=256, seed=self.o.seed)
+        named = name_directions(pipe, found, classifier=avatar_classifier(self.extractor, str(pipe.device)))
+        run = self.out / self.info("generator")["run"]
+        return save_directions(run / "directions.json", named, pipe)
 
     def stage_animation(self) -> None:
         from avatarforge.animate.showcase import SHOWCASE_SECONDS, showcase_controls
