@@ -423,7 +423,7 @@ def test_unknown_model_is_a_clear_error(tmp_path):
 
 def test_named_sliders_are_written_for_the_studio(resumed):
     # The quickstart names eight SeFa directions with the avatar classifier and saves them in
-    # the generator run, where `serve` and `edit slide` find them (loaded for this model only).
+    # the generator run, where `serve` finds them (loaded for this model only).
     from avatarforge.generate import GeneratorPipeline
     from avatarforge.generate.directions import load_directions
 

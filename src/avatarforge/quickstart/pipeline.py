@@ -912,7 +912,7 @@ class _Quickstart:
         bar.update()
         # -- the studio's latent sliders, named after what they change: SeFa directions of the
         # generator's first layer, each named by the avatar classifier ("hair_style:long+",
-        # "smile+"); `serve` and `edit slide` read them from the run's directions.json.
+        # "smile+"); `serve` reads the run's directions.json, `edit slide --directions` takes it.
         directions = self._named_directions(pipe)
         bar.update()
         bar.close()
