@@ -162,16 +162,20 @@ def test_attribute_accuracy(avatar_extractor):
         evaluate(ProceduralGenerator(), None, n=4, **{**kw, "label_names": ["mood"]})
 
 
-def test_eye_colour_is_judged_only_where_the_eyes_are_open(avatar_extractor):
+def test_eye_colour_is_judged_only_where_the_eyes_are_open(avatar_extractor, record_number):
     # A closed eye hides the iris: avatars that blink are left out of the eye-colour score
     # (with a note saying how many), so a faithful generator still scores near 1.
     kw = {"metrics": "attr", "label_names": ["eye_color"], "extractor": avatar_extractor, "device": "cpu"}
-    res = evaluate(ProceduralGenerator(label="eye_color", blink_odd=True), None, n=48, **kw)
-    assert res.metrics["attr_acc_eye_color"] >= 0.9
+    res = evaluate(ProceduralGenerator(label="eye_color", blink_odd=True), None, n=96, **kw)
+    record_number("eye_color_accuracy_eyes_open", res.metrics["attr_acc_eye_color"])
+    # measured 0.87-0.91 over bf16/fp32 x classifier seeds 0-1 (an earlier >= 0.9 on 48 images
+    # failed at seed 1); chance is 0.11, and the unfaithful generator below scored 0.09-0.12.
+    assert res.metrics["attr_acc_eye_color"] >= 0.75
     (note,) = [n for n in res.notes if "eye_color not judged" in n]
     hidden = int(note.split(" on ")[1].split()[0])
-    assert 12 <= hidden <= 36  # about half of 48 seeds are odd
-    bad = evaluate(ProceduralGenerator(False, label="eye_color"), None, n=48, **kw)
+    assert 24 <= hidden <= 72  # about half of 96 seeds are odd
+    bad = evaluate(ProceduralGenerator(False, label="eye_color"), None, n=96, **kw)
+    record_number("eye_color_accuracy_unfaithful", bad.metrics["attr_acc_eye_color"])
     assert bad.metrics["attr_acc_eye_color"] < 0.4
 
 

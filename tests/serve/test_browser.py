@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -28,29 +26,21 @@ import torch
 from PIL import Image
 
 from tests.serve.fixtures_studio import HAIR, ProceduralAnimator, make_state, procedural_pipe, tiny_animator
+from tests.serve.live_server import CHROMEDRIVER, CHROMIUM, HAVE_CHROMIUM, thread_server
 
 EYES = ("blue", "green")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
 pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    not HAVE_CHROMIUM,
     reason="needs Debian's chromium and chromedriver at /usr/bin (apt-get install chromium chromium-driver)",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _live_server(pipe, animator, tmp_path_factory, before_stop=None):
     """A uvicorn server of ``create_app`` around ``pipe`` and ``animator`` on a free loopback
     port, in a background thread (and a serve state directory of its own): yields ``(url,
     app)``, then calls ``before_stop()`` (if given) and stops the server."""
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     pytest.importorskip("gradio")
     from avatarforge.serve.app import create_app
 
@@ -58,21 +48,10 @@ def _live_server(pipe, animator, tmp_path_factory, before_stop=None):
     torch.set_num_threads(1)
     state_dir = tmp_path_factory.mktemp("serve-state")
     app = create_app(make_state(pipe, animator, state_dir=str(state_dir)))
-    port = _free_port()
-    srv = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets")
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", app
-    if before_stop is not None:
-        before_stop()
-    srv.should_exit = True
-    thread.join(10)
+    with thread_server(app) as port:
+        yield f"http://127.0.0.1:{port}", app
+        if before_stop is not None:
+            before_stop()
     app.state.overlay_hub.close()
     torch.set_num_threads(n)
 
@@ -372,7 +351,11 @@ def test_studio_generate_pick_refine_download(server, browser):
     assert read_metadata(webp)["latent"] == record["latent"]
 
 
-def test_studio_download_shows_the_chosen_attributes(procedural_server, browser, avatar_extractor):
+# The classifier's weights are trained on this machine: rerun by `make test-numerics-fp32`.
+@pytest.mark.numerics
+def test_studio_download_shows_the_chosen_attributes(
+    procedural_server, browser, avatar_extractor, record_number
+):
     """Issue 18: the same flow with a generator that draws what it is asked for (procedural
     avatars of the requested hair and outfit colours, a z-space SeFa slider that tilts the
     head): generate, pick, change two attributes and a slider, refine, undo, download. The
@@ -455,6 +438,8 @@ def test_studio_download_shows_the_chosen_attributes(procedural_server, browser,
         seen = [names[int(k)] for k in pred[attr].argmax(1)]
         assert seen == [value, value, generated[attr]], (attr, seen, pred[attr].max(1))
     # and the slider's head tilt (z0 -> head_tilt, clockwise)
+    # measured +0.21..+0.29 over bf16/fp32 x classifier seeds 0-1
+    record_number("studio_slider_tilt_change", pred["head_tilt"][0] - pred["head_tilt"][1])
     assert pred["head_tilt"][0] > pred["head_tilt"][1] + 0.1, pred["head_tilt"]
 
 

@@ -402,7 +402,7 @@ def test_tensorboard_request_without_package_is_a_clear_error(blobs, tmp_path, c
     assert not any(runs.glob("0*"))  # failed before creating a run directory
 
 
-def test_class_loss_trains_the_projection_as_a_classifier(blobs, tmp_path):
+def test_class_loss_trains_the_projection_as_a_classifier(blobs, tmp_path, record_number):
     # loss.class_weight > 0 on a cgan: D's projection scores are trained as a classifier on the
     # reals (class_d) and G is pushed toward the requested class (class_g); both are logged and
     # finite, and D's classifier learns: class_d falls below its starting value (ln 3 for 3
@@ -414,6 +414,8 @@ def test_class_loss_trains_the_projection_as_a_classifier(blobs, tmp_path):
     recs = read_metrics(run, kind="train")
     assert all(np.isfinite(r["class_d"]) and np.isfinite(r["class_g"]) for r in recs)
     assert recs[0]["class_d"] == pytest.approx(np.log(3), abs=0.3)
+    # measured 0.03 over bf16/fp32 x seeds 0-1: D memorises 16 images' classes
+    record_number("class_d_end_over_start", recs[-1]["class_d"] / recs[0]["class_d"])
     assert recs[-1]["class_d"] < 0.5 * recs[0]["class_d"]
     # Bad settings name the field: a model without a projection head, a negative weight, a
     # per-label multiplier for a label that is not conditioned on, a negative multiplier.
