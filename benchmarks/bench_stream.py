@@ -75,7 +75,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -84,14 +83,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from tests.serve.live_server import HAVE_CHROMIUM
 
 from benchmarks.common import QUICK_RESULTS, RESULTS, ROOT, Result, shared_faces
 
 QUICKSTART_ENV = "AVATARFORGE_BENCH_QUICKSTART"
 REFINER_ENV = "AVATARFORGE_BENCH_REFINER"
 ESPCN_ENV = "AVATARFORGE_BENCH_ESPCN"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DOCS_IMAGES = ROOT / "docs" / "images"
 CACHE = ROOT / ".af-cache" / "bench"
 
@@ -320,15 +318,17 @@ def _tree_cpu(root: int) -> float:
 
 
 def _overlay(quick: bool, pipe: Any | None) -> list[Result]:
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+    if not HAVE_CHROMIUM:
         return [_skip("overlay at 512 px", "needs /usr/bin/chromium and /usr/bin/chromedriver")]
     try:
-        import uvicorn
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        import selenium  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError as e:
         return [_skip("overlay at 512 px", f"needs uvicorn and selenium ({e})")]
-    import socket
+    import contextlib
+
+    # The same in-thread server and headless Chromium as the browser tests.
+    from tests.serve.live_server import headless_chromium, thread_server
 
     from avatarforge.models.animator import ExpressionAnimator
     from avatarforge.serve.app import create_app
@@ -356,35 +356,15 @@ def _overlay(quick: bool, pipe: Any | None) -> list[Result]:
         anim = ExpressionAnimator(resolution=64).eval()
         state = ServeState.from_pipeline(pipe if pipe is not None else _tiny_pipe(), animator=anim)
         app = create_app(state)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        srv = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets")
-        )
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.05)
         driver = None
+        server = contextlib.ExitStack()
         try:
-            if not srv.started:
-                return [_skip("overlay at 512 px", "uvicorn did not start in 30 s")]
-            os.environ["SE_OFFLINE"] = "true"
-            opts = webdriver.ChromeOptions()
-            opts.binary_location = str(CHROMIUM)
-            for arg in (
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-dev-shm-usage",
-                f"--window-size={SIZE},{SIZE}",
-                "--use-angle=swiftshader",
-                "--enable-unsafe-swiftshader",
-            ):
-                opts.add_argument(arg)
-            service = Service(str(CHROMEDRIVER))
-            driver = webdriver.Chrome(service=service, options=opts)
+            try:
+                port = server.enter_context(thread_server(app))
+            except RuntimeError as e:
+                return [_skip("overlay at 512 px", str(e))]
+            driver = headless_chromium((SIZE, SIZE))
+            service = driver.service
             base = f"http://127.0.0.1:{port}/overlay?avatar=procedural:3"
             for name, query, how in modes:
                 load = _load()
@@ -457,8 +437,7 @@ def _overlay(quick: bool, pipe: Any | None) -> list[Result]:
         finally:
             if driver is not None:
                 driver.quit()
-            srv.should_exit = True
-            thread.join(10)
+            server.close()
             hub = getattr(app.state, "overlay_hub", None)
             if hub is not None:
                 hub.close()

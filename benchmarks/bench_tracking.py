@@ -38,24 +38,22 @@ without Chromium/chromedriver, selenium/uvicorn, the selfies folder or the npm f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+from tests.serve.live_server import HAVE_CHROMIUM, headless_chromium, thread_server
 
 from benchmarks.common import ROOT, Result
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SELFIES = ROOT.parent / "shared" / "data" / "selfies-256"
 W, H, FPS = 640, 480, 30
 LEVEL_S, MOVE_S = 1.0, 2.5
@@ -180,51 +178,25 @@ def _tree_cpu(root: int) -> float:
 
 
 # ------------------------------------------------------------------------------ the browser
-def _server() -> tuple[Any, Any, Any, int]:
-    import uvicorn
-
+def _app() -> Any:
     from avatarforge.serve.app import create_app
     from avatarforge.serve.state import ServeState
     from benchmarks.bench_stream import _tiny_pipe
 
-    app = create_app(ServeState.from_pipeline(_tiny_pipe()))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets")
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return app, srv, thread, port
+    return create_app(ServeState.from_pipeline(_tiny_pipe()))
 
 
 def _browser(video: Path) -> tuple[Any, Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ["SE_OFFLINE"] = "true"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1100,800",
-        "--use-angle=swiftshader",
-        "--enable-unsafe-swiftshader",
+    """The tracker test's headless Chromium with ``video`` as the camera, and its driver service."""
+    driver = headless_chromium(
+        (1100, 800),
         "--use-fake-device-for-media-stream",
         "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-video-capture={video}",
         "--autoplay-policy=no-user-gesture-required",
-    ):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    service = Service(str(CHROMEDRIVER))
-    return webdriver.Chrome(service=service, options=opts), service
+        performance_log=True,
+    )
+    return driver, driver.service
 
 
 def measure(
@@ -387,7 +359,7 @@ def run(quick: bool) -> list[Result]:
     name = "tracking"
     if not SELFIES.is_dir():
         return [_skip(name, f"needs the selfies at {SELFIES} (../shared/data/selfies-256)")]
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+    if not HAVE_CHROMIUM:
         return [
             _skip(
                 name,
@@ -411,10 +383,13 @@ def run(quick: bool) -> list[Result]:
     torch.set_num_threads(1)
     results: list[Result] = []
     driver = None
-    app, srv, thread, port = _server()
+    app = _app()
+    server = contextlib.ExitStack()
     try:
-        if not srv.started:
-            return [_skip(name, "uvicorn did not start in 30 s")]
+        try:
+            port = server.enter_context(thread_server(app))
+        except RuntimeError as e:
+            return [_skip(name, str(e))]
         with tempfile.TemporaryDirectory() as d:
             video = Path(d) / "camera.y4m"
             t0 = time.monotonic()
@@ -459,8 +434,7 @@ def run(quick: bool) -> list[Result]:
     finally:
         if driver is not None:
             driver.quit()
-        srv.should_exit = True
-        thread.join(10)
+        server.close()
         hub = getattr(app.state, "overlay_hub", None)
         if hub is not None:
             hub.close()

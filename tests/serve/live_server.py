@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -91,3 +92,58 @@ def live_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# ----------------------------------------------------------------------------- in-process
+#: Debian's Chromium and its driver (never a browser download; .ci/run installs both).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+HAVE_CHROMIUM = CHROMIUM.is_file() and CHROMEDRIVER.is_file()
+
+
+@contextlib.contextmanager
+def thread_server(app: Any, timeout: float = 30.0, ws: bool = True) -> Iterator[int]:
+    """Serve ``app`` with uvicorn in a daemon thread on 127.0.0.1 (an ephemeral port), for
+    browser tests and benchmarks that need the app object itself; yields the port.
+
+    Raises:
+        RuntimeError: uvicorn did not start within ``timeout`` seconds.
+    """
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    kw = {"ws": "websockets"} if ws else {}
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **kw))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        if not srv.started:
+            raise RuntimeError(f"uvicorn did not start in {timeout:g} s")
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def headless_chromium(window: tuple[int, int], *args: str, performance_log: bool = False) -> Any:
+    """A headless Debian Chromium (Selenium) with software WebGL (SwiftShader: no GPU here
+    nor in CI), offline Selenium Manager, the window size, then ``args``; with
+    ``performance_log`` the DevTools network log (for "no outside request" checks)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager download a driver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    base = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={window[0]},{window[1]}",
+            "--use-angle=swiftshader", "--enable-unsafe-swiftshader")  # fmt: skip
+    for arg in (*base, *args):
+        opts.add_argument(arg)
+    if performance_log:
+        opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)

@@ -5,64 +5,38 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.serve.fixtures_studio import make_state, tiny_pipe
-from tests.serve.live_server import free_port
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+from tests.serve.live_server import HAVE_CHROMIUM, headless_chromium, thread_server
 
 pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    not HAVE_CHROMIUM,
     reason="needs Debian's chromium and chromedriver at /usr/bin (apt-get install chromium chromium-driver)",
 )
 
 
 @pytest.fixture(scope="module")
 def base_url():
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from avatarforge.serve.app import create_app
     from avatarforge.serve.view3d import view3d_vendor_dir
 
     if view3d_vendor_dir() is None:
         pytest.skip("three.js / three-vrm are not installed (make install runs npm ci)")
     app = create_app(make_state(tiny_pipe(), None))
-    port = free_port()
-    srv = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets")
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with thread_server(app) as port:
+        yield f"http://127.0.0.1:{port}"
     app.state.overlay_hub.close()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ["SE_OFFLINE"] = "true"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=700,700",
-                "--use-angle=swiftshader", "--enable-unsafe-swiftshader"):  # fmt: skip
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver = headless_chromium((700, 700))
     yield driver
     driver.quit()
 

@@ -23,8 +23,6 @@ Skips (saying why) without Chromium/chromedriver, the selfies folder or the npm 
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,15 +32,13 @@ import pytest
 from PIL import Image
 
 from tests.serve.fixtures_studio import make_state, tiny_pipe
-from tests.serve.live_server import free_port
+from tests.serve.live_server import HAVE_CHROMIUM, headless_chromium, thread_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SELFIES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "selfies-256"
 
 pytestmark = [
     pytest.mark.skipif(
-        not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+        not HAVE_CHROMIUM,
         reason="needs Debian's chromium and chromedriver at /usr/bin (apt-get install chromium chromium-driver)",
     ),
     pytest.mark.skipif(
@@ -107,26 +103,15 @@ def _write_y4m(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def server():
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from avatarforge.serve.app import create_app
     from avatarforge.serve.overlay.pages import face_mesh_dir
 
     if face_mesh_dir() is None:
         pytest.skip("MediaPipe face_mesh is not installed (make install / npm ci --ignore-scripts)")
     app = create_app(make_state(tiny_pipe(), None))
-    port = free_port()
-    srv = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets")
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(10)
+    with thread_server(app) as port:
+        yield f"http://127.0.0.1:{port}", app
     app.state.overlay_hub.close()
 
 
@@ -139,27 +124,14 @@ def camera(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(camera):
     pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ["SE_OFFLINE"] = "true"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1100,800",
-        "--use-angle=swiftshader",
-        "--enable-unsafe-swiftshader",
+    driver = headless_chromium(
+        (1100, 800),
         "--use-fake-device-for-media-stream",
         "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-video-capture={camera[0]}",
         "--autoplay-policy=no-user-gesture-required",
-    ):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+        performance_log=True,
+    )
     yield driver
     driver.quit()
 

@@ -263,19 +263,17 @@ class GANTrainer(Trainer):
         # be thrown away)
         Dn.requires_grad_(False)
         with self._autocast():
-            if self.class_loss:
-                fake_logits, fake_classes = self.D(self._augment(fakes), y, return_classes=True)
-                q = None
-            else:
-                fake_logits, q = self._discriminate(fakes, y, with_q=self.has_codes)
+            fake_logits, extra = self._discriminate(
+                fakes, y, with_q=self.has_codes, with_classes=self.class_loss
+            )
             loss_g = g_loss(fake_logits, cfg.loss.kind)
             stats["loss_g"] = loss_g.detach()
             if self.class_loss:
-                class_g = class_loss(fake_classes, y, self.class_label_weights)
+                class_g = class_loss(extra, y, self.class_label_weights)
                 loss_g = loss_g + cfg.loss.class_weight * class_g
                 stats["class_g"] = class_g.detach()
             if self.has_codes:
-                mi_g = info_loss(q, codes, self.code_dims)
+                mi_g = info_loss(extra, codes, self.code_dims)
                 loss_g = loss_g + cfg.loss.info_lambda * mi_g
                 stats["info"] = mi_g.detach()
         self._optimize(self.opt_g, loss_g, G, self.scaler_g)
@@ -338,12 +336,17 @@ class GANTrainer(Trainer):
             recon_err = (recon.float() - reconstruction_target(images.detach())).square().mean()
         return logits, recon_err, (out.pop(0) if self.class_loss else None)
 
-    def _discriminate(self, images: Tensor, y: Tensor | None, with_q: bool = False) -> tuple[Tensor, Any]:
-        """``D(aug(images))`` -> ``(logits, q_outputs or None)``."""
+    def _discriminate(
+        self, images: Tensor, y: Tensor | None, with_q: bool = False, with_classes: bool = False
+    ) -> tuple[Tensor, Any]:
+        """``D(aug(images))`` -> ``(logits, extra)``: the Q head's outputs with ``with_q``, the
+        projection's class scores with ``with_classes`` (never both: see ``_build``), else None."""
         images = self._augment(images)
         if with_q:
             out = self.D(images, y, return_q=True)
             return out[0], out
+        if with_classes:
+            return self.D(images, y, return_classes=True)
         return self.D(images, y), None
 
     # ================================================================== logging and checkpoints
